@@ -1,0 +1,98 @@
+"""/api/instances: launch, inspect, stop, restart and remove llama-server instances."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+
+from llamaman.api.deps import ServicesDep
+from llamaman.launch import LaunchSettings
+
+router = APIRouter(prefix="/api", tags=["instances"])
+
+
+def _view(services: Any, m: Any) -> dict[str, Any]:
+    return m.view(services.instance_extra(m) if hasattr(services, "instance_extra") else None)
+
+
+@router.get("/instances")
+async def list_instances(services: ServicesDep) -> list[dict[str, Any]]:
+    return [_view(services, m) for m in services.supervisor.list()]
+
+
+@router.post("/instances", status_code=201)
+async def launch_instance(body: LaunchSettings, services: ServicesDep) -> dict[str, Any]:
+    m = await services.supervisor.launch(body)
+    return _view(services, m)
+
+
+@router.get("/instances/{instance_id}")
+async def get_instance(instance_id: str, services: ServicesDep) -> dict[str, Any]:
+    return _view(services, services.supervisor.get(instance_id))
+
+
+@router.delete("/instances/{instance_id}")
+async def stop_instance(instance_id: str, services: ServicesDep) -> dict[str, Any]:
+    m = await services.supervisor.stop(instance_id)
+    return _view(services, m)
+
+
+@router.post("/instances/{instance_id}/restart")
+async def restart_instance(instance_id: str, services: ServicesDep) -> dict[str, Any]:
+    m = await services.supervisor.restart(instance_id)
+    return _view(services, m)
+
+
+@router.delete("/instances/{instance_id}/remove")
+async def remove_instance(instance_id: str, services: ServicesDep) -> dict[str, Any]:
+    await services.supervisor.remove(instance_id)
+    return {"removed": instance_id}
+
+
+@router.get("/instances/{instance_id}/logs")
+async def instance_logs(
+    instance_id: str, services: ServicesDep, lines: int = Query(200, ge=0, le=100_000)
+) -> dict[str, Any]:
+    m = services.supervisor.get(instance_id)
+    return {"id": instance_id, "lines": m.proc.tail(lines)}
+
+
+@router.get("/instances/{instance_id}/logs/stream")
+async def instance_log_stream(
+    instance_id: str, request: Request, services: ServicesDep, lines: int = Query(100, ge=0, le=10_000)
+) -> StreamingResponse:
+    """Server-sent events: the last ``lines`` lines, then every new line as it is written."""
+    m = services.supervisor.get(instance_id)
+
+    async def events() -> AsyncIterator[str]:
+        async with services.events.subscribe("instance.") as q:
+            for line in m.proc.tail(lines):
+                yield f"data: {json.dumps(line)}\n\n"
+            while not await request.is_disconnected():
+                try:
+                    ev = await asyncio.wait_for(q.get(), 15)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if ev.data.get("id") != instance_id:
+                    continue
+                if ev.topic == "instance.log":
+                    yield f"data: {json.dumps(ev.data['line'])}\n\n"
+                elif ev.topic == "instance.state":
+                    yield f"event: state\ndata: {json.dumps(ev.data['new'])}\n\n"
+                elif ev.topic == "instance.removed":
+                    return
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+@router.get("/next-port")
+async def next_port(services: ServicesDep) -> dict[str, int]:
+    return {"port": services.supervisor.next_port()}

@@ -1,0 +1,53 @@
+"""/api/settings, /api/disk-space and /health."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from fastapi import APIRouter, Body
+
+from llamaman import __version__
+from llamaman.api.deps import ServicesDep
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok", "version": __version__}
+
+
+def _settings_view(services: Any) -> dict[str, Any]:
+    binary = services.supervisor.binary
+    return {
+        **services.runtime.current.public(),
+        "environment": services.settings.public_dict(),
+        "llama_server": binary.to_dict() if binary else None,
+        "llama_server_error": services.supervisor.binary_error,
+        "database": services.db.backend,
+        "version": __version__,
+    }
+
+
+@router.get("/api/settings", tags=["settings"])
+async def get_settings(services: ServicesDep) -> dict[str, Any]:
+    return _settings_view(services)
+
+
+@router.post("/api/settings", tags=["settings"])
+async def update_settings(services: ServicesDep, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    await services.runtime.update(body)
+    return _settings_view(services)
+
+
+@router.get("/api/disk-space", tags=["system"])
+async def disk_space(services: ServicesDep) -> dict[str, Any]:
+    usage = shutil.disk_usage(services.settings.models_dir)
+    return {
+        "path": str(services.settings.models_dir),
+        "total": usage.total,
+        "used": usage.used,
+        "free": usage.free,
+        "percent": round(usage.used / usage.total * 100, 1) if usage.total else 0.0,
+    }

@@ -1,0 +1,38 @@
+"""The FastAPI surfaces, independent of the UI: used by ``main.py`` (on NiceGUI's app) and by tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from llamaman import __version__
+from llamaman.api import build_router
+from llamaman.errors import install_error_handlers
+from llamaman.services import Services
+
+
+def install(app: FastAPI, services: Services) -> None:
+    """Mount the REST API on ``app`` and make ``services`` reachable from its routes."""
+    app.state.services = services
+    install_error_handlers(app)
+    app.include_router(build_router())
+
+
+def create_app(services: Services, *, manage_lifecycle: bool = True) -> FastAPI:
+    """A standalone app (no UI) whose lifespan starts and stops ``services``."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            await services.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await services.stop()
+
+    app = FastAPI(title="LlamaMan", version=__version__, lifespan=lifespan)
+    install(app, services)
+    return app

