@@ -1,20 +1,20 @@
 """GGUF metadata: a header-only reader and the model facts the library shows and plans launches with.
 
 ``gguf.GGUFReader`` builds a numpy view per array element, so a real 150k-token vocabulary costs it
-over ten seconds per file. This reader walks the same header with ``struct`` over a read-only mmap
-and skips long arrays without materialising them; types and block sizes come from the gguf package.
-Tensor data is never touched: only the header pages are faulted in.
+over ten seconds per file. This reader walks the same header with ``struct`` and skips long arrays
+without materialising them; types and block sizes come from the gguf package. Only the header is
+read (a few MB at most); tensor data is never touched.
 """
 
 from __future__ import annotations
 
-import mmap
+import os
 import re
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType, LlamaFileType
@@ -49,6 +49,7 @@ _SCALAR_FORMATS: dict[int, str] = {
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.")
 _INPUT_PREFIXES = ("token_embd.", "token_types.", "pos_embd.")
 _MAX_DIMS = 8
+_FIRST_READ = 1 << 20
 
 
 @dataclass
@@ -71,18 +72,28 @@ class GGUFHeader:
 
 
 class _Cursor:
-    def __init__(self, buf: mmap.mmap, endian: str) -> None:
-        self.buf = buf
-        self.size = len(buf)
+    """Sequential reads over the start of a file, pulling in more bytes only as the header needs."""
+
+    def __init__(self, fh: BinaryIO, file_size: int, endian: str) -> None:
+        self.fh = fh
+        self.size = file_size
+        self.buf = bytearray()
         self.off = 0
         self.structs = {t: struct.Struct(endian + f) for t, f in _SCALAR_FORMATS.items()}
-        self.u64 = self.structs[GGUFValueType.UINT64]
-        self.u32 = self.structs[GGUFValueType.UINT32]
+
+    def _fill(self, end: int) -> None:
+        if end > self.size:
+            raise LibraryError("truncated GGUF file (header ends early)")
+        want = min(max(end, 2 * len(self.buf), _FIRST_READ), self.size) - len(self.buf)
+        chunk = self.fh.read(want)
+        self.buf += chunk
+        if len(self.buf) < end:  # the file shrank while we were reading it
+            raise LibraryError("truncated GGUF file (header ends early)")
 
     def _take(self, n: int) -> int:
         start = self.off
-        if n < 0 or start + n > self.size:
-            raise LibraryError("truncated GGUF file (header ends early)")
+        if start + n > len(self.buf):
+            self._fill(start + n)
         self.off = start + n
         return start
 
@@ -91,7 +102,7 @@ class _Cursor:
         (value,) = st.unpack_from(self.buf, self._take(st.size))
         if vtype == GGUFValueType.FLOAT32:
             # Shortest repr of the float32 so 1e-5 reads back as 1e-05, not 9.99999974e-06.
-            return float(repr(np.float32(value)))
+            return float(str(np.float32(value)))
         return value
 
     def string(self) -> str:
@@ -120,29 +131,34 @@ class _Cursor:
         if itype in self.structs:
             self._take(self.structs[itype].size * count)
         elif itype == GGUFValueType.STRING:
-            unpack, buf, size = self.u64.unpack_from, self.buf, self.size
-            off = self.off
+            # The hot loop for vocabularies: only the length prefixes are decoded.
+            unpack = self.structs[GGUFValueType.UINT64].unpack_from
+            buf, off = self.buf, self.off
             for _ in range(count):
-                if off + 8 > size:
-                    raise LibraryError("truncated GGUF file (header ends early)")
+                if off + 8 > len(buf):
+                    self._fill(off + 8)
+                    buf = self.buf
                 off += 8 + unpack(buf, off)[0]
-            if off > size:
-                raise LibraryError("truncated GGUF file (header ends early)")
             self.off = off
+            if off > len(buf):
+                self._fill(off)
         else:
             for _ in range(count):
                 self.value(itype, key, {})
 
 
 def read_header(path: Path) -> GGUFHeader:
-    """Parse a GGUF header; raise LibraryError with a short message for anything unreadable."""
+    """Parse a GGUF header; raise LibraryError with a short message for anything unreadable.
+
+    Plain reads rather than mmap: a file truncated while mapped (a download being replaced) would
+    kill the process with SIGBUS instead of raising.
+    """
     try:
         with path.open("rb") as fh:
-            size = path.stat().st_size
+            size = os.fstat(fh.fileno()).st_size
             if size == 0:
                 raise LibraryError("empty file")
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                return _parse(mm, size)
+            return _parse(fh, size)
     except LibraryError:
         raise
     except OSError as e:
@@ -151,16 +167,18 @@ def read_header(path: Path) -> GGUFHeader:
         raise LibraryError(f"corrupt GGUF file ({e})") from e
 
 
-def _parse(mm: mmap.mmap, file_size: int) -> GGUFHeader:
-    if file_size < 24 or struct.unpack_from("<I", mm, 0)[0] != GGUF_MAGIC:
+def _parse(fh: BinaryIO, file_size: int) -> GGUFHeader:
+    head = fh.read(8)
+    if len(head) < 8 or struct.unpack_from("<I", head, 0)[0] != GGUF_MAGIC:
         raise LibraryError("not a GGUF file (bad magic)")
     endian = "<"
-    version = struct.unpack_from("<I", mm, 4)[0]
+    version = struct.unpack_from("<I", head, 4)[0]
     if version & 0xFFFF == 0:  # written on a big-endian host
-        endian, version = ">", struct.unpack_from(">I", mm, 4)[0]
+        endian, version = ">", struct.unpack_from(">I", head, 4)[0]
     if version not in (2, 3):
         raise LibraryError(f"unsupported GGUF version {version}")
-    cur = _Cursor(mm, endian)
+    cur = _Cursor(fh, file_size, endian)
+    cur.buf += head
     cur.off = 8
     n_tensors = cur.scalar(GGUFValueType.UINT64)
     n_kv = cur.scalar(GGUFValueType.UINT64)

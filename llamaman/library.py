@@ -95,7 +95,8 @@ def _projector_rank(filename: str) -> tuple[int, str]:
 
 class ModelLibrary:
     def __init__(self, models_dir: Path) -> None:
-        self.models_dir = Path(models_dir)
+        # Absolute but not symlink-resolved, so callers can relative_to() paths we hand out.
+        self.models_dir = Path(os.path.abspath(Path(models_dir).expanduser()))
         self.models: list[ModelEntry] = []
         # Files actually parsed; tests read it to prove rescans are served from the cache.
         self.file_reads = 0
@@ -104,17 +105,18 @@ class ModelLibrary:
 
     @property
     def root(self) -> Path:
+        """The models folder with symlinks resolved: what containment is checked against."""
         return self.models_dir.resolve()
 
     # -- scanning ---------------------------------------------------------------------------------
 
     def scan(self) -> list[ModelEntry]:
         with self._lock:
-            root = self.root
+            base = self.models_dir
             entries: list[ModelEntry] = []
             seen: set[str] = set()
-            if root.is_dir():
-                for dirpath, dirnames, filenames in os.walk(root):
+            if base.is_dir():
+                for dirpath, dirnames, filenames in os.walk(base):
                     # Hidden folders hold download caches and git internals, never models.
                     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                     folder = Path(dirpath)
@@ -122,23 +124,23 @@ class ModelLibrary:
                         f for f in filenames if f.lower().endswith(".gguf") and not f.startswith(".")
                     )
                     if ggufs:
-                        entries += self._scan_folder(root, folder, ggufs, seen)
+                        entries += self._scan_folder(base, folder, ggufs, seen)
                     if (
-                        folder != root
+                        folder != base
                         and "config.json" in filenames
                         and any(f.endswith(".safetensors") for f in filenames)
                     ):
-                        entries.append(self._hf_entry(root, folder))
+                        entries.append(self._hf_entry(base, folder))
             for key in [k for k in self._cache if k not in seen]:
                 self._cache.pop(key, None)
-            entries.sort(key=lambda e: (e.name, e.rel_path))
+            entries.sort(key=lambda e: (e.name.casefold(), e.name, e.rel_path))
             self.models = entries
             return list(entries)
 
     async def ascan(self) -> list[ModelEntry]:
         return await asyncio.to_thread(self.scan)
 
-    def _scan_folder(self, root: Path, folder: Path, files: list[str], seen: set[str]) -> list[ModelEntry]:
+    def _scan_folder(self, base: Path, folder: Path, files: list[str], seen: set[str]) -> list[ModelEntry]:
         projectors = [f for f in files if _is_projector_name(f)]
         groups: dict[tuple[str, int], dict[int, str]] = {}
         singles: list[str] = []
@@ -151,7 +153,7 @@ class ModelLibrary:
                 singles.append(f)
         entries: list[ModelEntry] = []
         for f in singles:
-            entry = self._gguf_entry(root, Path(f).stem, [folder / f], [], seen)
+            entry = self._gguf_entry(base, Path(f).stem, [folder / f], [], seen)
             # A projector without "mmproj" in its name is still recognisable by its architecture.
             if entry.info is not None and entry.info.architecture == "clip":
                 projectors.append(f)
@@ -160,12 +162,12 @@ class ModelLibrary:
         for (stem, total), found in groups.items():
             missing = [n for n in range(1, total + 1) if n not in found]
             paths = [folder / found[n] for n in sorted(found)]
-            entries.append(self._gguf_entry(root, stem, paths, missing, seen, total))
+            entries.append(self._gguf_entry(base, stem, paths, missing, seen, total))
         # In the models root unrelated files sit side by side, so a projector there is only
         # paired when it has exactly one model to belong to.
-        if projectors and (folder != root or len(entries) == 1):
+        if projectors and (folder != base or len(entries) == 1):
             best = min(projectors, key=_projector_rank)
-            rel = (folder / best).relative_to(root).as_posix()
+            rel = (folder / best).relative_to(base).as_posix()
             for e in entries:
                 if e.info is not None and not e.info.is_embedding:
                     e.mmproj = rel
@@ -173,14 +175,15 @@ class ModelLibrary:
         return entries
 
     def _gguf_entry(
-        self, root: Path, name: str, paths: list[Path], missing: list[int], seen: set[str], total: int = 1
+        self, base: Path, name: str, paths: list[Path], missing: list[int], seen: set[str], total: int = 1
     ) -> ModelEntry:
         entry = ModelEntry(
             name=name,
-            rel_path=paths[0].relative_to(root).as_posix(),
+            rel_path=paths[0].relative_to(base).as_posix(),
             path=paths[0],
-            parts=[p.relative_to(root).as_posix() for p in paths] if total > 1 else [],
+            parts=[p.relative_to(base).as_posix() for p in paths] if total > 1 else [],
         )
+        root = self.root
         infos: list[GGUFInfo] = []
         try:
             for p in paths:
@@ -205,9 +208,9 @@ class ModelLibrary:
             )
         return entry
 
-    def _hf_entry(self, root: Path, folder: Path) -> ModelEntry:
+    def _hf_entry(self, base: Path, folder: Path) -> ModelEntry:
         entry = ModelEntry(
-            name=folder.name, rel_path=folder.relative_to(root).as_posix(), path=folder, kind="hf"
+            name=folder.name, rel_path=folder.relative_to(base).as_posix(), path=folder, kind="hf"
         )
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -264,7 +267,7 @@ class ModelLibrary:
     def read_info(self, path: Path) -> GGUFInfo:
         path = Path(path)
         if not path.is_absolute():
-            path = self.root / path
+            path = self.models_dir / path
         try:
             st = path.stat()
         except OSError as e:
@@ -294,71 +297,78 @@ class ModelLibrary:
         for fold in (False, True):
             for w in wanted:
                 w = w.casefold() if fold else w
-                for e in models:
-                    keys = (e.name, e.rel_path, e.rel_path.removesuffix(".gguf"), str(e.path))
-                    if any((k.casefold() if fold else k) == w for k in keys):
-                        return e
+                hits = [
+                    e
+                    for e in models
+                    if any(
+                        (k.casefold() if fold else k) == w
+                        for k in (e.name, e.rel_path, _rel_stem(e), str(e.path))
+                    )
+                ]
+                # A GGUF and an HF folder may share a name; the one llama-server can run wins.
+                if hits:
+                    return next((e for e in hits if e.launchable), hits[0])
         return None
 
     def safe_path(self, p: str) -> Path:
         """Resolve a user-given path, guaranteeing it stays inside the models folder.
 
-        The returned path keeps in-folder symlinks unresolved: llama.cpp finds the other parts of
-        a split model by the file name it was given, which a content-addressed blob name lacks.
+        The result is spelled under ``models_dir`` with in-folder symlinks unresolved: llama.cpp
+        finds the other parts of a split model by the file name it was given, which a
+        content-addressed blob name lacks.
         """
-        if not p or not p.strip() or "\x00" in p:
+        if not p or not p.strip():
             raise LibraryError("empty path")
+        if "\x00" in p:
+            raise LibraryError("invalid path (NUL byte)")
         raw = Path(p.strip())
         if ".." in raw.parts:
             raise LibraryError(f"'{p}': '..' is not allowed in model paths")
-        root = self.root
+        base, root = self.models_dir, self.root
+        candidate = base / raw
         if raw.is_absolute():
-            for base in (self.models_dir.absolute(), root):
-                if raw.is_relative_to(base):
-                    candidate = root / raw.relative_to(base)
+            for prefix in (base, root):
+                if raw.is_relative_to(prefix):
+                    candidate = base / raw.relative_to(prefix)
                     break
-            else:
-                candidate = raw
-        else:
-            candidate = root / raw
         if not candidate.resolve().is_relative_to(root):
             raise LibraryError(f"'{p}' is outside the models folder")
         return candidate
 
     def _entry_for(self, target: Path) -> ModelEntry | None:
         for e in self.models:
-            if e.path == target or any(self.root / r == target for r in e.parts):
+            if e.path == target or any(self.models_dir / r == target for r in e.parts):
                 return e
         return None
 
     def delete(self, rel_path: str) -> list[str]:
         """Delete a model's file(s); returns the removed paths relative to the models folder."""
-        root = self.root
+        base = self.models_dir
         target = self.safe_path(rel_path)
-        if target == root:
+        if target.resolve() == self.root:
             raise LibraryError("refusing to delete the models folder itself")
         entry = self._entry_for(target)
         if entry is None:
             self.scan()
             entry = self._entry_for(target)
         if entry is None:
-            raise LibraryError(f"'{rel_path}' is not a model in the library")
+            raise LibraryError(f"'{rel_path}' not found in the model library")
         removed: list[str] = []
         if entry.kind == "hf":
             shutil.rmtree(entry.path)
             removed.append(entry.rel_path)
         else:
             for rel in entry.parts or [entry.rel_path]:
-                (root / rel).unlink(missing_ok=True)
+                (base / rel).unlink(missing_ok=True)
                 removed.append(rel)
             if entry.mmproj:
-                removed += self._drop_orphan_projectors(root, (root / entry.mmproj).parent)
+                removed += self._drop_orphan_projectors(base, (base / entry.mmproj).parent)
         with self._lock:
             self.models = [m for m in self.models if m is not entry]
         return removed
 
-    def _drop_orphan_projectors(self, root: Path, folder: Path) -> list[str]:
-        if folder == root or not folder.is_dir():
+    def _drop_orphan_projectors(self, base: Path, folder: Path) -> list[str]:
+        if folder == base or not folder.is_dir():
             return []
         files = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
         if any(f.name.lower().endswith(_WEIGHT_SUFFIXES) and not _is_projector_name(f.name) for f in files):
@@ -367,7 +377,7 @@ class ModelLibrary:
         for f in files:
             if _is_projector_name(f.name) and f.name.lower().endswith(".gguf"):
                 f.unlink(missing_ok=True)
-                removed.append(f.relative_to(root).as_posix())
+                removed.append(f.relative_to(base).as_posix())
         if not any(folder.iterdir()):
             folder.rmdir()
         return removed
@@ -390,6 +400,11 @@ class ModelLibrary:
         if info.block_count is None:
             raise LibraryError(f"'{p}' has no block count in its metadata")
         return info.block_count
+
+
+def _rel_stem(e: ModelEntry) -> str:
+    # "org/model" for org/model.gguf, and "org/model" for org/model-00001-of-00003.gguf too.
+    return (Path(e.rel_path).parent / e.name).as_posix()
 
 
 def _capabilities(info: GGUFInfo, mmproj: str | None) -> list[str]:

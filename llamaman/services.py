@@ -11,9 +11,12 @@ from llamaman.config import Settings
 from llamaman.db import Database
 from llamaman.events import EventBus
 from llamaman.library import ModelLibrary
+from llamaman.aliases import AliasStore
 from llamaman.presets import PresetStore
+from llamaman.proxy.relay import Relay
+from llamaman.router import Router
 from llamaman.runtime import RuntimeConfig
-from llamaman.supervisor import Supervisor
+from llamaman.supervisor import ManagedInstance, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,18 @@ class Services:
         self.runtime = RuntimeConfig(settings, self.db, self.events)
         self.presets = PresetStore(self.db, self.events)
         self.supervisor = Supervisor(settings, self.db, self.events, self.library, self.http)
+        self.aliases = AliasStore(self.db)
+        self.router = Router(
+            self.supervisor, self.library, self.presets, self.runtime, self.events, settings.request_timeout
+        )
+        # The router reads aliases from the store's dict, so /api/copy takes effect at once.
+        self.router.aliases = self.aliases.aliases
+        self.relay = Relay(self.http, settings.request_timeout)
         self.started = False
+
+    def instance_extra(self, m: ManagedInstance) -> dict[str, object]:
+        """Live counters of an instance that the supervisor does not own (requests, expiry)."""
+        return self.router.counters(m)
 
     async def start(self) -> None:
         if self.started:
@@ -47,13 +61,17 @@ class Services:
         await asyncio.to_thread(self.db.migrate)
         await self.runtime.load()
         await self.library.ascan()
+        await self.aliases.load()
+        self.router.aliases = self.aliases.aliases
         await self.supervisor.start()
+        self.router.start()
         self.started = True
 
     async def stop(self) -> None:
         if not self.started:
             return
         self.started = False
+        await self.router.stop()
         await self.supervisor.shutdown()
         await self.http.aclose()
         self.db.dispose()

@@ -200,7 +200,7 @@ class Supervisor:
         return path, self._model_name(path), mmproj
 
     def _rel(self, path: Path) -> str:
-        return path.relative_to(self.settings.models_dir).as_posix()
+        return path.relative_to(self.library.models_dir).as_posix()
 
     def _model_name(self, path: Path) -> str:
         entry = self.library.find(self._rel(path))

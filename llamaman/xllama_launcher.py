@@ -107,7 +107,7 @@ def _lora_scaled(value: str) -> list[tuple[str, float]]:
 # --- the flag table ---------------------------------------------------------------------------------
 
 # Each flag stores into a destination: a dotted attribute path on CommonParams, or a name starting
-# with "_" that _apply() handles because it touches more than one field or needs post-processing.
+# with "_" that apply_args() handles because it touches more than one field or needs post-processing.
 _SIMPLE: list[tuple[tuple[str, ...], str, Callable[[str], Any]]] = [
     (("-m", "--model"), "model.path", str),
     (("--host",), "_host", str),
@@ -238,9 +238,11 @@ _SWITCHES: list[tuple[tuple[str, ...], str, Any]] = [
     (("-v", "--verbose", "--log-verbose"), "verbosity", 1_000_000),
 ]
 
+_FLASH_ATTN = {"on": "ENABLED", "off": "DISABLED", "auto": "AUTO"}
+
 # Flags with an optional value ("-fa" alone meant "on" in older builds).
 _OPTIONAL_VALUE: list[tuple[tuple[str, ...], str, Callable[[str], Any], str]] = [
-    (("-fa", "--flash-attn"), "_flash_attn", str, "on"),
+    (("-fa", "--flash-attn"), "_flash_attn", _choice(_FLASH_ATTN, "on|off|auto"), "on"),
     (("-fit", "--fit"), "fit_params", _on_off, "on"),
 ]
 
@@ -251,7 +253,13 @@ _IGNORED_QUIETLY: list[tuple[str, ...]] = [
     ("--log-timestamps", "--no-log-timestamps"),
 ]
 
-_ROUTER_FLAGS = ("--models-dir", "--models-preset", "--models-max", "--models-autoload", "--no-models-autoload")
+_ROUTER_FLAGS = (
+    "--models-dir",
+    "--models-preset",
+    "--models-max",
+    "--models-autoload",
+    "--no-models-autoload",
+)
 
 
 @dataclass(frozen=True)
@@ -344,7 +352,7 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
         else:
             try:
                 value = option.convert(raw)
-            except ValueError as exc:
+            except (ValueError, OSError) as exc:
                 raise LaunchError(f"{name}: invalid value {raw!r} ({exc})") from None
         if option.multi:
             ns.setdefault(option.dest, []).append(value)
@@ -371,9 +379,35 @@ def usage() -> str:
 # --- applying parsed flags ----------------------------------------------------------------------
 
 
+# destination → (CommonParams field, xllamacpp enum, member prefix, flag for messages)
+_ENUM_FLAGS = {
+    "_pooling": ("pooling_type", "llama_pooling_type", "LLAMA_POOLING_TYPE_", "--pooling"),
+    "_split_mode": ("split_mode", "llama_split_mode", "LLAMA_SPLIT_MODE_", "--split-mode"),
+    "_cache_type_k": ("cache_type_k", "ggml_type", "GGML_TYPE_", "--cache-type-k"),
+    "_cache_type_v": ("cache_type_v", "ggml_type", "GGML_TYPE_", "--cache-type-v"),
+    "_load_mode": ("load_mode", "llama_load_mode", "LLAMA_LOAD_MODE_", "--load-mode"),
+    "_numa": ("numa", "ggml_numa_strategy", "GGML_NUMA_STRATEGY_", "--numa"),
+    "_rope_scaling": (
+        "rope_scaling_type",
+        "llama_rope_scaling_type",
+        "LLAMA_ROPE_SCALING_TYPE_",
+        "--rope-scaling",
+    ),
+    "_reasoning_format": (
+        "reasoning_format",
+        "common_reasoning_format",
+        "COMMON_REASONING_FORMAT_",
+        "--reasoning-format",
+    ),
+}
+# Command-line spellings whose enum member is named differently.
+_ENUM_ALIASES = {"dio": "direct_io"}
+
+
 def _enum(xl: Any, enum_name: str, prefix: str, value: str, flag: str) -> Any:
     enum = getattr(xl, enum_name)
-    key = prefix + value.strip().upper().replace("-", "_").replace("+", "_")
+    word = value.strip().lower()
+    key = prefix + _ENUM_ALIASES.get(word, word).upper().replace("-", "_").replace("+", "_")
     try:
         return enum.__members__[key]
     except KeyError:
@@ -393,8 +427,10 @@ def _set(params: Any, dotted: str, value: Any, warn: Callable[[str], None]) -> N
         warn(f"this xllamacpp has no setting {dotted!r}; ignored")
 
 
-def apply_args(ns: dict[str, Any], params: xllamacpp.CommonParams, xl: Any, warn: Callable[[str], None]) -> None:
-    """Store parsed flags (``vars(namespace)``) into ``params``."""
+def apply_args(
+    ns: dict[str, Any], params: xllamacpp.CommonParams, xl: Any, warn: Callable[[str], None]
+) -> None:
+    """Store flags parsed by :func:`parse_flags` into ``params``."""
     if ns.get("_router"):
         raise LaunchError("router mode (--models-dir, --models-max, ...) is not available with xllamacpp")
 
@@ -443,31 +479,24 @@ def apply_args(ns: dict[str, Any], params: xllamacpp.CommonParams, xl: Any, warn
         params.embedding = True
         params.pooling_type = xl.llama_pooling_type.LLAMA_POOLING_TYPE_RANK
 
-    enums = [
-        ("_pooling", "pooling_type", "llama_pooling_type", "LLAMA_POOLING_TYPE_", "--pooling"),
-        ("_split_mode", "split_mode", "llama_split_mode", "LLAMA_SPLIT_MODE_", "--split-mode"),
-        ("_cache_type_k", "cache_type_k", "ggml_type", "GGML_TYPE_", "--cache-type-k"),
-        ("_cache_type_v", "cache_type_v", "ggml_type", "GGML_TYPE_", "--cache-type-v"),
-        ("_load_mode", "load_mode", "llama_load_mode", "LLAMA_LOAD_MODE_", "--load-mode"),
-        ("_numa", "numa", "ggml_numa_strategy", "GGML_NUMA_STRATEGY_", "--numa"),
-        ("_rope_scaling", "rope_scaling_type", "llama_rope_scaling_type", "LLAMA_ROPE_SCALING_TYPE_", "--rope-scaling"),
-        ("_reasoning_format", "reasoning_format", "common_reasoning_format", "COMMON_REASONING_FORMAT_",
-         "--reasoning-format"),
-    ]
-    for dest, field, enum_name, prefix, flag in enums:
+    for dest, (field, enum_name, prefix, flag) in _ENUM_FLAGS.items():
         if dest in ns:
             _set(params, field, _enum(xl, enum_name, prefix, ns[dest], flag), warn)
 
     if "_flash_attn" in ns:
-        mode = {"on": "ENABLED", "off": "DISABLED", "auto": "AUTO"}.get(ns["_flash_attn"].strip().lower())
-        if mode is None:
-            raise LaunchError(f"--flash-attn: unknown value {ns['_flash_attn']!r} (expected on, off or auto)")
-        params.flash_attn_type = xl.llama_flash_attn_type.__members__[f"LLAMA_FLASH_ATTN_TYPE_{mode}"]
+        params.flash_attn_type = xl.llama_flash_attn_type.__members__[
+            f"LLAMA_FLASH_ATTN_TYPE_{ns['_flash_attn']}"
+        ]
 
     # The deprecated --mmap/--no-mmap/--mlock pair folds into --load-mode, which wins when given.
     if ("_mmap" in ns or "_mlock" in ns) and "_load_mode" not in ns:
         mmap, mlock = ns.get("_mmap", True), ns.get("_mlock", False)
-        mode = {(True, False): "MMAP", (True, True): "MMAP_MLOCK", (False, True): "MLOCK", (False, False): "NONE"}
+        mode = {
+            (True, False): "MMAP",
+            (True, True): "MMAP_MLOCK",
+            (False, True): "MLOCK",
+            (False, False): "NONE",
+        }
         params.load_mode = xl.llama_load_mode.__members__[f"LLAMA_LOAD_MODE_{mode[(mmap, mlock)]}"]
 
     if not params.model.path:
@@ -488,35 +517,37 @@ def _warn(message: str) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
-def parse(argv: Sequence[str], xl: Any) -> xllamacpp.CommonParams:
-    """Parse llama-server flags into CommonParams, warning about the ones it can't use."""
-    ns, unknown = parse_flags(argv)
-    if unknown:
-        _warn(f"ignoring options this launcher does not support: {' '.join(unknown)}")
+def build_params(ns: dict[str, Any], xl: Any, warn: Callable[[str], None] = _warn) -> xllamacpp.CommonParams:
     params = xl.CommonParams()
     params.port = DEFAULT_PORT
-    apply_args(ns, params, xl, _warn)
+    apply_args(ns, params, xl, warn)
     return params
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        ns, unknown = parse_flags(sys.argv[1:] if argv is None else argv)
+    except LaunchError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    if ns.get("_help"):
+        sys.stdout.write(usage())
+        return 0
+    try:
         import xllamacpp as xl
     except ImportError as exc:
-        print(f"{PROG}: xllamacpp is not installed ({exc}); run `pip install 'llamaman[cpu]'`", file=sys.stderr)
+        print(
+            f"{PROG}: xllamacpp is not installed ({exc}); run `pip install 'llamaman[cpu]'`", file=sys.stderr
+        )
         return 1
-
-    args = sys.argv[1:] if argv is None else list(argv)
+    if ns.get("_version"):
+        # stderr, like llama-server, so version probes read both the same way.
+        sys.stderr.write(_version_text(xl))
+        return 0
+    if unknown:
+        _warn(f"ignoring options this launcher does not support: {' '.join(unknown)}")
     try:
-        ns, _ = parse_flags(args)
-        if ns.get("_help"):
-            sys.stdout.write(usage())
-            return 0
-        if ns.get("_version"):
-            # stderr, like llama-server, so `--version` probes read both streams the same way.
-            sys.stderr.write(_version_text(xl))
-            return 0
-        params = parse(args, xl)
+        params = build_params(ns, xl)
     except (LaunchError, OSError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

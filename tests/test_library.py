@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import gguf
 import numpy as np
 import pytest
 
+from llamaman.gguf_meta import read_header
 from llamaman.library import LibraryError, ModelLibrary, estimate_memory
 
 N_EMBD = 64
@@ -104,7 +106,7 @@ def test_multipart_model_is_one_entry_with_summed_size(models: Path) -> None:
     assert [e.name for e in entries] == ["Big-Model-Q4_K_M"]
     e = entries[0]
     assert e.error is None and e.launchable
-    assert e.path == models.resolve() / "big" / parts[0].name
+    assert e.path == models / "big" / parts[0].name
     assert e.rel_path == "big/Big-Model-Q4_K_M-00001-of-00003.gguf"
     assert e.parts == [f"big/{p.name}" for p in parts]
     assert e.size_bytes == sum(p.stat().st_size for p in parts)
@@ -194,11 +196,11 @@ def test_mmproj_in_folder_gives_vision(models: Path) -> None:
     write_gguf(models / "two.gguf")
     write_gguf(models / "mmproj-stray.gguf", arch="clip")
     entries = ModelLibrary(models).scan()
-    assert [e.name for e in entries] == ["Qwen-VL-Q4_K_M", "one", "two"]
-    vl = entries[0]
+    assert [e.name for e in entries] == ["one", "Qwen-VL-Q4_K_M", "two"]
+    vl = entries[1]
     assert vl.mmproj == "vl/mmproj-Qwen-VL-f16.gguf"
     assert vl.capabilities == ["completion", "vision"]
-    assert entries[1].mmproj is None and "vision" not in entries[1].capabilities
+    assert entries[0].mmproj is None and "vision" not in entries[0].capabilities
 
 
 def test_embedding_models(models: Path) -> None:
@@ -236,8 +238,40 @@ def test_find(models: Path) -> None:
     assert foo_upper is not None and foo_upper.rel_path == "Foo.gguf"
     assert foo_lower is not None and foo_lower.rel_path == "foo.gguf"
     assert lib.find("foo:latest") is foo_lower
+    write_split(models / "org", "Split-Q8_0")
+    lib.scan()
+    split = lib.find("org/Split-Q8_0:latest")
+    assert split is not None and split.rel_path == "org/Split-Q8_0-00001-of-00003.gguf"
     assert lib.find("FOO") in (foo_upper, foo_lower)
     assert lib.find("missing") is None and lib.find("") is None
+    # An HF folder sharing a GGUF's name never shadows the launchable model.
+    hf = models / "a" / "Foo"
+    hf.mkdir(parents=True)
+    (hf / "config.json").write_text("{}")
+    (hf / "model.safetensors").write_bytes(b"0")
+    lib.scan()
+    foo = lib.find("Foo")
+    assert foo is not None and foo.kind == "gguf"
+
+
+def test_long_vocabulary_is_read_quickly(models: Path) -> None:
+    # gguf.GGUFReader needs ~10 s for a 150k vocabulary; skipping the arrays keeps a scan cheap.
+    path = models / "vocab.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_token_list([f"token-{i}" for i in range(100_000)])
+    w.add_token_scores([0.0] * 100_000)
+    w.add_token_merges([f"a{i} b{i}" for i in range(100_000)])
+    w.add_tensor("a", np.ones(4, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    lib = ModelLibrary(models)
+    started = time.perf_counter()
+    [e] = lib.scan()
+    assert time.perf_counter() - started < 2.0
+    assert e.info is not None and e.info.vocab_size == 100_000
+    assert lib.model_info_kv(e)["tokenizer.ggml.merges"] is None
 
 
 def test_safe_path(models: Path, tmp_path: Path) -> None:
@@ -249,11 +283,10 @@ def test_safe_path(models: Path, tmp_path: Path) -> None:
     (models / "escape-dir").symlink_to(outside, target_is_directory=True)
     (models / "alias.gguf").symlink_to(models / "sub" / "m.gguf")
     lib = ModelLibrary(models)
-    root = models.resolve()
-    assert lib.safe_path("sub/m.gguf") == root / "sub" / "m.gguf"
-    assert lib.safe_path(str(models / "sub" / "m.gguf")) == root / "sub" / "m.gguf"
+    assert lib.safe_path("sub/m.gguf") == models / "sub" / "m.gguf"
+    assert lib.safe_path(str(models / "sub" / "m.gguf")) == models / "sub" / "m.gguf"
     # A link that stays inside is kept as named: llama.cpp derives split-part names from it.
-    assert lib.safe_path("alias.gguf") == root / "alias.gguf"
+    assert lib.safe_path("alias.gguf") == models / "alias.gguf"
     for bad in ("../x", "sub/../../x", "/etc/passwd", "escape.gguf", "escape-dir/secret.gguf", "", "   "):
         with pytest.raises(LibraryError):
             lib.safe_path(bad)
@@ -262,6 +295,23 @@ def test_safe_path(models: Path, tmp_path: Path) -> None:
     # The scan lists the escaping link but never launches it.
     escape = next(e for e in lib.scan() if e.name == "escape")
     assert escape.error == "links outside the models folder" and not escape.launchable
+
+
+def test_models_dir_behind_a_symlink_or_relative(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_gguf(models / "sub" / "m.gguf")
+    link = tmp_path / "link"
+    link.symlink_to(models, target_is_directory=True)
+    lib = ModelLibrary(link)
+    [e] = lib.scan()
+    # Paths stay spelled under the configured folder so callers can relative_to() them.
+    assert e.path == link / "sub" / "m.gguf" and e.rel_path == "sub/m.gguf"
+    assert lib.safe_path(str(models / "sub" / "m.gguf")) == link / "sub" / "m.gguf"
+    assert lib.safe_path("sub/m.gguf").relative_to(lib.models_dir).as_posix() == "sub/m.gguf"
+    monkeypatch.chdir(tmp_path)
+    rel = ModelLibrary(Path("models"))
+    assert rel.models_dir == models and [x.rel_path for x in rel.scan()] == ["sub/m.gguf"]
 
 
 def test_delete_removes_all_parts(models: Path) -> None:
@@ -431,3 +481,43 @@ async def test_ascan(models: Path) -> None:
 def test_missing_models_dir(tmp_path: Path) -> None:
     lib = ModelLibrary(tmp_path / "nope")
     assert lib.scan() == [] and lib.find("x") is None
+
+
+@pytest.mark.parametrize("endian", [gguf.GGUFEndian.LITTLE, gguf.GGUFEndian.BIG])
+def test_header_reader_agrees_with_gguf_reader(tmp_path: Path, endian: gguf.GGUFEndian) -> None:
+    path = tmp_path / "kinds.gguf"
+    w = gguf.GGUFWriter(str(path), "llama", endianess=endian)
+    w.add_uint8("t.u8", 200)
+    w.add_int16("t.i16", -3)
+    w.add_uint64("t.u64", 2**40)
+    w.add_int64("t.i64", -(2**40))
+    w.add_float32("t.f32", 1e-5)
+    w.add_float64("t.f64", 0.1)
+    w.add_bool("t.bool", True)
+    w.add_string("t.str", "héllo")
+    w.add_array("t.short", [1, 2, 3])
+    w.add_array("t.names", ["a", "b"])
+    w.add_array("t.long_ints", list(range(1000)))
+    w.add_array("t.long_strs", [f"s{i}" for i in range(5000)])
+    w.add_tensor("a", np.ones((3, 5), dtype=np.float32))
+    w.add_tensor("b", np.ones((2, 4), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    header = read_header(path)
+    ref = gguf.GGUFReader(str(path))
+    assert set(header.metadata) == {k for k in ref.fields if not k.startswith("GGUF.")}
+    for key, value in header.metadata.items():
+        expected = ref.fields[key].contents()
+        if key.startswith("t.long"):
+            assert value is None and header.array_lengths[key] == len(expected)
+        elif key == "t.f32":
+            assert value == 1e-5  # the shortest float32 repr, not 9.99999974e-06
+        else:
+            assert value == expected, key
+    assert header.data_start == ref.data_offset
+    got = [(t.name, t.type_id, t.n_elements, header.data_start + t.offset, t.n_bytes) for t in header.tensors]
+    want = [(t.name, int(t.tensor_type), t.n_elements, t.data_offset, t.n_bytes) for t in ref.tensors]
+    assert got == want

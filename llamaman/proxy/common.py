@@ -1,0 +1,82 @@
+"""What every proxy surface shares: reading bodies, getting a lease, answering errors in the
+client's own dialect (OpenAI, Ollama, Anthropic)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+from starlette.responses import JSONResponse, Response
+
+from llamaman.gate import QueueFull
+from llamaman.proxy.relay import ErrorStyle, error_payload
+from llamaman.router import Lease, ModelNotFound, ModelUnavailable
+from llamaman.services import Services
+
+
+class ProxyError(Exception):
+    """An answer to give instead of proxying; ``response()`` renders it in the client's dialect."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+    def response(self, style: ErrorStyle) -> Response:
+        body = error_payload(style, self.message, self.status)
+        if style == "openai" and self.status == 404:
+            body["error"]["type"] = "invalid_request_error"
+            body["error"]["code"] = "model_not_found"
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def services_of(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+async def read_json(request: Request) -> tuple[dict[str, Any], bytes]:
+    """The parsed body and its raw bytes (kept so unchanged bodies pass through without re-encoding)."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}, raw
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProxyError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProxyError(400, "request body must be a JSON object")
+    return body, raw
+
+
+def require_model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ProxyError(400, "the request needs a 'model' field naming the model to use")
+    return model.strip()
+
+
+async def lease_for(services: Services, model: str, *, min_ctx: int | None = None) -> Lease:
+    """A lease on an instance serving ``model``; router failures become ProxyErrors."""
+    try:
+        return await services.router.acquire(model, min_ctx=min_ctx)
+    except ModelNotFound:
+        raise ProxyError(404, f"model '{model}' not found") from None
+    except QueueFull as exc:
+        raise ProxyError(429, exc.message, {"Retry-After": str(exc.retry_after)}) from None
+    except ModelUnavailable as exc:
+        raise ProxyError(503, str(exc)) from None
+    except TimeoutError:
+        raise ProxyError(504, f"model '{model}' was not ready within REQUEST_TIMEOUT") from None
+
+
+def apply_sampling(body: dict[str, Any], lease: Lease) -> bool:
+    """Force the instance's sampling overrides onto an OpenAI-style body; True if anything changed."""
+    forced = lease.instance.settings.sampling.active()
+    changed = False
+    for key, value in forced.items():
+        if body.get(key) != value:
+            body[key] = value
+            changed = True
+    return changed

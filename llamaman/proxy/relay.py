@@ -1,0 +1,238 @@
+"""Forward a request to an instance's llama-server and relay the answer as it arrives.
+
+Streams are never buffered: each chunk goes to the client as llama-server writes it. The lease on
+the instance is released in a ``finally`` whatever happens (done, client gone, upstream dead), and
+a client that disconnects closes the upstream request so llama-server frees its slot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+from starlette.background import BackgroundTask
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from llamaman.router import Lease
+
+log = logging.getLogger(__name__)
+
+ErrorStyle = Literal["openai", "ollama", "anthropic", "raw"]
+
+# Hop-by-hop and length headers are the transport's business, not the payload's.
+_DROP_REQUEST = {
+    "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade",
+    "proxy-authorization", "authorization", "x-api-key", "cookie", "accept-encoding",
+}  # fmt: skip
+_DROP_RESPONSE = {"content-length", "connection", "keep-alive", "transfer-encoding", "content-encoding", "server", "date"}
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def forward_headers(headers: Any) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in _DROP_REQUEST}
+
+
+def response_headers(headers: httpx.Headers) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in _DROP_RESPONSE}
+
+
+@dataclass
+class Exchange:
+    """What happened on one proxied request: read by the activity log and the metrics."""
+
+    model: str
+    endpoint: str
+    started: float = field(default_factory=time.monotonic)
+    first_byte: float | None = None
+    finished: float | None = None
+    status: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    stream: bool = False
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return (self.first_byte - self.started) * 1000 if self.first_byte else None
+
+    def absorb_usage(self, obj: dict[str, Any]) -> None:
+        """Pick token counts out of an OpenAI/llama-server response object or stream chunk."""
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            self.prompt_tokens = int(usage.get("prompt_tokens") or usage.get("input_tokens") or self.prompt_tokens)
+            self.completion_tokens = int(
+                usage.get("completion_tokens") or usage.get("output_tokens") or self.completion_tokens
+            )
+        timings = obj.get("timings")
+        if isinstance(timings, dict) and not isinstance(usage, dict):
+            self.prompt_tokens = int(timings.get("prompt_n") or self.prompt_tokens)
+            self.completion_tokens = int(timings.get("predicted_n") or self.completion_tokens)
+
+
+Observer = Callable[[Exchange], None]
+
+
+def error_payload(style: ErrorStyle, message: str, code: int = 500) -> dict[str, Any]:
+    if style == "ollama":
+        return {"error": message}
+    if style == "anthropic":
+        return {"type": "error", "error": {"type": "api_error", "message": message}}
+    return {"error": {"message": message, "type": "server_error", "code": code}}
+
+
+def stream_error_line(style: ErrorStyle, message: str) -> bytes:
+    """The error object that ends a broken stream, framed the way the client is reading."""
+    payload = json.dumps(error_payload(style, message)).encode()
+    if style == "ollama":
+        return payload + b"\n"
+    if style == "anthropic":
+        return b"event: error\ndata: " + payload + b"\n\n"
+    return b"data: " + payload + b"\n\n"
+
+
+class Relay:
+    """Owner of the shared upstream client; one per app."""
+
+    def __init__(self, http: httpx.AsyncClient, request_timeout: float, observer: Observer | None = None) -> None:
+        self.http = http
+        self.request_timeout = request_timeout
+        self.observer = observer
+
+    def _observe(self, ex: Exchange) -> None:
+        ex.finished = time.monotonic()
+        if self.observer:
+            try:
+                self.observer(ex)
+            except Exception:
+                log.exception("request observer failed")
+
+    async def open(
+        self, lease: Lease, method: str, path: str, *, content: bytes | None, headers: dict[str, str] | None = None,
+        params: Any = None,
+    ) -> httpx.Response:
+        """Send upstream and return the response with its body not yet read."""
+        url = f"{lease.base_url}{path}"
+        req = self.http.build_request(
+            method, url, content=content, headers=headers, params=params,
+            timeout=httpx.Timeout(self.request_timeout, connect=5.0),
+        )  # fmt: skip
+        return await self.http.send(req, stream=True)
+
+    async def forward(
+        self,
+        lease: Lease,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        params: Any = None,
+        style: ErrorStyle = "openai",
+        exchange: Exchange | None = None,
+    ) -> Response:
+        """Pass a request through unchanged and relay the answer (streamed if upstream streams)."""
+        ex = exchange or Exchange(lease.model_name, path)
+        try:
+            upstream = await self.open(lease, method, path, content=content, headers=headers, params=params)
+        except httpx.HTTPError as exc:
+            lease.release()
+            ex.status, ex.error = 502, f"upstream unreachable: {exc}"
+            self._observe(ex)
+            return JSONResponse(error_payload(style, ex.error, 502), status_code=502)
+        except BaseException:
+            lease.release()
+            raise
+        ex.status = upstream.status_code
+        ctype = upstream.headers.get("content-type", "")
+        if "text/event-stream" not in ctype and "ndjson" not in ctype:
+            try:
+                body = await upstream.aread()
+            except httpx.HTTPError as exc:
+                ex.status, ex.error = 502, f"upstream failed: {exc}"
+                return JSONResponse(error_payload(style, ex.error, 502), status_code=502)
+            finally:
+                await upstream.aclose()
+                lease.release()
+                ex.first_byte = ex.first_byte or time.monotonic()
+                if "json" in ctype and ex.status < 300:
+                    _absorb_json(ex, body)
+                self._observe(ex)
+            return Response(body, status_code=upstream.status_code, headers=response_headers(upstream.headers))
+        ex.stream = True
+        return StreamingResponse(
+            self._relay_stream(upstream, lease, style, ex),
+            status_code=upstream.status_code,
+            headers={**response_headers(upstream.headers), **STREAM_HEADERS},
+            media_type=ctype or None,
+        )
+
+    async def _relay_stream(
+        self, upstream: httpx.Response, lease: Lease, style: ErrorStyle, ex: Exchange
+    ) -> AsyncIterator[bytes]:
+        tail = b""
+        try:
+            async for chunk in upstream.aiter_raw():
+                if ex.first_byte is None:
+                    ex.first_byte = time.monotonic()
+                # Keep the last few KB to read usage from the final events without parsing every chunk.
+                tail = (tail + chunk)[-16384:]
+                yield chunk
+        except httpx.HTTPError as exc:
+            ex.error = f"upstream stream broke: {exc.__class__.__name__}"
+            log.warning("stream from %s broke: %r", lease.model_name, exc)
+            yield stream_error_line(style, f"llama-server for '{lease.model_name}' stopped mid-stream ({ex.error})")
+        finally:
+            await upstream.aclose()
+            lease.release()
+            _absorb_sse_tail(ex, tail)
+            self._observe(ex)
+
+    async def stream_lines(self, upstream: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+        """Parsed JSON objects of an SSE or NDJSON upstream stream (for translating surfaces)."""
+        async for line in upstream.aiter_lines():
+            if not line or line.startswith(":") or line.startswith("event:"):
+                continue
+            if line.startswith("data:"):
+                line = line[5:].strip()
+                if line == "[DONE]":
+                    return
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                yield obj
+
+
+def _absorb_json(ex: Exchange, body: bytes) -> None:
+    try:
+        obj = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return
+    if isinstance(obj, dict):
+        ex.absorb_usage(obj)
+
+
+def _absorb_sse_tail(ex: Exchange, tail: bytes) -> None:
+    for line in reversed(tail.split(b"\n")):
+        line = line.strip()
+        if line.startswith(b"data:"):
+            line = line[5:].strip()
+        if not line.startswith(b"{") or (b"usage" not in line and b"timings" not in line):
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            ex.absorb_usage(obj)
+            return
+
+
+def release_on_close(lease: Lease) -> BackgroundTask:
+    return BackgroundTask(lease.release)
