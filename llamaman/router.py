@@ -118,7 +118,8 @@ class Router:
         self.slots: dict[str, Slot] = {}
         self.gates: dict[str, Gate] = {}
         self.waiting: list[Waiter] = []
-        self.loading: set[str] = set()  # model keys with a start in progress
+        # Model keys with a start in progress → whether that model takes a slot (not embedding).
+        self.loading: dict[str, bool] = {}
         self.swaps = 0
         self.evictions = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -308,8 +309,9 @@ class Router:
         if not self.waiting:
             return
         cap = self.runtime.current.max_models
-        planned = 0
         for w in list(self.waiting):
+            if w not in self.waiting:
+                continue  # granted along with an earlier waiter for the same model
             if w.future.done():
                 self.waiting.remove(w)
                 continue
@@ -324,10 +326,8 @@ class Router:
             if w.key in self.loading:
                 continue
             embedding = "embedding" in w.entry.capabilities and "completion" not in w.entry.capabilities
-            used = sum(1 for m in self.sup.list() if self._counts(m)) + planned
-            if embedding or cap <= 0 or used < cap:
-                planned += 0 if embedding else 1
-                self.loading.add(w.key)
+            if embedding or cap <= 0 or self._slots_used() < cap:
+                self.loading[w.key] = not embedding
                 self._spawn(self._bring_up(w.entry))
                 continue
             # Full: drain the least recently used model no earlier waiter still wants.
@@ -350,6 +350,12 @@ class Router:
             victim = min(candidates, key=lambda m: m.last_used)
             self.slot(victim).draining = True
             self._spawn(self._unload(victim, reason=f"make room for {w.entry.name}"))
+
+    def _slots_used(self) -> int:
+        """Model slots taken: counted instances plus loads not yet visible as instances."""
+        counted = [m for m in self.sup.list() if self._counts(m)]
+        paths = {m.record.model_path for m in counted}
+        return len(counted) + sum(1 for k, takes in self.loading.items() if takes and k not in paths)
 
     def _grant(self, w: Waiter, m: ManagedInstance) -> None:
         if w in self.waiting:
@@ -387,7 +393,7 @@ class Router:
             msg = exc.message if isinstance(exc, InstanceError) else str(exc)
             self._fail(entry.rel_path, ModelUnavailable(f"could not start '{entry.name}': {msg}"))
         finally:
-            self.loading.discard(entry.rel_path)
+            self.loading.pop(entry.rel_path, None)
             self._kick()
 
     async def _launch_settings(self, entry: ModelEntry, **overrides: Any) -> LaunchSettings:

@@ -1,7 +1,8 @@
 """SQLModel tables: the persistent state of LlamaMan.
 
 Strings carry explicit lengths because MySQL/MariaDB refuse unbounded VARCHAR; long free text
-(errors, logs) uses TEXT. JSON columns hold structured settings that the API passes through.
+(errors, logs) uses TEXT. Floats are DOUBLE: MySQL's FLOAT is single precision and would round
+Unix timestamps to about a minute. JSON columns hold structured settings that the API passes through.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import secrets
 import time
 from typing import Any
 
-from sqlalchemy import JSON, Column, Text
+from sqlalchemy import JSON, BigInteger, Column, Double, Text
 from sqlmodel import Field, SQLModel
 
 
@@ -38,7 +39,7 @@ class Instance(SQLModel, table=True):
     extra_args: str = Field(default="", sa_type=Text)
     embedding: bool = False
     mmproj: str | None = Field(default=None, max_length=1024)
-    idle_timeout_min: float = 0
+    idle_timeout_min: float = Field(default=0, sa_type=Double)
     max_concurrent: int = 0
     max_queue_depth: int = 0
     share_queue: bool = False
@@ -53,9 +54,9 @@ class Instance(SQLModel, table=True):
     error: str | None = Field(default=None, sa_type=Text)
     last_log: str | None = Field(default=None, sa_type=Text)
     command: list[str] = Field(default_factory=list, sa_column=Column(JSON))
-    created_at: float = Field(default_factory=now)
-    started_at: float | None = None
-    stopped_at: float | None = None
+    created_at: float = Field(default_factory=now, sa_type=Double)
+    started_at: float | None = Field(default=None, sa_type=Double)
+    stopped_at: float | None = Field(default=None, sa_type=Double)
 
 
 class Download(SQLModel, table=True):
@@ -64,14 +65,15 @@ class Download(SQLModel, table=True):
     filename: str | None = Field(default=None, max_length=1024)
     revision: str = Field(default="main", max_length=64)
     status: str = Field(default="queued", max_length=16, index=True)
-    bytes_done: int = 0
-    bytes_total: int = 0
-    speed_limit_mbps: float = 0
+    # Model files pass 2 GiB: a 32-bit INT column (MySQL/MariaDB) would overflow.
+    bytes_done: int = Field(default=0, sa_type=BigInteger)
+    bytes_total: int = Field(default=0, sa_type=BigInteger)
+    speed_limit_mbps: float = Field(default=0, sa_type=Double)
     files: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     attempts: int = 0
     error: str | None = Field(default=None, sa_type=Text)
-    created_at: float = Field(default_factory=now)
-    finished_at: float | None = None
+    created_at: float = Field(default_factory=now, sa_type=Double)
+    finished_at: float | None = Field(default=None, sa_type=Double)
 
 
 class Preset(SQLModel, table=True):
@@ -79,7 +81,7 @@ class Preset(SQLModel, table=True):
 
     model_path: str = Field(primary_key=True, max_length=512)
     settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-    updated_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now, sa_type=Double)
 
 
 class ModelSource(SQLModel, table=True):
@@ -94,7 +96,7 @@ class ModelSource(SQLModel, table=True):
 class ModelAlias(SQLModel, table=True):
     alias: str = Field(primary_key=True, max_length=255)
     target: str = Field(max_length=512)
-    created_at: float = Field(default_factory=now)
+    created_at: float = Field(default_factory=now, sa_type=Double)
 
 
 class User(SQLModel, table=True):
@@ -102,7 +104,7 @@ class User(SQLModel, table=True):
     username: str = Field(max_length=64, unique=True, index=True)
     password_hash: str = Field(max_length=255)
     is_admin: bool = True
-    created_at: float = Field(default_factory=now)
+    created_at: float = Field(default_factory=now, sa_type=Double)
 
 
 class ApiKey(SQLModel, table=True):
@@ -113,8 +115,8 @@ class ApiKey(SQLModel, table=True):
     allowed_models: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     rpm_limit: int = 0
     revoked: bool = False
-    created_at: float = Field(default_factory=now)
-    last_used_at: float | None = None
+    created_at: float = Field(default_factory=now, sa_type=Double)
+    last_used_at: float | None = Field(default=None, sa_type=Double)
 
 
 class KeyUsage(SQLModel, table=True):
@@ -137,22 +139,22 @@ class AppSetting(SQLModel, table=True):
 
 class RequestLog(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
-    ts: float = Field(default_factory=now, index=True)
+    ts: float = Field(default_factory=now, index=True, sa_type=Double)
     model: str = Field(default="", max_length=255, index=True)
     endpoint: str = Field(default="", max_length=255)
     key_name: str | None = Field(default=None, max_length=128)
     status: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    ttft_ms: float | None = None
-    duration_ms: float = 0
-    tokens_per_s: float | None = None
-    energy_j: float | None = None
+    ttft_ms: float | None = Field(default=None, sa_type=Double)
+    duration_ms: float = Field(default=0, sa_type=Double)
+    tokens_per_s: float | None = Field(default=None, sa_type=Double)
+    energy_j: float | None = Field(default=None, sa_type=Double)
 
 
 class Benchmark(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
-    created_at: float = Field(default_factory=now)
+    created_at: float = Field(default_factory=now, sa_type=Double)
     model: str = Field(max_length=255)
     params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     results: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))

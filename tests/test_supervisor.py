@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 from sqlmodel import select
@@ -23,35 +22,14 @@ from llamaman.services import Services
 from llamaman.state import InstanceState
 from llamaman.supervisor import InstanceError
 from llamaman.tables import Instance
+from tests.helpers import chat, servers_of
 
 S = InstanceState
 
 
-def servers_of(owner: str) -> list[psutil.Process]:
-    """Live llama-server processes started by the LlamaMan whose data dir is ``owner``."""
-    found = []
-    for p in psutil.process_iter(["pid"]):
-        try:
-            env = p.environ()
-            if env.get(ENV_OWNER) == owner and ENV_INSTANCE_ID in env and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
-
-
-async def chat(port: int, text: str = "hi", max_tokens: int = 8) -> str:
-    async with httpx.AsyncClient() as c:
-        r = await c.post(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            json={"messages": [{"role": "user", "content": text}], "max_tokens": max_tokens},
-            timeout=30,
-        )
-        r.raise_for_status()
-        return r.json()["choices"][0]["message"]["content"]
-
-
-async def test_launched_instance_becomes_healthy_answers_and_stops_without_orphans(services: Services) -> None:
+async def test_launched_instance_becomes_healthy_answers_and_stops_without_orphans(
+    services: Services,
+) -> None:
     sup = services.supervisor
     m = await sup.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=512))
     assert await m.proc.wait_for({S.HEALTHY, S.FAILED}, timeout=30) == S.HEALTHY
@@ -150,7 +128,11 @@ async def test_servers_left_by_a_crashed_app_are_adopted_not_duplicated(settings
         "LLAMA_SERVER_BIN": str(settings.llama_server_bin),
     }
     app = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_APP], env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, "-c", CRASHING_APP],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         line = await asyncio.wait_for(asyncio.to_thread(app.stdout.readline), 60)  # type: ignore[union-attr]
@@ -215,7 +197,9 @@ async def test_ports_in_use_are_skipped(services: Services) -> None:
         busy.close()
 
 
-async def test_server_that_exits_while_loading_fails_at_once(make_settings: Any, fake_server_bin: Any) -> None:
+async def test_server_that_exits_while_loading_fails_at_once(
+    make_settings: Any, fake_server_bin: Any
+) -> None:
     svc = Services(make_settings(LLAMA_SERVER_BIN=fake_server_bin("exit-during-load")))
     await svc.start()
     try:

@@ -28,8 +28,8 @@ def upgrade() -> None:
     sa.Column('allowed_models', sa.JSON(), nullable=True),
     sa.Column('rpm_limit', sa.Integer(), nullable=False),
     sa.Column('revoked', sa.Boolean(), nullable=False),
-    sa.Column('created_at', sa.Float(), nullable=False),
-    sa.Column('last_used_at', sa.Float(), nullable=True),
+    sa.Column('created_at', sa.Double(), nullable=False),
+    sa.Column('last_used_at', sa.Double(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('apikey', schema=None) as batch_op:
@@ -42,7 +42,7 @@ def upgrade() -> None:
     )
     op.create_table('benchmark',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-    sa.Column('created_at', sa.Float(), nullable=False),
+    sa.Column('created_at', sa.Double(), nullable=False),
     sa.Column('model', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
     sa.Column('params', sa.JSON(), nullable=True),
     sa.Column('results', sa.JSON(), nullable=True),
@@ -55,14 +55,14 @@ def upgrade() -> None:
     sa.Column('filename', sqlmodel.sql.sqltypes.AutoString(length=1024), nullable=True),
     sa.Column('revision', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-    sa.Column('bytes_done', sa.Integer(), nullable=False),
-    sa.Column('bytes_total', sa.Integer(), nullable=False),
-    sa.Column('speed_limit_mbps', sa.Float(), nullable=False),
+    sa.Column('bytes_done', sa.BigInteger(), nullable=False),
+    sa.Column('bytes_total', sa.BigInteger(), nullable=False),
+    sa.Column('speed_limit_mbps', sa.Double(), nullable=False),
     sa.Column('files', sa.JSON(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
-    sa.Column('created_at', sa.Float(), nullable=False),
-    sa.Column('finished_at', sa.Float(), nullable=True),
+    sa.Column('created_at', sa.Double(), nullable=False),
+    sa.Column('finished_at', sa.Double(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('download', schema=None) as batch_op:
@@ -82,7 +82,7 @@ def upgrade() -> None:
     sa.Column('extra_args', sa.Text(), nullable=False),
     sa.Column('embedding', sa.Boolean(), nullable=False),
     sa.Column('mmproj', sqlmodel.sql.sqltypes.AutoString(length=1024), nullable=True),
-    sa.Column('idle_timeout_min', sa.Float(), nullable=False),
+    sa.Column('idle_timeout_min', sa.Double(), nullable=False),
     sa.Column('max_concurrent', sa.Integer(), nullable=False),
     sa.Column('max_queue_depth', sa.Integer(), nullable=False),
     sa.Column('share_queue', sa.Boolean(), nullable=False),
@@ -95,9 +95,9 @@ def upgrade() -> None:
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('last_log', sa.Text(), nullable=True),
     sa.Column('command', sa.JSON(), nullable=True),
-    sa.Column('created_at', sa.Float(), nullable=False),
-    sa.Column('started_at', sa.Float(), nullable=True),
-    sa.Column('stopped_at', sa.Float(), nullable=True),
+    sa.Column('created_at', sa.Double(), nullable=False),
+    sa.Column('started_at', sa.Double(), nullable=True),
+    sa.Column('stopped_at', sa.Double(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('instance', schema=None) as batch_op:
@@ -116,7 +116,7 @@ def upgrade() -> None:
     op.create_table('modelalias',
     sa.Column('alias', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
     sa.Column('target', sqlmodel.sql.sqltypes.AutoString(length=512), nullable=False),
-    sa.Column('created_at', sa.Float(), nullable=False),
+    sa.Column('created_at', sa.Double(), nullable=False),
     sa.PrimaryKeyConstraint('alias')
     )
     op.create_table('modelsource',
@@ -129,22 +129,22 @@ def upgrade() -> None:
     op.create_table('preset',
     sa.Column('model_path', sqlmodel.sql.sqltypes.AutoString(length=512), nullable=False),
     sa.Column('settings', sa.JSON(), nullable=True),
-    sa.Column('updated_at', sa.Float(), nullable=False),
+    sa.Column('updated_at', sa.Double(), nullable=False),
     sa.PrimaryKeyConstraint('model_path')
     )
     op.create_table('requestlog',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('ts', sa.Float(), nullable=False),
+    sa.Column('ts', sa.Double(), nullable=False),
     sa.Column('model', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
     sa.Column('endpoint', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
     sa.Column('key_name', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
     sa.Column('status', sa.Integer(), nullable=False),
     sa.Column('prompt_tokens', sa.Integer(), nullable=False),
     sa.Column('completion_tokens', sa.Integer(), nullable=False),
-    sa.Column('ttft_ms', sa.Float(), nullable=True),
-    sa.Column('duration_ms', sa.Float(), nullable=False),
-    sa.Column('tokens_per_s', sa.Float(), nullable=True),
-    sa.Column('energy_j', sa.Float(), nullable=True),
+    sa.Column('ttft_ms', sa.Double(), nullable=True),
+    sa.Column('duration_ms', sa.Double(), nullable=False),
+    sa.Column('tokens_per_s', sa.Double(), nullable=True),
+    sa.Column('energy_j', sa.Double(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('requestlog', schema=None) as batch_op:
@@ -156,7 +156,7 @@ def upgrade() -> None:
     sa.Column('username', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('password_hash', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
     sa.Column('is_admin', sa.Boolean(), nullable=False),
-    sa.Column('created_at', sa.Float(), nullable=False),
+    sa.Column('created_at', sa.Double(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('user', schema=None) as batch_op:
