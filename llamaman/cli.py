@@ -14,7 +14,11 @@ from llamaman.config import Settings
 _FLAGS: dict[str, tuple[str, type, str]] = {
     "host": ("LLAMAMAN_HOST", str, "address to listen on"),
     "port": ("LLAMAMAN_PORT", int, "UI and REST API port (default 5000)"),
-    "proxy_port": ("LLAMAMAN_PROXY_PORT", int, "Ollama/OpenAI proxy port (default 42069; 0 = main port only)"),
+    "proxy_port": (
+        "LLAMAMAN_PROXY_PORT",
+        int,
+        "Ollama/OpenAI proxy port (default 42069; 0 = main port only)",
+    ),
     "models_dir": ("MODELS_DIR", str, "folder of GGUF models"),
     "data_dir": ("DATA_DIR", str, "folder for the database, logs and secrets"),
     "logs_dir": ("LOGS_DIR", str, "folder for llama-server logs (default DATA_DIR/logs)"),
@@ -26,7 +30,9 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="llamaman", description="Run local LLMs behind one Ollama/OpenAI endpoint.")
+    p = argparse.ArgumentParser(
+        prog="llamaman", description="Run local LLMs behind one Ollama/OpenAI endpoint."
+    )
     p.add_argument("--version", action="version", version=f"llamaman {__version__}")
     for name, (env, typ, help_) in _FLAGS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=typ, default=None, help=f"{help_} [{env}]")
@@ -46,7 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
-        env: getattr(args, name) for name, (env, _, _) in _FLAGS.items() if getattr(args, name, None) is not None
+        env: getattr(args, name)
+        for name, (env, _, _) in _FLAGS.items()
+        if getattr(args, name, None) is not None
     }
     try:
         return Settings(**overrides)

@@ -58,7 +58,9 @@ class Settings(BaseSettings):
     api_keys: str | None = Field(default=None, alias="LLAMAMAN_API_KEYS")
 
     # Hugging Face: token and endpoint (the endpoint is read by huggingface_hub itself too).
-    hf_token: str | None = Field(default=None, validation_alias=AliasChoices("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"))
+    hf_token: str | None = Field(
+        default=None, validation_alias=AliasChoices("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+    )
     hf_endpoint: str | None = Field(default=None, alias="HF_ENDPOINT")
 
     # Seconds between two SIGTERM→SIGKILL escalation steps when stopping a llama-server.

@@ -49,7 +49,9 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() in ("mysql", "mariadb"):
         # pool_pre_ping survives MariaDB's wait_timeout dropping idle connections.
         return create_engine(url, pool_pre_ping=True, pool_recycle=3600)
-    raise DatabaseError(f"unsupported DATABASE_URL scheme {parsed.drivername!r}: use sqlite:/// or mysql+pymysql://")
+    raise DatabaseError(
+        f"unsupported DATABASE_URL scheme {parsed.drivername!r}: use sqlite:/// or mysql+pymysql://"
+    )
 
 
 class Database:

@@ -49,7 +49,9 @@ class EventBus:
         return lambda: self._listeners.remove(entry) if entry in self._listeners else None
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, prefix: str | None = None, maxsize: int = 1000) -> AsyncIterator[asyncio.Queue[Event]]:
+    async def subscribe(
+        self, prefix: str | None = None, maxsize: int = 1000
+    ) -> AsyncIterator[asyncio.Queue[Event]]:
         q: asyncio.Queue[Event] = asyncio.Queue(maxsize=maxsize)
         entry = (prefix, q)
         self._queues.add(entry)

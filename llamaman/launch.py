@@ -53,19 +53,31 @@ class LaunchSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_path: str = Field(min_length=1, description="GGUF path, relative to MODELS_DIR (or absolute inside it)")
-    port: int | None = Field(default=None, description="Public port from the pool; blank picks the next free one")
+    model_path: str = Field(
+        min_length=1, description="GGUF path, relative to MODELS_DIR (or absolute inside it)"
+    )
+    port: int | None = Field(
+        default=None, description="Public port from the pool; blank picks the next free one"
+    )
     n_gpu_layers: int = Field(default=-1, ge=-1, description="Layers offloaded to the GPU; -1 = all")
     ctx_size: int = Field(default=4096, ge=0, le=10_000_000, description="Context size; 0 = the model's own")
-    threads: int | None = Field(default=None, ge=1, le=1024, description="CPU threads; blank = llama.cpp's choice")
+    threads: int | None = Field(
+        default=None, ge=1, le=1024, description="CPU threads; blank = llama.cpp's choice"
+    )
     parallel: int = Field(default=1, ge=1, le=256, description="Parallel slots (concurrent sequences)")
-    gpu_devices: str | None = Field(default=None, description="CUDA_VISIBLE_DEVICES for this instance, e.g. 0,1")
+    gpu_devices: str | None = Field(
+        default=None, description="CUDA_VISIBLE_DEVICES for this instance, e.g. 0,1"
+    )
     extra_args: str = Field(default="", max_length=4000, description="More llama-server flags (no shell)")
     embedding: bool = Field(default=False, description="Serve embeddings (--embeddings)")
     mmproj: str | None = Field(default=None, description="Multimodal projector, relative to MODELS_DIR")
-    idle_timeout_min: float = Field(default=0, ge=0, description="Sleep after this many idle minutes; 0 = never")
+    idle_timeout_min: float = Field(
+        default=0, ge=0, description="Sleep after this many idle minutes; 0 = never"
+    )
     max_concurrent: int = Field(default=0, ge=0, le=1024, description="Requests served at once; 0 = no limit")
-    max_queue_depth: int = Field(default=0, ge=0, le=100_000, description="Requests that may wait; beyond: 429")
+    max_queue_depth: int = Field(
+        default=0, ge=0, le=100_000, description="Requests that may wait; beyond: 429"
+    )
     share_queue: bool = Field(default=False, description="Replicas of this model share one queue")
     sampling: SamplingOverrides = Field(default_factory=SamplingOverrides)
 

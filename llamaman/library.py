@@ -386,6 +386,10 @@ class ModelLibrary:
         """Block count of the model at ``p`` (a path, or failing that a model name)."""
         target = self.safe_path(p)
         entry = self._entry_for(target)
+        if entry is None and target.exists():
+            # Added since the last scan: a later part of a split model has no metadata of its own.
+            self.scan()
+            entry = self._entry_for(target)
         if entry is None and not target.exists():
             entry = self.find(p)
             if entry is None:

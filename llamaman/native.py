@@ -15,8 +15,12 @@ def check_native_support() -> str | None:
             "bindings, e.g. Debian/Ubuntu: apt install python3-gi gir1.2-webkit2-4.1 (or pip install PyQt6 "
             "PyQt6-WebEngine)."
         )
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return "--native needs a desktop session (no DISPLAY or WAYLAND_DISPLAY is set); open the web UI instead."
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return (
+            "--native needs a desktop session (no DISPLAY or WAYLAND_DISPLAY set); open the web UI instead."
+        )
     try:
         import webview  # noqa: F401
     except Exception as exc:  # pywebview raises various errors when no GUI backend is present

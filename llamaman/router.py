@@ -178,9 +178,11 @@ class Router:
             gate = self.gates[key] = Gate()
         if m.settings.share_queue:
             replicas = [r for r in self._instances_of(m.record.model_path) if r.settings.share_queue]
-            conc = sum(r.settings.max_concurrent for r in replicas) if all(
-                r.settings.max_concurrent for r in replicas
-            ) else 0
+            conc = (
+                sum(r.settings.max_concurrent for r in replicas)
+                if all(r.settings.max_concurrent for r in replicas)
+                else 0
+            )
             gate.configure(conc, max((r.settings.max_queue_depth for r in replicas), default=0))
         else:
             gate.configure(m.settings.max_concurrent, m.settings.max_queue_depth)
@@ -242,7 +244,9 @@ class Router:
             if min_ctx and self._ctx_of(m, entry) < min_ctx and m.record.origin == "proxy":
                 m = await self._relaunch_with_ctx(m, entry, min_ctx)
             if m.state != S.HEALTHY:
-                state = await m.proc.wait_for({S.HEALTHY, S.FAILED, S.STOPPED, S.SLEEPING}, self.request_timeout)
+                state = await m.proc.wait_for(
+                    {S.HEALTHY, S.FAILED, S.STOPPED, S.SLEEPING}, self.request_timeout
+                )
                 if state != S.HEALTHY:
                     raise ModelUnavailable(f"model '{name}' failed to load: {m.proc.error or state.value}")
             gate = self.gate_for(m)
@@ -264,7 +268,9 @@ class Router:
             if m.state in (S.SLEEPING, S.STOPPED, S.FAILED):
                 await self.sup.wake(m.id)
             if m.state != S.HEALTHY:
-                state = await m.proc.wait_for({S.HEALTHY, S.FAILED, S.STOPPED, S.SLEEPING}, self.request_timeout)
+                state = await m.proc.wait_for(
+                    {S.HEALTHY, S.FAILED, S.STOPPED, S.SLEEPING}, self.request_timeout
+                )
                 if state != S.HEALTHY:
                     raise ModelUnavailable(f"instance {m.id} failed to start: {m.proc.error or state.value}")
             gate = self.gate_for(m)
@@ -399,7 +405,11 @@ class Router:
     async def _launch_settings(self, entry: ModelEntry, **overrides: Any) -> LaunchSettings:
         preset = await self.presets.get(entry.rel_path) or {}
         values: dict[str, Any] = {k: v for k, v in preset.items() if k not in ("port", "model_path")}
-        if "embedding" not in values and "embedding" in entry.capabilities and "completion" not in entry.capabilities:
+        if (
+            "embedding" not in values
+            and "embedding" in entry.capabilities
+            and "completion" not in entry.capabilities
+        ):
             values["embedding"] = True
         values.update(overrides)
         return LaunchSettings(model_path=entry.rel_path, **values)

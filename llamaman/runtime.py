@@ -24,10 +24,16 @@ class RuntimeSettings(BaseModel):
 
     require_auth: bool = Field(default=True, description="Model endpoints need an API key")
     max_models: int = Field(default=0, ge=0, description="Models the proxy keeps loaded; 0 = no limit")
-    idle_timeout_min: float = Field(default=0, ge=0, description="Proxy-started models sleep after this; 0 = never")
+    idle_timeout_min: float = Field(
+        default=0, ge=0, description="Proxy-started models sleep after this; 0 = never"
+    )
     evict_manual: bool = Field(default=False, description="API traffic may evict manually launched instances")
-    cleanup_hours: float = Field(default=0, ge=0, description="Forget finished downloads / stopped records after")
-    download_retries: int = Field(default=3, ge=0, le=100, description="Automatic retries of a failed download")
+    cleanup_hours: float = Field(
+        default=0, ge=0, description="Forget finished downloads / stopped records after"
+    )
+    download_retries: int = Field(
+        default=3, ge=0, le=100, description="Automatic retries of a failed download"
+    )
     download_speed_limit_mbps: float = Field(default=0, ge=0, description="Global download limit; 0 = none")
     hf_token: str | None = Field(default=None, description="Hugging Face token for downloads")
     activity_retention: int = Field(default=10000, ge=100, description="Request-log rows kept")
@@ -73,7 +79,9 @@ class RuntimeConfig:
         new = RuntimeSettings(**{**self.current.model_dump(), **changes})
         await asyncio.to_thread(self._write, new.model_dump())
         old, self.current = self.current, new
-        self.events.publish("settings.changed", changed=sorted(k for k in changes if getattr(old, k) != getattr(new, k)))
+        self.events.publish(
+            "settings.changed", changed=sorted(k for k in changes if getattr(old, k) != getattr(new, k))
+        )
         return new
 
     def _write(self, value: dict[str, Any]) -> None:

@@ -7,11 +7,11 @@ import logging
 
 import httpx
 
+from llamaman.aliases import AliasStore
 from llamaman.config import Settings
 from llamaman.db import Database
 from llamaman.events import EventBus
 from llamaman.library import ModelLibrary
-from llamaman.aliases import AliasStore
 from llamaman.presets import PresetStore
 from llamaman.proxy.relay import Relay
 from llamaman.router import Router

@@ -209,7 +209,8 @@ class Supervisor:
     def _check_port(self, port: int) -> None:
         if port not in self.ports:
             raise InstanceError(
-                f"port {port} is outside the pool {self.ports.start}-{self.ports.end} (PORT_RANGE_START/END)", 400
+                f"port {port} is outside the pool {self.ports.start}-{self.ports.end} (PORT_RANGE_START/END)",
+                400,
             )
         if port in self.ports.taken or not port_is_free(port):
             raise InstanceError(f"port {port} is already in use; GET /api/next-port suggests a free one", 409)
@@ -348,7 +349,9 @@ class Supervisor:
         await self._stop_proc(m, S.STOPPED)
         return m
 
-    async def _stop_proc(self, m: ManagedInstance, final: InstanceState, *, keep_desired: bool = False) -> None:
+    async def _stop_proc(
+        self, m: ManagedInstance, final: InstanceState, *, keep_desired: bool = False
+    ) -> None:
         if not keep_desired:
             m.record.desired_running = final == S.SLEEPING
         await m.proc.stop(final)

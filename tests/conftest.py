@@ -141,9 +141,8 @@ def fake_server_bin(tmp_path: Path) -> Callable[[str], str]:
 
     def make(mode: str, delay: float = 1.0) -> str:
         script = tmp_path / f"fake-llama-server-{mode}"
-        script.write_text(
-            f"#!/bin/sh\nFAKE_LLAMA_MODE={mode} FAKE_LLAMA_DELAY={delay} exec {sys.executable} {FAKE_SERVER} \"$@\"\n"
-        )
+        env = f"FAKE_LLAMA_MODE={mode} FAKE_LLAMA_DELAY={delay}"
+        script.write_text(f'#!/bin/sh\n{env} exec {sys.executable} {FAKE_SERVER} "$@"\n')
         script.chmod(0o755)
         return str(script)
 

@@ -110,12 +110,15 @@ async def test_a_stream_in_progress_finishes_before_its_model_is_swapped_out(one
 
     async def stream_a() -> None:
         try:
-            async with httpx.AsyncClient() as c, c.stream(
-                "POST",
-                f"{lease_a.base_url}/v1/chat/completions",
-                json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 300, "stream": True},
-                timeout=60,
-            ) as r:
+            async with (
+                httpx.AsyncClient() as c,
+                c.stream(
+                    "POST",
+                    f"{lease_a.base_url}/v1/chat/completions",
+                    json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 300, "stream": True},
+                    timeout=60,
+                ) as r,
+            ):
                 async for line in r.aiter_lines():
                     if line.startswith("data: {"):
                         import json

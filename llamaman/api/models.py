@@ -49,7 +49,7 @@ async def model_layers(services: ServicesDep, path: str = Query(min_length=1)) -
     try:
         layers = await asyncio.to_thread(services.library.layers, path)
     except LibraryError as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise HTTPException(404 if "not found" in str(exc) else 400, str(exc)) from None
     except FileNotFoundError:
         raise HTTPException(404, f"model not found: {path}") from None
     return {"path": path, "layers": layers}
@@ -67,6 +67,9 @@ async def model_memory(
 ) -> dict[str, Any]:
     """Estimated memory of a launch: weights + KV cache, split between GPU and CPU."""
     entry = services.library.find(path)
+    if entry is None:
+        await services.library.ascan()  # perhaps added since the last scan
+        entry = services.library.find(path)
     if entry is None:
         raise HTTPException(404, f"model not found: {path}")
     if entry.info is None:

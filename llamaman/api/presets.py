@@ -25,7 +25,9 @@ async def get_preset(model_path: str, services: ServicesDep) -> dict[str, Any]:
 
 
 @router.put("/presets/{model_path:path}")
-async def put_preset(model_path: str, services: ServicesDep, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+async def put_preset(
+    model_path: str, services: ServicesDep, body: dict[str, Any] = Body(...)
+) -> dict[str, Any]:
     try:
         services.library.safe_path(model_path)
     except ValueError as exc:

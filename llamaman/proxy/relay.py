@@ -29,7 +29,15 @@ _DROP_REQUEST = {
     "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade",
     "proxy-authorization", "authorization", "x-api-key", "cookie", "accept-encoding",
 }  # fmt: skip
-_DROP_RESPONSE = {"content-length", "connection", "keep-alive", "transfer-encoding", "content-encoding", "server", "date"}
+_DROP_RESPONSE = {
+    "content-length",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-encoding",
+    "server",
+    "date",
+}
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -64,7 +72,9 @@ class Exchange:
         """Pick token counts out of an OpenAI/llama-server response object or stream chunk."""
         usage = obj.get("usage")
         if isinstance(usage, dict):
-            self.prompt_tokens = int(usage.get("prompt_tokens") or usage.get("input_tokens") or self.prompt_tokens)
+            self.prompt_tokens = int(
+                usage.get("prompt_tokens") or usage.get("input_tokens") or self.prompt_tokens
+            )
             self.completion_tokens = int(
                 usage.get("completion_tokens") or usage.get("output_tokens") or self.completion_tokens
             )
@@ -98,7 +108,9 @@ def stream_error_line(style: ErrorStyle, message: str) -> bytes:
 class Relay:
     """Owner of the shared upstream client; one per app."""
 
-    def __init__(self, http: httpx.AsyncClient, request_timeout: float, observer: Observer | None = None) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, request_timeout: float, observer: Observer | None = None
+    ) -> None:
         self.http = http
         self.request_timeout = request_timeout
         self.observer = observer
@@ -112,7 +124,13 @@ class Relay:
                 log.exception("request observer failed")
 
     async def open(
-        self, lease: Lease, method: str, path: str, *, content: bytes | None, headers: dict[str, str] | None = None,
+        self,
+        lease: Lease,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None,
+        headers: dict[str, str] | None = None,
         params: Any = None,
     ) -> httpx.Response:
         """Send upstream and return the response with its body not yet read."""
@@ -162,7 +180,9 @@ class Relay:
                 if "json" in ctype and ex.status < 300:
                     _absorb_json(ex, body)
                 self._observe(ex)
-            return Response(body, status_code=upstream.status_code, headers=response_headers(upstream.headers))
+            return Response(
+                body, status_code=upstream.status_code, headers=response_headers(upstream.headers)
+            )
         ex.stream = True
         return StreamingResponse(
             self._relay_stream(upstream, lease, style, ex),
@@ -185,7 +205,9 @@ class Relay:
         except httpx.HTTPError as exc:
             ex.error = f"upstream stream broke: {exc.__class__.__name__}"
             log.warning("stream from %s broke: %r", lease.model_name, exc)
-            yield stream_error_line(style, f"llama-server for '{lease.model_name}' stopped mid-stream ({ex.error})")
+            yield stream_error_line(
+                style, f"llama-server for '{lease.model_name}' stopped mid-stream ({ex.error})"
+            )
         finally:
             await upstream.aclose()
             lease.release()

@@ -1,0 +1,213 @@
+"""The proxy as an app: every client-facing surface (Ollama, OpenAI, Anthropic, llama-server's own,
+router-mode management) on one port, served by a uvicorn that runs inside LlamaMan's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import socket
+from collections.abc import Generator
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp
+
+from llamaman import __version__
+from llamaman.errors import install_error_handlers
+from llamaman.proxy import anthropic, manage, native, openai
+from llamaman.proxy.common import ProxyError
+from llamaman.proxy.relay import ErrorStyle, error_payload
+from llamaman.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def _ollama_routers(include_root: bool) -> list[APIRouter]:
+    try:
+        ollama = importlib.import_module("llamaman.proxy.ollama")
+    except ModuleNotFoundError as exc:
+        if exc.name != "llamaman.proxy.ollama":
+            raise  # a broken import inside the module must not pass for "not there"
+        log.warning("the Ollama API surface (llamaman.proxy.ollama) is not available")
+        return []
+    routers: list[APIRouter] = [ollama.router]
+    if include_root:
+        routers.append(ollama.root_router)
+    return routers
+
+
+def build_proxy_router(*, include_root: bool) -> APIRouter:
+    """All proxy routes. Order matters: ``/v1/messages`` and the native ``/v1/rerank`` come before
+    the OpenAI surface's catch-all ``POST /v1/{path}``."""
+    combined = APIRouter()
+    for sub in (*_ollama_routers(include_root), anthropic.router, native.router, manage.router, openai.router):
+        combined.include_router(sub)
+    return combined
+
+
+def error_style(path: str) -> ErrorStyle:
+    if path.startswith("/api/"):
+        return "ollama"
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    return "openai"
+
+
+def render_proxy_error(exc: ProxyError, style: ErrorStyle) -> Response:
+    if style == "openai" and 400 <= exc.status < 500 and exc.status != 404:
+        # A client mistake, typed the way OpenAI and llama-server type them (not "server_error").
+        body = error_payload(style, exc.message, exc.status)
+        body["error"]["type"] = "rate_limit_exceeded" if exc.status == 429 else "invalid_request_error"
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+    return exc.response(style)
+
+
+def install_proxy_error_handler(app: FastAPI) -> None:
+    @app.exception_handler(ProxyError)
+    async def _proxy_error(request: Request, exc: ProxyError) -> Response:
+        return render_proxy_error(exc, error_style(request.url.path))
+
+
+def create_proxy_app(services: Services) -> FastAPI:
+    """The app on the proxy port: no UI, its ``/`` answers like Ollama's."""
+    app = FastAPI(title="LlamaMan proxy", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.services = services
+    install_error_handlers(app)
+    install_proxy_error_handler(app)
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    app.include_router(build_proxy_router(include_root=True))
+    return app
+
+
+# ---- serving -----------------------------------------------------------------------------------
+def _quiet_protocol() -> Any:
+    """httptools (h11 without it) with the access log off for this server only.
+
+    uvicorn's ``access_log=False`` works by emptying the shared ``uvicorn.access`` logger, which would
+    silence the UI server in the same process too; the protocol's own switch touches nobody else.
+    """
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    except ImportError:  # pragma: no cover - httptools ships with uvicorn[standard]
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base  # type: ignore[assignment]
+
+    class QuietProtocol(Base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.access_log = False
+
+    return QuietProtocol
+
+
+def _make_server(app: ASGIApp, host: str, port: int) -> Any:
+    import uvicorn
+
+    class _Config(uvicorn.Config):
+        def configure_logging(self) -> None:
+            # uvicorn's version reconfigures process-wide loggers (shared with the UI's server).
+            pass
+
+    class _Server(uvicorn.Server):
+        # The host application owns the signals; this server stops when told to.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            yield
+
+        def install_signal_handlers(self) -> None:  # uvicorn < 0.29
+            pass
+
+    config = _Config(
+        app,
+        host=host,
+        port=port,
+        http=_quiet_protocol(),
+        ws="none",
+        lifespan="off",
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=5,
+    )
+    return _Server(config)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            exc.errno, f"cannot listen on {host}:{port} for the proxy ({exc.strerror or exc}); "
+            "is another program using the port? Set LLAMAMAN_PROXY_PORT to a free one, or 0 to turn the proxy off"
+        ) from exc  # fmt: skip
+    return sock
+
+
+class ProxyServer:
+    """A uvicorn server for ``app`` on (host, port), run as a task of the current event loop."""
+
+    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self.requested_port = port
+        self.port = port
+        self.server: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Listen (port 0 picks a free one, see ``.port``); raises OSError when the port is taken."""
+        if self.running:
+            return
+        sock = _bind(self.host, self.requested_port)
+        self.port = sock.getsockname()[1]
+        self.server = _make_server(self.app, self.host, self.port)
+        self._task = asyncio.create_task(self.server.serve(sockets=[sock]), name=f"proxy-server-{self.port}")
+        while not self.server.started:
+            if self._task.done():
+                sock.close()
+                exc = self._task.exception()
+                raise OSError(f"the proxy server on {self.host}:{self.port} did not start: {exc!r}")
+            await asyncio.sleep(0.005)
+        log.info("proxy listening on %s", self.url)
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        task, self._task = self._task, None
+        if not task.done():
+            self.server.should_exit = True
+            try:
+                # Graceful shutdown waits for open streams at most timeout_graceful_shutdown.
+                await asyncio.wait_for(asyncio.shield(task), 15)
+            except TimeoutError:
+                self.server.force_exit = True
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("proxy server had stopped: %r", task.exception())

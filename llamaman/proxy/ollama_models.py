@@ -1,0 +1,276 @@
+"""The model-describing half of the Ollama API: ``/api/tags``, ``/api/ps`` and ``/api/show``.
+
+Names: a model is listed under its file stem, the way users refer to it, unless two files share a
+stem; then each is listed under its path in MODELS_DIR (``org/model``) so every listed name
+resolves to exactly one file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from llamaman.gguf_meta import LibraryError
+from llamaman.library import ModelEntry, estimate_memory
+from llamaman.proxy.common import ProxyError
+from llamaman.proxy.translate import digest_for, format_rfc3339, ollama_model_name
+from llamaman.router import ModelNotFound
+from llamaman.services import Services
+from llamaman.state import InstanceState
+from llamaman.supervisor import ManagedInstance
+
+# What Ollama reports for a model kept loaded forever: now plus Go's largest time.Duration.
+_FOREVER_S = (2**63 - 1) / 1e9
+
+# Ollama lists capabilities in this order; clients only test membership, but stable output diffs well.
+_CAPABILITY_ORDER = ("completion", "tools", "insert", "vision", "embedding", "thinking")
+# Chat templates that can switch reasoning on carry one of these.
+_THINKING_MARKERS = ("<think>", "enable_thinking", "reasoning_content", "thinking")
+
+
+# -- naming -----------------------------------------------------------------------------------------
+
+
+class Names:
+    """Listing names for the library's launchable models, computed once per request."""
+
+    def __init__(self, models: list[ModelEntry]) -> None:
+        self._counts = Counter(e.name.casefold() for e in models if e.launchable)
+
+    def of(self, entry: ModelEntry) -> str:
+        if self._counts[entry.name.casefold()] > 1:
+            return (Path(entry.rel_path).parent / entry.name).as_posix()
+        return entry.name
+
+
+def digest(entry: ModelEntry) -> str:
+    # Hashing gigabytes per listing is out of the question; identity (path, size, mtime) is stable
+    # until the file changes, which is all clients use the digest for.
+    return digest_for(entry.rel_path, entry.size_bytes, round(entry.modified_at * 1e9))
+
+
+def details(entry: ModelEntry) -> dict[str, Any]:
+    info = entry.info
+    family = (info.architecture if info else None) or ""
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": family,
+        "families": [family] if family else [],
+        "parameter_size": info.parameter_size if info else "",
+        "quantization_level": (info.quantization if info else None) or "",
+    }
+
+
+def _model_object(name: str, entry: ModelEntry) -> dict[str, Any]:
+    full = ollama_model_name(name)
+    return {
+        "name": full,
+        "model": full,
+        "modified_at": format_rfc3339(entry.modified_at),
+        "size": entry.size_bytes,
+        "digest": digest(entry),
+        "details": details(entry),
+    }
+
+
+# -- /api/tags --------------------------------------------------------------------------------------
+
+
+async def tags(services: Services) -> dict[str, Any]:
+    # A file dropped into MODELS_DIR should show up on the client's next page load; rescans only
+    # stat unchanged files.
+    models = await services.library.ascan()
+    names = Names(models)
+    out = [_model_object(names.of(e), e) for e in models if e.launchable]
+    listed = {m["name"].casefold() for m in out}
+    for alias, target in sorted(services.aliases.aliases.items()):
+        entry = services.library.find(target)
+        if entry is None or not entry.launchable or ollama_model_name(alias).casefold() in listed:
+            continue
+        out.append(_model_object(alias, entry))
+    return {"models": out}
+
+
+# -- /api/ps ----------------------------------------------------------------------------------------
+
+
+def effective_ctx(m: ManagedInstance, entry: ModelEntry | None) -> int:
+    """Tokens one request can use on ``m``: llama-server splits its context between the slots
+    unless the KV cache is unified."""
+    ctx = m.settings.ctx_size
+    if ctx <= 0 and entry is not None and entry.info is not None:
+        ctx = entry.info.context_length or 0
+    argv = m.settings.extra_argv()
+    if m.settings.parallel > 1 and not {"-kvu", "--kv-unified"} & set(argv):
+        ctx //= m.settings.parallel
+    return ctx
+
+
+def _flag_value(argv: list[str], flags: tuple[str, ...], default: str) -> str:
+    for i, arg in enumerate(argv):
+        name, _, inline = arg.partition("=")
+        if name in flags:
+            return inline or (argv[i + 1] if i + 1 < len(argv) else default)
+    return default
+
+
+@functools.cache
+def _nvidia_gpu_count() -> int:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no library, no permission: all mean "no GPU to count"
+        return 0
+
+
+def _uses_gpu(services: Services, m: ManagedInstance) -> bool:
+    if m.settings.n_gpu_layers == 0:
+        return False
+    binary = services.supervisor.binary
+    # The embedded xllamacpp build is CPU-only; the others offload when a GPU is there.
+    if binary is not None and binary.source == "xllamacpp":
+        return False
+    return _nvidia_gpu_count() > 0
+
+
+def _memory(services: Services, m: ManagedInstance, entry: ModelEntry) -> tuple[int, int]:
+    """(total, VRAM) bytes the instance holds, estimated from the GGUF as Ollama's ps reports them."""
+    ls = m.settings
+    argv = ls.extra_argv()
+    try:
+        est = estimate_memory(
+            entry,
+            ls.ctx_size,
+            ls.n_gpu_layers,
+            _flag_value(argv, ("-ctk", "--cache-type-k"), "f16"),
+            _flag_value(argv, ("-ctv", "--cache-type-v"), "f16"),
+            ls.parallel,
+        )
+    except LibraryError:
+        return entry.size_bytes, 0
+    return est.total_bytes, est.gpu_bytes if _uses_gpu(services, m) else 0
+
+
+def _expires_at(services: Services, m: ManagedInstance) -> float:
+    router = services.router
+    slot = router.slots.get(m.id)
+    if slot is not None and slot.unload_after:
+        return time.time()
+    # The router's counters cannot express "forever"; its slot can.
+    if slot is not None and slot.keep_alive_until is not None and math.isinf(slot.keep_alive_until):
+        return time.time() + _FOREVER_S
+    expires = router.counters(m).get("expires_at")
+    return float(expires) if expires is not None else time.time() + _FOREVER_S
+
+
+def _gpu_probe_pending() -> bool:
+    return _nvidia_gpu_count.cache_info().currsize == 0
+
+
+async def ps(services: Services) -> dict[str, Any]:
+    if _gpu_probe_pending():
+        # NVML's first init can take a noticeable moment; keep it off the event loop.
+        await asyncio.to_thread(_nvidia_gpu_count)
+    library = services.library
+    names = Names(library.models)
+    grouped: dict[str, list[tuple[ManagedInstance, ModelEntry]]] = {}
+    for m in services.supervisor.list():
+        if m.state != InstanceState.HEALTHY:
+            continue
+        entry = library.find(m.record.model_path)
+        if entry is not None and entry.launchable:
+            grouped.setdefault(entry.rel_path, []).append((m, entry))
+    out = []
+    # Replicas of one model make one entry, as Ollama has one runner per model.
+    for group in grouped.values():
+        entry = group[0][1]
+        obj = _model_object(names.of(entry), entry)
+        del obj["modified_at"]
+        memory = [_memory(services, m, entry) for m, _ in group]
+        obj["size"] = sum(total for total, _ in memory)
+        obj["size_vram"] = sum(vram for _, vram in memory)
+        obj["expires_at"] = format_rfc3339(max(_expires_at(services, m) for m, _ in group))
+        obj["context_length"] = max(effective_ctx(m, entry) for m, _ in group)
+        out.append(obj)
+    return {"models": out}
+
+
+# -- /api/show --------------------------------------------------------------------------------------
+
+
+def capabilities(entry: ModelEntry) -> list[str]:
+    caps = set(entry.capabilities)
+    info = entry.info
+    if info is not None and "completion" in caps:
+        if "tokenizer.ggml.fim_pre_token_id" in info.metadata:
+            caps.add("insert")
+        template = info.chat_template or ""
+        if any(marker in template for marker in _THINKING_MARKERS):
+            caps.add("thinking")
+    return [c for c in _CAPABILITY_ORDER if c in caps]
+
+
+def _running(services: Services, entry: ModelEntry) -> list[ManagedInstance]:
+    return [
+        m
+        for m in services.supervisor.list()
+        if m.record.model_path == entry.rel_path and m.state == InstanceState.HEALTHY
+    ]
+
+
+def _parameters(values: dict[str, Any]) -> str:
+    # Ollama's layout: the name padded to a column, then the value.
+    return "\n".join(f"{key:<30} {value}" for key, value in values.items())
+
+
+async def show(services: Services, name: str) -> dict[str, Any]:
+    try:
+        entry = await services.router.aresolve(name)
+    except ModelNotFound:
+        raise ProxyError(404, f"model '{name}' not found") from None
+    info = entry.info
+    assert info is not None  # resolve() only returns launchable entries
+    running = _running(services, entry)
+    preset = await services.presets.get(entry.rel_path) or {}
+    ctx = max((effective_ctx(m, entry) for m in running), default=0) or info.context_length or 0
+
+    model_info = services.library.model_info_kv(entry)
+    if info.architecture and ctx:
+        model_info[f"{info.architecture}.context_length"] = ctx
+
+    params: dict[str, Any] = {}
+    if running or preset.get("ctx_size"):
+        params["num_ctx"] = ctx if running else preset["ctx_size"]
+    sampling = running[0].settings.sampling.active() if running else dict(preset.get("sampling") or {})
+    params.update({k: v for k, v in sampling.items() if v is not None})
+
+    template = info.chat_template or ""
+    modelfile = [f"# Modelfile generated by LlamaMan for {ollama_model_name(name)}", f"FROM {entry.path}"]
+    if template:
+        modelfile.append(f'TEMPLATE """{template}"""')
+    modelfile += [f"PARAMETER {key} {value}" for key, value in params.items()]
+
+    out: dict[str, Any] = {
+        "modelfile": "\n".join(modelfile) + "\n",
+        "parameters": _parameters(params),
+        "template": template,
+        "details": details(entry),
+        "model_info": model_info,
+        "capabilities": capabilities(entry),
+        "modified_at": format_rfc3339(entry.modified_at),
+    }
+    license_text = info.metadata.get("general.license")
+    if isinstance(license_text, str):
+        out["license"] = license_text
+    return out

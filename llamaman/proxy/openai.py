@@ -1,0 +1,294 @@
+"""The OpenAI-compatible surface (``/v1/*``): llama-server speaks it natively, so requests pass
+through untouched apart from the instance's forced sampling values, and answers stream straight back.
+
+The helpers here (``pass_through``, ``model_objects``) are shared with the Anthropic, native and
+router-mode surfaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from llamaman.library import ModelEntry
+from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
+from llamaman.proxy.relay import STREAM_HEADERS, ErrorStyle, forward_headers, stream_error_line
+from llamaman.router import Lease, ModelNotFound
+from llamaman.services import Services
+from llamaman.state import InstanceState
+
+router = APIRouter(tags=["openai"])
+
+PROGRESS_HEADER = "x-llamaman-loading-progress"
+PROGRESS_FIELD = "llamaman_loading_progress"
+# Seconds between two "still loading" notes on a cold start; short enough that proxies with idle
+# timeouts keep the connection open.
+PROGRESS_INTERVAL = 2.0
+# Query parameters LlamaMan reads itself (router mode's ?model= and ?autoload=) and keeps from upstream.
+_OWN_PARAMS = frozenset({"model", "autoload"})
+
+
+# ---- shared pass-through -----------------------------------------------------------------------
+def upstream_params(request: Request) -> list[tuple[str, str]] | None:
+    """The request's query minus LlamaMan's own parameters; None (nothing to encode) in the common case."""
+    if not request.scope.get("query_string"):
+        return None
+    return [(k, v) for k, v in request.query_params.multi_items() if k not in _OWN_PARAMS]
+
+
+async def check_autoload(services: Services, request: Request, model: str) -> None:
+    """Router mode's ``?autoload=false``: answer instead of starting a model that is not loaded."""
+    if not request.scope.get("query_string"):
+        return
+    flag = request.query_params.get("autoload")
+    if flag is None or flag.lower() not in ("0", "false", "no", "off"):
+        return
+    entry = await resolve_or_404(services, model)
+    if services.router.status(entry) != "loaded":
+        raise ProxyError(400, f"model '{model}' is not loaded and autoload is off")
+
+
+async def resolve_or_404(services: Services, model: str) -> ModelEntry:
+    try:
+        return await services.router.aresolve(model)
+    except ModelNotFound:
+        raise ProxyError(404, f"model '{model}' not found") from None
+
+
+def encode_body(body: dict[str, Any], raw: bytes, lease: Lease, *, sampling: bool, changed: bool) -> bytes:
+    """The bytes to send upstream: the client's own unless something had to change."""
+    # model_fields_set is empty for an instance without overrides: skip the per-request dump.
+    if sampling and lease.instance.settings.sampling.model_fields_set:
+        changed = apply_sampling(body, lease) or changed
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() if changed else raw
+
+
+async def pass_through(
+    request: Request,
+    path: str,
+    *,
+    style: ErrorStyle = "openai",
+    sampling: bool = False,
+    body_and_raw: tuple[dict[str, Any], bytes] | None = None,
+    changed: bool = False,
+) -> Response:
+    """Route a JSON POST by its ``model`` field to an instance and relay the answer."""
+    services = services_of(request)
+    body, raw = body_and_raw if body_and_raw is not None else await read_json(request)
+    model = require_model(body)
+    await check_autoload(services, request, model)
+    lease = await lease_for(services, model)
+    try:
+        content = encode_body(body, raw, lease, sampling=sampling, changed=changed)
+    except BaseException:
+        lease.release()
+        raise
+    return await services.relay.forward(
+        lease, "POST", path, content=content, headers=forward_headers(request.headers),
+        params=upstream_params(request), style=style,
+    )  # fmt: skip
+
+
+# ---- model listings ----------------------------------------------------------------------------
+def _status_object(services: Services, entry: ModelEntry, instances: list[Any]) -> dict[str, Any]:
+    value = services.router.status(entry)
+    status: dict[str, Any] = {"value": value}
+    live = [m for m in instances if m.state in (InstanceState.HEALTHY, InstanceState.STARTING)] or instances
+    if live:
+        status["args"] = list(live[0].proc.argv)
+    if value == "unloaded" and instances and all(m.state == InstanceState.FAILED for m in instances):
+        status["failed"] = True
+        status["exit_code"] = instances[0].proc.exit_code
+    return status
+
+
+def _model_object(services: Services, entry: ModelEntry, instances: list[Any], name: str) -> dict[str, Any]:
+    info = entry.info
+    caps = list(entry.capabilities)
+    obj: dict[str, Any] = {
+        "id": name,
+        "object": "model",
+        "created": int(entry.modified_at),
+        "owned_by": "llamaman",
+        "path": entry.rel_path,
+        "status": _status_object(services, entry, instances),
+        "architecture": {
+            "input_modalities": ["text", "image"] if "vision" in caps else ["text"],
+            "output_modalities": ["embedding"] if caps == ["embedding"] else ["text"],
+        },
+        "meta": {
+            "n_ctx_train": info.context_length if info else None,
+            "n_embd": info.embedding_length if info else None,
+            "n_params": info.parameter_count if info else None,
+            "size": entry.size_bytes,
+            "capabilities": caps,
+        },
+    }
+    if name != entry.name:
+        obj["alias_of"] = entry.name
+    return obj
+
+
+async def model_objects(services: Services) -> list[dict[str, Any]]:
+    """Every launchable library model (by file stem) and every alias, with its router status."""
+    models = [e for e in await services.library.ascan() if e.launchable]
+    by_path: dict[str, list[Any]] = {}
+    for m in services.supervisor.list():
+        by_path.setdefault(m.record.model_path, []).append(m)
+    out = [_model_object(services, e, by_path.get(e.rel_path, []), e.name) for e in models]
+    seen = {o["id"] for o in out}
+    for alias in sorted(services.aliases.aliases):
+        if alias in seen:
+            continue
+        target = services.router.resolve(alias)
+        if target is not None:
+            out.append(_model_object(services, target, by_path.get(target.rel_path, []), alias))
+    return out
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> JSONResponse:
+    return JSONResponse({"object": "list", "data": await model_objects(services_of(request))})
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> JSONResponse:
+    for obj in await model_objects(services_of(request)):
+        if obj["id"] == model_id:
+            return JSONResponse(obj)
+    raise ProxyError(404, f"model '{model_id}' not found")
+
+
+# ---- generation --------------------------------------------------------------------------------
+def _wants_progress(request: Request, body: dict[str, Any], flag: Any) -> bool:
+    if body.get("stream") is not True:
+        return False
+    if flag is True:
+        return True
+    header = request.headers.get(PROGRESS_HEADER)
+    return header is not None and header.strip().lower() in ("1", "true", "yes", "on")
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    body, raw = await read_json(request)
+    # Only pop when present: the common body goes upstream as the client's own bytes.
+    flag = body.pop(PROGRESS_FIELD, None) if PROGRESS_FIELD in body else None
+    changed = flag is not None
+    if _wants_progress(request, body, flag):
+        services = services_of(request)
+        model = require_model(body)
+        entry = await resolve_or_404(services, model)
+        if services.router.status(entry) != "loaded":
+            await check_autoload(services, request, model)
+            return StreamingResponse(
+                _loading_stream(request, services, entry, model, body, raw, changed),
+                media_type="text/event-stream",
+                headers=STREAM_HEADERS,
+            )
+    return await pass_through(
+        request, "/v1/chat/completions", sampling=True, body_and_raw=(body, raw), changed=changed
+    )
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    return await pass_through(request, "/v1/completions", sampling=True)
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> Response:
+    return await pass_through(request, "/v1/embeddings")
+
+
+# Routes that generate text, whose bodies get the instance's forced sampling values.
+_GENERATING = frozenset({"responses", "chat/completions", "completions"})
+
+
+@router.post("/v1/{path:path}")
+async def any_v1(path: str, request: Request) -> Response:
+    """Any other OpenAI-style route llama-server serves (responses, rerank, input_tokens, ...)."""
+    return await pass_through(request, f"/v1/{path}", sampling=path in _GENERATING)
+
+
+# ---- loading progress on a cold start ----------------------------------------------------------
+def _chunk(cid: str, model: str, delta: dict[str, Any]) -> bytes:
+    obj = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+    }
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+async def _loading_stream(
+    request: Request,
+    services: Services,
+    entry: ModelEntry,
+    model: str,
+    body: dict[str, Any],
+    raw: bytes,
+    changed: bool,
+) -> AsyncIterator[bytes]:
+    """Reasoning notes while the model loads, then the real stream in the same response."""
+    cid = f"chatcmpl-loading-{secrets.token_hex(6)}"
+    t0 = time.monotonic()
+    yield _chunk(cid, model, {"role": "assistant", "reasoning_content": f"loading {entry.name}…"})
+    acquiring = asyncio.ensure_future(lease_for(services, model))
+    handed_over = False
+    try:
+        while not acquiring.done():
+            await asyncio.wait({acquiring}, timeout=PROGRESS_INTERVAL)
+            if not acquiring.done():
+                yield _chunk(cid, model, {"reasoning_content": "."})
+        try:
+            lease = acquiring.result()
+        except ProxyError as exc:
+            yield stream_error_line("openai", exc.message)
+            return
+        note = f"\n{entry.name} loaded in {time.monotonic() - t0:.1f}s\n\n"
+        yield _chunk(cid, model, {"reasoning_content": note})
+        content = encode_body(body, raw, lease, sampling=True, changed=changed)
+        # From here the relay owns the lease and releases it whatever happens.
+        handed_over = True
+        response = await services.relay.forward(
+            lease, "POST", "/v1/chat/completions", content=content, headers=forward_headers(request.headers),
+            params=upstream_params(request), style="openai",
+        )  # fmt: skip
+        if isinstance(response, StreamingResponse):
+            pieces = response.body_iterator
+            try:
+                async for piece in pieces:
+                    yield piece if isinstance(piece, bytes) else str(piece).encode()
+            finally:
+                # A client that leaves mid-stream must close upstream now, not when GC gets to it.
+                closer = getattr(pieces, "aclose", None)
+                if closer is not None:
+                    await closer()
+        else:
+            # Headers are long gone: an upstream refusal can only be told as a stream event.
+            text = bytes(response.body).decode(errors="replace").strip()
+            yield b"data: " + (text.encode() if text.startswith("{") else _error_json(text)) + b"\n\n"
+    finally:
+        if not acquiring.done():
+            acquiring.cancel()
+        elif not handed_over and not acquiring.cancelled() and acquiring.exception() is None:
+            acquiring.result().release()
+        with contextlib.suppress(BaseException):
+            # Retrieve a failure nobody awaited, so asyncio does not log it as lost.
+            if acquiring.done() and not acquiring.cancelled():
+                acquiring.exception()
+
+
+def _error_json(message: str) -> bytes:
+    return json.dumps({"error": {"message": message or "upstream error", "type": "server_error"}}).encode()
