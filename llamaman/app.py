@@ -10,14 +10,18 @@ from fastapi import FastAPI
 from llamaman import __version__
 from llamaman.api import build_router
 from llamaman.errors import install_error_handlers
+from llamaman.proxy.app import build_proxy_router, install_proxy_error_handler
 from llamaman.services import Services
 
 
 def install(app: FastAPI, services: Services) -> None:
-    """Mount the REST API on ``app`` and make ``services`` reachable from its routes."""
+    """Mount the REST API and the proxy routes on ``app`` and make ``services`` reachable from them."""
     app.state.services = services
     install_error_handlers(app)
+    install_proxy_error_handler(app)
     app.include_router(build_router())
+    # The model endpoints answer on the UI port too; its "/" stays the UI's.
+    app.include_router(build_proxy_router(include_root=False))
 
 
 def create_app(services: Services, *, manage_lifecycle: bool = True) -> FastAPI:

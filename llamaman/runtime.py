@@ -57,14 +57,18 @@ class RuntimeConfig:
             hf_token=settings.hf_token,
         )
         self.current = self.defaults
+        # Only what a user saved is stored; everything else keeps following the environment (and
+        # an HF_TOKEN from the environment is never copied into the database).
+        self._saved: dict[str, Any] = {}
 
     async def load(self) -> RuntimeSettings:
         stored = await asyncio.to_thread(self._read)
-        merged = {**self.defaults.model_dump(), **(stored or {})}
+        self._saved = stored or {}
+        merged = {**self.defaults.model_dump(), **self._saved}
         try:
             self.current = RuntimeSettings(**merged)
         except ValidationError:
-            self.current = self.defaults
+            self.current, self._saved = self.defaults, {}
         return self.current
 
     def _read(self) -> dict[str, Any] | None:
@@ -76,9 +80,11 @@ class RuntimeConfig:
         """Validate and store ``changes``; raises ValidationError with nothing stored on bad input."""
         if changes.get("hf_token") == "***":
             changes = {k: v for k, v in changes.items() if k != "hf_token"}  # the redacted echo
-        new = RuntimeSettings(**{**self.current.model_dump(), **changes})
-        await asyncio.to_thread(self._write, new.model_dump())
-        old, self.current = self.current, new
+        saved = {**self._saved, **changes}
+        new = RuntimeSettings(**{**self.defaults.model_dump(), **saved})
+        saved = new.model_dump(include=set(saved))
+        await asyncio.to_thread(self._write, saved)
+        old, self.current, self._saved = self.current, new, saved
         self.events.publish(
             "settings.changed", changed=sorted(k for k in changes if getattr(old, k) != getattr(new, k))
         )

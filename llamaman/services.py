@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -17,6 +18,9 @@ from llamaman.proxy.relay import Relay
 from llamaman.router import Router
 from llamaman.runtime import RuntimeConfig
 from llamaman.supervisor import ManagedInstance, Supervisor
+
+if TYPE_CHECKING:
+    from llamaman.proxy.app import ProxyServer
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,14 @@ class Services:
         # The router reads aliases from the store's dict, so /api/copy takes effect at once.
         self.router.aliases = self.aliases.aliases
         self.relay = Relay(self.http, settings.request_timeout)
+        self.proxy_server: ProxyServer | None = None
+        # Imported here: the listener module imports this one.
+        from llamaman.proxy.listeners import InstanceListeners
+
+        # Every instance gets LlamaMan's listener on its public port (llama-server itself listens on
+        # an internal one), so keys, gates, overrides and wake-on-request hold on instance ports too.
+        self.listeners = InstanceListeners(self)
+        self.listeners.attach()
         self.started = False
 
     def instance_extra(self, m: ManagedInstance) -> dict[str, object]:
@@ -66,12 +78,27 @@ class Services:
         await self.supervisor.start()
         self.router.start()
         self.started = True
+        if self.settings.proxy_port:
+            # Imported here: the proxy's modules import this one.
+            from llamaman.proxy.app import ProxyServer, create_proxy_app
+
+            server = ProxyServer(create_proxy_app(self), self.settings.host, self.settings.proxy_port)
+            try:
+                await server.start()
+            except OSError:
+                await self.stop()  # a clear failure beats a LlamaMan whose proxy port is silently dead
+                raise
+            self.proxy_server = server
 
     async def stop(self) -> None:
         if not self.started:
             return
         self.started = False
+        if self.proxy_server is not None:
+            await self.proxy_server.stop()
+            self.proxy_server = None
         await self.router.stop()
         await self.supervisor.shutdown()
+        await self.listeners.stop_all()
         await self.http.aclose()
         self.db.dispose()

@@ -43,7 +43,8 @@ def build_proxy_router(*, include_root: bool) -> APIRouter:
     """All proxy routes. Order matters: ``/v1/messages`` and the native ``/v1/rerank`` come before
     the OpenAI surface's catch-all ``POST /v1/{path}``."""
     combined = APIRouter()
-    for sub in (*_ollama_routers(include_root), anthropic.router, native.router, manage.router, openai.router):
+    subs = (*_ollama_routers(include_root), anthropic.router, native.router, manage.router, openai.router)
+    for sub in subs:
         combined.include_router(sub)
     return combined
 
@@ -73,7 +74,9 @@ def install_proxy_error_handler(app: FastAPI) -> None:
 
 def create_proxy_app(services: Services) -> FastAPI:
     """The app on the proxy port: no UI, its ``/`` answers like Ollama's."""
-    app = FastAPI(title="LlamaMan proxy", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="LlamaMan proxy", version=__version__, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.services = services
     install_error_handlers(app)
     install_proxy_error_handler(app)
@@ -153,9 +156,10 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise OSError(
-            exc.errno, f"cannot listen on {host}:{port} for the proxy ({exc.strerror or exc}); "
-            "is another program using the port? Set LLAMAMAN_PROXY_PORT to a free one, or 0 to turn the proxy off"
-        ) from exc  # fmt: skip
+            exc.errno,
+            f"cannot listen on {host}:{port} for the proxy ({exc.strerror or exc}); is another program "
+            "using the port? Set LLAMAMAN_PROXY_PORT to a free one, or to 0 to turn the proxy off",
+        ) from exc
     return sock
 
 
@@ -176,7 +180,11 @@ class ProxyServer:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else f"[{self.host}]" if ":" in self.host else self.host
+        host = self.host
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
     async def start(self) -> None:

@@ -68,7 +68,10 @@ def _split_target(services: Services, target: str) -> tuple[str, str] | None:
     return None
 
 
-@router.api_route("/upstream/{target:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
+_ANY = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
+
+
+@router.api_route("/upstream/{target:path}", methods=_ANY)
 async def upstream(target: str, request: Request) -> Response:
     """Any request to a model's own llama-server, body and query untouched (the model starts if needed)."""
     services = services_of(request)

@@ -1,4 +1,5 @@
-"""The model-describing half of the Ollama API: ``/api/tags``, ``/api/ps`` and ``/api/show``.
+"""The model side of the Ollama API: ``/api/tags``, ``/api/ps``, ``/api/show``, ``/api/copy`` and
+``/api/delete``.
 
 Names: a model is listed under its file stem, the way users refer to it, unless two files share a
 stem; then each is listed under its path in MODELS_DIR (``org/model``) so every listed name
@@ -18,7 +19,7 @@ from typing import Any
 from llamaman.gguf_meta import LibraryError
 from llamaman.library import ModelEntry, estimate_memory
 from llamaman.proxy.common import ProxyError
-from llamaman.proxy.translate import digest_for, format_rfc3339, ollama_model_name
+from llamaman.proxy.translate import digest_for, format_rfc3339, ollama_model_name, strip_latest
 from llamaman.router import ModelNotFound
 from llamaman.services import Services
 from llamaman.state import InstanceState
@@ -31,6 +32,14 @@ _FOREVER_S = (2**63 - 1) / 1e9
 _CAPABILITY_ORDER = ("completion", "tools", "insert", "vision", "embedding", "thinking")
 # Chat templates that can switch reasoning on carry one of these.
 _THINKING_MARKERS = ("<think>", "enable_thinking", "reasoning_content", "thinking")
+
+
+async def resolve(services: Services, name: str) -> ModelEntry:
+    """The launchable model (or alias target) a client names; 404 in Ollama's words otherwise."""
+    try:
+        return await services.router.aresolve(name)
+    except ModelNotFound:
+        raise ProxyError(404, f"model '{name}' not found") from None
 
 
 # -- naming -----------------------------------------------------------------------------------------
@@ -235,10 +244,7 @@ def _parameters(values: dict[str, Any]) -> str:
 
 
 async def show(services: Services, name: str) -> dict[str, Any]:
-    try:
-        entry = await services.router.aresolve(name)
-    except ModelNotFound:
-        raise ProxyError(404, f"model '{name}' not found") from None
+    entry = await resolve(services, name)
     info = entry.info
     assert info is not None  # resolve() only returns launchable entries
     running = _running(services, entry)
@@ -274,3 +280,67 @@ async def show(services: Services, name: str) -> dict[str, Any]:
     if isinstance(license_text, str):
         out["license"] = license_text
     return out
+
+
+# -- /api/copy and /api/delete ----------------------------------------------------------------------
+
+
+async def copy(services: Services, source: Any, destination: Any) -> None:
+    """Ollama's copy as an alias: a second name for the same file, at no disk cost."""
+    if not isinstance(source, str) or not source.strip() or not isinstance(destination, str):
+        raise ProxyError(400, "copy needs a 'source' model and a 'destination' name")
+    alias = strip_latest(destination.strip())
+    if not alias:
+        raise ProxyError(400, "copy needs a 'source' model and a 'destination' name")
+    entry = await resolve(services, source.strip())
+    clash = services.library.find(alias)
+    if clash is not None and clash.rel_path != entry.rel_path:
+        # The alias would hide that file from every client that names it.
+        raise ProxyError(
+            400, f"'{destination}' already names the model file {clash.rel_path}; choose another name"
+        )
+    await services.aliases.put(alias, entry.rel_path)
+    services.events.publish("library.changed")
+
+
+async def _retire_instances(services: Services, entry: ModelEntry) -> None:
+    """Stop everything serving a model about to be deleted: Ollama deletes loaded models too."""
+    sup = services.supervisor
+    for m in sup.list():
+        if m.record.model_path != entry.rel_path:
+            continue
+        if m.record.origin == "proxy":
+            # Started on demand for this file: nothing of the user's is lost with the record.
+            await sup.remove(m.id)
+        elif m.state not in (InstanceState.STOPPED, InstanceState.FAILED):
+            await sup.stop(m.id)
+
+
+async def delete(services: Services, name: str) -> None:
+    """Drop an alias, or else stop the model's instances and delete its file(s)."""
+    aliases = services.aliases
+    alias = next((key for key in (name, strip_latest(name)) if key in aliases.aliases), None)
+    if alias is not None:
+        await aliases.delete(alias)
+        services.events.publish("library.changed")
+        return
+    library = services.library
+    entry = library.find(name)
+    if entry is None:
+        await library.ascan()
+        entry = library.find(name)
+    if entry is None:
+        raise ProxyError(404, f"model '{name}' not found")
+    await _retire_instances(services, entry)
+    try:
+        await asyncio.to_thread(library.delete, entry.rel_path)
+    except LibraryError as exc:
+        raise ProxyError(404 if "not found" in str(exc) else 400, str(exc)) from None
+    except OSError as exc:
+        raise ProxyError(500, f"could not delete {entry.rel_path}: {exc.strerror or exc}") from None
+    await library.ascan()
+    # Names that pointed at the file would only ever answer "not found" now.
+    for key, target in list(aliases.aliases.items()):
+        if target == entry.rel_path or library.find(target) is None:
+            await aliases.delete(key)
+    services.events.publish("library.changed")

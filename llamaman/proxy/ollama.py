@@ -1,0 +1,415 @@
+"""The Ollama API (``/api/*``) served by llama-server instances.
+
+Requests are translated to llama-server's OpenAI-compatible endpoints (native ``/completion`` and
+``/infill`` for raw and fill-in-the-middle generation) and the replies back, streaming NDJSON line
+by line as llama-server produces tokens. Every request that reaches an instance holds a lease on it
+from before the upstream call until a ``finally`` after the last byte, whatever ends the request.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from llamaman.proxy import ollama_models
+from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
+from llamaman.proxy.relay import STREAM_HEADERS, Exchange, stream_error_line
+from llamaman.proxy.translate import (
+    OllamaChatStream,
+    TranslateError,
+    format_rfc3339_ns,
+    is_load_only,
+    load_options,
+    native_completion_to_ollama,
+    ollama_chat_to_openai,
+    ollama_embed_to_openai,
+    ollama_embeddings_to_openai,
+    ollama_generate_to_openai,
+    openai_chat_response_to_ollama,
+    openai_embeddings_to_ollama_embed,
+    openai_embeddings_to_ollama_embeddings,
+    parse_keep_alive,
+)
+from llamaman.router import Lease, ModelNotFound
+from llamaman.services import Services
+
+log = logging.getLogger(__name__)
+
+# Clients gate features on this version: Open WebUI calls the connection broken without an answer,
+# and SDKs only send `think`, JSON-schema `format` or `dimensions` to servers new enough to know
+# them. It names a release whose request and reply shapes this module follows.
+OLLAMA_VERSION = "0.13.0"
+
+router = APIRouter(tags=["ollama"])
+root_router = APIRouter(tags=["ollama"])
+
+_JSON = {"Content-Type": "application/json"}
+_NDJSON = "application/x-ndjson"
+_CHAT_PATH = "/v1/chat/completions"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _ollama_errors(handler: Handler) -> Handler:
+    """Answer refusals as Ollama does: ``{"error": "..."}`` with a fitting status."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ProxyError as exc:
+            return exc.response("ollama")
+        except TranslateError as exc:
+            return ProxyError(400, str(exc)).response("ollama")
+
+    return wrapped
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
+
+
+def _model_field(body: dict[str, Any]) -> str:
+    # Older clients name the model in "name".
+    if "model" not in body and isinstance(body.get("name"), str):
+        return require_model({"model": body["name"]})
+    return require_model(body)
+
+
+def _min_ctx(body: dict[str, Any]) -> int | None:
+    num_ctx = load_options(body.get("options")).get("num_ctx")
+    if num_ctx is None:
+        return None
+    if isinstance(num_ctx, bool) or not isinstance(num_ctx, int | float) or num_ctx < 0:
+        raise ProxyError(400, f"option 'num_ctx' must be a positive integer, got {num_ctx!r}")
+    return int(num_ctx) or None
+
+
+def _upstream_message(raw: bytes, status: int) -> str:
+    try:
+        error = json.loads(raw).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return (
+        str(error) if error else (raw.decode(errors="replace").strip() or f"llama-server answered {status}")
+    )
+
+
+def _observe(services: Services, ex: Exchange, reply: dict[str, Any] | None = None) -> None:
+    if reply is not None:
+        ex.prompt_tokens = int(reply.get("prompt_eval_count") or 0)
+        ex.completion_tokens = int(reply.get("eval_count") or 0)
+        ex.error = ex.error or reply.get("error")
+    services.relay._observe(ex)
+
+
+async def _open(services: Services, lease: Lease, path: str, payload: dict[str, Any]) -> httpx.Response:
+    """The upstream response, body unread; llama-server's refusals become ProxyErrors."""
+    try:
+        upstream = await services.relay.open(
+            lease, "POST", path, content=json.dumps(payload).encode(), headers=_JSON
+        )
+    except httpx.HTTPError as exc:
+        raise ProxyError(502, f"llama-server for '{lease.model_name}' is unreachable: {exc}") from None
+    if upstream.status_code >= 400:
+        try:
+            raw = await upstream.aread()
+        except httpx.HTTPError:
+            raw = b""
+        finally:
+            await upstream.aclose()
+        raise ProxyError(upstream.status_code, _upstream_message(raw, upstream.status_code))
+    return upstream
+
+
+async def _read_json_reply(upstream: httpx.Response, model: str) -> dict[str, Any]:
+    try:
+        raw = await upstream.aread()
+    except httpx.HTTPError as exc:
+        raise ProxyError(502, f"llama-server for '{model}' failed mid-reply: {exc}") from None
+    finally:
+        await upstream.aclose()
+    try:
+        reply = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        reply = None
+    if not isinstance(reply, dict):
+        raise ProxyError(502, f"llama-server for '{model}' sent an unreadable reply")
+    return reply
+
+
+# -- root, version, models --------------------------------------------------------------------------
+
+
+@root_router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+async def ollama_root() -> PlainTextResponse:
+    # Clients probe this to tell an Ollama server apart from anything else on the port.
+    return PlainTextResponse("Ollama is running")
+
+
+@router.api_route("/api/version", methods=["GET", "HEAD"])
+async def ollama_version() -> dict[str, str]:
+    return {"version": OLLAMA_VERSION}
+
+
+@router.api_route("/api/tags", methods=["GET", "HEAD"])
+@_ollama_errors
+async def ollama_tags(request: Request) -> Response:
+    return JSONResponse(await ollama_models.tags(services_of(request)))
+
+
+@router.get("/api/ps")
+@_ollama_errors
+async def ollama_ps(request: Request) -> Response:
+    return JSONResponse(await ollama_models.ps(services_of(request)))
+
+
+@router.post("/api/show")
+@_ollama_errors
+async def ollama_show(request: Request) -> Response:
+    body, _ = await read_json(request)
+    return JSONResponse(await ollama_models.show(services_of(request), _model_field(body)))
+
+
+# -- chat and generate ------------------------------------------------------------------------------
+
+
+def _load_reply(model: str, reason: str, *, generate: bool) -> dict[str, Any]:
+    obj: dict[str, Any] = {"model": model, "created_at": format_rfc3339_ns(time.time_ns())}
+    if generate:
+        obj["response"] = ""
+    else:
+        obj["message"] = {"role": "assistant", "content": ""}
+    obj["done_reason"] = reason
+    obj["done"] = True
+    return obj
+
+
+async def _load_or_unload(
+    services: Services, model: str, keep_alive: float | None, min_ctx: int | None
+) -> str:
+    """Ollama's empty requests: load the model (or unload it for keep_alive 0); the done_reason."""
+    if keep_alive is not None and keep_alive <= 0:
+        try:
+            await services.router.unload(model)
+        except ModelNotFound:
+            raise ProxyError(404, f"model '{model}' not found") from None
+        return "unload"
+    lease = await lease_for(services, model, min_ctx=min_ctx)
+    try:
+        lease.keep_alive(keep_alive)
+    finally:
+        lease.release()
+    return "load"
+
+
+async def _generation(request: Request, *, generate: bool) -> Response:
+    services = services_of(request)
+    body, _ = await read_json(request)
+    model = require_model(body)
+    keep_alive = parse_keep_alive(body.get("keep_alive"))
+    min_ctx = _min_ctx(body)
+    entry = await ollama_models.resolve(services, model)
+    if "completion" not in entry.capabilities:
+        raise ProxyError(400, f'"{model}" does not support {"generate" if generate else "chat"}')
+    if is_load_only(body):
+        reason = await _load_or_unload(services, model, keep_alive, min_ctx)
+        return JSONResponse(_load_reply(model, reason, generate=generate))
+    if generate:
+        path, payload = ollama_generate_to_openai(body)
+    else:
+        path, payload = _CHAT_PATH, ollama_chat_to_openai(body)
+
+    started = time.monotonic_ns()
+    lease = await lease_for(services, model, min_ctx=min_ctx)
+    ex = Exchange(model, "/api/generate" if generate else "/api/chat", stream=bool(payload["stream"]))
+    try:
+        apply_sampling(payload, lease)
+        lease.keep_alive(keep_alive)
+        upstream = await _open(services, lease, path, payload)
+    except BaseException as exc:
+        lease.release()
+        if isinstance(exc, ProxyError):
+            ex.status, ex.error = exc.status, exc.message
+            _observe(services, ex)
+        raise
+    ex.status = 200
+    native = path != _CHAT_PATH
+    state = OllamaChatStream(
+        model, generate=generate, load_duration_ns=lease.load_duration_ns, started_ns=started
+    )
+    if payload["stream"]:
+        return StreamingResponse(
+            _stream(services, lease, upstream, state, native=native, ex=ex),
+            media_type=_NDJSON,
+            headers=STREAM_HEADERS,
+        )
+    try:
+        reply = await _read_json_reply(upstream, model)
+    except ProxyError as exc:
+        ex.status, ex.error = exc.status, exc.message
+        _observe(services, ex)
+        raise
+    finally:
+        lease.release()
+    ex.first_byte = time.monotonic()
+    if native:
+        obj = native_completion_to_ollama(
+            reply, model, generate=generate, load_duration_ns=lease.load_duration_ns, started_ns=started
+        )
+    else:
+        obj = openai_chat_response_to_ollama(
+            reply, model, generate=generate, load_duration_ns=lease.load_duration_ns, started_ns=started
+        )
+    _observe(services, ex, obj)
+    return JSONResponse(obj, status_code=500 if "error" in obj else 200)
+
+
+async def _stream(
+    services: Services,
+    lease: Lease,
+    upstream: httpx.Response,
+    state: OllamaChatStream,
+    *,
+    native: bool,
+    ex: Exchange,
+) -> AsyncIterator[bytes]:
+    feed = state.feed_native if native else state.feed
+    final: dict[str, Any] | None = None
+    try:
+        async for chunk in services.relay.stream_lines(upstream):
+            for obj in feed(chunk):
+                if ex.first_byte is None:
+                    ex.first_byte = time.monotonic()
+                yield _line(obj)
+                if "error" in obj:
+                    ex.error = str(obj["error"])
+                    return
+        final = state.finish()
+        yield _line(final)
+    except httpx.HTTPError as exc:
+        # A dead llama-server ends the stream with an error line the client can show, right away.
+        reason = str(exc) or exc.__class__.__name__
+        ex.error = f"upstream stream broke: {reason}"
+        log.warning("stream from %s broke: %r", lease.model_name, exc)
+        yield stream_error_line(
+            "ollama", f"llama-server for '{lease.model_name}' stopped mid-stream: {reason}"
+        )
+    finally:
+        try:
+            await upstream.aclose()
+        finally:
+            # Released even when the client went away and closing upstream was interrupted.
+            lease.release()
+            _observe(services, ex, final)
+
+
+@router.post("/api/chat")
+@_ollama_errors
+async def ollama_chat(request: Request) -> Response:
+    return await _generation(request, generate=False)
+
+
+@router.post("/api/generate")
+@_ollama_errors
+async def ollama_generate(request: Request) -> Response:
+    return await _generation(request, generate=True)
+
+
+# -- embeddings -------------------------------------------------------------------------------------
+
+
+async def _embedding(request: Request, *, legacy: bool) -> Response:
+    services = services_of(request)
+    body, _ = await read_json(request)
+    model = require_model(body)
+    keep_alive = parse_keep_alive(body.get("keep_alive"))
+    min_ctx = _min_ctx(body)
+    await ollama_models.resolve(services, model)
+    if is_load_only(body):
+        await _load_or_unload(services, model, keep_alive, min_ctx)
+        return JSONResponse({"embedding": []} if legacy else {"model": model, "embeddings": []})
+    payload = ollama_embeddings_to_openai(body) if legacy else ollama_embed_to_openai(body)
+
+    started = time.monotonic_ns()
+    lease = await lease_for(services, model, min_ctx=min_ctx)
+    ex = Exchange(model, "/api/embeddings" if legacy else "/api/embed")
+    try:
+        lease.keep_alive(keep_alive)
+        upstream = await _open(services, lease, "/v1/embeddings", payload)
+        reply = await _read_json_reply(upstream, model)
+    except ProxyError as exc:
+        ex.status, ex.error = exc.status, exc.message
+        _observe(services, ex)
+        raise
+    finally:
+        lease.release()
+    ex.status, ex.first_byte = 200, time.monotonic()
+    ex.prompt_tokens = int((reply.get("usage") or {}).get("prompt_tokens") or 0)
+    _observe(services, ex)
+    if legacy:
+        return JSONResponse(openai_embeddings_to_ollama_embeddings(reply))
+    return JSONResponse(
+        openai_embeddings_to_ollama_embed(
+            reply,
+            model,
+            dimensions=body.get("dimensions"),
+            load_duration_ns=lease.load_duration_ns,
+            started_ns=started,
+        )
+    )
+
+
+@router.post("/api/embed")
+@_ollama_errors
+async def ollama_embed(request: Request) -> Response:
+    return await _embedding(request, legacy=False)
+
+
+@router.post("/api/embeddings")
+@_ollama_errors
+async def ollama_embeddings(request: Request) -> Response:
+    return await _embedding(request, legacy=True)
+
+
+# -- copy, delete, and what LlamaMan does not do ----------------------------------------------------
+
+
+@router.post("/api/copy")
+@_ollama_errors
+async def ollama_copy(request: Request) -> Response:
+    body, _ = await read_json(request)
+    await ollama_models.copy(services_of(request), body.get("source"), body.get("destination"))
+    return Response(status_code=200)
+
+
+@router.delete("/api/delete")
+@_ollama_errors
+async def ollama_delete(request: Request) -> Response:
+    body, _ = await read_json(request)
+    await ollama_models.delete(services_of(request), _model_field(body))
+    return Response(status_code=200)
+
+
+def _unsupported(what: str) -> Response:
+    return ProxyError(501, f"{what} is not supported by LlamaMan").response("ollama")
+
+
+@router.post("/api/create")
+async def ollama_create() -> Response:
+    return _unsupported("creating models from a Modelfile (/api/create)")
+
+
+@router.post("/api/push")
+async def ollama_push() -> Response:
+    return _unsupported("pushing models to a registry (/api/push)")

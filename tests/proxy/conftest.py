@@ -1,0 +1,39 @@
+"""Proxy fixtures: a real listening proxy (uvicorn on a free port) over the started ``services``,
+and clients for it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from llamaman.proxy.app import ProxyServer, create_proxy_app
+
+
+@pytest.fixture
+async def proxy(services: Any) -> AsyncIterator[ProxyServer]:
+    server = ProxyServer(create_proxy_app(services), "127.0.0.1", 0)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def oai(proxy: ProxyServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="x", max_retries=0, timeout=60)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def http(proxy: ProxyServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=proxy.url, timeout=60, trust_env=False) as client:
+        yield client
+

@@ -1,0 +1,151 @@
+"""Per-instance listener ports in front of real llama-servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from llamaman.launch import LaunchSettings, SamplingOverrides
+from llamaman.services import Services
+from llamaman.state import InstanceState
+from llamaman.supervisor import ManagedInstance
+
+S = InstanceState
+
+
+async def launch(services: Services, **kw: Any) -> ManagedInstance:
+    m = await services.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=2048, **kw))
+    assert await m.proc.wait_for({S.HEALTHY, S.FAILED}, timeout=30) == S.HEALTHY
+    return m
+
+
+def chat_body(model: str | None = "tiny-a", max_tokens: int = 6, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": max_tokens,
+        **extra,
+    }
+    if model is not None:
+        body["model"] = model
+    return body
+
+
+async def test_llama_server_listens_internally_and_the_listener_passes_through(services: Services) -> None:
+    m = await launch(services)
+    assert m.record.internal_port is not None and m.upstream_port != m.record.port
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{m.record.port}", timeout=30) as c:
+        r = await c.post("/v1/chat/completions", json=chat_body())
+        assert r.status_code == 200
+        assert r.json()["choices"][0]["message"]["content"].startswith("abcdef")
+        r = await c.post("/v1/chat/completions", json=chat_body(model=None))
+        assert r.status_code == 200
+        r = await c.get("/v1/models")
+        assert r.status_code == 200 and r.json()["data"]
+
+
+async def test_mismatched_model_gets_404_without_waking_a_sleeping_instance(services: Services) -> None:
+    m = await launch(services)
+    await services.supervisor.sleep(m.id)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{m.record.port}", timeout=30) as c:
+        r = await c.post("/v1/chat/completions", json=chat_body(model="tiny-b"))
+        assert r.status_code == 404
+        assert "tiny-b" in r.json()["error"]["message"]
+        assert m.state == S.SLEEPING
+        r = await c.get("/health")
+        assert r.status_code == 200 and m.state == S.SLEEPING
+        # A prefix of the model's name is accepted, and wakes it.
+        r = await c.post("/v1/chat/completions", json=chat_body(model="tiny"))
+        assert r.status_code == 200
+        assert r.json()["choices"][0]["message"]["content"].startswith("abc")
+        assert m.state == S.HEALTHY
+
+
+async def test_sampling_overrides_are_forced_onto_requests(services: Services) -> None:
+    m = await launch(services, sampling=SamplingOverrides(temperature=0.0, top_k=7))
+    async with httpx.AsyncClient(timeout=30) as c:
+        r = await c.post(
+            f"http://127.0.0.1:{m.record.port}/v1/chat/completions", json=chat_body(temperature=1.7, top_k=40)
+        )
+        assert r.status_code == 200
+        slots = (await c.get(f"{m.base_url}/slots")).json()
+    params = slots[0]["params"]
+    assert params["temperature"] == pytest.approx(0.0)
+    assert params["top_k"] == 7
+
+
+async def test_gate_serves_three_and_refuses_seven_then_counters_return_to_zero(services: Services) -> None:
+    m = await launch(services, max_concurrent=1, max_queue_depth=2)
+    async with httpx.AsyncClient(timeout=60) as c:
+
+        async def one() -> int:
+            r = await c.post(
+                f"http://127.0.0.1:{m.record.port}/v1/chat/completions", json=chat_body(max_tokens=400)
+            )
+            if r.status_code == 429:
+                assert int(r.headers["Retry-After"]) >= 1
+            return r.status_code
+
+        statuses = await asyncio.gather(*(one() for _ in range(10)))
+    assert sorted(statuses) == [200] * 3 + [429] * 7
+    counters = services.router.counters(m)
+    assert counters["active_requests"] == 0 and counters["queued_requests"] == 0 and counters["inflight"] == 0
+    view = services.instance_extra(m)
+    assert view["queued_requests"] == 0
+
+
+async def test_client_disconnect_mid_stream_frees_the_slot_and_closes_upstream(services: Services) -> None:
+    m = await launch(services)
+    async with httpx.AsyncClient(timeout=30) as c:
+        async with c.stream(
+            "POST",
+            f"http://127.0.0.1:{m.record.port}/v1/chat/completions",
+            json=chat_body(max_tokens=1500, stream=True),
+        ) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    break  # got the first token: hang up
+        assert services.router.slot(m).inflight <= 1
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            slots = (await c.get(f"{m.base_url}/slots")).json()
+            if services.router.slot(m).inflight == 0 and not any(s["is_processing"] for s in slots):
+                break
+            await asyncio.sleep(0.05)
+        assert services.router.slot(m).inflight == 0
+        assert not any(s["is_processing"] for s in slots), "llama-server kept generating for a gone client"
+
+
+async def test_upstream_killed_mid_stream_ends_the_client_stream_with_an_error_within_a_second(
+    services: Services,
+) -> None:
+    m = await launch(services)
+    async with httpx.AsyncClient(timeout=30) as c:
+        async with c.stream(
+            "POST",
+            f"http://127.0.0.1:{m.record.port}/v1/chat/completions",
+            json=chat_body(max_tokens=100000, stream=True),
+        ) as r:
+            lines = r.aiter_lines()
+            async for line in lines:
+                if line.startswith("data: {"):
+                    break
+            assert m.proc.pid is not None
+            os.kill(m.proc.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            last = ""
+            async for line in lines:
+                if line.startswith("data: "):
+                    last = line
+            ended = time.monotonic()
+    assert ended - killed < 1.0
+    err = json.loads(last[6:])
+    assert "error" in err and "mid-stream" in err["error"]["message"]
+    assert await m.proc.wait_for({S.FAILED}, timeout=2) == S.FAILED
+    assert services.router.slot(m).inflight == 0

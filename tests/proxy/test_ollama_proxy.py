@@ -1,0 +1,241 @@
+"""The Ollama surface end to end: the official ``ollama`` client against real llama-servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import ollama
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from llamaman.proxy import ollama as ollama_proxy
+from llamaman.proxy.ollama_models import _nvidia_gpu_count
+from llamaman.services import Services
+from llamaman.state import InstanceState
+from llamaman.supervisor import ManagedInstance
+
+S = InstanceState
+SHORT = {"num_predict": 12}
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+async def base_url(services: Services) -> AsyncIterator[str]:
+    """The Ollama routers on a real port, so the client streams over a socket as it would in use."""
+    app = FastAPI()
+    app.state.services = services
+    app.include_router(ollama_proxy.router)
+    app.include_router(ollama_proxy.root_router)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "uvicorn failed to start"
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def client(base_url: str) -> AsyncIterator[ollama.AsyncClient]:
+    c = ollama.AsyncClient(host=base_url)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def instances_of(services: Services, rel_path: str) -> list[ManagedInstance]:
+    return [m for m in services.supervisor.list() if m.record.model_path == rel_path]
+
+
+def healthy(services: Services, rel_path: str) -> list[ManagedInstance]:
+    return [m for m in instances_of(services, rel_path) if m.state == S.HEALTHY]
+
+
+async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_root_version_and_unsupported_endpoints(base_url: str) -> None:
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        root = await http.get("/")
+        assert root.status_code == 200 and root.text == "Ollama is running"
+        assert (await http.head("/")).status_code == 200
+        version = (await http.get("/api/version")).json()["version"]
+        assert tuple(int(p) for p in version.split(".")) >= (0, 12, 0)
+        for path in ("/api/create", "/api/push"):
+            r = await http.post(path, json={"model": "x"})
+            assert r.status_code == 501 and "not supported by LlamaMan" in r.json()["error"]
+
+
+async def test_list_show_and_unknown_models(client: ollama.AsyncClient) -> None:
+    listed = {m.model: m for m in (await client.list()).models}
+    assert {"tiny-a:latest", "tiny-b:latest", "tiny-embed:latest"} <= set(listed)
+    a = listed["tiny-a:latest"]
+    assert a.size and a.size > 0 and a.modified_at is not None
+    assert a.digest and len(a.digest) == 64
+    assert a.details and a.details.format == "gguf" and a.details.family == "llama"
+    assert a.details.parameter_size and a.details.quantization_level == "F32"
+    again = {m.model: m.digest for m in (await client.list()).models}
+    assert again["tiny-a:latest"] == a.digest != again["tiny-b:latest"]
+
+    shown = await client.show("tiny-a")
+    assert shown.modelinfo is not None and shown.modelinfo["llama.context_length"] == 4096
+    assert shown.capabilities == ["completion"]
+    assert shown.template and "im_start" in shown.template
+    assert shown.details and shown.details.family == "llama"
+    assert (await client.show("tiny-embed:latest")).capabilities == ["embedding"]
+
+    for call in (
+        client.show("nope"),
+        client.chat("nope", messages=HELLO),
+        client.generate("nope", prompt="x"),
+        client.embed("nope", input="x"),
+    ):
+        with pytest.raises(ollama.ResponseError) as err:
+            await call
+        assert err.value.status_code == 404 and "nope" in err.value.error
+    with pytest.raises(ollama.ResponseError) as err:
+        await client.chat("tiny-embed", messages=HELLO)
+    assert err.value.status_code == 400
+
+
+async def test_chat_plain_streamed_and_ps(services: Services, client: ollama.AsyncClient) -> None:
+    parts = [part async for part in await client.chat("tiny-a", messages=HELLO, stream=True, options=SHORT)]
+    assert "".join(p.message.content or "" for p in parts).startswith("abcdef")
+    assert all(not p.done for p in parts[:-1])
+    last = parts[-1]
+    assert last.done and last.done_reason == "length" and last.eval_count == SHORT["num_predict"]
+    assert last.total_duration and last.eval_duration and last.prompt_eval_duration
+    assert last.prompt_eval_count and last.load_duration and last.load_duration > 0
+
+    reply = await client.chat("tiny-a:latest", messages=HELLO, options=SHORT)
+    assert reply.message.content and reply.message.content.startswith("abcdef")
+    assert reply.done and reply.eval_count == SHORT["num_predict"] and reply.total_duration
+    assert reply.load_duration == 0  # already running
+
+    loaded = {m.model: m for m in (await client.ps()).models}
+    assert set(loaded) == {"tiny-a:latest"}
+    ps = loaded["tiny-a:latest"]
+    assert ps.context_length == 4096
+    assert ps.size and ps.size > 0
+    assert ps.size_vram == 0 if _nvidia_gpu_count() == 0 else (ps.size_vram or 0) > 0
+    assert ps.expires_at is not None and ps.expires_at > datetime.now(UTC)
+    assert services.router.slot(healthy(services, "tiny-a.gguf")[0]).inflight == 0
+
+
+async def test_generate_plain_raw_and_streamed(client: ollama.AsyncClient) -> None:
+    reply = await client.generate("tiny-b", prompt="hello", options=SHORT)
+    assert reply.response.startswith("zyxwvu") and reply.done and reply.eval_count == SHORT["num_predict"]
+    raw = await client.generate("tiny-a", prompt="abc", raw=True, options={"num_predict": 5})
+    assert raw.response == "defgh"
+    parts = [p async for p in await client.generate("tiny-a", prompt="hi", stream=True, options=SHORT)]
+    assert "".join(p.response for p in parts).startswith("abcdef") and parts[-1].done
+
+
+async def test_embed_and_legacy_embeddings(client: ollama.AsyncClient) -> None:
+    out = await client.embed("tiny-embed", input=["hello", "world"])
+    assert len(out.embeddings) == 2 and all(len(v) == 64 for v in out.embeddings)
+    assert out.prompt_eval_count and out.prompt_eval_count > 0
+    legacy = await client.embeddings("tiny-embed", prompt="hello")
+    assert len(legacy.embedding) == 64
+
+
+async def test_tools_and_think_still_answer(client: ollama.AsyncClient) -> None:
+    def get_weather(city: str) -> str:
+        """Weather in a city.
+
+        Args:
+          city: the city
+        """
+        return "sunny"
+
+    with_tools = await client.chat("tiny-a", messages=HELLO, tools=[get_weather], options=SHORT)
+    assert (with_tools.message.content or "").startswith("abcdef")
+    thinking = await client.chat("tiny-a", messages=HELLO, think=True, options=SHORT)
+    assert (thinking.message.content or "").startswith("abcdef")
+
+
+async def test_copy_alias_chat_then_delete(services: Services, client: ollama.AsyncClient) -> None:
+    await client.copy("tiny-b", "my-model")
+    names = {m.model for m in (await client.list()).models}
+    assert {"my-model:latest", "tiny-b:latest"} <= names
+    reply = await client.chat("my-model", messages=HELLO, options=SHORT)
+    assert (reply.message.content or "").startswith("zyxwvu")
+    assert (await client.delete("my-model:latest")).status == "success"
+    names = {m.model for m in (await client.list()).models}
+    assert "my-model:latest" not in names and "tiny-b:latest" in names
+    with pytest.raises(ollama.ResponseError) as err:
+        await client.copy("nope", "other")
+    assert err.value.status_code == 404
+
+    # Deleting a model file stops what serves it first, as Ollama does with a loaded model.
+    assert healthy(services, "tiny-b.gguf")
+    assert (await client.delete("tiny-b")).status == "success"
+    assert not (services.library.models_dir / "tiny-b.gguf").exists()
+    assert instances_of(services, "tiny-b.gguf") == []
+    assert "tiny-b:latest" not in {m.model for m in (await client.list()).models}
+    with pytest.raises(ollama.ResponseError) as err:
+        await client.delete("tiny-b")
+    assert err.value.status_code == 404
+
+
+async def test_load_only_and_keep_alive_zero_unloads(services: Services, client: ollama.AsyncClient) -> None:
+    loaded = await client.chat("tiny-a", messages=[])
+    assert loaded.done and loaded.done_reason == "load" and healthy(services, "tiny-a.gguf")
+    unloaded = await client.generate("tiny-a", prompt="", keep_alive=0)
+    assert unloaded.done_reason == "unload" and not healthy(services, "tiny-a.gguf")
+
+    reply = await client.chat("tiny-a", messages=HELLO, options=SHORT, keep_alive=0)
+    assert (reply.message.content or "").startswith("abcdef")
+    await wait_until(lambda: not healthy(services, "tiny-a.gguf"))
+
+
+async def test_bigger_num_ctx_relaunches_the_model(services: Services, client: ollama.AsyncClient) -> None:
+    await services.presets.put("tiny-a.gguf", {"ctx_size": 512})
+    await client.chat("tiny-a", messages=HELLO, options=SHORT)
+    [m] = healthy(services, "tiny-a.gguf")
+    assert m.settings.ctx_size == 512
+    assert (await client.show("tiny-a")).modelinfo["llama.context_length"] == 512
+
+    reply = await client.chat("tiny-a", messages=HELLO, options={**SHORT, "num_ctx": 1024})
+    assert (reply.message.content or "").startswith("abcdef")
+    [m] = healthy(services, "tiny-a.gguf")
+    assert m.settings.ctx_size == 1024
+    assert m.proc.argv[m.proc.argv.index("-c") + 1] == "1024"
+    assert [p.context_length for p in (await client.ps()).models] == [1024]
+
+
+async def test_upstream_killed_mid_stream_ends_with_an_error_promptly(
+    services: Services, client: ollama.AsyncClient
+) -> None:
+    stream = await client.chat("tiny-a", messages=HELLO, stream=True, options={"num_predict": 3000})
+    first = await anext(stream)
+    assert first.message.content == "a"
+    [m] = healthy(services, "tiny-a.gguf")
+    assert m.proc.pid is not None
+    os.kill(m.proc.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    with pytest.raises(ollama.ResponseError) as err:
+        async for _ in stream:
+            pass
+    assert time.monotonic() - killed < 1.0
+    assert "stopped mid-stream" in err.value.error
+    await wait_until(lambda: services.router.slot(m).inflight == 0, timeout=2)
