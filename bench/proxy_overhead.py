@@ -16,7 +16,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import auth_headers, direct_server, llamaman, machine, make_models, percentile  # noqa: E402
+from bench.harness import auth_headers, direct_server, llamaman, machine, make_models, percentile
 
 BODY = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
@@ -58,7 +58,8 @@ def main() -> None:
                 p.append(one(c_proxy, "/v1/chat/completions", stream))
             dp50, dp99, pp50, pp99 = (percentile(d, 0.5), percentile(d, 0.99), percentile(p, 0.5),
                                       percentile(p, 0.99))  # fmt: skip
-            print(f"{'stream' if stream else 'plain':<8} {dp50:>11.2f} {dp99:>11.2f} {pp50:>10.2f} {pp99:>10.2f} "
+            mode = "stream" if stream else "plain"
+            print(f"{mode:<8} {dp50:>11.2f} {dp99:>11.2f} {pp50:>10.2f} {pp99:>10.2f} "
                   f"{pp50 - dp50:>10.2f} {pp99 - dp99:>10.2f}")  # fmt: skip
 
 
