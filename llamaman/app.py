@@ -9,8 +9,10 @@ from fastapi import FastAPI
 
 from llamaman import __version__
 from llamaman.api import build_router
+from llamaman.auth_middleware import wrap_with_auth
 from llamaman.errors import install_error_handlers
 from llamaman.proxy.app import build_proxy_router, install_proxy_error_handler
+from llamaman.redact import install_log_redaction
 from llamaman.services import Services
 
 
@@ -22,6 +24,9 @@ def install(app: FastAPI, services: Services) -> None:
     app.include_router(build_router())
     # The model endpoints answer on the UI port too; its "/" stays the UI's.
     app.include_router(build_proxy_router(include_root=False))
+    # Every request passes the auth middleware: UI pages, REST and model endpoints alike.
+    wrap_with_auth(app, services, "main")
+    install_log_redaction()
 
 
 def create_app(services: Services, *, manage_lifecycle: bool = True) -> FastAPI:

@@ -47,6 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     b.add_argument("--max-tokens", type=int, default=32)
     b.add_argument("--url", default=None, help="base URL of a running LlamaMan proxy (default: local)")
     b.add_argument("--api-key", default=None)
+    b.add_argument(
+        "--target",
+        choices=["proxy", "direct"],
+        default="proxy",
+        help="through the proxy, or straight to the model's llama-server (local runs only)",
+    )
     return p.parse_args(argv)
 
 

@@ -126,12 +126,13 @@ class LlamaProcess:
         async with self._lock:
             if self.running:
                 return
-            self._set_state(S.STARTING)
+            # Reset before announcing "starting": listeners store started_at, error and exit_code.
             self.exit_code = None
             self.error = None
             self._stopping = False
             self.started_at = time.time()
             self.healthy_at = None
+            self._set_state(S.STARTING)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             with open(self.log_path, "ab") as fh:

@@ -192,8 +192,10 @@ class Router:
         gate = self.gates.get(f"model:{m.record.model_path}" if m.settings.share_queue else m.id)
         s = self.slots.get(m.id)
         expires = None
-        if s is not None and s.keep_alive_until is not None and math.isfinite(s.keep_alive_until):
-            expires = time.time() + (s.keep_alive_until - time.monotonic())
+        if s is not None and s.keep_alive_until is not None:
+            # keep_alive -1 (forever) has no expiry at all.
+            if math.isfinite(s.keep_alive_until):
+                expires = time.time() + (s.keep_alive_until - time.monotonic())
         elif m.state == S.HEALTHY and (t := self.idle_timeout(m)):
             expires = time.time() + t - (time.monotonic() - m.last_used)
         return {
@@ -437,10 +439,13 @@ class Router:
             self._kick()
 
     def _ctx_of(self, m: ManagedInstance, entry: ModelEntry) -> int:
+        """The context one request gets: llama-server splits -c between its parallel slots."""
         ctx = m.settings.ctx_size
         if ctx == 0 and entry.info is not None:
             ctx = entry.info.context_length or 0
-        return ctx
+        if "--kv-unified" in m.settings.extra_argv() or "-kvu" in m.settings.extra_argv():
+            return ctx
+        return ctx // max(1, m.settings.parallel)
 
     async def _relaunch_with_ctx(self, m: ManagedInstance, entry: ModelEntry, ctx: int) -> ManagedInstance:
         """Ollama relaunches a model whose running context is smaller than a request's num_ctx."""
@@ -453,8 +458,9 @@ class Router:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(s.idle.wait(), self.request_timeout)
             await self.sup.stop(m.id)
-            m.settings = m.settings.model_copy(update={"ctx_size": ctx})
-            m.record.ctx_size = ctx
+            total = ctx * max(1, m.settings.parallel)
+            m.settings = m.settings.model_copy(update={"ctx_size": total})
+            m.record.ctx_size = total
             self.sup._rebuild(m)
             await self.sup.wake(m.id)
         finally:

@@ -9,8 +9,11 @@ from typing import TYPE_CHECKING
 import httpx
 
 from llamaman.aliases import AliasStore
+from llamaman.auth import AuthService
+from llamaman.auth_middleware import wrap_with_auth
 from llamaman.config import Settings
 from llamaman.db import Database
+from llamaman.downloads import DownloadManager
 from llamaman.events import EventBus
 from llamaman.library import ModelLibrary
 from llamaman.presets import PresetStore
@@ -18,6 +21,7 @@ from llamaman.proxy.relay import Relay
 from llamaman.router import Router
 from llamaman.runtime import RuntimeConfig
 from llamaman.supervisor import ManagedInstance, Supervisor
+from llamaman.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from llamaman.proxy.app import ProxyServer
@@ -53,6 +57,15 @@ class Services:
         # The router reads aliases from the store's dict, so /api/copy takes effect at once.
         self.router.aliases = self.aliases.aliases
         self.relay = Relay(self.http, settings.request_timeout)
+        # Accounts, sessions and API keys; it counts each key's tokens from the relay's exchanges.
+        self.auth = AuthService(settings, self.db, self.runtime)
+        self.relay.add_observer(self.auth.observe)
+        # Metrics, activity log, GPU sampling and benchmarks; it observes every proxied request.
+        self.telemetry = Telemetry(self)
+        self.telemetry.attach(self.relay)
+        self.downloads = DownloadManager(
+            settings, self.db, self.events, self.library, self.runtime, self.aliases, self.supervisor
+        )
         self.proxy_server: ProxyServer | None = None
         # Imported here: the listener module imports this one.
         from llamaman.proxy.listeners import InstanceListeners
@@ -61,22 +74,26 @@ class Services:
         # an internal one), so keys, gates, overrides and wake-on-request hold on instance ports too.
         self.listeners = InstanceListeners(self)
         self.listeners.attach()
+        self.listeners.wrap = lambda app: wrap_with_auth(app, self, "instance")
         self.started = False
 
     def instance_extra(self, m: ManagedInstance) -> dict[str, object]:
         """Live counters of an instance that the supervisor does not own (requests, expiry)."""
-        return self.router.counters(m)
+        return {**self.router.counters(m), **self.telemetry.instance_extra(m)}
 
     async def start(self) -> None:
         if self.started:
             return
         await asyncio.to_thread(self.db.migrate)
         await self.runtime.load()
+        await self.auth.start()  # before any listener opens: creates the admin from the environment
         await self.library.ascan()
         await self.aliases.load()
         self.router.aliases = self.aliases.aliases
         await self.supervisor.start()
         self.router.start()
+        await self.telemetry.start()
+        await self.downloads.start()  # resumes downloads a restart interrupted
         self.started = True
         if self.settings.proxy_port:
             # Imported here: the proxy's modules import this one.
@@ -97,8 +114,11 @@ class Services:
         if self.proxy_server is not None:
             await self.proxy_server.stop()
             self.proxy_server = None
+        await self.downloads.stop()  # their records stay active: resumed at the next start
+        await self.telemetry.stop()  # after the proxy: its last requests still reach the activity log
         await self.router.stop()
         await self.supervisor.shutdown()
         await self.listeners.stop_all()
+        await self.auth.stop()  # writes the last token usage and last-used times
         await self.http.aclose()
         self.db.dispose()

@@ -74,6 +74,12 @@ class Download(SQLModel, table=True):
     error: str | None = Field(default=None, sa_type=Text)
     created_at: float = Field(default_factory=now, sa_type=Double)
     finished_at: float | None = Field(default=None, sa_type=Double)
+    # A token given for this download only: kept so a private repo's download resumes after a restart.
+    hf_token: str | None = Field(default=None, sa_type=Text)
+    # Folder under MODELS_DIR the files land in (default: the repo id); a restore puts files back there.
+    dest_dir: str | None = Field(default=None, max_length=1024)
+    # Name an Ollama pull asked for; registered as an alias once the files are in place.
+    alias: str | None = Field(default=None, max_length=255)
 
 
 class Preset(SQLModel, table=True):

@@ -6,6 +6,9 @@ from llamaman.services import Services
 
 
 def register(services: Services) -> None:
-    from pages import home
+    from pages import activity, auth, downloads, instances, keys, launch, playground, settings
+    from pages.shell import Shell
 
-    home.register(services)
+    shell = Shell(services)
+    for module in (auth, instances, launch, downloads, playground, activity, keys, settings):
+        module.register(services, shell)

@@ -34,6 +34,28 @@ def find_llama_server() -> str | None:
         return None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "auth: keep require-auth on by default, as in production")
+
+
+@pytest.fixture(autouse=True)
+def _model_endpoints_open_by_default(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests of proxying and instances call model endpoints with bare clients, so for them the
+    require-auth toggle starts off, as a user may set it; the REST API still needs credentials (the
+    ``api`` fixture sends a key). Tests marked ``auth`` get the production default (on)."""
+    if request.node.get_closest_marker("auth") is not None:
+        return
+    from llamaman.runtime import RuntimeConfig
+
+    original = RuntimeConfig.__init__
+
+    def init(self: RuntimeConfig, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.defaults = self.current = self.defaults.model_copy(update={"require_auth": False})
+
+    monkeypatch.setattr(RuntimeConfig, "__init__", init)
+
+
 @pytest.fixture(scope="session")
 def llama_server_bin() -> str:
     path = find_llama_server()
@@ -129,9 +151,12 @@ async def services(settings: Settings) -> AsyncIterator[Any]:
 async def api(services: Any) -> AsyncIterator[httpx.AsyncClient]:
     from llamaman.app import create_app
 
+    from tests.helpers import admin_headers
+
     app = create_app(services, manage_lifecycle=False)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://llamaman.test") as client:
+    headers = await admin_headers(services)
+    async with httpx.AsyncClient(transport=transport, base_url="http://llamaman.test", headers=headers) as client:
         yield client
 
 

@@ -26,16 +26,25 @@ def servers_of(owner: str) -> list[psutil.Process]:
     return found
 
 
-async def chat(port: int, text: str = "hi", max_tokens: int = 8) -> str:
+async def chat(
+    port: int, text: str = "hi", max_tokens: int = 8, *, headers: dict[str, str] | None = None
+) -> str:
     """One chat completion straight from the llama-server (or listener) on ``port``."""
     async with httpx.AsyncClient(trust_env=False) as c:
         r = await c.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             json={"messages": [{"role": "user", "content": text}], "max_tokens": max_tokens},
+            headers=headers,
             timeout=30,
         )
         r.raise_for_status()
         return r.json()["choices"][0]["message"]["content"]
+
+
+def auth_of(client: httpx.AsyncClient) -> dict[str, str]:
+    """The credentials a test client sends, for requests made outside it (e.g. to instance ports)."""
+    auth = client.headers.get("Authorization")
+    return {"Authorization": auth} if auth else {}
 
 
 class _BodyStream(httpx.AsyncByteStream):
@@ -136,5 +145,14 @@ async def api_client(services: Any, *, streaming: bool = False) -> AsyncIterator
     transport: httpx.AsyncBaseTransport = (
         StreamingASGITransport(app) if streaming else httpx.ASGITransport(app)
     )
-    async with httpx.AsyncClient(transport=transport, base_url="http://llamaman.test") as client:
+    headers = await admin_headers(services)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://llamaman.test", headers=headers
+    ) as client:
         yield client
+
+
+async def admin_headers(services: Any) -> dict[str, str]:
+    """Credentials for a test client: the REST API always needs a key or a session."""
+    _, key = await services.auth.keys.create("tests")
+    return {"Authorization": f"Bearer {key}"}

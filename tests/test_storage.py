@@ -399,11 +399,12 @@ async def test_presets_are_saved_merged_listed_and_deleted(db: Database) -> None
         "ctx_size": 1024,
         "embedding": True,
     }
-    await store.put(unicode_path, {"sampling": {"temperature": 0.5}})
-    assert await store.all() == {
-        "embed/tiny-embed.gguf": {"ctx_size": 1024, "embedding": True},
-        unicode_path: {"sampling": {"temperature": 0.5}},
-    }
+    await store.put(unicode_path, {"parallel": 3, "sampling": {"temperature": 0.5}})
+    everything = await store.all()
+    assert set(everything) == {"embed/tiny-embed.gguf", unicode_path}
+    assert everything["embed/tiny-embed.gguf"] == {"ctx_size": 1024, "embedding": True}
+    assert everything[unicode_path]["parallel"] == 3
+    assert everything[unicode_path]["sampling"]["temperature"] == 0.5
     # A restored backup adds what is missing and keeps what the user has.
     merged = await store.put("embed/tiny-embed.gguf", {"ctx_size": 64, "parallel": 2}, merge=True)
     assert merged == {"ctx_size": 1024, "embedding": True, "parallel": 2}

@@ -2,11 +2,12 @@
 
 from fastapi import APIRouter
 
-from llamaman.api import instances, models, presets, system
+from llamaman.api import auth, backup, downloads, instances, keys, models, presets, system
+from llamaman.telemetry import api as telemetry
 
 
 def build_router() -> APIRouter:
     router = APIRouter()
-    for module in (instances, models, presets, system):
+    for module in (instances, models, presets, system, telemetry, auth, keys, downloads, backup):
         router.include_router(module.router)
     return router

@@ -16,11 +16,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
 from llamaman import __version__
+from llamaman.auth_middleware import wrap_with_auth
 from llamaman.errors import install_error_handlers
 from llamaman.proxy import anthropic, manage, native, openai
 from llamaman.proxy.common import ProxyError
 from llamaman.proxy.relay import ErrorStyle, error_payload
 from llamaman.services import Services
+from llamaman.telemetry.api import metrics_router
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,9 @@ def create_proxy_app(services: Services) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
+    app.include_router(metrics_router)  # Prometheus may scrape the proxy port as well as the main one
     app.include_router(build_proxy_router(include_root=True))
+    wrap_with_auth(app, services, "proxy")
     return app
 
 
@@ -144,7 +148,9 @@ def _make_server(app: ASGIApp, host: str, port: int) -> Any:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must say TCP: asyncio only sets TCP_NODELAY on accepted sockets that do, and without it
+    # Nagle's algorithm adds ~40 ms to every small response.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:

@@ -17,11 +17,12 @@ from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from llamaman.library import ModelEntry
 from llamaman.proxy import ollama_models
 from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
-from llamaman.proxy.relay import STREAM_HEADERS, Exchange, stream_error_line
+from llamaman.proxy.relay import STREAM_HEADERS, Exchange, LeasedStream, stream_error_line
 from llamaman.proxy.translate import (
     OllamaChatStream,
     TranslateError,
@@ -84,13 +85,16 @@ def _model_field(body: dict[str, Any]) -> str:
     return require_model(body)
 
 
-def _min_ctx(body: dict[str, Any]) -> int | None:
+def _min_ctx(body: dict[str, Any], entry: ModelEntry) -> int | None:
+    """The context a request needs, capped like Ollama at what the model was trained for: a client
+    asking for more would otherwise relaunch the model with a context it cannot use."""
     num_ctx = load_options(body.get("options")).get("num_ctx")
     if num_ctx is None:
         return None
     if isinstance(num_ctx, bool) or not isinstance(num_ctx, int | float) or num_ctx < 0:
         raise ProxyError(400, f"option 'num_ctx' must be a positive integer, got {num_ctx!r}")
-    return int(num_ctx) or None
+    trained = entry.info.context_length if entry.info is not None else None
+    return min(int(num_ctx), trained or int(num_ctx)) or None
 
 
 def _upstream_message(raw: bytes, status: int) -> str:
@@ -103,14 +107,6 @@ def _upstream_message(raw: bytes, status: int) -> str:
     return (
         str(error) if error else (raw.decode(errors="replace").strip() or f"llama-server answered {status}")
     )
-
-
-def _observe(services: Services, ex: Exchange, reply: dict[str, Any] | None = None) -> None:
-    if reply is not None:
-        ex.prompt_tokens = int(reply.get("prompt_eval_count") or 0)
-        ex.completion_tokens = int(reply.get("eval_count") or 0)
-        ex.error = ex.error or reply.get("error")
-    services.relay._observe(ex)
 
 
 async def _open(services: Services, lease: Lease, path: str, payload: dict[str, Any]) -> httpx.Response:
@@ -171,7 +167,7 @@ async def ollama_tags(request: Request) -> Response:
 @router.get("/api/ps")
 @_ollama_errors
 async def ollama_ps(request: Request) -> Response:
-    return JSONResponse(await ollama_models.ps(services_of(request)))
+    return JSONResponse(ollama_models.ps(services_of(request)))
 
 
 @router.post("/api/show")
@@ -218,8 +214,8 @@ async def _generation(request: Request, *, generate: bool) -> Response:
     body, _ = await read_json(request)
     model = require_model(body)
     keep_alive = parse_keep_alive(body.get("keep_alive"))
-    min_ctx = _min_ctx(body)
     entry = await ollama_models.resolve(services, model)
+    min_ctx = _min_ctx(body, entry)
     if "completion" not in entry.capabilities:
         raise ProxyError(400, f'"{model}" does not support {"generate" if generate else "chat"}')
     if is_load_only(body):
@@ -241,7 +237,7 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         lease.release()
         if isinstance(exc, ProxyError):
             ex.status, ex.error = exc.status, exc.message
-            _observe(services, ex)
+            services.relay._observe(ex)
         raise
     ex.status = 200
     native = path != _CHAT_PATH
@@ -249,20 +245,23 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         model, generate=generate, load_duration_ns=lease.load_duration_ns, started_ns=started
     )
     if payload["stream"]:
-        return StreamingResponse(
+        return LeasedStream(
             _stream(services, lease, upstream, state, native=native, ex=ex),
-            media_type=_NDJSON,
+            lease,
+            upstream,
             headers=STREAM_HEADERS,
+            media_type=_NDJSON,
         )
     try:
         reply = await _read_json_reply(upstream, model)
     except ProxyError as exc:
         ex.status, ex.error = exc.status, exc.message
-        _observe(services, ex)
+        services.relay._observe(ex)
         raise
     finally:
         lease.release()
     ex.first_byte = time.monotonic()
+    ex.absorb_usage(reply)
     if native:
         obj = native_completion_to_ollama(
             reply, model, generate=generate, load_duration_ns=lease.load_duration_ns, started_ns=started
@@ -271,8 +270,10 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         obj = openai_chat_response_to_ollama(
             reply, model, generate=generate, load_duration_ns=lease.load_duration_ns, started_ns=started
         )
-    _observe(services, ex, obj)
-    return JSONResponse(obj, status_code=500 if "error" in obj else 200)
+    if "error" in obj:
+        ex.status, ex.error = 500, str(obj["error"])
+    services.relay._observe(ex)
+    return JSONResponse(obj, status_code=ex.status)
 
 
 async def _stream(
@@ -285,9 +286,9 @@ async def _stream(
     ex: Exchange,
 ) -> AsyncIterator[bytes]:
     feed = state.feed_native if native else state.feed
-    final: dict[str, Any] | None = None
     try:
         async for chunk in services.relay.stream_lines(upstream):
+            ex.absorb_usage(chunk)
             for obj in feed(chunk):
                 if ex.first_byte is None:
                     ex.first_byte = time.monotonic()
@@ -295,8 +296,7 @@ async def _stream(
                 if "error" in obj:
                     ex.error = str(obj["error"])
                     return
-        final = state.finish()
-        yield _line(final)
+        yield _line(state.finish())
     except httpx.HTTPError as exc:
         # A dead llama-server ends the stream with an error line the client can show, right away.
         reason = str(exc) or exc.__class__.__name__
@@ -311,7 +311,7 @@ async def _stream(
         finally:
             # Released even when the client went away and closing upstream was interrupted.
             lease.release()
-            _observe(services, ex, final)
+            services.relay._observe(ex)
 
 
 @router.post("/api/chat")
@@ -334,8 +334,7 @@ async def _embedding(request: Request, *, legacy: bool) -> Response:
     body, _ = await read_json(request)
     model = require_model(body)
     keep_alive = parse_keep_alive(body.get("keep_alive"))
-    min_ctx = _min_ctx(body)
-    await ollama_models.resolve(services, model)
+    min_ctx = _min_ctx(body, await ollama_models.resolve(services, model))
     if is_load_only(body):
         await _load_or_unload(services, model, keep_alive, min_ctx)
         return JSONResponse({"embedding": []} if legacy else {"model": model, "embeddings": []})
@@ -350,13 +349,13 @@ async def _embedding(request: Request, *, legacy: bool) -> Response:
         reply = await _read_json_reply(upstream, model)
     except ProxyError as exc:
         ex.status, ex.error = exc.status, exc.message
-        _observe(services, ex)
+        services.relay._observe(ex)
         raise
     finally:
         lease.release()
     ex.status, ex.first_byte = 200, time.monotonic()
-    ex.prompt_tokens = int((reply.get("usage") or {}).get("prompt_tokens") or 0)
-    _observe(services, ex)
+    ex.absorb_usage(reply)
+    services.relay._observe(ex)
     if legacy:
         return JSONResponse(openai_embeddings_to_ollama_embeddings(reply))
     return JSONResponse(

@@ -12,13 +12,16 @@ import contextlib
 import json
 import secrets
 import time
+import weakref
+from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import PurePosixPath
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from llamaman.library import ModelEntry
+from llamaman.library import ModelEntry, ModelLibrary
 from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
 from llamaman.proxy.relay import STREAM_HEADERS, ErrorStyle, forward_headers, stream_error_line
 from llamaman.router import Lease, ModelNotFound
@@ -110,6 +113,10 @@ def _status_object(services: Services, entry: ModelEntry, instances: list[Any]) 
     return status
 
 
+def _rel_stem(entry: ModelEntry) -> str:
+    return (PurePosixPath(entry.rel_path).parent / entry.name).as_posix()
+
+
 def _model_object(services: Services, entry: ModelEntry, instances: list[Any], name: str) -> dict[str, Any]:
     info = entry.info
     caps = list(entry.capabilities)
@@ -120,9 +127,10 @@ def _model_object(services: Services, entry: ModelEntry, instances: list[Any], n
         "owned_by": "llamaman",
         "path": entry.rel_path,
         "status": _status_object(services, entry, instances),
+        # llama.cpp's shape; it only knows "text" (and "decisions") as outputs, embeddings included.
         "architecture": {
             "input_modalities": ["text", "image"] if "vision" in caps else ["text"],
-            "output_modalities": ["embedding"] if caps == ["embedding"] else ["text"],
+            "output_modalities": ["text"],
         },
         "meta": {
             "n_ctx_train": info.context_length if info else None,
@@ -132,18 +140,38 @@ def _model_object(services: Services, entry: ModelEntry, instances: list[Any], n
             "capabilities": caps,
         },
     }
-    if name != entry.name:
+    if name not in (entry.name, _rel_stem(entry)):
         obj["alias_of"] = entry.name
     return obj
 
 
+_scans: weakref.WeakKeyDictionary[ModelLibrary, asyncio.Future[list[ModelEntry]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _scan(library: ModelLibrary) -> list[ModelEntry]:
+    """A fresh scan, shared by every listing that asks while one is running (clients poll /v1/models)."""
+    running = _scans.get(library)
+    if running is None or running.done():
+        running = _scans[library] = asyncio.ensure_future(library.ascan())
+    return await asyncio.shield(running)
+
+
 async def model_objects(services: Services) -> list[dict[str, Any]]:
     """Every launchable library model (by file stem) and every alias, with its router status."""
-    models = [e for e in await services.library.ascan() if e.launchable]
+    models = [e for e in await _scan(services.library) if e.launchable]
     by_path: dict[str, list[Any]] = {}
     for m in services.supervisor.list():
         by_path.setdefault(m.record.model_path, []).append(m)
-    out = [_model_object(services, e, by_path.get(e.rel_path, []), e.name) for e in models]
+    stems = Counter(e.name for e in models)
+    out = [
+        # Two files with one stem in different folders: the folder tells them apart (and resolves).
+        _model_object(
+            services, e, by_path.get(e.rel_path, []), e.name if stems[e.name] == 1 else _rel_stem(e)
+        )
+        for e in models
+    ]
     seen = {o["id"] for o in out}
     for alias in sorted(services.aliases.aliases):
         if alias in seen:

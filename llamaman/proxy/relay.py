@@ -17,7 +17,9 @@ from typing import Any, Literal
 import httpx
 from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
+from llamaman.identity import Identity, current_identity
 from llamaman.router import Lease
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ class Exchange:
     completion_tokens: int = 0
     error: str | None = None
     stream: bool = False
+    # Who asked (API key or user), taken from the auth middleware's context when the exchange is made.
+    identity: Identity | None = field(default_factory=current_identity)
 
     @property
     def ttft_ms(self) -> float | None:
@@ -85,6 +89,33 @@ class Exchange:
 
 
 Observer = Callable[[Exchange], None]
+
+
+class LeasedStream(StreamingResponse):
+    """A streamed answer that gives its lease back and closes upstream however it ends: when the
+    client is gone before the first byte the body generator never starts, so its own ``finally``
+    never runs."""
+
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        lease: Lease,
+        upstream: httpx.Response,
+        *,
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        media_type: str | None = None,
+    ) -> None:
+        super().__init__(body, status_code=status_code, headers=headers, media_type=media_type)
+        self._lease = lease
+        self._upstream = upstream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._lease.release()
+            await self._upstream.aclose()
 
 
 def error_payload(style: ErrorStyle, message: str, code: int = 500) -> dict[str, Any]:
@@ -114,12 +145,19 @@ class Relay:
         self.http = http
         self.request_timeout = request_timeout
         self.observer = observer
+        # More observers beside ``observer`` (per-key token usage, ...), each told of every exchange.
+        self.observers: list[Observer] = []
+
+    def add_observer(self, observer: Observer) -> None:
+        self.observers.append(observer)
 
     def _observe(self, ex: Exchange) -> None:
         ex.finished = time.monotonic()
-        if self.observer:
+        for observer in (self.observer, *self.observers):
+            if observer is None:
+                continue
             try:
-                self.observer(ex)
+                observer(ex)
             except Exception:
                 log.exception("request observer failed")
 
@@ -184,8 +222,10 @@ class Relay:
                 body, status_code=upstream.status_code, headers=response_headers(upstream.headers)
             )
         ex.stream = True
-        return StreamingResponse(
+        return LeasedStream(
             self._relay_stream(upstream, lease, style, ex),
+            lease,
+            upstream,
             status_code=upstream.status_code,
             headers={**response_headers(upstream.headers), **STREAM_HEADERS},
             media_type=ctype or None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from llamaman.services import Services
 from llamaman.state import InstanceState
 from llamaman.tables import Instance
 from llamaman.testing.tiny_gguf import write_tiny_model
-from tests.helpers import api_client, chat, servers_of
+from tests.helpers import api_client, auth_of, chat, servers_of
 
 pytestmark = pytest.mark.llama
 
@@ -52,7 +52,7 @@ def is_run_of(lines: list[str], log: list[str]) -> bool:
     return any(log[i : i + n] == lines for i in range(len(log) - n + 1))
 
 
-async def read_log_events(lines: Any, count: int, timeout: float = 10) -> list[str]:
+async def read_log_events(lines: AsyncIterator[str], count: int, timeout: float = 10) -> list[str]:
     """The next ``count`` log lines of the log stream (plain ``data:`` events, not state events)."""
     found: list[str] = []
 
@@ -94,7 +94,7 @@ async def test_launched_instance_becomes_healthy_answers_and_is_listed_with_its_
     assert shown["pid"] in {p.pid for p in servers_of(str(services.settings.data_dir))}
     assert "-c" in shown["command"] and shown["command"][shown["command"].index("-c") + 1] == "512"
 
-    assert (await chat(port)).startswith("abcdef")
+    assert (await chat(port, headers=auth_of(api))).startswith("abcdef")
 
     listed = (await api.get("/api/instances")).json()
     assert [(i["id"], i["status"]) for i in listed] == [(iid, "healthy")]
@@ -111,6 +111,7 @@ async def test_launched_instance_becomes_healthy_answers_and_is_listed_with_its_
     await services.supervisor.flush()
     [row] = stored_instances(services)
     assert row.id == iid and row.state == "healthy" and row.pid == shown["pid"]
+    assert row.started_at == shown["started_at"] and row.started_at is not None
 
 
 async def test_log_stream_sends_existing_lines_then_new_ones(
@@ -129,7 +130,7 @@ async def test_log_stream_sends_existing_lines_then_new_ones(
         assert is_run_of(existing, m.proc.tail(1000))
         # A request makes llama-server log; the open stream passes those lines on.
         before = len(m.proc.tail(10_000))
-        assert (await chat(created["port"])).startswith("abc")
+        assert (await chat(created["port"], headers=auth_of(api))).startswith("abc")
         [live] = await read_log_events(lines, 1)
         assert live in m.proc.tail(10_000)[before - 3 :]
 
@@ -149,7 +150,7 @@ async def test_instance_restarts_then_stops_then_is_removed_from_list_and_databa
     assert m.proc.pid not in (None, first_pid)
     assert not psutil.pid_exists(first_pid) or psutil.Process(first_pid).status() == psutil.STATUS_ZOMBIE
     assert (await api.get(f"/api/instances/{iid}")).json()["port"] == port
-    assert (await chat(port)).startswith("abc")
+    assert (await chat(port, headers=auth_of(api))).startswith("abc")
 
     r = await api.delete(f"/api/instances/{iid}")
     assert r.status_code == 200, r.text
@@ -176,7 +177,10 @@ async def test_next_port_is_a_free_port_of_the_pool(api: httpx.AsyncClient, sett
     port = r.json()["port"]
     assert settings.port_range_start <= port <= settings.port_range_end
     with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # nothing listens there
+        # Nothing listens there: a server can bind it (as llama-server does, with SO_REUSEADDR).
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
 
 
 @pytest.mark.parametrize(
@@ -212,6 +216,7 @@ class Refusal:
 
 def _listening_socket(port: int, stack: ExitStack) -> None:
     s = stack.enter_context(socket.socket())
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", port))
     s.listen()
 

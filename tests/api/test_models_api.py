@@ -176,16 +176,20 @@ async def test_deleting_a_model_in_a_subfolder_leaves_the_others(
     assert (models_dir / "tiny-a.gguf").exists() and (models_dir / "tiny-b.gguf").exists()
 
 
-@pytest.mark.parametrize("spelling", ["absolute", "dot-dot"])
+@pytest.mark.parametrize(
+    ("spelling", "words"),
+    [("absolute", "outside the models folder"), ("dot-dot", "'..' is not allowed")],
+    ids=["absolute", "dot-dot"],
+)
 async def test_deleting_a_file_outside_the_models_folder_is_refused_and_it_survives(
-    api: httpx.AsyncClient, models_dir: Path, spelling: str
+    api: httpx.AsyncClient, models_dir: Path, spelling: str, words: str
 ) -> None:
     outside = models_dir.parent / "outside.gguf"
     write_tiny_model(outside)
     path = str(outside) if spelling == "absolute" else "../outside.gguf"
     r = await api.post("/api/models/delete", json={"path": path})
     assert r.status_code == 400
-    assert "outside the models folder" in r.json()["error"] or "'..' is not allowed" in r.json()["error"]
+    assert words in r.json()["error"]
     assert outside.exists()
 
 

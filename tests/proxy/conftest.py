@@ -36,4 +36,3 @@ async def oai(proxy: ProxyServer) -> AsyncIterator[openai.AsyncOpenAI]:
 async def http(proxy: ProxyServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=proxy.url, timeout=60, trust_env=False) as client:
         yield client
-

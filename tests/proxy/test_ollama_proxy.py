@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -13,11 +14,10 @@ from typing import Any
 import httpx
 import ollama
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from llamaman.proxy import ollama as ollama_proxy
-from llamaman.proxy.ollama_models import _nvidia_gpu_count
+from llamaman.proxy.app import ProxyServer
 from llamaman.services import Services
 from llamaman.state import InstanceState
 from llamaman.supervisor import ManagedInstance
@@ -29,29 +29,23 @@ HELLO = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture
 async def base_url(services: Services) -> AsyncIterator[str]:
-    """The Ollama routers on a real port, so the client streams over a socket as it would in use."""
+    """The Ollama routers alone on a real port (no other surface, no auth layer), so the client
+    streams over a socket as it would in use."""
     app = FastAPI()
     app.state.services = services
     app.include_router(ollama_proxy.router)
     app.include_router(ollama_proxy.root_router)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "uvicorn failed to start"
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    server = ProxyServer(app, "127.0.0.1", 0)
+    await server.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server.url
     finally:
-        server.should_exit = True
-        await task
+        await server.stop()
 
 
 @pytest.fixture
 async def client(base_url: str) -> AsyncIterator[ollama.AsyncClient]:
-    c = ollama.AsyncClient(host=base_url)
+    c = ollama.AsyncClient(host=base_url, trust_env=False)
     try:
         yield c
     finally:
@@ -74,7 +68,7 @@ async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
 
 
 async def test_root_version_and_unsupported_endpoints(base_url: str) -> None:
-    async with httpx.AsyncClient(base_url=base_url) as http:
+    async with httpx.AsyncClient(base_url=base_url, trust_env=False) as http:
         root = await http.get("/")
         assert root.status_code == 200 and root.text == "Ollama is running"
         assert (await http.head("/")).status_code == 200
@@ -136,7 +130,7 @@ async def test_chat_plain_streamed_and_ps(services: Services, client: ollama.Asy
     ps = loaded["tiny-a:latest"]
     assert ps.context_length == 4096
     assert ps.size and ps.size > 0
-    assert ps.size_vram == 0 if _nvidia_gpu_count() == 0 else (ps.size_vram or 0) > 0
+    assert ps.size_vram == 0 if not services.telemetry.gpu.available else (ps.size_vram or 0) > 0
     assert ps.expires_at is not None and ps.expires_at > datetime.now(UTC)
     assert services.router.slot(healthy(services, "tiny-a.gguf")[0]).inflight == 0
 
@@ -148,6 +142,11 @@ async def test_generate_plain_raw_and_streamed(client: ollama.AsyncClient) -> No
     assert raw.response == "defgh"
     parts = [p async for p in await client.generate("tiny-a", prompt="hi", stream=True, options=SHORT)]
     assert "".join(p.response for p in parts).startswith("abcdef") and parts[-1].done
+    # A suffix means fill-in-the-middle: llama-server's /infill, whose refusal (the tiny models have
+    # no FIM tokens) reaches the client with its status.
+    with pytest.raises(ollama.ResponseError) as err:
+        await client.generate("tiny-a", prompt="abc", suffix="xyz", options=SHORT)
+    assert err.value.status_code == 501 and "Infill" in err.value.error
 
 
 async def test_embed_and_legacy_embeddings(client: ollama.AsyncClient) -> None:
@@ -239,3 +238,35 @@ async def test_upstream_killed_mid_stream_ends_with_an_error_promptly(
     assert time.monotonic() - killed < 1.0
     assert "stopped mid-stream" in err.value.error
     await wait_until(lambda: services.router.slot(m).inflight == 0, timeout=2)
+
+
+async def test_client_gone_mid_stream_releases_the_instance(services: Services, base_url: str) -> None:
+    body = {"model": "tiny-a", "messages": HELLO, "options": {"num_predict": 3000}}
+    async with httpx.AsyncClient(base_url=base_url, timeout=10, trust_env=False) as http:
+        async with http.stream("POST", "/api/chat", json=body) as r:
+            assert r.headers["content-type"] == "application/x-ndjson"
+            assert r.headers["x-accel-buffering"] == "no"
+            async for _ in r.aiter_lines():
+                break
+    [m] = healthy(services, "tiny-a.gguf")
+    await wait_until(lambda: services.router.slot(m).inflight == 0, timeout=2)
+    # Closing upstream too frees llama-server's slot instead of generating for nobody.
+    slots = (await services.http.get(f"{m.base_url}/slots")).json()
+    assert not any(s.get("is_processing") for s in slots)
+
+
+async def test_instance_sampling_overrides_win(
+    services: Services, client: ollama.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await services.presets.put("tiny-a.gguf", {"sampling": {"temperature": 0.25, "top_k": 7}})
+    sent: list[dict[str, Any]] = []
+    real_open = services.relay.open
+
+    async def spy(lease: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        sent.append(json.loads(kwargs["content"]))
+        return await real_open(lease, method, path, **kwargs)
+
+    monkeypatch.setattr(services.relay, "open", spy)
+    reply = await client.chat("tiny-a", messages=HELLO, options={**SHORT, "temperature": 1.5, "top_p": 0.5})
+    assert (reply.message.content or "").startswith("abcdef")
+    assert sent[-1]["temperature"] == 0.25 and sent[-1]["top_k"] == 7 and sent[-1]["top_p"] == 0.5

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,10 +13,13 @@ import httpx
 import openai
 import pytest
 
+from llamaman.config import Settings
 from llamaman.launch import LaunchSettings, SamplingOverrides
-from llamaman.proxy.app import ProxyServer
+from llamaman.proxy.app import ProxyServer, create_proxy_app
 from llamaman.proxy.openai import encode_body
+from llamaman.services import Services
 from llamaman.state import InstanceState
+from llamaman.testing.tiny_gguf import write_tiny_model
 
 S = InstanceState
 HI = [{"role": "user", "content": "hi"}]
@@ -96,18 +102,23 @@ async def test_missing_model_and_bad_json_are_400(http: httpx.AsyncClient) -> No
     r = await http.post("/v1/chat/completions", json={"messages": HI})
     assert r.status_code == 400 and "model" in r.json()["error"]["message"]
     assert r.json()["error"]["type"] == "invalid_request_error"
-    r = await http.post("/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"})
+    r = await http.post(
+        "/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
 
 
 async def test_other_v1_routes_pass_through(http: httpx.AsyncClient) -> None:
     r = await http.post("/v1/chat/completions/input_tokens", json={"model": "tiny-a", "messages": HI})
-    # llama-server builds vary in which extra routes they have; what matters is that the request
-    # reached the model's server rather than being refused by the proxy.
-    assert r.status_code != 400 or "model" not in r.text
+    assert r.status_code == 200 and r.json()["input_tokens"] > 0
     r = await http.post("/v1/responses", json={"model": "tiny-a", "input": "hi", "max_output_tokens": 8})
     assert r.status_code == 200, r.text
     assert "abcdef" in r.text
+    # The tiny models are no rerankers: llama-server's own refusal proves the request got there.
+    r = await http.post("/v1/rerank", json={"model": "tiny-a", "query": "a", "documents": ["b"]})
+    assert r.status_code == 501 and "rerank" in r.json()["error"]["message"]
+    r = await http.post("/v1/anything", json={"messages": HI})
+    assert r.status_code == 400
 
 
 async def test_loading_progress_on_a_cold_start(services: Any, proxy: ProxyServer) -> None:
@@ -116,7 +127,10 @@ async def test_loading_progress_on_a_cold_start(services: Any, proxy: ProxyServe
     async with (
         httpx.AsyncClient(timeout=60, trust_env=False) as c,
         c.stream(
-            "POST", f"{proxy.url}/v1/chat/completions", json=body, headers={"X-LlamaMan-Loading-Progress": "1"}
+            "POST",
+            f"{proxy.url}/v1/chat/completions",
+            json=body,
+            headers={"X-LlamaMan-Loading-Progress": "1"},
         ) as r,
     ):
         assert r.status_code == 200
@@ -171,7 +185,9 @@ async def test_loading_progress_for_an_unknown_model_is_still_a_404(oai: openai.
 
 
 async def test_forced_sampling_reaches_llama_server(services: Any, http: httpx.AsyncClient) -> None:
-    ls = LaunchSettings(model_path="tiny-a.gguf", ctx_size=512, sampling=SamplingOverrides(temperature=0, top_k=7))
+    ls = LaunchSettings(
+        model_path="tiny-a.gguf", ctx_size=512, sampling=SamplingOverrides(temperature=0, top_k=7)
+    )
     m = await services.supervisor.launch(ls)
     assert await m.proc.wait_for({S.HEALTHY, S.FAILED}, timeout=30) == S.HEALTHY
     r = await http.post(
@@ -199,3 +215,70 @@ def test_encode_body_passes_unchanged_bytes_through() -> None:
     assert out == {"model": "tiny-b", "temperature": 0.1, "top_k": 3}
     stripped = encode_body({"model": "tiny-b"}, raw, same, sampling=True, changed=True)
     assert json.loads(stripped) == {"model": "tiny-b", "temperature": 0.5}
+
+
+async def test_busy_instance_answers_429_with_retry_after(services: Any, oai: openai.AsyncOpenAI) -> None:
+    ls = LaunchSettings(model_path="tiny-a.gguf", ctx_size=512, max_concurrent=1, max_queue_depth=0)
+    m = await services.supervisor.launch(ls)
+    assert await m.proc.wait_for({S.HEALTHY, S.FAILED}, timeout=30) == S.HEALTHY
+    held = await services.router.acquire("tiny-a")  # the one slot is taken
+    try:
+        with pytest.raises(openai.RateLimitError) as err:
+            await oai.chat.completions.create(model="tiny-a", messages=HI, max_tokens=4)
+        assert int(err.value.response.headers["retry-after"]) >= 1
+    finally:
+        held.release()
+    reply = await oai.chat.completions.create(model="tiny-a", messages=HI, max_tokens=4)
+    assert (reply.choices[0].message.content or "").startswith("abcd")
+
+
+async def test_client_leaving_during_a_cold_start_leaks_no_lease(services: Any, proxy: ProxyServer) -> None:
+    body = {"model": "tiny-a", "messages": HI, "max_tokens": 100000, "stream": True}
+    headers = {"X-LlamaMan-Loading-Progress": "1"}
+    async with (
+        httpx.AsyncClient(timeout=60, trust_env=False) as c,
+        c.stream("POST", f"{proxy.url}/v1/chat/completions", json=body, headers=headers) as r,
+    ):
+        async for line in r.aiter_lines():
+            assert "loading tiny-a" in line
+            break
+    await services.router.load("tiny-a")  # wait for the load the request started
+    for _ in range(100):
+        if all(services.router.slot(m).inflight == 0 for m in services.supervisor.list()):
+            break
+        await asyncio.sleep(0.05)
+    assert [services.router.slot(m).inflight for m in services.supervisor.list()] == [0]
+
+
+async def test_a_model_that_fails_to_load_is_a_503(
+    make_settings: Callable[..., Settings], fake_server_bin: Callable[..., str]
+) -> None:
+    services = Services(make_settings(LLAMA_SERVER_BIN=fake_server_bin("exit-during-load")))
+    await services.start()
+    server = ProxyServer(create_proxy_app(services), "127.0.0.1", 0)
+    await server.start()
+    try:
+        async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as client:
+            with pytest.raises(openai.InternalServerError) as err:
+                await client.chat.completions.create(model="tiny-a", messages=HI, max_tokens=4)
+            assert err.value.status_code == 503 and "tiny-a" in str(err.value)
+            # With loading progress on, the failure arrives as an error event on the open stream.
+            stream = await client.chat.completions.create(
+                model="tiny-b", messages=HI, stream=True, extra_body={"llamaman_loading_progress": True}
+            )
+            with pytest.raises(openai.APIError, match="tiny-b"):
+                async for _ in stream:
+                    pass
+    finally:
+        await server.stop()
+        await services.stop()
+
+
+async def test_same_stem_in_two_folders_gets_two_ids(
+    services: Any, models_dir: Path, oai: openai.AsyncOpenAI
+) -> None:
+    write_tiny_model(models_dir / "other" / "tiny-a.gguf", "B")
+    ids = [m.id for m in (await oai.models.list()).data]
+    assert ids.count("tiny-a") == 1 and "other/tiny-a" in ids
+    reply = await oai.chat.completions.create(model="other/tiny-a", messages=HI, max_tokens=4)
+    assert (reply.choices[0].message.content or "").startswith("zyxw")

@@ -75,7 +75,12 @@ async def test_stop_ends_open_streams_within_the_grace_period(services: Any) -> 
     server = ProxyServer(create_proxy_app(services), "127.0.0.1", 0)
     await server.start()
     assert _listening(server.port)
-    body = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 100000}
+    body = {
+        "model": "tiny-a",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "max_tokens": 100000,
+    }
     got_data = asyncio.Event()
 
     async def read_forever() -> None:
@@ -89,6 +94,7 @@ async def test_stop_ends_open_streams_within_the_grace_period(services: Any) -> 
     reader = asyncio.create_task(read_forever())
     await asyncio.wait_for(got_data.wait(), 30)
     t0 = time.monotonic()
+    assert not reader.done()
     await server.stop()
     assert time.monotonic() - t0 < 12
     assert not _listening(server.port)

@@ -1,0 +1,135 @@
+"""One instance as a card: status, model, port, uptime, requests, CPU/RAM, actions and a live log."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from nicegui import ui
+
+from components import fmt
+from components.gauges import UsageBar
+from components.log_view import LogView
+
+STATUS_COLORS = {
+    "starting": "orange",
+    "healthy": "positive",
+    "sleeping": "blue-grey",
+    "stopping": "orange-8",
+    "stopped": "grey",
+    "failed": "negative",
+}
+
+Action = Callable[[str], Awaitable[None]]
+
+
+class InstanceCard:
+    def __init__(
+        self,
+        view: dict[str, Any],
+        *,
+        log_lines: Iterable[str],
+        on_stop: Action,
+        on_restart: Action,
+        on_remove: Action,
+        cpu_count: int,
+        ram_total: int | None,
+    ) -> None:
+        self.id: str = view["id"]
+        self.cpu_count = max(cpu_count, 1)
+        self.ram_total = ram_total
+        self.on_remove = on_remove
+        with (
+            ui.card()
+            .props("flat bordered")
+            .classes("w-full q-pa-sm gap-2")
+            .mark(f"instance-{self.id}") as self.card
+        ):
+            with ui.row().classes("w-full items-center no-wrap gap-2"):
+                self.badge = ui.badge("", color="grey").classes("text-sm q-px-sm").mark("status")
+                with ui.column().classes("gap-0 grow min-w-0"):
+                    self.title = ui.label(view["model_name"]).classes(
+                        "text-subtitle1 text-weight-medium ellipsis"
+                    )
+                    self.sub = ui.label("").classes("text-xs opacity-75 lm-mono ellipsis")
+                    with self.sub:
+                        self.sub_tip = ui.tooltip("")
+                self.stop_btn = ui.button(icon="stop", on_click=lambda: on_stop(self.id))
+                self.stop_btn.props("flat round dense color=warning").mark("stop").tooltip("Stop")
+                restart = ui.button(icon="restart_alt", on_click=lambda: on_restart(self.id))
+                restart.props("flat round dense color=primary").mark("restart").tooltip("Restart")
+                remove = ui.button(icon="delete", on_click=self._confirm_remove)
+                remove.props("flat round dense color=negative").mark("remove").tooltip("Remove")
+            self.progress = ui.linear_progress(show_value=False, size="4px").props(
+                "indeterminate color=orange"
+            )
+            self.error = ui.label("").classes("text-sm text-negative lm-mono").style("white-space: pre-wrap")
+            with ui.row().classes("w-full items-center gap-4"):
+                self.uptime = self._stat("Uptime")
+                self.requests = self._stat("Active / queued")
+                self.cpu = UsageBar("CPU", "w-32")
+                self.ram = UsageBar("RAM", "w-32")
+                self.vram = self._stat("VRAM")
+            with ui.expansion("Log", icon="article", value=True).classes("w-full").props("dense"):
+                self.log = LogView(log_lines, height="11rem")
+        self.update(view)
+
+    @staticmethod
+    def _stat(label: str) -> ui.label:
+        with ui.column().classes("gap-0"):
+            ui.label(label).classes("text-xs opacity-70")
+            return ui.label(fmt.DASH).classes("text-sm lm-mono")
+
+    def update(self, v: dict[str, Any]) -> None:
+        status = v["status"]
+        self.badge.text = status
+        self.badge.props(f"color={STATUS_COLORS.get(status, 'grey')}")
+        self.title.text = v["model_name"]
+        s = v.get("settings") or {}
+        extra = f" (llama-server on {v['internal_port']})" if v.get("internal_port") else ""
+        self.sub.text = (
+            f"port {v['port']}{extra} · ctx {s.get('ctx_size', fmt.DASH)} · pid {v.get('pid') or fmt.DASH}"
+            f" · {v.get('origin', 'manual')}"
+        )
+        self.sub_tip.text = v["model_path"]
+        starting = status == "starting"
+        self.progress.visible = starting
+        error = v.get("error") if status == "failed" else None
+        self.error.text = _short(error) if error else ""
+        self.error.visible = bool(error)
+        self.stop_btn.enabled = status in ("starting", "healthy", "sleeping")
+        if starting and v.get("started_at"):
+            self.uptime.text = f"loading {fmt.duration(time.time() - v['started_at'])}"
+        else:
+            self.uptime.text = fmt.duration(v.get("uptime_seconds")) if status == "healthy" else fmt.DASH
+        self.requests.text = f"{v.get('active_requests', 0)} / {v.get('queued_requests', 0)}"
+        cpu = float(v.get("cpu_percent") or 0.0)
+        self.cpu.set(cpu / (100 * self.cpu_count), f"{cpu:.0f}%")
+        rss = int(v.get("rss_bytes") or 0)
+        self.ram.set(fmt.percent(rss, self.ram_total or 0), fmt.size(rss))
+        vram = v.get("gpu_memory_bytes")
+        self.vram.parent_slot.parent.visible = vram is not None  # type: ignore[union-attr]
+        self.vram.text = fmt.size(vram) if vram else "0 B"
+
+    def push_log(self, line: str) -> None:
+        self.log.push(line)
+
+    def _confirm_remove(self) -> None:
+        with ui.dialog() as dialog, ui.card():
+            ui.label(f"Remove {self.title.text} ({self.id})?").classes("text-h6")
+            ui.label("The server is stopped and its record deleted; its log file stays on disk.")
+            with ui.row().classes("w-full justify-end"):
+                ui.button("Cancel", on_click=dialog.close).props("flat")
+
+                async def really() -> None:
+                    dialog.close()
+                    await self.on_remove(self.id)
+
+                ui.button("Remove", color="negative", on_click=really)
+        dialog.open()
+
+
+def _short(error: str, lines: int = 6) -> str:
+    parts = error.strip().splitlines()
+    return "\n".join(parts[:lines] + (["…"] if len(parts) > lines else []))

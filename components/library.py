@@ -1,0 +1,164 @@
+"""The model library sidebar: search, sort, filter, per-model facts, launch and delete."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nicegui import ui
+
+from components import fmt
+
+SORTS = {"name": "Name", "size": "Size", "newest": "Newest", "params": "Parameters"}
+FILTERS = {"all": "All", "chat": "Chat", "embedding": "Embedding", "vision": "Vision"}
+CAP_COLORS = {"chat": "indigo", "embedding": "teal", "vision": "purple", "tools": "orange"}
+
+
+def capabilities(entry: Any) -> list[str]:
+    """User-facing capability names: a completion model with a chat template is a chat model."""
+    caps = []
+    for c in entry.capabilities:
+        caps.append("chat" if c == "completion" else c)
+    return caps
+
+
+def _sort_key(mode: str) -> Callable[[Any], Any]:
+    if mode == "size":
+        return lambda e: -e.size_bytes
+    if mode == "newest":
+        return lambda e: -e.modified_at
+    if mode == "params":
+        return lambda e: -(e.info.parameter_count if e.info else 0)
+    return lambda e: e.name.casefold()
+
+
+class ModelLibraryView:
+    def __init__(
+        self,
+        models: list[Any],
+        *,
+        on_launch: Callable[[Any], Any],
+        on_delete: Callable[[Any], Awaitable[None]],
+        on_rescan: Callable[[], Awaitable[None]],
+        selected: str | None = None,
+    ) -> None:
+        self.models = models
+        self.on_launch = on_launch
+        self.on_delete = on_delete
+        self.selected = selected
+        self.query = ""
+        self.sort = "name"
+        self.filter = "all"
+        with ui.column().classes("w-full gap-2"):
+            with ui.row().classes("w-full items-center no-wrap"):
+                ui.label("Model library").classes("text-subtitle1 text-weight-medium")
+                ui.space()
+                self.count = ui.label("").classes("text-xs opacity-70")
+                rescan = ui.button(icon="refresh", on_click=on_rescan).props("flat round dense")
+                rescan.tooltip("Rescan MODELS_DIR")
+            ui.input(placeholder="Search models", on_change=self._set_query).props(
+                "dense outlined clearable debounce=150"
+            ).classes("w-full").mark("library-search")
+            with ui.row().classes("w-full no-wrap gap-2"):
+                ui.select(SORTS, value="name", label="Sort", on_change=self._set_sort).props(
+                    "dense outlined options-dense"
+                ).classes("w-1/2")
+                ui.select(FILTERS, value="all", label="Show", on_change=self._set_filter).props(
+                    "dense outlined options-dense"
+                ).classes("w-1/2")
+            self.list = ui.column().classes("w-full gap-1")
+        self.render()
+
+    def _set_query(self, e: Any) -> None:
+        self.query = (e.value or "").strip().casefold()
+        self.render()
+
+    def _set_sort(self, e: Any) -> None:
+        self.sort = e.value
+        self.render()
+
+    def _set_filter(self, e: Any) -> None:
+        self.filter = e.value
+        self.render()
+
+    def set_models(self, models: list[Any]) -> None:
+        self.models = models
+        self.render()
+
+    def visible(self) -> list[Any]:
+        out = [
+            m
+            for m in self.models
+            if (not self.query or self.query in m.name.casefold() or self.query in m.rel_path.casefold())
+            and (self.filter == "all" or self.filter in capabilities(m))
+        ]
+        return sorted(out, key=_sort_key(self.sort))
+
+    def render(self) -> None:
+        shown = self.visible()
+        self.count.text = f"{len(shown)} of {len(self.models)}"
+        self.list.clear()
+        with self.list:
+            if not shown:
+                ui.label(
+                    "No models match."
+                    if self.models
+                    else "No models yet: put GGUF files in MODELS_DIR or download one."
+                ).classes("text-sm opacity-70 q-pa-sm")
+            for m in shown:
+                self._item(m)
+
+    def _item(self, m: Any) -> None:
+        info = m.info
+        active = "border-l-4 border-primary" if m.rel_path == self.selected else ""
+        with ui.card().props("flat bordered").classes(f"w-full q-pa-sm gap-1 lm-soft {active}"):
+            with ui.row().classes("w-full items-start no-wrap gap-1"):
+                with ui.column().classes("gap-0 grow min-w-0"):
+                    ui.label(m.name).classes("text-weight-medium ellipsis w-full").tooltip(m.rel_path)
+                    facts = [
+                        info.quantization if info and info.quantization else m.kind.upper(),
+                        fmt.size(m.size_bytes),
+                    ]
+                    if info and info.parameter_count:
+                        facts.append(f"{info.parameter_size} params")
+                    ui.label(" · ".join(facts)).classes("text-xs opacity-80")
+                    layers = (info.block_count if info else None) or (
+                        m.hf.num_hidden_layers if m.hf else None
+                    )
+                    ctx = (info.context_length if info else None) or (
+                        m.hf.max_position_embeddings if m.hf else None
+                    )
+                    ui.label(f"{layers or fmt.DASH} layers · ctx {fmt.count(ctx)}").classes(
+                        "text-xs opacity-80"
+                    )
+                if m.launchable:
+                    go = ui.button(icon="rocket_launch", on_click=lambda m=m: self.on_launch(m))
+                    go.props("flat round dense color=primary").tooltip(f"Launch {m.name}")
+                rm = ui.button(icon="delete", on_click=lambda m=m: self._confirm_delete(m))
+                rm.props("flat round dense color=negative").tooltip(f"Delete {m.name}")
+            with ui.row().classes("gap-1"):
+                for cap in capabilities(m):
+                    ui.badge(cap, color=CAP_COLORS.get(cap, "grey")).props("outline")
+                if m.mmproj:
+                    ui.badge("mmproj", color="purple").props("outline").tooltip(m.mmproj)
+                if m.parts:
+                    ui.badge(f"{len(m.parts)} parts", color="grey").props("outline")
+            if m.error:
+                ui.label(m.error).classes("text-xs text-negative")
+
+    def _confirm_delete(self, m: Any) -> None:
+        files = m.parts or [m.rel_path]
+        with ui.dialog() as dialog, ui.card().classes("min-w-80"):
+            ui.label(f"Delete {m.name}?").classes("text-h6")
+            ui.label("These files are removed from disk:").classes("text-sm")
+            for f in files:
+                ui.label(f).classes("lm-mono text-xs")
+            with ui.row().classes("w-full justify-end"):
+                ui.button("Cancel", on_click=dialog.close).props("flat")
+
+                async def really() -> None:
+                    dialog.close()
+                    await self.on_delete(m)
+
+                ui.button("Delete", color="negative", on_click=really)
+        dialog.open()

@@ -1,0 +1,119 @@
+"""Which credentials each path needs: the one table the auth middleware and its tests read.
+
+Three classes:
+
+* ``OPEN``: anyone (health probes, signing in, the files the sign-in page needs).
+* ``MODEL``: the model endpoints. With require-auth on they need an API key or a signed-in session;
+  with it off they are open. A session counts because the UI's playground talks to the same
+  endpoints; browsers only send the cookie same-site (SameSite=Lax), so other sites cannot borrow it.
+* ``MANAGE``: everything that changes or reveals the box (REST API, docs, UI pages). Always needs an
+  API key or a session, whatever the toggle says. Keys limited to some models are refused here, so a
+  restricted key cannot mint itself an unrestricted one.
+
+The first matching rule wins. A path no rule names is ``MANAGE`` (the safe side), and the access
+matrix test fails for any route that only the default covers, so a new route is classified on purpose.
+Ollama's endpoints share ``/api/`` with the REST API, so they are listed one by one before ``/api/*``.
+Patterns are ``fnmatch`` globs over the path (``*`` also crosses ``/``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+Surface = Literal["main", "proxy", "instance"]
+ALL: frozenset[str] = frozenset({"main", "proxy", "instance"})
+MAIN: frozenset[str] = frozenset({"main"})
+PROXY: frozenset[str] = frozenset({"proxy"})
+INSTANCE: frozenset[str] = frozenset({"instance"})
+
+
+class Access(StrEnum):
+    OPEN = "open"
+    MODEL = "model"
+    MANAGE = "manage"
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str
+    access: Access
+    surfaces: frozenset[str]
+    why: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_regex", re.compile(fnmatch.translate(self.pattern)))
+
+    def matches(self, path: str, surface: str) -> bool:
+        return surface in self.surfaces and self._regex.match(path) is not None  # type: ignore[attr-defined]
+
+
+# Ollama's API, listed one by one: the rest of /api/ is LlamaMan's REST API. /api/delete, /api/copy and
+# /api/pull are here too: Ollama clients manage models through them and keys are how they are guarded.
+OLLAMA_PATHS = (
+    "/api/chat", "/api/generate", "/api/tags", "/api/ps", "/api/show", "/api/embed", "/api/embeddings",
+    "/api/delete", "/api/copy", "/api/pull", "/api/push", "/api/create", "/api/version", "/api/blobs/*",
+)  # fmt: skip
+# llama-server's own endpoints as the proxy exposes them (routed by body "model" or "?model=").
+NATIVE_PATHS = (
+    "/completion", "/completions", "/chat/completions", "/infill", "/rerank", "/reranking", "/tokenize",
+    "/detokenize", "/embedding", "/embeddings", "/apply-template", "/props", "/slots", "/upstream/*",
+)  # fmt: skip
+
+OPEN, MODEL, MANAGE = Access.OPEN, Access.MODEL, Access.MANAGE
+
+RULES: tuple[Rule, ...] = (
+    Rule("/health", OPEN, ALL, "liveness probes (Docker, load balancers)"),
+    Rule("/api/auth/login", OPEN, MAIN, "signing in"),
+    Rule("/api/auth/setup", OPEN, MAIN, "first admin; refuses once a user exists"),
+    Rule("/api/auth/logout", OPEN, MAIN, "clearing a cookie needs no credentials"),
+    Rule("/api/auth/session", OPEN, MAIN, "exchanges a one-time sign-in ticket for the cookie"),
+    Rule("/login", OPEN, MAIN, "sign-in page"),
+    Rule("/setup", OPEN, MAIN, "first-admin page"),
+    Rule("/_nicegui/*", OPEN, MAIN, "NiceGUI's scripts and styles, needed to render the sign-in page"),
+    Rule("/_nicegui_ws/*", OPEN, MAIN, "NiceGUI's socket; it only serves pages that were rendered"),
+    Rule("/favicon.ico", OPEN, MAIN, "browser icon"),
+    # Everything on an instance port is that model's llama-server (its web UI included).
+    Rule("*", MODEL, INSTANCE, "per-instance port: one model's llama-server"),
+    *(Rule(p, MODEL, ALL, "Ollama API") for p in OLLAMA_PATHS),
+    Rule("/v1/*", MODEL, ALL, "OpenAI API and Anthropic /v1/messages"),
+    *(Rule(p, MODEL, ALL, "llama-server native") for p in NATIVE_PATHS),
+    Rule("/models", MODEL, ALL, "llama.cpp router mode: list"),
+    Rule("/models/load", MODEL, ALL, "llama.cpp router mode: load"),
+    Rule("/models/unload", MODEL, ALL, "llama.cpp router mode: unload"),
+    Rule("/", MODEL, PROXY, "Ollama's 'is running' probe on the proxy port (the UI's home on the main port)"),
+    Rule("/api/*", MANAGE, ALL, "LlamaMan REST API, including any future /api route"),
+    Rule("/docs", MANAGE, ALL, "OpenAPI docs"),
+    Rule("/docs/*", MANAGE, ALL, "OpenAPI docs"),
+    Rule("/redoc", MANAGE, ALL, "OpenAPI docs"),
+    Rule("/openapi.json", MANAGE, ALL, "OpenAPI schema"),
+    Rule("/metrics", MANAGE, ALL, "Prometheus metrics (scrapers send a bearer key)"),
+)
+
+DEFAULT = Access.MANAGE
+
+
+def match(path: str, surface: str) -> Rule | None:
+    """The rule that decides ``path`` on ``surface``; None when only the default applies."""
+    for rule in RULES:
+        if rule.matches(path, surface):
+            return rule
+    return None
+
+
+def classify(path: str, surface: str) -> Access:
+    rule = match(path, surface)
+    return rule.access if rule is not None else DEFAULT
+
+
+def table_markdown() -> str:
+    """The table as Markdown (kept in the README and printed by the tests when they fail)."""
+    lines = ["| Path | Access | Surfaces | Why |", "|---|---|---|---|"]
+    for r in RULES:
+        surfaces = "all" if r.surfaces == ALL else ", ".join(sorted(r.surfaces))
+        lines.append(f"| `{r.pattern}` | {r.access.value} | {surfaces} | {r.why} |")
+    lines.append(f"| anything else | {DEFAULT.value} | all | UI pages on the main port; the safe default |")
+    return "\n".join(lines)

@@ -1,0 +1,30 @@
+"""/api/backup and /api/restore: export and re-import models' sources, presets and aliases."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Body, HTTPException
+from fastapi.responses import JSONResponse
+
+from llamaman.api.deps import ServicesDep
+from llamaman.backup import BackupError, export_backup, restore_backup
+
+router = APIRouter(prefix="/api", tags=["backup"])
+
+
+@router.get("/backup")
+async def backup(services: ServicesDep) -> JSONResponse:
+    name = time.strftime("llamaman-backup-%Y%m%d-%H%M%S.json")
+    return JSONResponse(
+        await export_backup(services), headers={"Content-Disposition": f'attachment; filename="{name}"'}
+    )
+
+
+@router.post("/restore")
+async def restore(services: ServicesDep, body: Any = Body(...)) -> dict[str, Any]:
+    try:
+        return await restore_backup(services, body)
+    except BackupError as exc:
+        raise HTTPException(exc.status, exc.message) from None

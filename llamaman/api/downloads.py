@@ -1,0 +1,151 @@
+"""/api/downloads: Hugging Face downloads (queue, progress, cancel, logs) as the original LlamaMan."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from llamaman.api.deps import ServicesDep
+from llamaman.download_job import TERMINAL
+from llamaman.hub import DownloadError
+
+router = APIRouter(prefix="/api", tags=["downloads"])
+
+
+class DownloadRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    repo_id: str = Field(description="Hugging Face repo, e.g. 'bartowski/Qwen2.5-0.5B-Instruct-GGUF'")
+    filename: str | None = Field(default=None, description="One file; blank downloads the whole repo")
+    hf_token: str | None = Field(default=None, description="Token for this download; blank uses the setting")
+    speed_limit_mbps: float = Field(default=0, ge=0, description="Limit for this download; 0 = none")
+    revision: str = Field(default="main", max_length=64)
+    gguf_only: bool = Field(default=True, description="Whole-repo downloads fetch only GGUF files")
+    dest_dir: str | None = Field(default=None, description="Folder under MODELS_DIR; default: the repo id")
+
+    @field_validator("filename", "hf_token", "dest_dir", mode="before")
+    @classmethod
+    def _blank_is_none(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+
+def _fail(exc: DownloadError) -> NoReturn:
+    raise HTTPException(exc.status, exc.message)
+
+
+@router.get("/downloads")
+async def list_downloads(services: ServicesDep) -> list[dict[str, Any]]:
+    return services.downloads.views()
+
+
+@router.post("/downloads", status_code=201)
+async def start_download(body: DownloadRequest, services: ServicesDep) -> dict[str, Any]:
+    try:
+        job = await services.downloads.create(
+            body.repo_id,
+            body.filename,
+            revision=body.revision.strip() or "main",
+            hf_token=body.hf_token,
+            speed_limit_mbps=body.speed_limit_mbps,
+            gguf_only=body.gguf_only,
+            dest_dir=body.dest_dir,
+        )
+    except DownloadError as exc:
+        _fail(exc)
+    return job.view()
+
+
+@router.get("/downloads/{download_id}")
+async def get_download(download_id: str, services: ServicesDep) -> dict[str, Any]:
+    try:
+        return services.downloads.get(download_id).view()
+    except DownloadError as exc:
+        _fail(exc)
+
+
+@router.delete("/downloads/{download_id}")
+async def cancel_download(download_id: str, services: ServicesDep) -> dict[str, Any]:
+    try:
+        return (await services.downloads.cancel(download_id)).view()
+    except DownloadError as exc:
+        _fail(exc)
+
+
+@router.post("/downloads/{download_id}/resume")
+async def resume_download(download_id: str, services: ServicesDep) -> dict[str, Any]:
+    try:
+        return (await services.downloads.resume(download_id)).view()
+    except DownloadError as exc:
+        _fail(exc)
+
+
+@router.delete("/downloads/{download_id}/remove")
+async def remove_download(download_id: str, services: ServicesDep) -> dict[str, Any]:
+    try:
+        await services.downloads.remove(download_id)
+    except DownloadError as exc:
+        _fail(exc)
+    return {"removed": download_id}
+
+
+@router.get("/downloads/{download_id}/logs")
+async def download_logs(
+    download_id: str, services: ServicesDep, lines: int = Query(200, ge=0, le=10_000)
+) -> dict[str, Any]:
+    try:
+        job = services.downloads.get(download_id)
+    except DownloadError as exc:
+        _fail(exc)
+    logs = list(job.logs)
+    return {"id": download_id, "status": job.status, "lines": logs[-lines:] if lines else []}
+
+
+@router.get("/downloads/{download_id}/logs/stream")
+async def download_log_stream(
+    download_id: str, request: Request, services: ServicesDep, lines: int = Query(100, ge=0, le=10_000)
+) -> StreamingResponse:
+    """Server-sent events: the last ``lines`` log lines, then new lines, ``progress`` and ``state``
+    events; a final ``done`` event once the download has finished."""
+    try:
+        job = services.downloads.get(download_id)
+    except DownloadError as exc:
+        _fail(exc)
+
+    async def events() -> AsyncIterator[str]:
+        async with services.events.subscribe("download.") as q:
+            for line in list(job.logs)[-lines:] if lines else []:
+                yield f"data: {json.dumps(line)}\n\n"
+            if job.status in TERMINAL:
+                yield f"event: done\ndata: {json.dumps(job.status)}\n\n"
+                return
+            while not await request.is_disconnected():
+                try:
+                    ev = await asyncio.wait_for(q.get(), 15)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if ev.data.get("id") != download_id:
+                    continue
+                if ev.topic == "download.log":
+                    yield f"data: {json.dumps(ev.data['line'])}\n\n"
+                elif ev.topic == "download.progress":
+                    yield f"event: progress\ndata: {json.dumps(ev.data)}\n\n"
+                elif ev.topic == "download.state":
+                    yield f"event: state\ndata: {json.dumps(ev.data['new'])}\n\n"
+                    if ev.data["new"] in TERMINAL:
+                        yield f"event: done\ndata: {json.dumps(ev.data['new'])}\n\n"
+                        return
+                elif ev.topic == "download.removed":
+                    return
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

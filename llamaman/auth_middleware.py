@@ -1,0 +1,255 @@
+"""The guard in front of every LlamaMan surface: the main port, the proxy port, each instance port.
+
+A pure ASGI middleware (Starlette's BaseHTTPMiddleware would buffer streamed answers): it classifies
+the path with ``access.classify``, checks the credentials, and answers 401/403/429 in the dialect of
+the endpoint, or passes the request on with the identity in ``scope["state"]["identity"]`` and in
+``identity.CURRENT_IDENTITY``. The apps behind it know nothing of authentication.
+
+Wiring, one call per app: ``wrap_with_auth(app, services, "main" | "proxy" | "instance")``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, quote
+
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llamaman.access import Access, Surface, classify
+from llamaman.identity import CURRENT_IDENTITY, Identity
+
+if TYPE_CHECKING:
+    from llamaman.services import Services
+
+log = logging.getLogger(__name__)
+
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_OPENAI_CODES = {401: "invalid_api_key", 403: "permission_denied", 429: "rate_limit_exceeded"}
+_ANTHROPIC_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def wrap_with_auth(
+    app: ASGIApp, services: Services, surface: Surface, *, instance_id: str | None = None
+) -> ASGIApp:
+    """Guard ``app``; a Starlette/FastAPI app is guarded in place and returned (its type unchanged)."""
+    if isinstance(app, Starlette):
+        app.add_middleware(AuthMiddleware, services=services, surface=surface, instance_id=instance_id)
+        return app
+    return AuthMiddleware(app, services=services, surface=surface, instance_id=instance_id)
+
+
+def route_path(scope: Scope) -> str:
+    path: str = scope.get("path") or "/"
+    root: str = scope.get("root_path") or ""
+    if root and path.startswith(root):
+        path = path[len(root) :] or "/"
+    return path
+
+
+class AuthMiddleware:
+    def __init__(
+        self, app: ASGIApp, services: Services, surface: Surface = "main", instance_id: str | None = None
+    ) -> None:
+        self.app = app
+        self.services = services
+        self.surface: Surface = surface
+        self.instance_id = instance_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        path = route_path(scope)
+        access = classify(path, self.surface)
+        if access is Access.OPEN:
+            await self.app(scope, receive, send)
+            return
+        auth = self.services.auth
+        credential = auth.authenticate(Headers(scope=scope))
+        identity = credential.identity
+        if identity is None:
+            if access is Access.MANAGE or auth.require_auth:
+                message = credential.problem or self._hint(access)
+                await self._deny(scope, receive, send, access, path, 401, message)
+                return
+            await self._pass(scope, receive, send, None)  # open: a stale or wrong key is no reason to refuse
+            return
+        if access is Access.MANAGE and identity.restricted:
+            message = "this API key is limited to some models and cannot manage LlamaMan"
+            await self._deny(scope, receive, send, access, path, 403, message)
+            return
+        if identity.key_id and identity.rpm_limit:
+            wait = auth.keys.rates.check(identity.key_id, identity.rpm_limit)
+            if wait is not None:
+                message = f"this API key is limited to {identity.rpm_limit} requests per minute"
+                await self._deny(scope, receive, send, access, path, 429, message, {"Retry-After": str(wait)})
+                return
+        if access is Access.MODEL and identity.restricted and scope["type"] == "http":
+            receive, refused = await self._check_models(scope, receive, path, identity)
+            if refused is not None:
+                message = f"this API key may not use the model '{refused}'"
+                await self._deny(scope, receive, send, access, path, 403, message)
+                return
+        await self._pass(scope, receive, send, identity)
+
+    async def _pass(self, scope: Scope, receive: Receive, send: Send, identity: Identity | None) -> None:
+        scope.setdefault("state", {})["identity"] = identity
+        token = CURRENT_IDENTITY.set(identity)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            CURRENT_IDENTITY.reset(token)
+
+    def _hint(self, access: Access) -> str:
+        if access is Access.MODEL:
+            return "an API key is required: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+        if self.services.auth.needs_setup():
+            return "no account yet: create the admin at /setup (or POST /api/auth/setup), or use an API key"
+        return "sign in, or send an API key as 'Authorization: Bearer <key>'"
+
+    # ---- model allow-lists -----------------------------------------------------------------------
+    async def _check_models(
+        self, scope: Scope, receive: Receive, path: str, identity: Identity
+    ) -> tuple[Receive, str | None]:
+        """The models the request names, checked against the key's list; the body is read here and
+        replayed to the app. Returns the receive to use and the first refused model name, if any."""
+        named: list[tuple[str, tuple[str, ...]]] = []  # (name, other names of the same model)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        named += [(m, ()) for m in query.get("model", []) if m.strip()]
+        if self.surface == "instance":
+            m = self._instance(scope)
+            if m is not None:
+                named.append((m.record.model_name, (m.record.model_path,)))
+        elif path.startswith("/upstream/"):
+            named.append((await self._upstream_model(path[len("/upstream/") :]), ()))
+        if scope.get("method") in _WITH_BODY:
+            body, receive = await _buffer(receive)
+            named += [(m, ()) for m in _body_models(body, ollama=path.startswith("/api/"))]
+        for name, aliases in named:
+            if not self._allowed(identity.allowed_models, name, aliases):
+                return receive, name
+        return receive, None
+
+    def _allowed(self, patterns: Iterable[str], name: str, aliases: tuple[str, ...]) -> bool:
+        names = {name.strip(), name.strip().removesuffix(":latest"), *aliases}
+        entry = self.services.router.resolve(name.strip())
+        if entry is not None:
+            names |= {entry.name, entry.rel_path, entry.rel_path.removesuffix(".gguf")}
+        folded = [n.casefold() for n in names if n]
+        return any(fnmatch.fnmatchcase(n, p.casefold()) for p in patterns for n in folded)
+
+    async def _upstream_model(self, target: str) -> str:
+        """The model ``/upstream/{target}`` goes to, found the way the proxy finds it (longest prefix)."""
+        parts = target.split("/")
+        for attempt in range(2):
+            for n in range(len(parts), 0, -1):
+                name = "/".join(parts[:n])
+                if name and self.services.router.resolve(name) is not None:
+                    return name
+            if attempt == 0:
+                await self.services.library.ascan()  # the proxy rescans too before it gives up
+        return parts[0]
+
+    def _instance(self, scope: Scope) -> Any:
+        instance_id = self.instance_id
+        if instance_id is None:
+            state = getattr(scope.get("app"), "state", None)
+            instance_id = getattr(state, "instance_id", None)
+        return self.services.supervisor.instances.get(instance_id) if instance_id else None
+
+    # ---- refusals --------------------------------------------------------------------------------
+    async def _deny(
+        self, scope: Scope, receive: Receive, send: Send, access: Access, path: str, status: int,
+        message: str, headers: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+            return
+        response = self._refusal(scope, access, path, status, message, dict(headers or {}))
+        await response(scope, receive, send)
+
+    def _refusal(
+        self, scope: Scope, access: Access, path: str, status: int, message: str, headers: dict[str, str]
+    ) -> Response:
+        if status == 401 and self._wants_page(scope, access, path):
+            root = scope.get("root_path") or ""
+            if self.services.auth.needs_setup():
+                return RedirectResponse(f"{root}/setup", status_code=303)
+            query = scope.get("query_string", b"").decode("latin-1")
+            target = path + (f"?{query}" if query else "")
+            return RedirectResponse(f"{root}/login?next={quote(target, safe='')}", status_code=303)
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="LlamaMan"'
+        return JSONResponse(_error_body(_dialect(access, path), status, message), status, headers)
+
+    def _wants_page(self, scope: Scope, access: Access, path: str) -> bool:
+        """A browser asking for a UI page: send it to sign in rather than show a JSON 401."""
+        if self.surface != "main" or access is not Access.MANAGE or path.startswith("/api/"):
+            return False
+        accept = Headers(scope=scope).get("accept", "")
+        return scope.get("method") in ("GET", "HEAD") and "text/html" in accept
+
+
+def _dialect(access: Access, path: str) -> str:
+    if access is not Access.MODEL:
+        return "rest"
+    if path.startswith("/api/"):
+        return "ollama"
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    return "openai"
+
+
+def _error_body(dialect: str, status: int, message: str) -> dict[str, Any]:
+    if dialect == "ollama":
+        return {"error": message}
+    if dialect == "anthropic":
+        kind = _ANTHROPIC_TYPES.get(status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    if dialect == "openai":
+        kind = "requests" if status == 429 else "invalid_request_error"
+        return {"error": {"message": message, "type": kind, "param": None, "code": _OPENAI_CODES.get(status)}}
+    return {"error": message, "detail": message}
+
+
+def _body_models(body: bytes, *, ollama: bool) -> list[str]:
+    """Model names a JSON body asks for: ``model``, and for Ollama also ``name``, ``source`` and
+    ``destination`` (/api/show, /api/pull and /api/copy name models that way)."""
+    if not body.lstrip()[:1] == b"{":
+        return []
+    try:
+        obj = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return []
+    if not isinstance(obj, dict):
+        return []
+    fields = ("model", "name", "source", "destination") if ollama else ("model",)
+    return [v for f in fields if isinstance(v := obj.get(f), str) and v.strip()]
+
+
+async def _buffer(receive: Receive) -> tuple[bytes, Receive]:
+    """Read the whole request body; the returned receive hands it to the app as if unread."""
+    chunks: list[bytes] = []
+    pending: list[Message] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            pending.append(message)  # the client left; the app will hear it after the body
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    pending.insert(0, {"type": "http.request", "body": body, "more_body": False})
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return body, replay

@@ -1,0 +1,261 @@
+"""The activity log: one RequestLog row per proxied request.
+
+The relay calls ``observe`` as each request ends, on the request path, so it only appends to a
+queue. A background task turns the queue into metrics and rows, writes rows in batches (one
+transaction per burst), charges them their GPU energy once it is known, and prunes the table to
+the newest ``activity_retention`` rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlmodel import col, delete, select, update
+
+from llamaman.db import Database
+from llamaman.identity import Identity, current_identity
+from llamaman.proxy.relay import Exchange
+from llamaman.runtime import RuntimeConfig
+from llamaman.tables import RequestLog
+from llamaman.telemetry.energy import EnergyAttributor, Span
+
+log = logging.getLogger(__name__)
+
+# Requests waiting for the writer; beyond this (writer stuck or never started) the oldest are dropped.
+MAX_QUEUED = 100_000
+
+
+@dataclass(slots=True)
+class Finished:
+    """A finished request, as logged and measured."""
+
+    ts: float  # wall-clock start
+    model: str
+    endpoint: str
+    key_name: str | None
+    status: int
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float | None
+    duration_ms: float
+    tokens_per_s: float | None
+    start: float  # monotonic
+    end: float  # monotonic
+    error: str | None = None
+
+    def row(self) -> RequestLog:
+        return RequestLog(
+            ts=self.ts,
+            model=self.model[:255],
+            endpoint=self.endpoint[:255],
+            key_name=self.key_name,
+            status=self.status,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            ttft_ms=_round(self.ttft_ms),
+            duration_ms=round(self.duration_ms, 3),
+            tokens_per_s=_round(self.tokens_per_s),
+        )
+
+
+def _round(v: float | None) -> float | None:
+    return round(v, 3) if v is not None else None
+
+
+def key_name_of(identity: Identity | None) -> str | None:
+    """The name logged for who made a request: the API key's name, or "user:NAME" for a session."""
+    if not isinstance(identity, Identity):
+        return None
+    return identity.name if identity.kind == "key" else f"user:{identity.name}"
+
+
+def finished_from(ex: Exchange, identity: Identity | None, wall_offset: float) -> Finished:
+    end = ex.finished or time.monotonic()
+    duration = max(0.0, end - ex.started)
+    ttft = ex.ttft_ms
+    # Streams: generation runs from the first byte to the end. Whole answers arrive at once, so
+    # their first byte is their last and only the full duration says anything.
+    gen = end - ex.first_byte if ex.stream and ex.first_byte and end > ex.first_byte else duration
+    tps = ex.completion_tokens / gen if ex.completion_tokens and gen > 0 else None
+    return Finished(
+        ts=ex.started + wall_offset,
+        model=ex.model,
+        endpoint=ex.endpoint,
+        key_name=key_name_of(identity),
+        status=ex.status,
+        prompt_tokens=ex.prompt_tokens,
+        completion_tokens=ex.completion_tokens,
+        ttft_ms=ttft,
+        duration_ms=duration * 1000,
+        tokens_per_s=tps,
+        start=ex.started,
+        end=end,
+        error=ex.error,
+    )
+
+
+class ActivityLog:
+    def __init__(
+        self,
+        db: Database,
+        runtime: RuntimeConfig,
+        *,
+        on_record: Callable[[Finished], None] | None = None,
+        energy: EnergyAttributor | None = None,
+        energy_enabled: Callable[[], bool] = lambda: False,
+        idle: Callable[[], bool] = lambda: True,
+        batch_delay: float = 0.25,
+        prune_every_s: float = 30.0,
+    ) -> None:
+        self.db = db
+        self.runtime = runtime
+        self.on_record = on_record
+        self.energy = energy
+        self.energy_enabled = energy_enabled
+        self.idle = idle
+        self.batch_delay = batch_delay
+        self.prune_every_s = prune_every_s
+        self._queue: deque[tuple[Exchange, Identity | None]] = deque(maxlen=MAX_QUEUED)
+        self._unwritten: list[Finished] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+        self._last_prune = 0.0
+        self.written = 0
+
+    # ---- hot path ----------------------------------------------------------------------------
+    def observe(self, ex: Exchange) -> None:
+        """The relay's observer: just a queue append.
+
+        Who made the request comes from the auth layer: an ``identity`` the surface put on the
+        exchange, else the request context's identity (``llamaman.identity``), which is still set
+        when the relay calls this at the end of a stream.
+        """
+        self._queue.append((ex, getattr(ex, "identity", None) or current_identity()))
+        self._wake.set()
+
+    # ---- background --------------------------------------------------------------------------
+    def pump(self) -> list[Finished]:
+        """Move queued requests into the metrics and the write buffer (synchronous, cheap)."""
+        if not self._queue:
+            return []
+        offset = time.time() - time.monotonic()
+        out = []
+        while self._queue:
+            ex, identity = self._queue.popleft()
+            f = finished_from(ex, identity, offset)
+            if self.on_record is not None:
+                try:
+                    self.on_record(f)
+                except Exception:
+                    log.exception("recording request metrics failed")
+            out.append(f)
+        self._unwritten.extend(out)
+        return out
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="activity-log")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            await self.flush(settle_all=True)
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 2.0)
+            if self._wake.is_set():
+                # Let a burst of requests accumulate into one transaction.
+                await asyncio.sleep(self.batch_delay)
+                self._wake.clear()
+            try:
+                await self.flush()
+                if time.monotonic() - self._last_prune >= self.prune_every_s:
+                    await self.prune()
+            except Exception:
+                log.exception("writing the activity log failed")
+                await asyncio.sleep(1.0)
+
+    async def flush(self, *, settle_all: bool = False) -> int:
+        """Write every queued request now; charge energy to the rows that can be settled."""
+        async with self._write_lock:
+            self.pump()
+            batch, self._unwritten = self._unwritten, []
+            if batch:
+                ids = await asyncio.to_thread(self._insert, batch)
+                self.written += len(batch)
+                if self.energy is not None and self.energy_enabled():
+                    for f, row_id in zip(batch, ids, strict=True):
+                        if row_id is not None:
+                            self.energy.add(Span(row_id, f.start, f.end))
+            await self._settle_energy(force=settle_all)
+            return len(batch)
+
+    async def _settle_energy(self, force: bool) -> None:
+        if self.energy is None or not self.energy.pending:
+            return
+        if not self.energy_enabled():
+            self.energy.discard_pending()
+            return
+        # Read after the queue was drained: no request has ended unseen, so "idle" is exact.
+        idle = force or (not self._queue and self.idle())
+        charged = self.energy.settle(time.monotonic(), idle)
+        if charged:
+            await asyncio.to_thread(self._set_energy, charged)
+
+    def _insert(self, batch: list[Finished]) -> list[int | None]:
+        rows = [f.row() for f in batch]
+        with self.db.session() as s:
+            s.add_all(rows)
+            s.commit()
+            return [r.id for r in rows]
+
+    def _set_energy(self, charged: dict[int, float]) -> None:
+        with self.db.session() as s:
+            for row_id, joules in charged.items():
+                s.exec(
+                    update(RequestLog).where(col(RequestLog.id) == row_id).values(energy_j=round(joules, 4))
+                )
+            s.commit()
+
+    async def prune(self) -> int:
+        """Keep the newest ``activity_retention`` rows; returns how many were deleted."""
+        self._last_prune = time.monotonic()
+        return await asyncio.to_thread(self._prune, self.runtime.current.activity_retention)
+
+    def _prune(self, keep: int) -> int:
+        with self.db.session() as s:
+            cutoff = s.exec(
+                select(RequestLog.id).order_by(col(RequestLog.id).desc()).offset(keep).limit(1)
+            ).first()
+            if cutoff is None:
+                return 0
+            result = s.exec(delete(RequestLog).where(col(RequestLog.id) <= cutoff))
+            s.commit()
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    # ---- reads -------------------------------------------------------------------------------
+    def query(self, filters: Any, limit: int | None, offset: int) -> tuple[list[RequestLog], int]:
+        """Rows matching ``filters`` newest first, and how many match in all (blocking)."""
+        from sqlalchemy import func
+
+        with self.db.session() as s:
+            where = filters.clauses()
+            total = s.exec(select(func.count()).select_from(RequestLog).where(*where)).one()
+            stmt = select(RequestLog).where(*where).order_by(col(RequestLog.id).desc()).offset(offset)
+            if limit is not None:
+                stmt = stmt.limit(limit)
+            return list(s.exec(stmt)), int(total)

@@ -1,0 +1,122 @@
+"""The activity page: recent proxied requests (model, tokens, TTFT, tokens/s) and a per-model summary."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+from nicegui import ui
+
+from components import fmt
+from components.tables import table
+from llamaman.services import Services
+from pages.shell import Shell, fail, unavailable
+
+RECENT = [
+    ("when", "Time"), ("model", "Model"), ("endpoint", "Endpoint"), ("key_name", "Key"), ("status", "Status"),
+    ("prompt_tokens", "Prompt"), ("completion_tokens", "Completion"), ("ttft", "TTFT"),
+    ("tps", "Tokens/s"), ("duration", "Duration"), ("energy", "Energy"),
+]  # fmt: skip
+SUMMARY = [
+    ("model", "Model"), ("requests", "Requests"), ("errors", "Errors"), ("total_tokens", "Tokens"),
+    ("ttft", "Mean TTFT"), ("tps", "Tokens/s"), ("energy", "J / 1k tokens"),
+]  # fmt: skip
+STATUS = {"": "All", "ok": "OK", "error": "Errors", "4xx": "4xx", "5xx": "5xx"}
+
+
+def _ms(v: float | None) -> str:
+    return fmt.DASH if v is None else f"{v:.0f} ms"
+
+
+def _num(v: float | None, unit: str = "") -> str:
+    return fmt.DASH if v is None else f"{v:.1f}{unit}"
+
+
+def _recent_row(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **r,
+        "when": time.strftime("%H:%M:%S", time.localtime(r["ts"])),
+        "key_name": r.get("key_name") or fmt.DASH,
+        "ttft": _ms(r.get("ttft_ms")),
+        "tps": _num(r.get("tokens_per_s")),
+        "duration": _ms(r.get("duration_ms")),
+        "energy": _num(r.get("energy_j"), " J"),
+    }
+
+
+def _summary_row(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **r,
+        "id": r["model"],
+        "ttft": _ms(r.get("mean_ttft_ms")),
+        "tps": _num(r.get("tokens_per_s")),
+        "energy": _num(r.get("j_per_1k_tokens")),
+    }
+
+
+class ActivityPanel:
+    def __init__(self, services: Services, activity: Any) -> None:
+        from llamaman.telemetry import activity_query as q
+
+        self.q = q
+        self.services = services
+        self.activity = activity
+        with ui.row().classes("w-full items-center gap-3"):
+            ui.label("Activity").classes("text-h6")
+            self.total = ui.label("").classes("text-sm opacity-75")
+            ui.space()
+            self.model = ui.input("Model").props("dense outlined clearable debounce=300").classes("w-48")
+            self.status = ui.select(STATUS, value="", label="Status").props("dense outlined").classes("w-32")
+            self.auto = ui.switch("Live", value=True)
+            ui.button(icon="refresh", on_click=self.refresh).props("flat round")
+        self.model.on_value_change(self.refresh)
+        self.status.on_value_change(self.refresh)
+        ui.label("Per model").classes("text-subtitle1")
+        self.summary = table(SUMMARY, [], row_key="id")
+        ui.label("Recent requests").classes("text-subtitle1")
+        self.recent = table(RECENT, [], pagination=15)
+        self.recent.mark("activity-table")
+        ui.timer(3.0, self._tick)
+
+    async def _tick(self) -> None:
+        if self.auto.value:
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        try:
+            filters = self.q.ActivityFilters(
+                model=(self.model.value or "").strip() or None, status=self.status.value or None
+            )
+            flush = getattr(self.activity, "flush", None)
+            if flush is not None:
+                await flush()
+            rows, total = await asyncio.to_thread(self.activity.query, filters, 200, 0)
+            summary = await asyncio.to_thread(self.q.summary, self.activity.db, filters)
+        except Exception as exc:
+            fail(f"Could not read the activity log: {exc}")
+            self.auto.value = False
+            return
+        self.recent.rows = [_recent_row(self.q.row_dict(r)) for r in rows]
+        self.summary.rows = [_summary_row(r) for r in summary]
+        self.total.text = f"{fmt.count(total)} request(s) logged" + (
+            ", newest 200 shown" if total > 200 else ""
+        )
+
+
+def register(services: Services, shell: Shell) -> None:
+    @ui.page("/activity")
+    async def activity_page(request: Request) -> Response | None:
+        user, redirect = shell.guard(request)
+        if redirect is not None:
+            return redirect
+        with shell.frame("/activity", user=user):
+            activity = shell.optional("activity")
+            if activity is None:
+                unavailable("The activity log", "Request logging is not part of this build yet.")
+            else:
+                panel = ActivityPanel(services, activity)
+                await panel.refresh()
+        return None

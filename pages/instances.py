@@ -1,0 +1,143 @@
+"""The instances page: a live card per llama-server, with the model library beside it.
+
+State changes and log lines arrive as events (no polling); a slow timer only refreshes the numbers
+that change continuously (uptime, CPU, RAM, request counters).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+from nicegui import ui
+
+from components.instance_card import InstanceCard
+from llamaman.services import Services
+from llamaman.supervisor import InstanceError
+from pages.library import library_drawer
+from pages.shell import Shell, fail, subscribe
+
+
+class InstancesPanel:
+    def __init__(self, services: Services, shell: Shell) -> None:
+        self.services = services
+        self.shell = shell
+        self.cards: dict[str, InstanceCard] = {}
+        with ui.row().classes("w-full items-center"):
+            ui.label("Instances").classes("text-h6")
+            self.summary = ui.label("").classes("text-sm opacity-75")
+            ui.space()
+            ui.button("Launch", icon="rocket_launch", on_click=lambda: ui.navigate.to("/launch"))
+        self.empty = ui.label(
+            "Nothing running. Pick a model in the library (left) or open Launch; models requested "
+            "through the proxy appear here too."
+        ).classes("text-sm opacity-75")
+        self.grid = ui.element("div").classes("w-full grid grid-cols-1 xl:grid-cols-2 gap-3")
+        self.sync()
+        subscribe(services, "instance.", self.on_event, resync=self.sync)
+        ui.timer(2.0, self.tick)
+
+    def _view(self, m: Any) -> dict[str, Any]:
+        return m.view(self.services.instance_extra(m))
+
+    def _totals(self) -> tuple[int, int | None]:
+        reading = self.shell.latest_system
+        return os.cpu_count() or 1, reading.ram_total if reading else None
+
+    def _add(self, m: Any) -> None:
+        cpus, ram = self._totals()
+        with self.grid:
+            self.cards[m.id] = InstanceCard(
+                self._view(m),
+                log_lines=m.proc.tail(200),
+                on_stop=self.stop,
+                on_restart=self.restart,
+                on_remove=self.remove,
+                cpu_count=cpus,
+                ram_total=ram,
+            )
+
+    def _drop(self, instance_id: str) -> None:
+        card = self.cards.pop(instance_id, None)
+        if card is not None:
+            card.card.delete()
+
+    def _counts(self) -> None:
+        states = [m.state.value for m in self.services.supervisor.list()]
+        self.empty.visible = not states
+        healthy = states.count("healthy")
+        self.summary.text = f"{len(states)} in all, {healthy} healthy" if states else ""
+
+    def sync(self) -> None:
+        """Rebuild from the supervisor (first render, and after a reconnect)."""
+        live = {m.id: m for m in self.services.supervisor.list()}
+        for gone in [i for i in self.cards if i not in live]:
+            self._drop(gone)
+        for m in live.values():
+            card = self.cards.get(m.id)
+            if card is None:
+                self._add(m)
+            else:
+                card.update(self._view(m))
+                card.log.replace(m.proc.tail(200))
+        self._counts()
+
+    def on_event(self, ev: Any) -> None:
+        instance_id = ev.data.get("id")
+        if ev.topic == "instance.removed":
+            self._drop(instance_id)
+            self._counts()
+            return
+        m = self.services.supervisor.instances.get(instance_id)
+        if m is None:
+            return
+        card = self.cards.get(instance_id)
+        if card is None:
+            self._add(m)
+            self._counts()
+            return
+        if ev.topic == "instance.log":
+            card.push_log(ev.data.get("line", ""))
+        else:
+            card.update(self._view(m))
+            self._counts()
+
+    def tick(self) -> None:
+        cpus, ram = self._totals()
+        for instance_id, card in list(self.cards.items()):
+            m = self.services.supervisor.instances.get(instance_id)
+            if m is not None:
+                card.cpu_count, card.ram_total = cpus, ram
+                card.update(self._view(m))
+
+    # ---- actions -----------------------------------------------------------------------------
+    async def stop(self, instance_id: str) -> None:
+        try:
+            await self.services.supervisor.stop(instance_id)
+        except InstanceError as exc:
+            fail(f"Stop failed: {exc.message}")
+
+    async def restart(self, instance_id: str) -> None:
+        try:
+            await self.services.supervisor.restart(instance_id)
+        except InstanceError as exc:
+            fail(f"Restart failed: {exc.message}")
+
+    async def remove(self, instance_id: str) -> None:
+        try:
+            await self.services.supervisor.remove(instance_id)
+        except InstanceError as exc:
+            fail(f"Remove failed: {exc.message}")
+
+
+def register(services: Services, shell: Shell) -> None:
+    @ui.page("/")
+    async def instances_page(request: Request) -> Response | None:
+        user, redirect = shell.guard(request)
+        if redirect is not None:
+            return redirect
+        with shell.frame("/", user=user, drawer=library_drawer(services)):
+            InstancesPanel(services, shell)
+        return None

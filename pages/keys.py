@@ -1,0 +1,161 @@
+"""API keys: create (the secret is shown once, with a copy button), list with usage, revoke."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+from nicegui import ui
+
+from components import fmt
+from components.tables import table
+from llamaman.services import Services
+from pages.shell import Shell, fail, unavailable
+
+COLUMNS = [
+    ("name", "Name"), ("prefix_shown", "Key"), ("models", "Models"), ("rpm", "Requests/min"),
+    ("requests", "Requests"), ("tokens", "Tokens"), ("created", "Created"), ("last_used", "Last used"),
+    ("state", "State"),
+]  # fmt: skip
+
+
+def _row(k: dict[str, Any]) -> dict[str, Any]:
+    usage = k.get("usage") or {}
+    return {
+        **k,
+        "prefix_shown": f"{k['prefix']}…",
+        "models": ", ".join(k.get("allowed_models") or []) or "all",
+        "rpm": k.get("rpm_limit") or "no limit",
+        "requests": usage.get("requests", 0),
+        "tokens": fmt.count(usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)),
+        "created": fmt.clock(k.get("created_at")),
+        "last_used": fmt.ago(k.get("last_used_at")),
+        "state": "revoked" if k.get("revoked") else ("environment" if k.get("source") == "env" else "active"),
+    }
+
+
+class KeysPanel:
+    def __init__(self, services: Services, auth: Any) -> None:
+        self.services = services
+        self.keys = auth.keys
+        with ui.card().props("flat bordered").classes("w-full q-pa-md gap-2"):
+            ui.label("New API key").classes("text-h6")
+            with ui.row().classes("w-full items-start gap-3"):
+                self.name = (
+                    ui.input("Name", placeholder="e.g. open-webui")
+                    .props("outlined dense")
+                    .classes("grow basis-48")
+                    .mark("key-name")
+                )
+                models = sorted({m.name for m in services.library.models})
+                self.models = (
+                    ui.select(models, multiple=True, label="Limit to models (none = all)", with_input=True)
+                    .props("outlined dense use-chips")
+                    .classes("grow basis-64")
+                )
+                self.rpm = (
+                    ui.number("Requests per minute", value=0, min=0, step=1)
+                    .props('outlined dense hint="0 = no limit"')
+                    .classes("w-44")
+                )
+                ui.button("Create", icon="add", on_click=self.create).mark("key-create")
+        with ui.row().classes("w-full items-center"):
+            ui.label("Keys").classes("text-h6")
+            ui.label(
+                "Clients send a key as 'Authorization: Bearer <key>' (or x-api-key). "
+                "Model endpoints need one while require-auth is on (Settings)."
+            ).classes("text-sm opacity-75")
+        self.table = table(COLUMNS, [])
+        self.table.add_slot(
+            "body-cell-state",
+            r"""
+            <q-td :props="props">
+              <q-badge :label="props.value"
+                       :color="{active: 'positive', revoked: 'grey'}[props.value] || 'blue-grey'" />
+              <q-btn v-if="props.value == 'active'" flat dense round size="sm" icon="block" color="negative"
+                     @click="() => $parent.$emit('revoke', props.row)"><q-tooltip>Revoke</q-tooltip></q-btn>
+            </q-td>
+            """,
+        )
+        self.table.on("revoke", lambda e: self.confirm_revoke(e.args))
+
+    async def refresh(self) -> None:
+        try:
+            listing = await self.keys.listing()
+        except Exception as exc:
+            fail(f"Could not list the keys: {exc}")
+            return
+        self.table.rows = [_row(k) for k in reversed(listing)]
+
+    async def create(self) -> None:
+        name = (self.name.value or "").strip()
+        if not name:
+            fail("Give the key a name")
+            return
+        try:
+            record, secret = await self.keys.create(
+                name, list(self.models.value or []), int(self.rpm.value or 0)
+            )
+        except Exception as exc:
+            fail(f"Could not create the key: {exc}")
+            return
+        self.name.value = ""
+        self.show_once(record.name, secret)
+        await self.refresh()
+
+    def show_once(self, name: str, secret: str) -> None:
+        with ui.dialog().props("persistent") as dialog, ui.card().classes("min-w-96"):
+            ui.label(f"API key '{name}'").classes("text-h6")
+            ui.label("Copy it now: it is shown only this once and cannot be retrieved later.").classes(
+                "text-sm text-warning"
+            )
+            with ui.row().classes("w-full no-wrap items-center gap-2"):
+                ui.input(value=secret).props("outlined dense readonly").classes("grow lm-mono").mark(
+                    "new-key"
+                )
+
+                def copy() -> None:
+                    ui.clipboard.write(secret)
+                    ui.notify("Copied", type="positive")
+
+                ui.button(icon="content_copy", on_click=copy).props("flat round").tooltip("Copy")
+            with ui.row().classes("w-full justify-end"):
+                ui.button("Done", on_click=lambda: (dialog.close(), dialog.delete()))
+        dialog.open()
+
+    def confirm_revoke(self, row: dict[str, Any]) -> None:
+        with ui.dialog() as dialog, ui.card():
+            ui.label(f"Revoke '{row['name']}'?").classes("text-h6")
+            ui.label("Clients using it are refused from now on. This cannot be undone.")
+            with ui.row().classes("w-full justify-end"):
+                ui.button("Cancel", on_click=dialog.close).props("flat")
+
+                async def really() -> None:
+                    dialog.close()
+                    try:
+                        await self.keys.revoke(row["id"])
+                    except Exception as exc:
+                        fail(f"Could not revoke: {exc}")
+                        return
+                    ui.notify(f"Revoked {row['name']}", type="positive")
+                    await self.refresh()
+
+                ui.button("Revoke", color="negative", on_click=really)
+        dialog.open()
+
+
+def register(services: Services, shell: Shell) -> None:
+    @ui.page("/keys")
+    async def keys_page(request: Request) -> Response | None:
+        user, redirect = shell.guard(request)
+        if redirect is not None:
+            return redirect
+        with shell.frame("/keys", user=user):
+            auth = shell.optional("auth")
+            if auth is None:
+                unavailable("API keys", "Accounts and keys are not part of this build yet.")
+            else:
+                panel = KeysPanel(services, auth)
+                await panel.refresh()
+        return None

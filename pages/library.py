@@ -1,0 +1,71 @@
+"""The model library drawer, wired to the library service (shared by the instances and launch pages)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+from nicegui import ui
+
+from components.library import ModelLibraryView
+from llamaman.library import LibraryError
+from llamaman.services import Services
+from pages.shell import fail, subscribe
+
+
+def launch_url(rel_path: str) -> str:
+    return f"/launch?model={quote(rel_path, safe='')}"
+
+
+def library_drawer(
+    services: Services, *, selected: str | None = None, on_launch: Callable[[Any], Any] | None = None
+) -> Callable[[], None]:
+    """A builder for the frame's drawer; ``on_launch`` defaults to opening the launch page."""
+
+    def build() -> None:
+        view: ModelLibraryView | None = None
+
+        async def rescan() -> None:
+            try:
+                models = await services.library.ascan()
+            except Exception as exc:
+                fail(f"Rescan failed: {exc}")
+                return
+            if view is not None:
+                view.set_models(models)
+
+        async def delete(entry: Any) -> None:
+            busy = [
+                m.id
+                for m in services.supervisor.list()
+                if m.record.model_path in (entry.rel_path, *entry.parts) and m.proc.running
+            ]
+            if busy:
+                fail(f"{entry.name} is in use by running instance(s) {', '.join(busy)}: stop them first")
+                return
+            try:
+                removed = await asyncio.to_thread(services.library.delete, entry.rel_path)
+            except (LibraryError, OSError) as exc:
+                fail(f"Could not delete {entry.name}: {exc}")
+                return
+            services.events.publish("library.changed")
+            ui.notify(f"Deleted {', '.join(removed)}", type="positive")
+            await rescan()
+
+        view = ModelLibraryView(
+            services.library.models,
+            on_launch=on_launch or (lambda e: ui.navigate.to(launch_url(e.rel_path))),
+            on_delete=delete,
+            on_rescan=rescan,
+            selected=selected,
+        )
+
+        def changed(_: Any) -> None:
+            if view is not None:
+                view.set_models(services.library.models)
+
+        subscribe(services, "library.", changed, resync=lambda: changed(None))
+
+    return build

@@ -1,0 +1,169 @@
+"""Settings: the runtime settings (generated from RuntimeSettings, saved at once), the environment
+they default from, the llama-server in use, and what the box has (CPU, memory, disk, GPUs)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+from nicegui import ui
+from pydantic import ValidationError
+
+from components import fmt
+from components.model_form import ModelForm
+from components.tables import table
+from llamaman import __version__
+from llamaman.runtime import RuntimeSettings
+from llamaman.services import Services
+from pages.shell import Shell, fail
+
+LABELS = {
+    "require_auth": "Require an API key for model endpoints",
+    "max_models": "Models kept loaded",
+    "idle_timeout_min": "Idle timeout (min)",
+    "evict_manual": "API traffic may evict manually launched instances",
+    "cleanup_hours": "Clean up records after (hours)",
+    "download_retries": "Download retries",
+    "download_speed_limit_mbps": "Global download limit (Mbit/s)",
+    "hf_token": "Hugging Face token",
+    "activity_retention": "Activity rows kept",
+}
+
+
+class SettingsPanel:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        with ui.card().props("flat bordered").classes("w-full q-pa-md gap-2"):
+            with ui.row().classes("w-full items-center"):
+                ui.label("Runtime settings").classes("text-h6")
+                ui.label("Saved in the database; they take effect at once.").classes("text-sm opacity-75")
+            self.form = ModelForm(RuntimeSettings, labels=LABELS, passwords=frozenset({"hf_token"}))
+            self.error = ui.label("").classes("text-sm text-negative")
+            with ui.row().classes("w-full justify-end gap-2"):
+                ui.button("Revert", icon="undo", on_click=self.load).props("flat")
+                ui.button("Save", icon="save", on_click=self.save).mark("settings-save")
+        self.load()
+
+    def load(self) -> None:
+        self.form.clear_errors()
+        self.error.text = ""
+        self.form.set_values(self.services.runtime.current.public())
+
+    async def save(self) -> None:
+        values = self.form.values()
+        current = self.services.runtime.current.public()
+        changes = {k: v for k, v in values.items() if v != current.get(k)}
+        if not changes:
+            ui.notify("Nothing changed", type="info")
+            return
+        try:
+            await self.services.runtime.update(changes)
+        except ValidationError as exc:
+            self.error.text = "; ".join(self.form.show_errors(exc.errors()))  # type: ignore[arg-type]
+            fail("Some settings are invalid: see the highlighted fields")
+            return
+        except Exception as exc:
+            fail(f"Could not save: {exc}")
+            return
+        self.load()
+        ui.notify(f"Saved: {', '.join(sorted(changes))}", type="positive")
+
+
+def _unit(v: float | None, unit: str) -> str:
+    return fmt.DASH if v is None else f"{v:.0f}{unit}"
+
+
+def _system_rows(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    cpu, mem, disk, plat = data["cpu"], data["memory"], data.get("disk", {}), data.get("platform", {})
+    used, total = mem.get("effective_used_bytes"), mem.get("effective_total_bytes")
+    free, disk_total = disk.get("free_bytes"), disk.get("total_bytes")
+    return [
+        ("CPU", f"{cpu.get('effective_cores')} usable of {cpu.get('cores_logical')} logical cores"),
+        ("Memory", f"{fmt.size(used)} used of {fmt.size(total)}"),
+        ("Models disk", f"{fmt.size(free)} free of {fmt.size(disk_total)} ({disk.get('path', '')})"),
+        (
+            "Platform",
+            f"{plat.get('system')} {plat.get('release')} {plat.get('machine')}, Python {plat.get('python')}",
+        ),
+    ]
+
+
+def _kv(rows: list[tuple[str, Any]]) -> None:
+    with ui.grid(columns="auto 1fr").classes("w-full gap-x-4 gap-y-1 text-sm"):
+        for k, v in rows:
+            ui.label(k).classes("opacity-70")
+            ui.label(fmt.DASH if v is None or v == "" else str(v)).classes("lm-mono break-all")
+
+
+def _binary(services: Services) -> None:
+    b = services.supervisor.binary
+    with ui.card().props("flat bordered").classes("w-full q-pa-md gap-2"):
+        ui.label("llama-server").classes("text-h6")
+        if b is None:
+            ui.label(services.supervisor.binary_error or "no llama-server found").classes("text-negative")
+            return
+        _kv([
+            ("Version", b.version), ("Path", b.path), ("Found via", b.source),
+            ("Router mode", "yes" if b.supports_router else "no"), ("LlamaMan", __version__),
+            ("Database", getattr(services.db, "backend", None)),
+        ])  # fmt: skip
+
+
+def _environment(services: Services) -> None:
+    with ui.expansion("Environment (read-only)", icon="terminal").classes("w-full").props("dense"):
+        env = services.settings.public_dict()
+        _kv(sorted((k, v) for k, v in env.items()))
+
+
+async def _system(shell: Shell) -> None:
+    sysinfo, sampler = shell.optional("system"), shell.optional("gpu")
+    with ui.card().props("flat bordered").classes("w-full q-pa-md gap-2"):
+        ui.label("System").classes("text-h6")
+        if sysinfo is None:
+            ui.label("System information is unavailable in this build.").classes("text-sm opacity-75")
+        else:
+            try:
+                data = await asyncio.to_thread(sysinfo.collect)
+            except Exception as exc:
+                ui.label(f"could not read system information: {exc}").classes("text-negative")
+                data = None
+            if data:
+                _kv(_system_rows(data))
+        ui.label("GPUs").classes("text-subtitle1")
+        if sampler is None:
+            ui.label("GPU monitoring is unavailable in this build.").classes("text-sm opacity-75")
+            return
+        info = sampler.info()
+        if not info.get("gpus"):
+            ui.label(info.get("reason") or "no GPU found").classes("text-sm opacity-75")
+            return
+        rows = [
+            {
+                "id": g["index"], "name": g["name"], "vendor": g.get("vendor"),
+                "memory": f"{fmt.size(g.get('memory_used_bytes'))} / {fmt.size(g.get('memory_total_bytes'))}",
+                "util": _unit(g.get("utilization_percent"), "%"),
+                "temp": _unit(g.get("temperature_c"), "°C"),
+                "power": _unit(g.get("power_w"), " W"),
+            }
+            for g in info["gpus"]
+        ]  # fmt: skip
+        table([("id", "#"), ("name", "Name"), ("vendor", "Vendor"), ("memory", "VRAM"), ("util", "Util"),
+               ("temp", "Temp"), ("power", "Power")], rows)  # fmt: skip
+
+
+def register(services: Services, shell: Shell) -> None:
+    @ui.page("/settings")
+    async def settings_page(request: Request) -> Response | None:
+        user, redirect = shell.guard(request)
+        if redirect is not None:
+            return redirect
+        with shell.frame("/settings", user=user):
+            SettingsPanel(services)
+            with ui.element("div").classes("w-full grid grid-cols-1 lg:grid-cols-2 gap-3"):
+                with ui.column().classes("gap-3"):
+                    _binary(services)
+                    _environment(services)
+                await _system(shell)
+        return None

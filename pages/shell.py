@@ -1,0 +1,208 @@
+"""What every page shares: the frame filled from the services, the signed-in user, and lookups of the
+optional services (auth, downloads, telemetry) so a page can say a feature is unavailable."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import Request
+from fastapi.responses import RedirectResponse, Response
+from nicegui import app, ui
+
+from components.frame import FrameInfo, frame
+from components.gauges import GpuReading, SystemReading
+from llamaman.services import Services
+
+log = logging.getLogger(__name__)
+
+# Where the services that a build may lack live on Services; a page whose service is missing says
+# the feature is unavailable instead of failing.
+OPTIONAL: dict[str, tuple[str, ...]] = {
+    "auth": ("auth",),
+    "downloads": ("downloads",),
+    "telemetry": ("telemetry",),
+    "gpu": ("telemetry", "gpu"),
+    "system": ("telemetry", "system"),
+    "activity": ("telemetry", "activity"),
+}
+
+
+def optional(services: Services, kind: str) -> Any | None:
+    """The service of ``kind`` when this build has it, else None."""
+    found: Any = services
+    for attr in OPTIONAL[kind]:
+        found = getattr(found, attr, None)
+        if found is None:
+            return None
+    return found
+
+
+def unavailable(feature: str, detail: str) -> None:
+    with ui.card().props("flat bordered").classes("w-full items-center q-pa-lg"):
+        ui.icon("block", size="2rem").classes("opacity-60")
+        ui.label(f"{feature} is unavailable").classes("text-h6")
+        ui.label(detail).classes("text-sm opacity-75 text-center")
+
+
+def fail(reason: object) -> None:
+    ui.notify(str(reason) or reason.__class__.__name__, type="negative", multi_line=True)
+
+
+class _SystemCache:
+    """One system reading every 2 s however many pages are open (the reading blocks on /proc)."""
+
+    def __init__(self) -> None:
+        self.at = 0.0
+        self.value: SystemReading | None = None
+        self.lock = asyncio.Lock()
+
+    async def get(self, services: Services) -> SystemReading | None:
+        async with self.lock:
+            if time.monotonic() - self.at >= 1.9:
+                self.value = await asyncio.to_thread(_read_system, services)
+                self.at = time.monotonic()
+        return self.value
+
+
+_cache = _SystemCache()
+
+
+def _read_system(services: Services) -> SystemReading | None:
+    sysinfo, sampler = optional(services, "system"), optional(services, "gpu")
+    if sysinfo is None and sampler is None:
+        return None
+    reading = SystemReading(gpus=[])
+    if sysinfo is not None:
+        data = sysinfo.collect()
+        cpu, mem = data.get("cpu", {}), data.get("memory", {})
+        reading.cpu_percent = cpu.get("effective_percent", cpu.get("percent"))
+        reading.ram_used = mem.get("effective_used_bytes")
+        reading.ram_total = mem.get("effective_total_bytes")
+    if sampler is not None:
+        telemetry = optional(services, "telemetry")
+        info = telemetry.gpu_info() if hasattr(telemetry, "gpu_info") else sampler.info()
+        reading.gpus = [
+            GpuReading(
+                name=f"GPU{g['index']} {g['name']}",
+                mem_used=g.get("memory_used_bytes"),
+                mem_total=g.get("memory_total_bytes"),
+                util_percent=g.get("utilization_percent"),
+                temp_c=g.get("temperature_c"),
+            )
+            for g in info.get("gpus", [])
+        ]
+        if not reading.gpus:
+            reading.note = info.get("reason") or "no GPU"
+    else:
+        reading.note = "GPU monitoring unavailable"
+    return reading
+
+
+def _binary(services: Services) -> tuple[str, str, bool]:
+    b = services.supervisor.binary
+    if b is None:
+        err = services.supervisor.binary_error or "no llama-server binary found"
+        return "no llama-server", err, False
+    return (
+        f"llama-server {b.version or '(version unknown)'}",
+        f"{b.path} (found via {b.source})",
+        True,
+    )
+
+
+class Shell:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.latest_system: SystemReading | None = None
+
+    def optional(self, kind: str) -> Any | None:
+        return optional(self.services, kind)
+
+    async def system_reading(self) -> SystemReading | None:
+        self.latest_system = await _cache.get(self.services)
+        return self.latest_system
+
+    def guard(self, request: Request) -> tuple[str | None, Response | None]:
+        """(who is signed in, None) or (None, a redirect to setup or sign-in)."""
+        auth = self.optional("auth")
+        if auth is None:
+            return None, None
+        if auth.needs_setup():
+            return None, RedirectResponse("/setup", status_code=303)
+        identity = auth.identity_of(request)
+        if identity is None:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return None, RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+        return identity.user or identity.name, None
+
+    @contextmanager
+    def frame(
+        self, active: str, *, user: str | None, drawer: Callable[[], None] | None = None
+    ) -> Iterator[ui.column]:
+        binary, tip, ok = _binary(self.services)
+        try:
+            dark = app.storage.user.get("dark")
+        except (RuntimeError, AssertionError):
+            dark = None
+
+        def set_dark(value: bool | None) -> None:
+            app.storage.user["dark"] = value
+
+        info = FrameInfo(binary=binary, binary_tip=tip, binary_ok=ok, username=user, dark=dark)
+        with frame(
+            active,
+            info,
+            read_system=self.system_reading,
+            on_logout=self.logout if self.optional("auth") is not None else None,
+            on_dark=set_dark,
+            drawer=drawer,
+        ) as content:
+            yield content
+
+    def logout(self) -> None:
+        from pages import auth
+
+        auth.logout(self.services)
+
+
+def subscribe(
+    services: Services, prefix: str, callback: Callable[[Any], None], *, resync: Callable[[], None]
+) -> None:
+    """Deliver events under ``prefix`` to this page while its browser is connected.
+
+    The callback runs inside whoever published, so failures are contained here. After a reconnect
+    ``resync`` rebuilds what the page may have missed while no events arrived.
+    """
+    client = ui.context.client
+    state: dict[str, Callable[[], None] | None] = {"off": None}
+
+    def deliver(ev: Any) -> None:
+        try:
+            callback(ev)
+        except Exception:
+            log.warning("page update for %s failed", ev.topic, exc_info=True)
+
+    def on() -> None:
+        if state["off"] is None:
+            state["off"] = services.events.listen(deliver, prefix)
+
+    def off() -> None:
+        stop, state["off"] = state["off"], None
+        if stop is not None:
+            stop()
+
+    def reconnected() -> None:
+        if state["off"] is None:
+            on()
+            resync()
+
+    on()
+    client.on_connect(reconnected)
+    client.on_disconnect(off)
+    client.on_delete(off)

@@ -1,0 +1,38 @@
+"""A new API key is shown once (with a copy button), listed by prefix only, and can be revoked."""
+
+from __future__ import annotations
+
+import pytest
+from nicegui import ui
+from nicegui.testing import User
+
+from tests.ui.conftest import started
+
+pytestmark = pytest.mark.nicegui_main_file("tests/ui/app_for_tests.py")
+
+
+async def test_new_key_is_shown_once(admin: User) -> None:
+    services = await started(admin)
+    await admin.open("/keys")
+    await admin.should_see("New API key")
+    admin.find(marker="key-name").type("open-webui")
+    admin.find(marker="key-create").click()
+    await admin.should_see("shown only this once", retries=20)
+    secret = next(iter(admin.find(marker="new-key").elements)).value
+    assert secret and services.auth.keys.verify(secret) is not None
+    admin.find("Done").click()
+    await admin.should_not_see("shown only this once")
+
+    table = next(iter(admin.find(kind=ui.table).elements))
+    rows = table.rows
+    assert [r["name"] for r in rows] == ["open-webui"]
+    assert secret not in str(rows) and rows[0]["prefix_shown"].rstrip("…") in secret
+
+    await admin.open("/keys")  # a reload never shows the secret again
+    await admin.should_see("open-webui")
+    await admin.should_not_see(secret)
+
+    record = services.auth.keys.verify(secret)
+    await services.auth.keys.revoke(record.id)
+    await admin.open("/keys")
+    await admin.should_see("revoked")
