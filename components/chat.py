@@ -85,14 +85,15 @@ class Transcript:
     def user(self, text: str) -> None:
         self.hint.visible = False
         with self.body:
-            with ui.chat_message(name="You", sent=True).classes("w-full"):
+            with ui.chat_message(name="You", sent=True).props("bg-color=grey-4").classes("w-full"):
                 ui.label(text).style("white-space: pre-wrap")
         self.area.scroll_to(percent=1.0)
 
     def start_reply(self, model: str) -> None:
         with self.body:
-            with ui.chat_message(name=model).classes("w-full").mark("reply"):
-                self.current = ui.markdown("…").classes("lm-reply")
+            reply = ui.chat_message(name=model).props("bg-color=indigo-1 text-color=black")
+            with reply.classes("w-full").mark("reply"):
+                self.current = ui.markdown("…").classes("lm-wrap")
         self.current_text = ""
         self.area.scroll_to(percent=1.0)
 

@@ -139,8 +139,8 @@ class DownloadCard:
             with ui.row().classes("w-full items-center no-wrap gap-2"):
                 self.badge = ui.badge("", color="grey").classes("text-sm q-px-sm")
                 with ui.column().classes("gap-0 grow min-w-0"):
-                    self.title = ui.label("").classes("text-subtitle1 text-weight-medium ellipsis")
-                    self.sub = ui.label("").classes("text-xs opacity-75 lm-mono ellipsis")
+                    self.title = ui.label("").classes("text-subtitle1 text-weight-medium ellipsis w-full")
+                    self.sub = ui.label("").classes("text-xs opacity-75 lm-mono ellipsis w-full")
                 self.cancel_btn = ui.button(icon="cancel", on_click=lambda: on_cancel(self.id))
                 self.cancel_btn.props("flat round dense color=warning").tooltip(
                     "Cancel (removes partial data)"

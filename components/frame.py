@@ -39,6 +39,7 @@ def apply_theme() -> None:
         .nicegui-content { padding: 12px 16px; }
         .lm-mono { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
         .lm-log .q-scrollarea__content { padding: 4px 8px; }
+        .lm-wrap pre, .lm-wrap code { white-space: pre-wrap !important; word-break: break-all; }
         .lm-log-line { white-space: pre-wrap; word-break: break-all; font-size: 11.5px; line-height: 1.35; }
         body.body--dark .lm-soft { background: #1f2430; }
         body.body--light .lm-soft { background: #f4f5fb; }
@@ -58,7 +59,7 @@ def _theme_toggle(dark: bool | None, on_dark: Callable[[bool | None], None]) -> 
         tip.text = f"Theme: {names[nxt]} (click to change)"
         on_dark(nxt)
 
-    button = ui.button(icon=icons[dark], on_click=cycle).props("flat round dense color=white")
+    button = ui.button(icon=icons[dark], on_click=cycle).props("flat round dense color=white").mark("theme")
     with button:
         tip = ui.tooltip(f"Theme: {names[dark]} (click to change)")
 
@@ -80,13 +81,15 @@ def frame(
             if drawer is not None:
                 menu = ui.button(icon="menu").props("flat round dense color=white")
                 menu.tooltip("Model library")
-            ui.label("🦙 LlamaMan").classes("text-h6 text-weight-bold no-wrap")
+            with ui.row().classes("items-center no-wrap gap-1"):
+                ui.icon("pets", size="1.6rem")
+                ui.label("LlamaMan").classes("text-h6 text-weight-bold no-wrap")
             ui.space()
             meters = SystemMeters()
             chip = ui.chip(info.binary, icon="memory" if info.binary_ok else "error").props(
                 "dense square " + ("color=indigo-8 text-color=white" if info.binary_ok else "color=negative")
             )
-            chip.classes("lm-mono text-xs")
+            chip.classes("lm-mono text-xs max-w-72 ellipsis")
             chip.tooltip(info.binary_tip)
             _theme_toggle(info.dark, on_dark)
             if info.username:

@@ -41,9 +41,9 @@ class UsageBar:
 
     def __init__(self, label: str, width: str = "w-28") -> None:
         with ui.column().classes(f"gap-0 {width}") as self.box:
-            with ui.row().classes("w-full justify-between no-wrap text-xs leading-tight"):
+            with ui.row().classes("w-full justify-between no-wrap gap-2 text-xs leading-tight"):
                 ui.label(label).classes("opacity-80")
-                self.text = ui.label(fmt.DASH).classes("font-mono")
+                self.text = ui.label(fmt.DASH).classes("font-mono whitespace-nowrap")
             self.bar = ui.linear_progress(value=0, show_value=False, size="6px").props("rounded")
 
     def set(self, fraction: float | None, text: str) -> None:
@@ -86,14 +86,17 @@ class SystemMeters:
         with ui.row().classes("items-center gap-4 no-wrap") as self.box:
             self.gpu_row = ui.row().classes("items-center gap-3 no-wrap")
             self.cpu = UsageBar("CPU")
-            self.ram = UsageBar("RAM")
-            self.note = ui.label("").classes("text-xs opacity-80")
+            self.ram = UsageBar("RAM", "w-40")
+            self.note = ui.label("").classes("text-xs opacity-80 whitespace-nowrap")
+            with self.note:
+                self.note_tip = ui.tooltip("")
         self.gauges: list[GpuGauge] = []
 
     def set(self, reading: SystemReading | None) -> None:
         if reading is None:
             self.cpu.box.visible = self.ram.box.visible = False
             self.note.text = "system monitoring unavailable"
+            self.note_tip.text = "The telemetry service is not part of this build."
             return
         self.cpu.box.visible = self.ram.box.visible = True
         cpu = reading.cpu_percent
@@ -109,4 +112,8 @@ class SystemMeters:
                 self.gauges = [GpuGauge(g) for g in gpus]
         for gauge, g in zip(self.gauges, gpus, strict=True):
             gauge.set(g)
-        self.note.text = reading.note or ""
+        # The reason can be long (every GPU source tried); its first clause fits the header.
+        note = reading.note or ""
+        self.note.text = note.split(":")[0] if note else ""
+        self.note_tip.text = note
+        self.note.visible = bool(note)

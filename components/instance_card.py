@@ -52,10 +52,10 @@ class InstanceCard:
                     self.title = ui.label(view["model_name"]).classes(
                         "text-subtitle1 text-weight-medium ellipsis"
                     )
-                    self.sub = ui.label("").classes("text-xs opacity-75 lm-mono ellipsis")
+                    self.sub = ui.label("").classes("text-xs opacity-75 lm-mono ellipsis w-full")
                     with self.sub:
                         self.sub_tip = ui.tooltip("")
-                self.stop_btn = ui.button(icon="stop", on_click=lambda: on_stop(self.id))
+                self.stop_btn = ui.button(icon="stop_circle", on_click=lambda: on_stop(self.id))
                 self.stop_btn.props("flat round dense color=warning").mark("stop").tooltip("Stop")
                 restart = ui.button(icon="restart_alt", on_click=lambda: on_restart(self.id))
                 restart.props("flat round dense color=primary").mark("restart").tooltip("Restart")
@@ -87,12 +87,12 @@ class InstanceCard:
         self.badge.props(f"color={STATUS_COLORS.get(status, 'grey')}")
         self.title.text = v["model_name"]
         s = v.get("settings") or {}
-        extra = f" (llama-server on {v['internal_port']})" if v.get("internal_port") else ""
         self.sub.text = (
-            f"port {v['port']}{extra} · ctx {s.get('ctx_size', fmt.DASH)} · pid {v.get('pid') or fmt.DASH}"
+            f"port {v['port']} · ctx {s.get('ctx_size', fmt.DASH)} · pid {v.get('pid') or fmt.DASH}"
             f" · {v.get('origin', 'manual')}"
         )
-        self.sub_tip.text = v["model_path"]
+        behind = f"; llama-server itself on {v['internal_port']}" if v.get("internal_port") else ""
+        self.sub_tip.text = f"{v['model_path']}{behind}"
         starting = status == "starting"
         self.progress.visible = starting
         error = v.get("error") if status == "failed" else None

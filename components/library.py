@@ -110,8 +110,10 @@ class ModelLibraryView:
 
     def _item(self, m: Any) -> None:
         info = m.info
-        active = "border-l-4 border-primary" if m.rel_path == self.selected else ""
-        with ui.card().props("flat bordered").classes(f"w-full q-pa-sm gap-1 lm-soft {active}"):
+        card = ui.card().props("flat bordered").classes("w-full q-pa-sm gap-1 lm-soft")
+        if m.rel_path == self.selected:
+            card.style("border-left: 4px solid var(--q-primary)")
+        with card:
             with ui.row().classes("w-full items-start no-wrap gap-1"):
                 with ui.column().classes("gap-0 grow min-w-0"):
                     ui.label(m.name).classes("text-weight-medium ellipsis w-full").tooltip(m.rel_path)

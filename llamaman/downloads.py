@@ -336,6 +336,8 @@ class DownloadManager:
 
     def set_status(self, job: Job, new: str) -> None:
         old, job.record.status = job.record.status, new
+        if new in ("completed", "cancelled"):
+            job.record.hf_token = None  # only a resume needs it; do not keep a secret longer than that
         if new in TERMINAL or new == "interrupted":
             job.record.finished_at = time.time() if new in TERMINAL else None
             job.finished.set()

@@ -93,7 +93,7 @@ class ActivityPanel:
             flush = getattr(self.activity, "flush", None)
             if flush is not None:
                 await flush()
-            rows, total = await asyncio.to_thread(self.activity.query, filters, 200, 0)
+            rows, total = await asyncio.to_thread(self.q.query_rows, self.activity.db, filters, 200, 0)
             summary = await asyncio.to_thread(self.q.summary, self.activity.db, filters)
         except Exception as exc:
             fail(f"Could not read the activity log: {exc}")

@@ -26,7 +26,9 @@ def _card(title: str, subtitle: str) -> ui.card:
     with ui.column().classes("w-full items-center q-mt-xl"):
         card = ui.card().props("bordered").classes("w-96 max-w-full q-pa-lg gap-3")
         with card:
-            ui.label("🦙 LlamaMan").classes("text-h5 text-weight-bold")
+            with ui.row().classes("items-center gap-1"):
+                ui.icon("pets", size="1.8rem", color="primary")
+                ui.label("LlamaMan").classes("text-h5 text-weight-bold")
             ui.label(title).classes("text-h6")
             ui.label(subtitle).classes("text-sm opacity-75")
     return card

@@ -80,7 +80,8 @@ class LaunchPanel:
                     self.memory = ui.label(fmt.DASH).classes("text-sm lm-mono").style("white-space: pre-line")
                 with ui.card().props("flat bordered").classes("grow-[3] basis-96 q-pa-sm gap-1 lm-soft"):
                     ui.label("Command").classes("text-subtitle2")
-                    self.command = ui.code("", language="bash").classes("w-full text-xs").mark("command")
+                    self.command = ui.code("", language="bash").classes("w-full text-xs lm-wrap")
+                    self.command.mark("command")
             with ui.row().classes("w-full justify-end gap-2"):
                 ui.button("Reset", icon="undo", on_click=self._reset).props("flat")
                 ui.button("Load preset", icon="file_open", on_click=self._load_preset).props("outline")

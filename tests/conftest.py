@@ -150,13 +150,14 @@ async def services(settings: Settings) -> AsyncIterator[Any]:
 @pytest.fixture
 async def api(services: Any) -> AsyncIterator[httpx.AsyncClient]:
     from llamaman.app import create_app
-
     from tests.helpers import admin_headers
 
     app = create_app(services, manage_lifecycle=False)
     transport = httpx.ASGITransport(app=app)
     headers = await admin_headers(services)
-    async with httpx.AsyncClient(transport=transport, base_url="http://llamaman.test", headers=headers) as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://llamaman.test", headers=headers
+    ) as client:
         yield client
 
 

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 from llamaman import __version__
 from llamaman.auth_middleware import wrap_with_auth
 from llamaman.errors import install_error_handlers
-from llamaman.proxy import anthropic, manage, native, openai
+from llamaman.proxy import anthropic, manage, native, openai, pull
 from llamaman.proxy.common import ProxyError
 from llamaman.proxy.relay import ErrorStyle, error_payload
 from llamaman.services import Services
@@ -45,7 +45,14 @@ def build_proxy_router(*, include_root: bool) -> APIRouter:
     """All proxy routes. Order matters: ``/v1/messages`` and the native ``/v1/rerank`` come before
     the OpenAI surface's catch-all ``POST /v1/{path}``."""
     combined = APIRouter()
-    subs = (*_ollama_routers(include_root), anthropic.router, native.router, manage.router, openai.router)
+    subs = (
+        *_ollama_routers(include_root),
+        pull.router,
+        anthropic.router,
+        native.router,
+        manage.router,
+        openai.router,
+    )
     for sub in subs:
         combined.include_router(sub)
     return combined

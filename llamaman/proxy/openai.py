@@ -8,7 +8,6 @@ router-mode surfaces.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import time
@@ -273,7 +272,6 @@ async def _loading_stream(
     t0 = time.monotonic()
     yield _chunk(cid, model, {"role": "assistant", "reasoning_content": f"loading {entry.name}…"})
     acquiring = asyncio.ensure_future(lease_for(services, model))
-    handed_over = False
     try:
         while not acquiring.done():
             await asyncio.wait({acquiring}, timeout=PROGRESS_INTERVAL)
@@ -287,19 +285,18 @@ async def _loading_stream(
         note = f"\n{entry.name} loaded in {time.monotonic() - t0:.1f}s\n\n"
         yield _chunk(cid, model, {"reasoning_content": note})
         content = encode_body(body, raw, lease, sampling=True, changed=changed)
-        # From here the relay owns the lease and releases it whatever happens.
-        handed_over = True
         response = await services.relay.forward(
             lease, "POST", "/v1/chat/completions", content=content, headers=forward_headers(request.headers),
             params=upstream_params(request), style="openai",
         )  # fmt: skip
         if isinstance(response, StreamingResponse):
+            # The response object is never sent itself: its body generator's own finally (reached by
+            # aclose, also when the client leaves mid-stream) closes upstream and releases the lease.
             pieces = response.body_iterator
             try:
                 async for piece in pieces:
                     yield piece if isinstance(piece, bytes) else str(piece).encode()
             finally:
-                # A client that leaves mid-stream must close upstream now, not when GC gets to it.
                 closer = getattr(pieces, "aclose", None)
                 if closer is not None:
                     await closer()
@@ -310,12 +307,9 @@ async def _loading_stream(
     finally:
         if not acquiring.done():
             acquiring.cancel()
-        elif not handed_over and not acquiring.cancelled() and acquiring.exception() is None:
+        elif not acquiring.cancelled() and acquiring.exception() is None:
+            # Idempotent: a no-op when the relay already released it, the release when it never got it.
             acquiring.result().release()
-        with contextlib.suppress(BaseException):
-            # Retrieve a failure nobody awaited, so asyncio does not log it as lost.
-            if acquiring.done() and not acquiring.cancelled():
-                acquiring.exception()
 
 
 def _error_json(message: str) -> bytes:

@@ -159,12 +159,13 @@ class Telemetry:
         """CPU, RAM (sampled over the last interval) and GPU memory of an instance's process group."""
         out: dict[str, Any] = {}
         usage = self._usage.get(m.id)
-        pids = (
-            usage["pids"] if usage and m.proc.pid in usage["pids"] else ([m.proc.pid] if m.proc.pid else [])
-        )
-        if usage and pids is usage["pids"]:
+        # A sample taken before a restart describes a process that is gone.
+        if usage is not None and m.proc.pid in usage["pids"]:
+            pids: list[int] = usage["pids"]
             out["cpu_percent"] = usage["cpu_percent"]
             out["rss_bytes"] = usage["rss_bytes"]
+        else:
+            pids = [m.proc.pid] if m.proc.pid else []
         if self.gpu.available:
             by_pid = self.gpu.memory_by_pid()
             per_gpu: dict[str, int] = {}

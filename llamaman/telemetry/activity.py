@@ -15,7 +15,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlmodel import col, delete, select, update
 
@@ -246,16 +245,3 @@ class ActivityLog:
             result = s.exec(delete(RequestLog).where(col(RequestLog.id) <= cutoff))
             s.commit()
             return int(getattr(result, "rowcount", 0) or 0)
-
-    # ---- reads -------------------------------------------------------------------------------
-    def query(self, filters: Any, limit: int | None, offset: int) -> tuple[list[RequestLog], int]:
-        """Rows matching ``filters`` newest first, and how many match in all (blocking)."""
-        from sqlalchemy import func
-
-        with self.db.session() as s:
-            where = filters.clauses()
-            total = s.exec(select(func.count()).select_from(RequestLog).where(*where)).one()
-            stmt = select(RequestLog).where(*where).order_by(col(RequestLog.id).desc()).offset(offset)
-            if limit is not None:
-                stmt = stmt.limit(limit)
-            return list(s.exec(stmt)), int(total)

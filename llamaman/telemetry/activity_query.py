@@ -139,6 +139,19 @@ def to_csv(rows: Iterable[dict[str, Any]], columns: list[str]) -> str:
     return buf.getvalue()
 
 
+def query_rows(
+    db: Database, filters: ActivityFilters, limit: int | None, offset: int
+) -> tuple[list[RequestLog], int]:
+    """Rows matching ``filters`` newest first, and how many match in all (blocking)."""
+    where = filters.clauses()
+    with db.session() as s:
+        total = s.exec(select(func.count()).select_from(RequestLog).where(*where)).one()
+        stmt = select(RequestLog).where(*where).order_by(col(RequestLog.id).desc()).offset(offset)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        return list(s.exec(stmt)), int(total)
+
+
 def summary(db: Database, filters: ActivityFilters) -> list[dict[str, Any]]:
     """Per model: requests, tokens, mean TTFT, tokens/s and energy (blocking).
 

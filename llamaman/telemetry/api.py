@@ -17,6 +17,7 @@ from llamaman.telemetry.activity_query import (
     ActivityFilters,
     FilterError,
     parse_time,
+    query_rows,
     row_dict,
     summary,
     to_csv,
@@ -86,8 +87,9 @@ _DESCRIBE = {
 async def _rows(
     services: Any, filters: ActivityFilters, limit: int | None, offset: int
 ) -> tuple[list[dict[str, Any]], int]:
-    await services.telemetry.activity.flush()  # what was just proxied shows at once
-    rows, total = await asyncio.to_thread(services.telemetry.activity.query, filters, limit, offset)
+    activity = services.telemetry.activity
+    await activity.flush()  # what was just proxied shows at once
+    rows, total = await asyncio.to_thread(query_rows, activity.db, filters, limit, offset)
     return [row_dict(r) for r in rows], total
 
 

@@ -60,14 +60,18 @@ class NvmlSource:
         self.nvml = nvml
         try:
             nvml.nvmlInit()
-            count = nvml.nvmlDeviceGetCount()
         except nvml.NVMLError as exc:
             raise SourceUnavailable(f"NVML: {exc}") from None
-        if count == 0:
+        try:
+            count = nvml.nvmlDeviceGetCount()
+            self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        except nvml.NVMLError as exc:
+            self.close()
+            raise SourceUnavailable(f"NVML: {exc}") from None
+        if not self.handles:
             self.close()
             raise SourceUnavailable("NVML: no NVIDIA GPU")
         # Static facts are read once; NVML answers them the same for the device's lifetime.
-        self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
         self.names = [_text(self._try(nvml.nvmlDeviceGetName, h)) or "NVIDIA GPU" for h in self.handles]
         self.uuids = [_text(self._try(nvml.nvmlDeviceGetUUID, h)) for h in self.handles]
 

@@ -28,7 +28,7 @@ _LOAD_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
 class Metrics:
     def __init__(self, telemetry: Telemetry) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
             "llamaman_requests", "Proxied requests", ["model", "endpoint", "status"], registry=r

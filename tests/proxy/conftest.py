@@ -1,5 +1,5 @@
 """Proxy fixtures: a real listening proxy (uvicorn on a free port) over the started ``services``,
-and clients for it."""
+and clients for it that carry an API key (model endpoints need one by default)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from llamaman.proxy.app import ProxyServer, create_proxy_app
+from tests.helpers import admin_headers
 
 
 @pytest.fixture
@@ -24,8 +25,18 @@ async def proxy(services: Any) -> AsyncIterator[ProxyServer]:
 
 
 @pytest.fixture
-async def oai(proxy: ProxyServer) -> AsyncIterator[openai.AsyncOpenAI]:
-    client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="x", max_retries=0, timeout=60)
+async def auth_headers(services: Any) -> dict[str, str]:
+    return await admin_headers(services)
+
+
+@pytest.fixture
+def api_key(auth_headers: dict[str, str]) -> str:
+    return auth_headers["Authorization"].removeprefix("Bearer ")
+
+
+@pytest.fixture
+async def oai(proxy: ProxyServer, api_key: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key=api_key, max_retries=0, timeout=60)
     try:
         yield client
     finally:
@@ -33,6 +44,8 @@ async def oai(proxy: ProxyServer) -> AsyncIterator[openai.AsyncOpenAI]:
 
 
 @pytest.fixture
-async def http(proxy: ProxyServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=proxy.url, timeout=60, trust_env=False) as client:
+async def http(proxy: ProxyServer, auth_headers: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=proxy.url, headers=auth_headers, timeout=60, trust_env=False
+    ) as client:
         yield client

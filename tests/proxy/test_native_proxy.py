@@ -17,7 +17,7 @@ async def test_anthropic_messages(http: httpx.AsyncClient) -> None:
     r = await http.post(
         "/v1/messages",
         json={"model": "tiny-a", "max_tokens": 6, "messages": HI},
-        headers={"x-api-key": "x", "anthropic-version": "2023-06-01"},
+        headers={"anthropic-version": "2023-06-01"},
     )
     assert r.status_code == 200, r.text
     body = r.json()

@@ -20,6 +20,7 @@ from llamaman.proxy.openai import encode_body
 from llamaman.services import Services
 from llamaman.state import InstanceState
 from llamaman.testing.tiny_gguf import write_tiny_model
+from tests.helpers import admin_headers
 
 S = InstanceState
 HI = [{"role": "user", "content": "hi"}]
@@ -121,11 +122,13 @@ async def test_other_v1_routes_pass_through(http: httpx.AsyncClient) -> None:
     assert r.status_code == 400
 
 
-async def test_loading_progress_on_a_cold_start(services: Any, proxy: ProxyServer) -> None:
+async def test_loading_progress_on_a_cold_start(
+    services: Any, proxy: ProxyServer, auth_headers: dict[str, str]
+) -> None:
     body = {"model": "tiny-b", "messages": HI, "max_tokens": 6, "stream": True}
     events: list[dict[str, Any]] = []
     async with (
-        httpx.AsyncClient(timeout=60, trust_env=False) as c,
+        httpx.AsyncClient(timeout=60, trust_env=False, headers=auth_headers) as c,
         c.stream(
             "POST",
             f"{proxy.url}/v1/chat/completions",
@@ -232,11 +235,13 @@ async def test_busy_instance_answers_429_with_retry_after(services: Any, oai: op
     assert (reply.choices[0].message.content or "").startswith("abcd")
 
 
-async def test_client_leaving_during_a_cold_start_leaks_no_lease(services: Any, proxy: ProxyServer) -> None:
+async def test_client_leaving_during_a_cold_start_leaks_no_lease(
+    services: Any, proxy: ProxyServer, auth_headers: dict[str, str]
+) -> None:
     body = {"model": "tiny-a", "messages": HI, "max_tokens": 100000, "stream": True}
     headers = {"X-LlamaMan-Loading-Progress": "1"}
     async with (
-        httpx.AsyncClient(timeout=60, trust_env=False) as c,
+        httpx.AsyncClient(timeout=60, trust_env=False, headers=auth_headers) as c,
         c.stream("POST", f"{proxy.url}/v1/chat/completions", json=body, headers=headers) as r,
     ):
         async for line in r.aiter_lines():
@@ -257,8 +262,9 @@ async def test_a_model_that_fails_to_load_is_a_503(
     await services.start()
     server = ProxyServer(create_proxy_app(services), "127.0.0.1", 0)
     await server.start()
+    key = (await admin_headers(services))["Authorization"].removeprefix("Bearer ")
     try:
-        async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as client:
+        async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0) as client:
             with pytest.raises(openai.InternalServerError) as err:
                 await client.chat.completions.create(model="tiny-a", messages=HI, max_tokens=4)
             assert err.value.status_code == 503 and "tiny-a" in str(err.value)

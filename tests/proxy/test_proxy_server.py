@@ -15,7 +15,7 @@ import pytest
 from llamaman.config import Settings
 from llamaman.proxy.app import ProxyServer, create_proxy_app
 from llamaman.services import Services
-from tests.helpers import servers_of
+from tests.helpers import admin_headers, servers_of
 
 
 def _free_port() -> int:
@@ -41,7 +41,8 @@ async def test_services_serve_the_proxy_on_its_port(
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=30) as c:
             r = await c.get("/health")
             assert r.status_code == 200 and r.json()["status"] == "ok"
-        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        key = (await admin_headers(services))["Authorization"].removeprefix("Bearer ")
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
         async with client:
             reply = await client.chat.completions.create(
                 model="tiny-a", messages=[{"role": "user", "content": "hi"}], max_tokens=6
@@ -75,6 +76,7 @@ async def test_stop_ends_open_streams_within_the_grace_period(services: Any) -> 
     server = ProxyServer(create_proxy_app(services), "127.0.0.1", 0)
     await server.start()
     assert _listening(server.port)
+    headers = await admin_headers(services)
     body = {
         "model": "tiny-a",
         "messages": [{"role": "user", "content": "hi"}],
@@ -85,7 +87,7 @@ async def test_stop_ends_open_streams_within_the_grace_period(services: Any) -> 
 
     async def read_forever() -> None:
         async with (
-            httpx.AsyncClient(trust_env=False, timeout=60) as c,
+            httpx.AsyncClient(trust_env=False, timeout=60, headers=headers) as c,
             c.stream("POST", f"{server.url}/v1/chat/completions", json=body) as r,
         ):
             async for _ in r.aiter_bytes():

@@ -43,7 +43,9 @@ async def chat(http: httpx.AsyncClient, model: str = "tiny-a", *, stream: bool =
 
 
 @pytest.mark.llama
-async def test_rows_filters_and_csv(services: Services, http: httpx.AsyncClient, api: httpx.AsyncClient) -> None:
+async def test_rows_filters_and_csv(
+    services: Services, http: httpx.AsyncClient, api: httpx.AsyncClient
+) -> None:
     t0 = time.time()
     await chat(http, n=5)
     await chat(http, stream=True, n=7)
@@ -166,7 +168,9 @@ def test_energy_is_split_among_concurrent_requests() -> None:
 
 
 @pytest.mark.llama
-async def test_energy_per_request_and_per_1k_tokens(gpu_services: Services, gpu_api: httpx.AsyncClient) -> None:
+async def test_energy_per_request_and_per_1k_tokens(
+    gpu_services: Services, gpu_api: httpx.AsyncClient
+) -> None:
     server = ProxyServer(create_proxy_app(gpu_services), "127.0.0.1", 0)
     await server.start()
     try:

@@ -82,6 +82,7 @@ def test_cli_bench_starts_everything_runs_and_prints_percentiles(
 
 
 @pytest.mark.llama
+@pytest.mark.auth  # require-auth on: a proxy run brings its own key
 async def test_rest_benchmark_runs_in_the_background_and_is_stored(
     services: Services, api: httpx.AsyncClient
 ) -> None:

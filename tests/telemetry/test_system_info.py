@@ -59,7 +59,8 @@ def test_v2_parent_limit_binds_a_nested_cgroup(tmp_path: Path) -> None:
 def test_v1_quota_and_limit(tmp_path: Path) -> None:
     cg, proc = tmp_path / "cgroup", tmp_path / "proc-self-cgroup"
     write(cg, {
-        "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "150000", "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000",
+        "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "150000",
+        "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000",
         "cpu,cpuacct/docker/abc/cpuacct.usage": "3000000000",
         "memory/docker/abc/memory.limit_in_bytes": str(8 * GIB),
         "memory/docker/abc/memory.usage_in_bytes": str(3 * GIB),

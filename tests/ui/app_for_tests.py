@@ -3,6 +3,7 @@ holding tiny models, a real llama-server when one is installed, and no proxy por
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 from nicegui import app
 
 from llamaman.config import Settings
+from llamaman.telemetry.gpu import GpuSampler
+from llamaman.testing.fake_nvml import FakeNvml
 from llamaman.testing.tiny_gguf import write_tiny_model
 from main import serve
 from tests.conftest import find_llama_server, port_block
@@ -38,4 +41,9 @@ if binary:
 # Settings also read the environment: a test that wants an admin without the setup page sets
 # LLAMAMAN_ADMIN_USER / LLAMAMAN_ADMIN_PASSWORD (monkeypatch.setenv) before the user fixture starts.
 serve(Settings(**values))  # type: ignore[arg-type]
+if os.environ.get("LLAMAMAN_UI_FAKE_GPUS"):
+    # Two stand-in NVIDIA GPUs (llamaman.testing.fake_nvml), swapped in before startup samples.
+    app.state.services.telemetry.gpu = GpuSampler(
+        nvml=FakeNvml(), drm_root=root / "no-drm", cli=False, interval=0.2
+    )
 app.on_shutdown(lambda: shutil.rmtree(root, ignore_errors=True))

@@ -20,7 +20,7 @@ async def test_setup_then_login(user: User) -> None:
     user.find("Password").type("short")
     user.find("Repeat password").type("short")
     user.find(marker="create-admin").click()
-    await user.should_see("at least 8 characters")
+    await user.should_see("at least 8 characters", retries=30)
     assert services.auth.needs_setup()
 
     user.find("Password").clear().type("long enough pw")
@@ -38,7 +38,7 @@ async def test_setup_then_login(user: User) -> None:
     user.find("Username").type("root")
     user.find("Password").type("wrong password")
     user.find(marker="sign-in").click()
-    await user.should_see("Wrong username or password.")
+    await user.should_see("Wrong username or password.", retries=30)
     user.notify.contains("Wrong username or password.")
 
     await sign_in(user, "root", "long enough pw")
