@@ -9,6 +9,7 @@ from typing import Any
 from nicegui import ui
 
 from components import fmt
+from components.dialogs import confirm
 from components.gauges import UsageBar
 from components.log_view import LogView
 
@@ -65,12 +66,12 @@ class InstanceCard:
                 "indeterminate color=orange"
             )
             self.error = ui.label("").classes("text-sm text-negative lm-mono").style("white-space: pre-wrap")
-            with ui.row().classes("w-full items-center gap-4"):
+            with ui.row().classes("w-full items-center gap-x-4 gap-y-1"):
                 self.uptime = self._stat("Uptime")
                 self.requests = self._stat("Active / queued")
-                self.cpu = UsageBar("CPU", "w-32")
-                self.ram = UsageBar("RAM", "w-32")
                 self.vram = self._stat("VRAM")
+                self.cpu = UsageBar("CPU", "w-24")
+                self.ram = UsageBar("RAM", "w-28")
             with ui.expansion("Log", icon="article", value=True).classes("w-full").props("dense"):
                 self.log = LogView(log_lines, height="11rem")
         self.update(view)
@@ -116,18 +117,12 @@ class InstanceCard:
         self.log.push(line)
 
     def _confirm_remove(self) -> None:
-        with ui.dialog() as dialog, ui.card():
-            ui.label(f"Remove {self.title.text} ({self.id})?").classes("text-h6")
-            ui.label("The server is stopped and its record deleted; its log file stays on disk.")
-            with ui.row().classes("w-full justify-end"):
-                ui.button("Cancel", on_click=dialog.close).props("flat")
-
-                async def really() -> None:
-                    dialog.close()
-                    await self.on_remove(self.id)
-
-                ui.button("Remove", color="negative", on_click=really)
-        dialog.open()
+        confirm(
+            f"Remove {self.title.text} ({self.id})?",
+            ["The server is stopped and its record deleted; its log file stays on disk."],
+            "Remove",
+            lambda: self.on_remove(self.id),
+        )
 
 
 def _short(error: str, lines: int = 6) -> str:

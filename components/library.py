@@ -8,6 +8,7 @@ from typing import Any
 from nicegui import ui
 
 from components import fmt
+from components.dialogs import confirm
 
 SORTS = {"name": "Name", "size": "Size", "newest": "Newest", "params": "Parameters"}
 FILTERS = {"all": "All", "chat": "Chat", "embedding": "Embedding", "vision": "Vision"}
@@ -135,9 +136,11 @@ class ModelLibraryView:
                     )
                 if m.launchable:
                     go = ui.button(icon="rocket_launch", on_click=lambda m=m: self.on_launch(m))
-                    go.props("flat round dense color=primary").tooltip(f"Launch {m.name}")
+                    go.props("flat round dense color=primary").mark(f"launch-{m.rel_path}")
+                    go.tooltip(f"Launch {m.name}")
                 rm = ui.button(icon="delete", on_click=lambda m=m: self._confirm_delete(m))
-                rm.props("flat round dense color=negative").tooltip(f"Delete {m.name}")
+                rm.props("flat round dense color=negative").mark(f"delete-{m.rel_path}")
+                rm.tooltip(f"Delete {m.name}")
             with ui.row().classes("gap-1"):
                 for cap in capabilities(m):
                     ui.badge(cap, color=CAP_COLORS.get(cap, "grey")).props("outline")
@@ -150,17 +153,11 @@ class ModelLibraryView:
 
     def _confirm_delete(self, m: Any) -> None:
         files = m.parts or [m.rel_path]
-        with ui.dialog() as dialog, ui.card().classes("min-w-80"):
-            ui.label(f"Delete {m.name}?").classes("text-h6")
-            ui.label("These files are removed from disk:").classes("text-sm")
-            for f in files:
-                ui.label(f).classes("lm-mono text-xs")
-            with ui.row().classes("w-full justify-end"):
-                ui.button("Cancel", on_click=dialog.close).props("flat")
-
-                async def really() -> None:
-                    dialog.close()
-                    await self.on_delete(m)
-
-                ui.button("Delete", color="negative", on_click=really)
-        dialog.open()
+        if m.mmproj:
+            files = [*files, f"{m.mmproj} (when no other model uses it)"]
+        confirm(
+            f"Delete {m.name}?",
+            ["These files are removed from disk:", *files],
+            "Delete",
+            lambda: self.on_delete(m),
+        )

@@ -95,8 +95,11 @@ def running_app(tmp: Path, hub_url: str | None, fake_gpus: bool = False) -> Iter
     write_tiny_model(models / "team" / "tiny-a-32k.gguf", "A", context_length=32768)
     write_tiny_model(models / "embed" / "tiny-embed.gguf", "A", embedding=True)
     port, public, internal = free_port(), free_block(8, 23000), free_block(8, 23100)
+    # NiceGUI treats a process that sees PYTEST_* variables as a test run; when this script runs
+    # under pytest, main.py must still start as a real server.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "NICEGUI_"))}
     env = {
-        **os.environ,
+        **inherited,
         "MODELS_DIR": str(models),
         "DATA_DIR": str(tmp / "data"),
         "LLAMAMAN_HOST": "127.0.0.1",

@@ -19,6 +19,7 @@ Patterns are ``fnmatch`` globs over the path (``*`` also crosses ``/``).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -96,6 +97,7 @@ RULES: tuple[Rule, ...] = (
 DEFAULT = Access.MANAGE
 
 
+@functools.lru_cache(maxsize=4096)  # a hot path: every request of every surface asks
 def match(path: str, surface: str) -> Rule | None:
     """The rule that decides ``path`` on ``surface``; None when only the default applies."""
     for rule in RULES:

@@ -73,7 +73,6 @@ class Credential:
 
     identity: Identity | None = None
     problem: str | None = None
-    presented_key: bool = False
 
 
 class LoginThrottle:
@@ -203,7 +202,8 @@ class AuthService:
         ok = await asyncio.to_thread(self._check_password, user, password)
         if not ok or user is None:
             self.throttle.failed(client_ip)
-            log.warning("failed sign-in for %r from %s", username[:64], client_ip)
+            # Not the username: people type their password into that field too.
+            log.warning("failed sign-in from %s", client_ip)
             return None
         self.throttle.succeeded(client_ip)
         return user
@@ -277,14 +277,14 @@ class AuthService:
         key, problem = _presented_key(headers)
         if key is not None or problem is not None:
             if problem is not None:
-                return Credential(problem=problem, presented_key=True)
+                return Credential(problem=problem)
             record = self.keys.verify(key or "")
             if record is None:
-                return Credential(problem="invalid API key", presented_key=True)
+                return Credential(problem="invalid API key")
             if record.revoked:
-                return Credential(problem="this API key has been revoked", presented_key=True)
+                return Credential(problem="this API key has been revoked")
             self.keys.touch(record)
-            return Credential(identity=record.identity(), presented_key=True)
+            return Credential(identity=record.identity())
         cookie = headers.get("cookie")
         if cookie:
             user = self.user_from_session(cookie_parser(cookie).get(SESSION_COOKIE))

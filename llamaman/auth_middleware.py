@@ -69,7 +69,7 @@ class AuthMiddleware:
         path = route_path(scope)
         access = classify(path, self.surface)
         if access is Access.OPEN:
-            await self.app(scope, receive, send)
+            await self._pass(scope, receive, send, None)
             return
         auth = self.services.auth
         credential = auth.authenticate(Headers(scope=scope))
@@ -124,12 +124,13 @@ class AuthMiddleware:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         named += [(m, ()) for m in query.get("model", []) if m.strip()]
         if self.surface == "instance":
+            # The port serves its one model whatever the body names: that model is what is checked.
             m = self._instance(scope)
             if m is not None:
                 named.append((m.record.model_name, (m.record.model_path,)))
         elif path.startswith("/upstream/"):
             named.append((await self._upstream_model(path[len("/upstream/") :]), ()))
-        if scope.get("method") in _WITH_BODY:
+        if scope.get("method") in _WITH_BODY and self.surface != "instance":
             body, receive = await _buffer(receive)
             named += [(m, ()) for m in _body_models(body, ollama=path.startswith("/api/"))]
         for name, aliases in named:

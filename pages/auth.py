@@ -34,7 +34,8 @@ def _card(title: str, subtitle: str) -> ui.card:
     return card
 
 
-def logout(services: Services) -> None:
+def logout() -> None:
+    # The cookie is HttpOnly: only a response can clear it, so the browser goes to the route that does.
     ui.navigate.to("/api/auth/logout?next=/login")
 
 

@@ -113,23 +113,22 @@ class InstancesPanel:
                 card.update(self._view(m))
 
     # ---- actions -----------------------------------------------------------------------------
-    async def stop(self, instance_id: str) -> None:
+    async def _act(self, what: str, instance_id: str) -> None:
         try:
-            await self.services.supervisor.stop(instance_id)
+            await getattr(self.services.supervisor, what)(instance_id)
         except InstanceError as exc:
-            fail(f"Stop failed: {exc.message}")
+            fail(f"{what.capitalize()} failed: {exc.message}")
+        except Exception as exc:
+            fail(f"{what.capitalize()} failed: {exc}")
+
+    async def stop(self, instance_id: str) -> None:
+        await self._act("stop", instance_id)
 
     async def restart(self, instance_id: str) -> None:
-        try:
-            await self.services.supervisor.restart(instance_id)
-        except InstanceError as exc:
-            fail(f"Restart failed: {exc.message}")
+        await self._act("restart", instance_id)
 
     async def remove(self, instance_id: str) -> None:
-        try:
-            await self.services.supervisor.remove(instance_id)
-        except InstanceError as exc:
-            fail(f"Remove failed: {exc.message}")
+        await self._act("remove", instance_id)
 
 
 def register(services: Services, shell: Shell) -> None:

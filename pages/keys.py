@@ -9,6 +9,7 @@ from fastapi.responses import Response
 from nicegui import ui
 
 from components import fmt
+from components.dialogs import confirm
 from components.tables import table
 from llamaman.services import Services
 from pages.shell import Shell, fail, unavailable
@@ -49,11 +50,15 @@ class KeysPanel:
                     .mark("key-name")
                 )
                 models = sorted({m.name for m in services.library.models})
-                self.models = (
-                    ui.select(models, multiple=True, label="Limit to models (none = all)", with_input=True)
-                    .props("outlined dense use-chips")
-                    .classes("grow basis-64")
+                # Entries are glob patterns (e.g. "qwen*"): typed ones are kept as they are.
+                self.models = ui.select(
+                    models,
+                    multiple=True,
+                    label="Limit to models (names or globs; none = all)",
+                    with_input=True,
+                    new_value_mode="add-unique",
                 )
+                self.models.props("outlined dense use-chips").classes("grow basis-64")
                 self.rpm = (
                     ui.number("Requests per minute", value=0, min=0, step=1)
                     .props('outlined dense hint="0 = no limit"')
@@ -121,28 +126,26 @@ class KeysPanel:
 
                 ui.button(icon="content_copy", on_click=copy).props("flat round").tooltip("Copy")
             with ui.row().classes("w-full justify-end"):
-                ui.button("Done", on_click=lambda: (dialog.close(), dialog.delete()))
+                ui.button("Done", on_click=dialog.close)
+        dialog.on("hide", dialog.delete)
         dialog.open()
 
     def confirm_revoke(self, row: dict[str, Any]) -> None:
-        with ui.dialog() as dialog, ui.card():
-            ui.label(f"Revoke '{row['name']}'?").classes("text-h6")
-            ui.label("Clients using it are refused from now on. This cannot be undone.")
-            with ui.row().classes("w-full justify-end"):
-                ui.button("Cancel", on_click=dialog.close).props("flat")
+        async def revoke() -> None:
+            try:
+                await self.keys.revoke(row["id"])
+            except Exception as exc:
+                fail(f"Could not revoke: {exc}")
+                return
+            ui.notify(f"Revoked {row['name']}", type="positive")
+            await self.refresh()
 
-                async def really() -> None:
-                    dialog.close()
-                    try:
-                        await self.keys.revoke(row["id"])
-                    except Exception as exc:
-                        fail(f"Could not revoke: {exc}")
-                        return
-                    ui.notify(f"Revoked {row['name']}", type="positive")
-                    await self.refresh()
-
-                ui.button("Revoke", color="negative", on_click=really)
-        dialog.open()
+        confirm(
+            f"Revoke '{row['name']}'?",
+            ["Clients using it are refused from now on. This cannot be undone."],
+            "Revoke",
+            revoke,
+        )
 
 
 def register(services: Services, shell: Shell) -> None:

@@ -70,9 +70,6 @@ class _SystemCache:
         return self.value
 
 
-_cache = _SystemCache()
-
-
 def _read_system(services: Services) -> SystemReading | None:
     sysinfo, sampler = optional(services, "system"), optional(services, "gpu")
     if sysinfo is None and sampler is None:
@@ -109,23 +106,22 @@ def _binary(services: Services) -> tuple[str, str, bool]:
     if b is None:
         err = services.supervisor.binary_error or "no llama-server binary found"
         return "no llama-server", err, False
-    return (
-        f"llama-server {b.version or '(version unknown)'}",
-        f"{b.path} (found via {b.source})",
-        True,
-    )
+    # "b4589 (7e4c0a9d)" reads as "b4589" in the header; the tooltip has it all.
+    version = b.version or "version unknown"
+    return f"llama-server {version.split(' (')[0]}", f"{version} at {b.path} (found via {b.source})", True
 
 
 class Shell:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.latest_system: SystemReading | None = None
+        self._system = _SystemCache()
 
     def optional(self, kind: str) -> Any | None:
         return optional(self.services, kind)
 
     async def system_reading(self) -> SystemReading | None:
-        self.latest_system = await _cache.get(self.services)
+        self.latest_system = await self._system.get(self.services)
         return self.latest_system
 
     def guard(self, request: Request) -> tuple[str | None, Response | None]:
@@ -168,7 +164,7 @@ class Shell:
     def logout(self) -> None:
         from pages import auth
 
-        auth.logout(self.services)
+        auth.logout()
 
 
 def subscribe(
@@ -180,13 +176,25 @@ def subscribe(
     ``resync`` rebuilds what the page may have missed while no events arrived.
     """
     client = ui.context.client
+    loop = asyncio.get_running_loop()
     state: dict[str, Callable[[], None] | None] = {"off": None}
 
-    def deliver(ev: Any) -> None:
+    def update(ev: Any) -> None:
         try:
             callback(ev)
         except Exception:
             log.warning("page update for %s failed", ev.topic, exc_info=True)
+
+    def deliver(ev: Any) -> None:
+        # Elements may only change on the event loop; a publisher in a worker thread is handed over.
+        try:
+            same_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            same_loop = False
+        if same_loop:
+            update(ev)
+        else:
+            loop.call_soon_threadsafe(update, ev)
 
     def on() -> None:
         if state["off"] is None:

@@ -52,7 +52,8 @@ async def login(body: Credentials, request: Request, services: ServicesDep) -> R
     return response
 
 
-@router.api_route("/logout", methods=["GET", "POST"])
+@router.get("/logout")
+@router.post("/logout")
 async def logout(request: Request, services: ServicesDep, next: str | None = Query(None)) -> Response:
     """Forget the session cookie; with ``?next=`` (a link in the UI) the browser goes on there."""
     response: Response = (

@@ -84,7 +84,9 @@ class Exchange:
             )
         timings = obj.get("timings")
         if isinstance(timings, dict) and not isinstance(usage, dict):
-            self.prompt_tokens = int(timings.get("prompt_n") or self.prompt_tokens)
+            # prompt_n counts only the tokens evaluated now; cache_n the prompt reused from the cache.
+            prompt = int(timings.get("prompt_n") or 0) + int(timings.get("cache_n") or 0)
+            self.prompt_tokens = prompt or self.prompt_tokens
             self.completion_tokens = int(timings.get("predicted_n") or self.completion_tokens)
 
 

@@ -13,7 +13,7 @@ from nicegui import app
 from llamaman.config import Settings
 from llamaman.telemetry.gpu import GpuSampler
 from llamaman.testing.fake_nvml import FakeNvml
-from llamaman.testing.tiny_gguf import write_tiny_model
+from llamaman.testing.tiny_gguf import write_tiny_model, write_truncated_model
 from main import serve
 from tests.conftest import find_llama_server, port_block
 
@@ -22,6 +22,7 @@ models = root / "models"
 write_tiny_model(models / "tiny-a.gguf", "A")
 write_tiny_model(models / "tiny-b.gguf", "B")
 write_tiny_model(models / "embed" / "tiny-embed.gguf", "A", embedding=True)
+write_truncated_model(models / "broken.gguf")  # the header parses; llama-server fails to load it
 public, internal = port_block(8), port_block(8)
 values: dict[str, object] = {
     "MODELS_DIR": str(models),
