@@ -131,9 +131,7 @@ class AuthService:
         self._used_tickets: dict[str, float] = {}
         self._users: dict[int, User] = {}
         self._setup_lock = asyncio.Lock()
-        # Verifying against this when the user does not exist takes as long as a real check, so the
-        # answer's timing does not tell which usernames exist.
-        self._dummy_hash = self.hasher.hash("not a password")
+        self._dummy: str | None = None
         add_secrets([settings.admin_password, settings.hf_token, settings.secret_key])
         add_secrets((settings.api_keys or "").split(","))
 
@@ -208,9 +206,17 @@ class AuthService:
         self.throttle.succeeded(client_ip)
         return user
 
+    def _dummy_hash(self) -> str:
+        # Verifying against this when the user does not exist takes as long as a real check, so the
+        # answer's timing does not tell which usernames exist. Made on first use: hashing costs
+        # about half a second, which every start would otherwise pay.
+        if self._dummy is None:
+            self._dummy = self.hasher.hash("not a password")
+        return self._dummy
+
     def _check_password(self, user: User | None, password: str) -> bool:
         try:
-            self.hasher.verify(user.password_hash if user else self._dummy_hash, password)
+            self.hasher.verify(user.password_hash if user else self._dummy_hash(), password)
         except (VerificationError, InvalidHashError):
             return False
         if user is not None and self.hasher.check_needs_rehash(user.password_hash):

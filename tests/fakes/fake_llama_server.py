@@ -65,6 +65,13 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
+    # Answer the probes LlamaMan runs on a binary, as llama-server does.
+    if "--version" in sys.argv:
+        print("version: 1 (fake)\nbuilt with nothing for testing", flush=True)
+        return
+    if "--help" in sys.argv:
+        print("usage: fake-llama-server -m FNAME --port PORT", flush=True)
+        return
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--host", default="127.0.0.1")
