@@ -15,12 +15,13 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from llamaman.events import EventBus
 from llamaman.gate import Gate, QueueFull
+from llamaman.idle import IdleSleep
 from llamaman.launch import LaunchSettings
+from llamaman.lease import Lease, ModelNotFound, ModelUnavailable, Slot, Waiter
 from llamaman.library import ModelEntry, ModelLibrary
 from llamaman.presets import PresetStore
 from llamaman.runtime import RuntimeConfig
@@ -32,73 +33,7 @@ S = InstanceState
 LIVE = (S.STARTING, S.HEALTHY)
 
 
-class ModelNotFound(Exception):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"model '{name}' not found")
-        self.name = name
-
-
-class ModelUnavailable(Exception):
-    """The model exists but cannot be served now (failed to load, no slot); answered with 503."""
-
-
-@dataclass
-class Slot:
-    """Router bookkeeping for one instance."""
-
-    inflight: int = 0
-    draining: bool = False
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    keep_alive_until: float | None = None  # monotonic; None = the idle timeout rules
-    unload_after: bool = False
-
-    def __post_init__(self) -> None:
-        self.idle.set()
-
-
-@dataclass
-class Waiter:
-    key: str
-    entry: ModelEntry
-    future: asyncio.Future[ManagedInstance]
-    since: float = field(default_factory=time.monotonic)
-
-
-class Lease:
-    """A request's hold on an instance (and on a slot of its gate)."""
-
-    def __init__(self, router: Router, instance: ManagedInstance, gate: Gate, load_ns: int) -> None:
-        self.router = router
-        self.instance = instance
-        self.gate = gate
-        self.load_duration_ns = load_ns
-        self._released = False
-
-    @property
-    def base_url(self) -> str:
-        return self.instance.base_url
-
-    @property
-    def model_name(self) -> str:
-        return self.instance.record.model_name
-
-    def keep_alive(self, seconds: float | None) -> None:
-        self.router.set_keep_alive(self.instance, seconds)
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self.gate.release()
-            self.router._release(self.instance)
-
-    async def __aenter__(self) -> Lease:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
-
-
-class Router:
+class Router(IdleSleep):
     def __init__(
         self,
         supervisor: Supervisor,
@@ -468,60 +403,6 @@ class Router:
             s.inflight += 1
             s.idle.clear()
         return m
-
-    # ---- keep-alive and idle sleep -----------------------------------------------------------
-    def set_keep_alive(self, m: ManagedInstance, seconds: float | None) -> None:
-        s = self.slot(m)
-        if seconds is None:
-            return
-        if seconds <= 0:
-            s.unload_after = True
-            s.keep_alive_until = None
-        else:
-            s.unload_after = False
-            s.keep_alive_until = math.inf if math.isinf(seconds) else time.monotonic() + seconds
-
-    def idle_timeout(self, m: ManagedInstance) -> float:
-        """Seconds of idleness after which ``m`` sleeps; 0 = never."""
-        if m.settings.idle_timeout_min:
-            return m.settings.idle_timeout_min * 60
-        if m.record.origin == "proxy":
-            return self.runtime.current.idle_timeout_min * 60
-        return 0.0
-
-    async def _idle_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._idle_tick())
-            now = time.monotonic()
-            for m in self.sup.list():
-                if m.state != S.HEALTHY:
-                    continue
-                s = self.slot(m)
-                if s.inflight or s.draining:
-                    continue
-                if s.keep_alive_until is not None:
-                    due = now >= s.keep_alive_until
-                else:
-                    t = self.idle_timeout(m)
-                    due = bool(t) and now - m.last_used >= t
-                if due:
-                    s.keep_alive_until = None
-                    s.draining = True
-                    self._spawn(self._sleep(m))
-
-    def _idle_tick(self) -> float:
-        timeouts = [self.idle_timeout(m) for m in self.sup.list() if m.state == S.HEALTHY]
-        shortest = min((t for t in timeouts if t), default=60.0)
-        return max(0.1, min(1.0, shortest / 10))
-
-    async def _sleep(self, m: ManagedInstance) -> None:
-        try:
-            log.info("%s idle: sleeping", m.record.model_name)
-            await self.sup.sleep(m.id)
-            self.events.publish("router.sleep", model=m.record.model_name, instance=m.id)
-        finally:
-            self.slot(m).draining = False
-            self._kick()
 
     async def unload(self, name: str) -> list[str]:
         """Stop every instance of a model now (Ollama keep_alive 0, router-mode /models/unload)."""
