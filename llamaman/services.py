@@ -20,7 +20,7 @@ from llamaman.presets import PresetStore
 from llamaman.proxy.relay import Relay
 from llamaman.router import Router
 from llamaman.runtime import RuntimeConfig
-from llamaman.supervisor import ManagedInstance, Supervisor
+from llamaman.supervisor import InstanceError, ManagedInstance, Supervisor
 from llamaman.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -76,6 +76,22 @@ class Services:
         self.listeners.attach()
         self.listeners.wrap = lambda app: wrap_with_auth(app, self, "instance")
         self.started = False
+
+    async def delete_model(self, path: str) -> list[str]:
+        """Delete a model's file(s) inside MODELS_DIR; refused (409) while a running instance uses it."""
+        target = self.library.safe_path(path)
+        rel = target.relative_to(self.library.models_dir).as_posix()
+        entry = self.library.find(rel)
+        paths = {rel, *(entry.parts if entry else ())}
+        busy = [m.id for m in self.supervisor.list() if m.record.model_path in paths and m.proc.running]
+        if busy:
+            raise InstanceError(
+                f"{rel} is in use by running instance(s) {', '.join(busy)}; stop them first", 409
+            )
+        removed = await asyncio.to_thread(self.library.delete, path)
+        await self.library.ascan()
+        self.events.publish("library.changed")
+        return removed
 
     def instance_extra(self, m: ManagedInstance) -> dict[str, object]:
         """Live counters of an instance that the supervisor does not own (requests, expiry)."""

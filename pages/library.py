@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -12,6 +11,7 @@ from nicegui import ui
 from components.library import ModelLibraryView
 from llamaman.library import LibraryError
 from llamaman.services import Services
+from llamaman.supervisor import InstanceError
 from pages.shell import fail, subscribe
 
 
@@ -37,20 +37,14 @@ def library_drawer(
                 view.set_models(models)
 
         async def delete(entry: Any) -> None:
-            busy = [
-                m.id
-                for m in services.supervisor.list()
-                if m.record.model_path in (entry.rel_path, *entry.parts) and m.proc.running
-            ]
-            if busy:
-                fail(f"{entry.name} is in use by running instance(s) {', '.join(busy)}: stop them first")
-                return
             try:
-                removed = await asyncio.to_thread(services.library.delete, entry.rel_path)
+                removed = await services.delete_model(entry.rel_path)
+            except InstanceError as exc:
+                fail(f"Could not delete {entry.name}: {exc.message}")
+                return
             except (LibraryError, OSError) as exc:
                 fail(f"Could not delete {entry.name}: {exc}")
                 return
-            services.events.publish("library.changed")
             ui.notify(f"Deleted {', '.join(removed)}", type="positive")
             await rescan()
 

@@ -3,8 +3,7 @@ so the model is started or swapped in on demand), streaming the answer token by 
 
 from __future__ import annotations
 
-import json
-import time
+import contextlib
 from typing import Any
 
 from fastapi import Request
@@ -13,6 +12,7 @@ from nicegui import ui
 
 from components import fmt
 from components.chat import SamplingPanel, Transcript
+from llamaman.chat import ChatStream
 from llamaman.services import Services
 from pages.shell import Shell, fail
 
@@ -106,48 +106,23 @@ class Playground:
         self.stats.text = stats
 
     async def _stream(self, model: str, body: dict[str, Any]) -> tuple[str, str]:
-        t0 = time.monotonic()
         self.stats.text = "loading the model…" if not self._healthy(model) else "waiting for the first token…"
-        lease = await self.services.router.acquire(model)
-        first: float | None = None
-        pieces = 0
-        usage: dict[str, Any] = {}
-        timings: dict[str, Any] = {}
-        try:
-            upstream = await self.services.relay.open(
-                lease, "POST", "/v1/chat/completions",
-                content=json.dumps(body).encode(), headers={"content-type": "application/json"},
-            )  # fmt: skip
-            try:
-                if upstream.status_code >= 400:
-                    detail = (await upstream.aread()).decode("utf-8", "replace")
-                    raise RuntimeError(f"llama-server answered {upstream.status_code}: {detail[:300]}")
-                async for obj in self.services.relay.stream_lines(upstream):
-                    usage = obj.get("usage") or usage
-                    timings = obj.get("timings") or timings
-                    for choice in obj.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            if first is None:
-                                first = time.monotonic()
-                                self.stats.text = "streaming…"
-                            pieces += 1
-                            self.transcript.append(piece)
-                    if self.stop_requested:
-                        self.transcript.note("stopped")
-                        break
-            finally:
-                await upstream.aclose()
-        finally:
-            lease.release()
-        end = time.monotonic()
-        tokens = int(usage.get("completion_tokens") or timings.get("predicted_n") or pieces)
-        rate = timings.get("predicted_per_second") or (
-            tokens / (end - first) if first and end > first else None
-        )
-        ttft = f"{(first - t0) * 1000:.0f} ms" if first else fmt.DASH
-        speed = f"{rate:.1f} tok/s" if rate else fmt.DASH
-        return self.transcript.current_text, f"{tokens} tokens · TTFT {ttft} · {speed} · {end - t0:.1f} s"
+        chat = ChatStream(self.services.router, self.services.relay, model, body)
+        started = False
+        # aclosing: stopping early must release the model at once, not when the generator is collected.
+        async with contextlib.aclosing(chat.pieces()) as pieces:
+            async for piece in pieces:
+                if not started:
+                    started = True
+                    self.stats.text = "streaming…"
+                self.transcript.append(piece)
+                if self.stop_requested:
+                    self.transcript.note("stopped")
+                    break
+        r = chat.result
+        ttft = f"{r.ttft_ms:.0f} ms" if r.ttft_ms is not None else fmt.DASH
+        speed = f"{r.tokens_per_s:.1f} tok/s" if r.tokens_per_s else fmt.DASH
+        return self.transcript.current_text, f"{r.tokens} tokens · TTFT {ttft} · {speed} · {r.seconds:.1f} s"
 
     def _healthy(self, rel_path: str) -> bool:
         return any(

@@ -26,21 +26,10 @@ class DeleteModel(BaseModel):
 
 @router.post("/models/delete")
 async def delete_model(body: DeleteModel, services: ServicesDep) -> dict[str, Any]:
-    lib = services.library
     try:
-        target = lib.safe_path(body.path)
-    except LibraryError as exc:
-        raise HTTPException(400, str(exc)) from None
-    rel = target.relative_to(lib.models_dir).as_posix()
-    busy = [m.id for m in services.supervisor.list() if m.record.model_path == rel and m.proc.running]
-    if busy:
-        raise HTTPException(409, f"{rel} is in use by running instance(s) {', '.join(busy)}; stop them first")
-    try:
-        removed = await asyncio.to_thread(lib.delete, body.path)
+        removed = await services.delete_model(body.path)
     except LibraryError as exc:
         raise HTTPException(404 if "not found" in str(exc) else 400, str(exc)) from None
-    await lib.ascan()
-    services.events.publish("library.changed")
     return {"deleted": removed}
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import JSONResponse
 
 from llamaman import __version__
 from llamaman.api.deps import ServicesDep
@@ -14,8 +15,12 @@ router = APIRouter(tags=["system"])
 
 
 @router.get("/health")
-async def health() -> dict[str, str]:
-    return {"status": "ok", "version": __version__}
+async def health(request: Request) -> JSONResponse:
+    # 503 until the services are up, so container health checks and scripts wait for a usable app.
+    services = getattr(request.app.state, "services", None)
+    if services is None or not services.started:
+        return JSONResponse({"status": "starting", "version": __version__}, status_code=503)
+    return JSONResponse({"status": "ok", "version": __version__})
 
 
 def _settings_view(services: Any) -> dict[str, Any]:

@@ -237,7 +237,7 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         lease.release()
         if isinstance(exc, ProxyError):
             ex.status, ex.error = exc.status, exc.message
-            services.relay._observe(ex)
+            services.relay.record(ex)
         raise
     ex.status = 200
     native = path != _CHAT_PATH
@@ -256,7 +256,7 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         reply = await _read_json_reply(upstream, model)
     except ProxyError as exc:
         ex.status, ex.error = exc.status, exc.message
-        services.relay._observe(ex)
+        services.relay.record(ex)
         raise
     finally:
         lease.release()
@@ -272,7 +272,7 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         )
     if "error" in obj:
         ex.status, ex.error = 500, str(obj["error"])
-    services.relay._observe(ex)
+    services.relay.record(ex)
     return JSONResponse(obj, status_code=ex.status)
 
 
@@ -311,7 +311,7 @@ async def _stream(
         finally:
             # Released even when the client went away and closing upstream was interrupted.
             lease.release()
-            services.relay._observe(ex)
+            services.relay.record(ex)
 
 
 @router.post("/api/chat")
@@ -349,13 +349,13 @@ async def _embedding(request: Request, *, legacy: bool) -> Response:
         reply = await _read_json_reply(upstream, model)
     except ProxyError as exc:
         ex.status, ex.error = exc.status, exc.message
-        services.relay._observe(ex)
+        services.relay.record(ex)
         raise
     finally:
         lease.release()
     ex.status, ex.first_byte = 200, time.monotonic()
     ex.absorb_usage(reply)
-    services.relay._observe(ex)
+    services.relay.record(ex)
     if legacy:
         return JSONResponse(openai_embeddings_to_ollama_embeddings(reply))
     return JSONResponse(

@@ -153,7 +153,7 @@ class Relay:
     def add_observer(self, observer: Observer) -> None:
         self.observers.append(observer)
 
-    def _observe(self, ex: Exchange) -> None:
+    def record(self, ex: Exchange) -> None:
         ex.finished = time.monotonic()
         for observer in (self.observer, *self.observers):
             if observer is None:
@@ -200,7 +200,7 @@ class Relay:
         except httpx.HTTPError as exc:
             lease.release()
             ex.status, ex.error = 502, f"upstream unreachable: {exc}"
-            self._observe(ex)
+            self.record(ex)
             return JSONResponse(error_payload(style, ex.error, 502), status_code=502)
         except BaseException:
             lease.release()
@@ -219,7 +219,7 @@ class Relay:
                 ex.first_byte = ex.first_byte or time.monotonic()
                 if "json" in ctype and ex.status < 300:
                     _absorb_json(ex, body)
-                self._observe(ex)
+                self.record(ex)
             return Response(
                 body, status_code=upstream.status_code, headers=response_headers(upstream.headers)
             )
@@ -254,7 +254,7 @@ class Relay:
             await upstream.aclose()
             lease.release()
             _absorb_sse_tail(ex, tail)
-            self._observe(ex)
+            self.record(ex)
 
     async def stream_lines(self, upstream: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         """Parsed JSON objects of an SSE or NDJSON upstream stream (for translating surfaces)."""
