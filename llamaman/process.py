@@ -364,3 +364,30 @@ class LlamaProcess:
             self._tail_task.cancel()
         for t in list(self._tasks):
             t.cancel()
+
+
+def is_our_server(pid: int, instance_id: str, owner: str) -> bool:
+    """Whether ``pid`` is the llama-server this LlamaMan (``owner``) started for ``instance_id``."""
+    try:
+        env = psutil.Process(pid).environ()
+    except psutil.Error:
+        return False
+    return env.get(ENV_INSTANCE_ID) == instance_id and env.get(ENV_OWNER) == owner
+
+
+def kill_strays(owner: str, keep: set[int | None]) -> None:
+    """Kill servers an earlier run of this LlamaMan left behind that no record claims."""
+    for p in psutil.process_iter(["pid"]):
+        if p.pid in keep or p.pid == os.getpid():
+            continue
+        try:
+            env = p.environ()
+        except psutil.Error:
+            continue
+        if env.get(ENV_OWNER) != owner or ENV_INSTANCE_ID not in env:
+            continue
+        log.warning("killing stray llama-server pid %s (instance %s)", p.pid, env.get(ENV_INSTANCE_ID))
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p.pid, signal.SIGKILL)

@@ -10,92 +10,27 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
-import psutil
-from sqlmodel import select
 
 from llamaman.config import Settings
 from llamaman.db import Database
 from llamaman.events import EventBus
+from llamaman.instance import InstanceError, ManagedInstance
+from llamaman.instance_store import InstanceStore
 from llamaman.launch import LaunchSettings, build_argv, settings_from_record
 from llamaman.library import LibraryError, ModelLibrary
 from llamaman.llama_bin import LlamaServerBinary, aresolve_llama_server
 from llamaman.ports import PortPool, PortPoolExhausted, port_is_free
-from llamaman.process import ENV_INSTANCE_ID, ENV_OWNER, LlamaProcess
+from llamaman.process import ENV_INSTANCE_ID, ENV_OWNER, LlamaProcess, is_our_server, kill_strays
 from llamaman.state import ACTIVE_STATES, InstanceState
 from llamaman.tables import Instance, new_id
 
 log = logging.getLogger(__name__)
 S = InstanceState
-
-
-class InstanceError(Exception):
-    """A request about instances that cannot be honoured; carries the HTTP status to answer."""
-
-    def __init__(self, message: str, status_code: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
-
-
-class ManagedInstance:
-    """A stored instance record joined with its live process."""
-
-    def __init__(self, record: Instance, settings: LaunchSettings, proc: LlamaProcess) -> None:
-        self.record = record
-        self.settings = settings
-        self.proc = proc
-        self.last_used = time.monotonic()
-        self.listener_active = False
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    @property
-    def state(self) -> InstanceState:
-        return self.proc.state
-
-    @property
-    def upstream_port(self) -> int:
-        """Where llama-server itself listens."""
-        return self.record.internal_port or self.record.port
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.upstream_port}"
-
-    def view(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        r, p = self.record, self.proc
-        uptime = time.time() - p.started_at if p.started_at and p.running else 0.0
-        out: dict[str, Any] = {
-            "id": r.id,
-            "model_path": r.model_path,
-            "model_name": r.model_name,
-            "port": r.port,
-            "internal_port": r.internal_port,
-            "status": p.state.value,
-            "pid": p.pid,
-            "exit_code": p.exit_code,
-            "error": p.error,
-            "origin": r.origin,
-            "created_at": r.created_at,
-            "started_at": p.started_at,
-            "uptime_seconds": round(uptime, 1),
-            "load_seconds": p.load_seconds,
-            "command": p.argv,
-            "settings": self.settings.model_dump(),
-            **p.resources(),
-        }
-        if extra:
-            out.update(extra)
-        return out
 
 
 ListenerHook = Callable[[ManagedInstance], Awaitable[None]]
@@ -128,13 +63,12 @@ class Supervisor:
         # When true every instance gets a listener (e.g. because API keys guard instance ports).
         self.always_listen = False
         self._owner = str(settings.data_dir)
-        self._writes: asyncio.Queue[Instance | None] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
+        self.store = InstanceStore(db, lambda iid: iid in self.instances)
         self._lock = asyncio.Lock()
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop())
+        self.store.start()
         await self.resolve_binary()
         await self.restore()
 
@@ -152,11 +86,7 @@ class Supervisor:
         await asyncio.gather(*(self._stop_proc(m, S.STOPPED, keep_desired=True) for m in self.list()))
         for m in self.list():
             await m.proc.close()
-        await self.flush()
-        if self._writer:
-            self._writes.put_nowait(None)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+        await self.store.stop()
 
     # ---- queries -----------------------------------------------------------------------------
     def list(self) -> list[ManagedInstance]:
@@ -411,8 +341,7 @@ class Supervisor:
         await self._stop_proc(m, S.STOPPED)
         await m.proc.close()
         del self.instances[instance_id]
-        await self.flush()
-        await asyncio.to_thread(self._delete_record, instance_id)
+        await self.store.delete(instance_id)
         self.events.publish("instance.removed", id=instance_id)
 
     def touch(self, m: ManagedInstance) -> None:
@@ -420,7 +349,7 @@ class Supervisor:
 
     # ---- restore after a restart -------------------------------------------------------------
     async def restore(self) -> None:
-        records = await asyncio.to_thread(self._load_records)
+        records = await self.store.load()
         adopted: set[int] = set()
         for r in records:
             ls = settings_from_record(r)
@@ -449,7 +378,7 @@ class Supervisor:
             # desired_running; a failure stays failed until someone restarts it.
             if not r.desired_running or was == S.FAILED:
                 continue
-            if r.pid and self._is_ours(r.pid, r.id):
+            if r.pid and is_our_server(r.pid, r.id, self._owner):
                 self.ports.claim(r.port)
                 if r.internal_port:
                     self.internal_ports.claim(r.internal_port)
@@ -468,68 +397,15 @@ class Supervisor:
                 continue
             await self._open_listener(m)
             await self._start_proc(m)
-        self._kill_strays(keep=adopted | {m.proc.pid for m in self.list() if m.proc.pid})
-
-    def _is_ours(self, pid: int, instance_id: str) -> bool:
-        try:
-            env = psutil.Process(pid).environ()
-        except psutil.Error:
-            return False
-        return env.get(ENV_INSTANCE_ID) == instance_id and env.get(ENV_OWNER) == self._owner
-
-    def _kill_strays(self, keep: set[int | None]) -> None:
-        """Kill servers an earlier run of this LlamaMan left behind that no record claims."""
-        for p in psutil.process_iter(["pid"]):
-            if p.pid in keep or p.pid == os.getpid():
-                continue
-            try:
-                env = p.environ()
-            except psutil.Error:
-                continue
-            if env.get(ENV_OWNER) != self._owner or ENV_INSTANCE_ID not in env:
-                continue
-            log.warning("killing stray llama-server pid %s (instance %s)", p.pid, env.get(ENV_INSTANCE_ID))
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(p.pid, signal.SIGKILL)
+        kill_strays(self._owner, keep=adopted | {m.proc.pid for m in self.list() if m.proc.pid})
 
     # ---- persistence -------------------------------------------------------------------------
     def _save(self, record: Instance) -> None:
-        # Writes go through one queue so they land in order without blocking the event loop.
-        self._writes.put_nowait(record.model_copy())
-
-    async def _write_loop(self) -> None:
-        while True:
-            rec = await self._writes.get()
-            try:
-                if rec is None:
-                    return
-                await asyncio.to_thread(self._write_record, rec)
-            except Exception:
-                log.exception("could not store instance %s", getattr(rec, "id", "?"))
-            finally:
-                self._writes.task_done()
+        self.store.save(record)
 
     async def flush(self) -> None:
         """Wait until every queued record write is in the database."""
-        if self._writer is not None and not self._writer.done():
-            await self._writes.join()
+        await self.store.flush()
 
-    def _write_record(self, rec: Instance) -> None:
-        with self.db.session() as s:
-            if rec.id not in self.instances:
-                return  # removed meanwhile
-            s.merge(rec)
-            s.commit()
 
-    def _delete_record(self, instance_id: str) -> None:
-        with self.db.session() as s:
-            row = s.get(Instance, instance_id)
-            if row is not None:
-                s.delete(row)
-                s.commit()
-
-    def _load_records(self) -> list[Instance]:
-        with self.db.session() as s:
-            return list(s.exec(select(Instance).order_by(Instance.created_at)))  # type: ignore[arg-type]
+__all__ = ["InstanceError", "ManagedInstance", "Supervisor"]
