@@ -29,7 +29,8 @@ class ModelUnavailable(Exception):
 class Slot:
     """Router bookkeeping for one instance."""
 
-    inflight: int = 0
+    inflight: int = 0  # leases held, including those still queued at the gate
+    running: int = 0  # leases past the gate
     draining: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     keep_alive_until: float | None = None  # monotonic; None = the idle timeout rules
@@ -71,6 +72,7 @@ class Lease:
     def release(self) -> None:
         if not self._released:
             self._released = True
+            self.router.slot(self.instance).running -= 1
             self.gate.release()
             self.router._release(self.instance)
 

@@ -124,7 +124,6 @@ class Router(IdleSleep):
         return gate
 
     def counters(self, m: ManagedInstance) -> dict[str, Any]:
-        gate = self.gates.get(f"model:{m.record.model_path}" if m.settings.share_queue else m.id)
         s = self.slots.get(m.id)
         expires = None
         if s is not None and s.keep_alive_until is not None:
@@ -134,8 +133,8 @@ class Router(IdleSleep):
         elif m.state == S.HEALTHY and (t := self.idle_timeout(m)):
             expires = time.time() + t - (time.monotonic() - m.last_used)
         return {
-            "active_requests": s.inflight - (gate.queued if gate else 0) if s else 0,
-            "queued_requests": gate.queued if gate else 0,
+            "active_requests": s.running if s else 0,
+            "queued_requests": s.inflight - s.running if s else 0,
             "inflight": s.inflight if s else 0,
             "expires_at": expires,
         }
@@ -191,8 +190,28 @@ class Router(IdleSleep):
         except BaseException:
             self._release(m)
             raise
+        if m.settings.share_queue:
+            m = self._hand_to_freest_replica(m)
+        self.slot(m).running += 1
         self.sup.touch(m)
         return Lease(self, m, gate, time.monotonic_ns() - t0 if waited else 0)
+
+    def _hand_to_freest_replica(self, m: ManagedInstance) -> ManagedInstance:
+        """With a shared queue the request was admitted by the model's gate, not by one replica's:
+        give it to whichever healthy replica has the fewest requests running now."""
+        replicas = [
+            r
+            for r in self._instances_of(m.record.model_path)
+            if r.settings.share_queue and r.state == S.HEALTHY and not self.slot(r).draining
+        ]
+        best = min(replicas, key=lambda r: self.slot(r).running, default=m)
+        if best is not m:
+            self.slot(m).inflight -= 1
+            self.slot(best).inflight += 1
+            self.slot(best).idle.clear()
+            if self.slot(m).inflight == 0:
+                self.slot(m).idle.set()
+        return best
 
     async def acquire_instance(self, m: ManagedInstance) -> Lease:
         """A lease on one given instance (its own listener port), waking it if it sleeps."""
@@ -215,6 +234,7 @@ class Router(IdleSleep):
         except BaseException:
             self._release(m)
             raise
+        self.slot(m).running += 1
         self.sup.touch(m)
         return Lease(self, m, gate, time.monotonic_ns() - t0 if waited else 0)
 

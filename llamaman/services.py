@@ -14,7 +14,7 @@ from llamaman.auth_middleware import wrap_with_auth
 from llamaman.config import Settings
 from llamaman.db import Database
 from llamaman.downloads import DownloadManager
-from llamaman.events import EventBus
+from llamaman.events import Event, EventBus
 from llamaman.library import ModelLibrary
 from llamaman.presets import PresetStore
 from llamaman.proxy.relay import Relay
@@ -49,6 +49,8 @@ class Services:
         self.library = ModelLibrary(settings.models_dir)
         self.runtime = RuntimeConfig(settings, self.db, self.events)
         self.presets = PresetStore(self.db, self.events)
+        # Saving a preset's sampling overrides applies them to the model's running instances at once.
+        self.events.listen(self._on_preset_saved, "preset.saved")
         self.supervisor = Supervisor(settings, self.db, self.events, self.library, self.http)
         self.aliases = AliasStore(self.db)
         self.router = Router(
@@ -76,6 +78,11 @@ class Services:
         self.listeners.attach()
         self.listeners.wrap = lambda app: wrap_with_auth(app, self, "instance")
         self.started = False
+
+    def _on_preset_saved(self, ev: Event) -> None:
+        sampling = (ev.data.get("settings") or {}).get("sampling")
+        if isinstance(sampling, dict):
+            self.supervisor.apply_sampling(ev.data["model_path"], sampling)
 
     async def delete_model(self, path: str) -> list[str]:
         """Delete a model's file(s) inside MODELS_DIR; refused (409) while a running instance uses it."""

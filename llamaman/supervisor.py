@@ -21,7 +21,7 @@ from llamaman.db import Database
 from llamaman.events import EventBus
 from llamaman.instance import InstanceError, ManagedInstance
 from llamaman.instance_store import InstanceStore
-from llamaman.launch import LaunchSettings, build_argv, settings_from_record
+from llamaman.launch import LaunchSettings, SamplingOverrides, build_argv, settings_from_record
 from llamaman.library import LibraryError, ModelLibrary
 from llamaman.llama_bin import LlamaServerBinary, aresolve_llama_server
 from llamaman.ports import PortPool, PortPoolExhausted, port_is_free
@@ -343,6 +343,20 @@ class Supervisor:
         del self.instances[instance_id]
         await self.store.delete(instance_id)
         self.events.publish("instance.removed", id=instance_id)
+
+    def apply_sampling(self, model_path: str, sampling: dict[str, Any]) -> list[str]:
+        """Force new sampling overrides onto the running instances of a model (a preset was saved):
+        the proxy and the listeners read them per request, so they hold from the next request on."""
+        overrides = SamplingOverrides(**sampling)
+        changed = []
+        for m in self.list():
+            if m.record.model_path != model_path:
+                continue
+            m.settings = m.settings.model_copy(update={"sampling": overrides})
+            m.record.sampling = overrides.active()
+            self._save(m.record)
+            changed.append(m.id)
+        return changed
 
     def touch(self, m: ManagedInstance) -> None:
         m.last_used = time.monotonic()

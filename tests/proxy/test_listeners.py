@@ -149,3 +149,45 @@ async def test_upstream_killed_mid_stream_ends_the_client_stream_with_an_error_w
     assert "error" in err and "mid-stream" in err["error"]["message"]
     assert await m.proc.wait_for({S.FAILED}, timeout=2) == S.FAILED
     assert services.router.slot(m).inflight == 0
+
+
+async def test_saving_a_preset_applies_its_sampling_overrides_to_running_instances(
+    services: Services,
+) -> None:
+    m = await launch(services)
+    await services.presets.put("tiny-a.gguf", {"sampling": {"temperature": 0.0, "top_k": 3}})
+    async with httpx.AsyncClient(timeout=30) as c:
+        r = await c.post(
+            f"http://127.0.0.1:{m.record.port}/v1/chat/completions", json=chat_body(temperature=1.7, top_k=40)
+        )
+        assert r.status_code == 200
+        params = (await c.get(f"{m.base_url}/slots")).json()[0]["params"]
+    assert params["temperature"] == pytest.approx(0.0) and params["top_k"] == 3
+    await services.supervisor.flush()
+    assert m.record.sampling == {"temperature": 0.0, "top_k": 3}
+
+
+async def test_replicas_sharing_a_queue_take_work_as_their_slots_free(services: Services) -> None:
+    a = await launch(services, max_concurrent=1, max_queue_depth=8, share_queue=True)
+    b = await launch(services, max_concurrent=1, max_queue_depth=8, share_queue=True)
+    served: list[str] = []
+
+    async def one() -> int:
+        lease = await services.router.acquire("tiny-a")
+        try:
+            # Each replica serves one request at a time: the shared queue hands work to a free one.
+            assert services.router.slot(lease.instance).running == 1
+            served.append(lease.instance.id)
+            async with httpx.AsyncClient(timeout=30) as c:
+                r = await c.post(f"{lease.base_url}/v1/chat/completions", json=chat_body(max_tokens=200))
+                return r.status_code
+        finally:
+            lease.release()
+
+    statuses = await asyncio.gather(*(one() for _ in range(6)))
+    assert statuses == [200] * 6
+    # Both replicas took work from the one shared queue.
+    assert set(served) == {a.id, b.id}
+    gate = services.router.gate_for(a)
+    assert gate is services.router.gate_for(b)
+    assert gate.max_concurrent == 2 and gate.active == 0 and gate.queued == 0
