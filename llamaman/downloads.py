@@ -91,7 +91,7 @@ class DownloadManager:
         # No overall timeout (files are large); a stalled read fails after a minute and is retried.
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(60, connect=15))
         self.store.start()
-        for rec in await asyncio.to_thread(self.store.load):
+        for rec in await self.store.load():
             job = Job(rec, [FileState(n) for n in rec.files or []])
             self.jobs[rec.id] = job
             if rec.status in TERMINAL:

