@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -112,11 +113,15 @@ class Proc:
                 self.popen.wait()
 
 
+def _out(log: Path | None) -> Any:
+    return open(log, "ab") if log is not None else subprocess.DEVNULL
+
+
 @contextlib.contextmanager
-def direct_server(model: Path, *extra: str) -> Iterator[Proc]:
+def direct_server(model: Path, *extra: str, ctx: int = 2048, parallel: int = 1) -> Iterator[Proc]:
     port = free_port()
-    argv = [llama_server_bin(), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", "2048",
-            "-np", "1", "--no-webui", *extra]  # fmt: skip
+    argv = [llama_server_bin(), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx),
+            "-np", str(parallel), "--no-webui", *extra]  # fmt: skip
     p = Proc(
         subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True),
         port,
@@ -129,12 +134,17 @@ def direct_server(model: Path, *extra: str) -> Iterator[Proc]:
 
 
 @contextlib.contextmanager
-def router_mode(models: Path, models_max: int, *extra: str) -> Iterator[Proc]:
+def router_mode(
+    models: Path, models_max: int, *extra: str, ctx: int = 2048, parallel: int = 1, log: Path | None = None
+) -> Iterator[Proc]:
+    """llama.cpp's own router; ``log`` keeps its output (its load lines count model starts)."""
     port = free_port()
     argv = [llama_server_bin(), "--models-dir", str(models), "--models-max", str(models_max), "--host",
-            "127.0.0.1", "--port", str(port), "-c", "2048", "-np", "1", "--no-webui", *extra]  # fmt: skip
+            "127.0.0.1", "--port", str(port), "-c", str(ctx), "-np", str(parallel), "--no-webui",
+            *extra]  # fmt: skip
+    out = _out(log)
     p = Proc(
-        subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True),
+        subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True),
         port,
     )
     try:
@@ -156,8 +166,14 @@ class LlamaManProc(Proc):
 
 @contextlib.contextmanager
 def llamaman(
-    models: Path, *, max_models: int = 0, extra_env: dict[str, str] | None = None
+    models: Path,
+    *,
+    max_models: int = 0,
+    extra_env: dict[str, str] | None = None,
+    ui: bool = False,
+    server_bin: str | None = None,
 ) -> Iterator[LlamaManProc]:
+    """A LlamaMan process (``main.py``, with ``--no-ui`` unless ``ui``) on free ports."""
     data = Path(tempfile.mkdtemp(prefix="llamaman-bench-"))
     proxy_port, main_port = free_port(), free_port()
     pub, internal = free_block(21, 23000), free_block(21, 24000)
@@ -174,10 +190,10 @@ def llamaman(
         "INTERNAL_PORT_RANGE_END": str(internal + 20),
         "LLAMAMAN_MAX_MODELS": str(max_models),
         "LLAMAMAN_API_KEYS": BENCH_KEY,
-        "LLAMA_SERVER_BIN": llama_server_bin(),
+        "LLAMA_SERVER_BIN": server_bin or llama_server_bin(),
         **(extra_env or {}),
     }
-    argv = [sys.executable, str(ROOT / "main.py"), "--no-ui"]
+    argv = [sys.executable, str(ROOT / "main.py"), *([] if ui else ["--no-ui"])]
     popen = subprocess.Popen(argv, env=env, cwd=data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)  # fmt: skip
     p = LlamaManProc(popen, proxy_port, main_port, data)
@@ -191,3 +207,14 @@ def llamaman(
 
 def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {BENCH_KEY}"}
+
+
+def put_preset(lm: LlamaManProc, model_path: str, **settings: Any) -> None:
+    """Launch settings LlamaMan uses when the proxy starts ``model_path`` (ctx, parallel, ...)."""
+    r = httpx.put(f"{lm.api}/api/presets/{model_path}", json=settings, headers=auth_headers(), timeout=30)
+    r.raise_for_status()
+
+
+def unload(lm: LlamaManProc, model: str) -> None:
+    r = httpx.post(f"{lm.url}/models/unload", json={"model": model}, headers=auth_headers(), timeout=60)
+    r.raise_for_status()

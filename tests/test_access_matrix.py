@@ -202,6 +202,8 @@ def _judge(r: httpx.Response, access: Access, path: str, allowed: bool) -> str |
         return f"expected 401, got {r.status_code}: {r.text[:200]}"
     if "bearer" not in r.headers.get("www-authenticate", "").lower():
         return "401 without WWW-Authenticate: Bearer"
+    if r.request.method == "HEAD":
+        return None  # no body to speak any dialect in
     return _dialect_problem(r.json(), access, path)
 
 

@@ -71,7 +71,6 @@ def _split_target(services: Services, target: str) -> tuple[str, str] | None:
 _ANY = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
 
 
-@router.api_route("/upstream/{target:path}", methods=_ANY)
 async def upstream(target: str, request: Request) -> Response:
     """Any request to a model's own llama-server, body and query untouched (the model starts if needed)."""
     services = services_of(request)
@@ -89,3 +88,14 @@ async def upstream(target: str, request: Request) -> Response:
         lease, request.method, path, content=body or None, headers=forward_headers(request.headers),
         params=request.query_params.multi_items() if request.scope.get("query_string") else None,
     )  # fmt: skip
+
+
+# One route per method, so the OpenAPI schema names each operation once.
+for _method in _ANY:
+    router.add_api_route(
+        "/upstream/{target:path}",
+        upstream,
+        methods=[_method],
+        name=f"upstream_{_method.lower()}",
+        include_in_schema=_method in ("GET", "POST"),
+    )

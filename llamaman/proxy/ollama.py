@@ -153,15 +153,20 @@ async def ollama_root() -> PlainTextResponse:
     return PlainTextResponse("Ollama is running")
 
 
-@router.api_route("/api/version", methods=["GET", "HEAD"])
+@router.get("/api/version")
 async def ollama_version() -> dict[str, str]:
     return {"version": OLLAMA_VERSION}
 
 
-@router.api_route("/api/tags", methods=["GET", "HEAD"])
+@router.get("/api/tags")
 @_ollama_errors
 async def ollama_tags(request: Request) -> Response:
     return JSONResponse(await ollama_models.tags(services_of(request)))
+
+
+# HEAD probes answer like GET; kept out of the schema so each operation is documented once.
+router.add_api_route("/api/version", ollama_version, methods=["HEAD"], include_in_schema=False)
+router.add_api_route("/api/tags", ollama_tags, methods=["HEAD"], include_in_schema=False)
 
 
 @router.get("/api/ps")
