@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from starlette.responses import Response
 
 from llamaman.api.deps import ServicesDep
@@ -54,14 +54,24 @@ async def gpu_info(services: ServicesDep) -> dict[str, Any]:
 
 
 # ---- activity ----------------------------------------------------------------------------------
-def _filters(
-    model: str | None,
-    endpoint: str | None,
-    status: str | None,
-    key_name: str | None,
-    since: str | None,
-    until: str | None,
+_DESCRIBE = {
+    "model": "exact model name",
+    "endpoint": "exact path, e.g. /v1/chat/completions",
+    "status": "a code (200), a class (5xx), 'ok' or 'error'",
+    "since": "Unix seconds or ISO-8601, inclusive",
+    "until": "Unix seconds or ISO-8601, exclusive",
+}
+
+
+def activity_filters(
+    model: str | None = Query(None, description=_DESCRIBE["model"]),
+    endpoint: str | None = Query(None, description=_DESCRIBE["endpoint"]),
+    status: str | None = Query(None, description=_DESCRIBE["status"]),
+    key_name: str | None = Query(None),
+    since: str | None = Query(None, description=_DESCRIBE["since"]),
+    until: str | None = Query(None, description=_DESCRIBE["until"]),
 ) -> ActivityFilters:
+    """The filters every activity route takes, as one dependency."""
     try:
         return ActivityFilters(
             model=model or None,
@@ -75,13 +85,7 @@ def _filters(
         raise HTTPException(400, str(exc)) from None
 
 
-_DESCRIBE = {
-    "model": "exact model name",
-    "endpoint": "exact path, e.g. /v1/chat/completions",
-    "status": "a code (200), a class (5xx), 'ok' or 'error'",
-    "since": "Unix seconds or ISO-8601, inclusive",
-    "until": "Unix seconds or ISO-8601, exclusive",
-}
+Filters = Annotated[ActivityFilters, Depends(activity_filters)]
 
 
 async def _rows(
@@ -96,35 +100,23 @@ async def _rows(
 @router.get("/api/activity")
 async def activity(
     services: ServicesDep,
-    model: str | None = Query(None, description=_DESCRIBE["model"]),
-    endpoint: str | None = Query(None, description=_DESCRIBE["endpoint"]),
-    status: str | None = Query(None, description=_DESCRIBE["status"]),
-    key_name: str | None = Query(None),
-    since: str | None = Query(None, description=_DESCRIBE["since"]),
-    until: str | None = Query(None, description=_DESCRIBE["until"]),
+    filters: Filters,
     limit: int = Query(100, ge=1, le=10_000),
     offset: int = Query(0, ge=0),
 ) -> dict[str, Any]:
     """Logged requests, newest first."""
-    items, total = await _rows(
-        services, _filters(model, endpoint, status, key_name, since, until), limit, offset
-    )
+    items, total = await _rows(services, filters, limit, offset)
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
 @router.get("/api/activity.csv")
 async def activity_csv(
     services: ServicesDep,
-    model: str | None = None,
-    endpoint: str | None = None,
-    status: str | None = None,
-    key_name: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
+    filters: Filters,
     limit: int | None = Query(None, ge=1),
     offset: int = Query(0, ge=0),
 ) -> Response:
-    items, _ = await _rows(services, _filters(model, endpoint, status, key_name, since, until), limit, offset)
+    items, _ = await _rows(services, filters, limit, offset)
     return _csv(to_csv(items, ACTIVITY_COLUMNS), "activity.csv")
 
 
@@ -137,29 +129,17 @@ async def _summary(services: Any, filters: ActivityFilters) -> list[dict[str, An
 @router.get("/api/activity/summary")
 async def activity_summary(
     services: ServicesDep,
-    model: str | None = None,
-    endpoint: str | None = None,
-    status: str | None = None,
-    key_name: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
+    filters: Filters,
 ) -> dict[str, Any]:
     """Per model: requests, tokens, mean TTFT, tokens/s and energy per 1,000 tokens."""
-    filters = _filters(model, endpoint, status, key_name, since, until)
     return {"models": await _summary(services, filters), "gpu_energy": services.telemetry.gpu.has_power()}
 
 
 @router.get("/api/activity/summary.csv")
 async def activity_summary_csv(
     services: ServicesDep,
-    model: str | None = None,
-    endpoint: str | None = None,
-    status: str | None = None,
-    key_name: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
+    filters: Filters,
 ) -> Response:
-    filters = _filters(model, endpoint, status, key_name, since, until)
     return _csv(to_csv(await _summary(services, filters), SUMMARY_COLUMNS), "activity-summary.csv")
 
 
