@@ -31,6 +31,7 @@ from llamaman.supervisor import InstanceError, ManagedInstance, Supervisor
 log = logging.getLogger(__name__)
 S = InstanceState
 LIVE = (S.STARTING, S.HEALTHY)
+_MISSING = object()
 
 
 class Router(IdleSleep):
@@ -60,6 +61,8 @@ class Router(IdleSleep):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idle_task: asyncio.Task[None] | None = None
         self.on_evict: Callable[[ManagedInstance], None] | None = None
+        self._found_in: list[ModelEntry] | None = None
+        self._found: dict[str, ModelEntry | None] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -86,9 +89,15 @@ class Router(IdleSleep):
         if not name:
             return None
         base = name[: -len(":latest")] if name.endswith(":latest") else name
-        target = self.aliases.get(name) or self.aliases.get(base)
-        entry = self.library.find(target or name)
-        return entry if entry is not None and entry.launchable else None
+        target = self.aliases.get(name) or self.aliases.get(base) or name
+        # library.find walks every model; its answers hold until the next scan replaces the list.
+        models = self.library.models
+        if self._found_in is not models or len(self._found) > 4096:
+            self._found_in, self._found = models, {}
+        entry = self._found.get(target, _MISSING)
+        if entry is _MISSING:
+            entry = self._found[target] = self.library.find(target)
+        return entry if entry is not None and entry.launchable else None  # type: ignore[return-value]
 
     async def aresolve(self, name: str) -> ModelEntry:
         entry = self.resolve(name)

@@ -6,6 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+try:
+    from orjson import loads as _loads  # its JSONDecodeError is json's
+except ImportError:  # pragma: no cover - orjson comes with NiceGUI
+    _loads = json.loads
+
 from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
@@ -39,12 +44,16 @@ def services_of(request: Request) -> Services:
 async def read_json(request: Request) -> tuple[dict[str, Any], bytes]:
     """The parsed body and its raw bytes (kept so unchanged bodies pass through without re-encoding)."""
     raw = await request.body()
-    if not raw.strip():
-        return {}, raw
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProxyError(400, f"request body is not valid JSON: {exc}") from None
+        # orjson parses several times faster than json; the body's bytes are kept either way.
+        body = _loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        if not raw.strip():
+            return {}, raw
+        try:  # what orjson refuses and json takes (NaN, integers beyond 64 bits)
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ProxyError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ProxyError(400, "request body must be a JSON object")
     return body, raw

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from llamaman.proxy.app import ProxyServer
 from llamaman.proxy.common import ProxyError
-from llamaman.proxy.relay import forward_headers
+from llamaman.proxy.relay import raw_forward_headers
 from llamaman.router import ModelUnavailable, QueueFull
 from llamaman.services import Services
 from llamaman.state import InstanceState
@@ -93,7 +93,7 @@ def create_instance_app(services: Services, instance_id: str) -> FastAPI:
             request.method,
             "/" + path + (f"?{qs}" if qs else ""),
             content=raw or None,
-            headers=forward_headers(request.headers),
+            headers=raw_forward_headers(request.scope),
         )
 
     return app

@@ -22,7 +22,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from llamaman.library import ModelEntry, ModelLibrary
 from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
-from llamaman.proxy.relay import STREAM_HEADERS, ErrorStyle, forward_headers, stream_error_line
+from llamaman.proxy.relay import (
+    STREAM_HEADERS,
+    ErrorStyle,
+    forward_headers,
+    raw_forward_headers,
+    stream_error_line,
+)
 from llamaman.router import Lease, ModelNotFound
 from llamaman.services import Services
 from llamaman.state import InstanceState
@@ -94,7 +100,7 @@ async def pass_through(
         lease.release()
         raise
     return await services.relay.forward(
-        lease, "POST", path, content=content, headers=forward_headers(request.headers),
+        lease, "POST", path, content=content, headers=raw_forward_headers(request.scope),
         params=upstream_params(request), style=style,
     )  # fmt: skip
 

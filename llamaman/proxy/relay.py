@@ -3,24 +3,34 @@
 Streams are never buffered: each chunk goes to the client as llama-server writes it. The lease on
 the instance is released in a ``finally`` whatever happens (done, client gone, upstream dead), and
 a client that disconnects closes the upstream request so llama-server frees its slot.
+
+Pass-through requests (``forward``) go over the relay's own light HTTP/1.1 client (``upstream.py``);
+the translating surfaces read parsed lines from ``open``, which keeps the shared httpx client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from llamaman.identity import Identity, current_identity
+from llamaman.proxy.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 from llamaman.router import Lease
+
+try:
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - orjson comes with NiceGUI
+    _loads = json.loads
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +51,27 @@ _DROP_RESPONSE = {
     "date",
 }
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_DROP_REQUEST_RAW = frozenset(h.encode() for h in _DROP_REQUEST)
+_DROP_RESPONSE_RAW = frozenset(h.encode() for h in _DROP_RESPONSE)
+_STREAM_RAW = [(k.lower().encode(), v.encode()) for k, v in STREAM_HEADERS.items()]
+Headers = Mapping[str, str] | Iterable[tuple[bytes, bytes]]
 
 
 def forward_headers(headers: Any) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in _DROP_REQUEST}
 
 
+def raw_forward_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """``forward_headers`` straight from the ASGI scope (names already lower-case), with no decoding."""
+    return [(k, v) for k, v in scope["headers"] if k not in _DROP_REQUEST_RAW]
+
+
 def response_headers(headers: httpx.Headers) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in _DROP_RESPONSE}
+
+
+def _raw_response_headers(upstream: UpstreamResponse) -> list[tuple[bytes, bytes]]:
+    return [(k.lower(), v) for k, v in upstream.raw_headers if k.lower() not in _DROP_RESPONSE_RAW]
 
 
 @dataclass
@@ -120,6 +143,67 @@ class LeasedStream(StreamingResponse):
             await self._upstream.aclose()
 
 
+class RelayStream(StreamingResponse):
+    """``LeasedStream`` for the pass-through's own client.
+
+    A client that disconnects aborts the upstream request, which ends the body iterator at once;
+    that costs one watcher task per stream instead of Starlette's task group with cancel scopes.
+    """
+
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        lease: Lease,
+        upstream: UpstreamResponse,
+        *,
+        status_code: int = 200,
+        raw_headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        self.body_iterator = body
+        self.status_code = status_code
+        self.background = None
+        self.raw_headers = raw_headers
+        self._lease = lease
+        self._upstream = upstream
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                self._upstream.abort()
+                return
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher: asyncio.Task[None] | None = None
+        try:
+            await send(
+                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            )
+            watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            closer = getattr(self.body_iterator, "aclose", None)
+            if closer is not None:
+                await closer()
+            self._lease.release()
+            self._upstream.close()
+
+
+class RawResponse(Response):
+    """A buffered answer with headers already in ASGI form (Response's own header building skipped)."""
+
+    def __init__(self, body: bytes, status_code: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.body = body
+        self.status_code = status_code
+        self.background = None
+        raw_headers.append((b"content-length", b"%d" % len(body)))
+        self.raw_headers = raw_headers
+
+
 def error_payload(style: ErrorStyle, message: str, code: int = 500) -> dict[str, Any]:
     if style == "ollama":
         return {"error": message}
@@ -144,7 +228,10 @@ class Relay:
     def __init__(
         self, http: httpx.AsyncClient, request_timeout: float, observer: Observer | None = None
     ) -> None:
+        # httpx for ``open`` (the translating surfaces read its lines); the pass-through's own client
+        # for ``forward``, where the proxy's per-request cost is decided.
         self.http = http
+        self.upstream = UpstreamClient(connect_timeout=5.0)
         self.request_timeout = request_timeout
         self.observer = observer
         # More observers beside ``observer`` (per-key token usage, ...), each told of every exchange.
@@ -188,7 +275,7 @@ class Relay:
         path: str,
         *,
         content: bytes | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Headers | None = None,
         params: Any = None,
         style: ErrorStyle = "openai",
         exchange: Exchange | None = None,
@@ -196,8 +283,11 @@ class Relay:
         """Pass a request through unchanged and relay the answer (streamed if upstream streams)."""
         ex = exchange or Exchange(lease.model_name, path)
         try:
-            upstream = await self.open(lease, method, path, content=content, headers=headers, params=params)
-        except httpx.HTTPError as exc:
+            upstream = await self.upstream.request(
+                method, lease.base_url, path, headers=headers, content=content, params=params,
+                timeout=self.request_timeout,
+            )  # fmt: skip
+        except UpstreamError as exc:
             lease.release()
             ex.status, ex.error = 502, f"upstream unreachable: {exc}"
             self.record(ex)
@@ -206,54 +296,55 @@ class Relay:
             lease.release()
             raise
         ex.status = upstream.status_code
-        ctype = upstream.headers.get("content-type", "")
+        ctype = upstream.header(b"content-type") or ""
         if "text/event-stream" not in ctype and "ndjson" not in ctype:
             try:
                 body = await upstream.aread()
-            except httpx.HTTPError as exc:
+            except UpstreamError as exc:
                 ex.status, ex.error = 502, f"upstream failed: {exc}"
                 return JSONResponse(error_payload(style, ex.error, 502), status_code=502)
             finally:
-                await upstream.aclose()
+                upstream.close()
                 lease.release()
                 ex.first_byte = ex.first_byte or time.monotonic()
                 if "json" in ctype and ex.status < 300:
                     _absorb_json(ex, body)
                 self.record(ex)
-            return Response(
-                body, status_code=upstream.status_code, headers=response_headers(upstream.headers)
-            )
+            return RawResponse(body, upstream.status_code, _raw_response_headers(upstream))
         ex.stream = True
-        return LeasedStream(
+        raw = _raw_response_headers(upstream)
+        raw += _STREAM_RAW
+        return RelayStream(
             self._relay_stream(upstream, lease, style, ex),
             lease,
             upstream,
             status_code=upstream.status_code,
-            headers={**response_headers(upstream.headers), **STREAM_HEADERS},
-            media_type=ctype or None,
+            raw_headers=raw,
         )
 
     async def _relay_stream(
-        self, upstream: httpx.Response, lease: Lease, style: ErrorStyle, ex: Exchange
+        self, upstream: UpstreamResponse, lease: Lease, style: ErrorStyle, ex: Exchange
     ) -> AsyncIterator[bytes]:
-        tail = b""
+        tail = bytearray()
         try:
             async for chunk in upstream.aiter_raw():
                 if ex.first_byte is None:
                     ex.first_byte = time.monotonic()
                 # Keep the last few KB to read usage from the final events without parsing every chunk.
-                tail = (tail + chunk)[-16384:]
+                tail += chunk
+                if len(tail) > 32768:
+                    del tail[:-16384]
                 yield chunk
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             ex.error = f"upstream stream broke: {exc.__class__.__name__}"
             log.warning("stream from %s broke: %r", lease.model_name, exc)
             yield stream_error_line(
                 style, f"llama-server for '{lease.model_name}' stopped mid-stream ({ex.error})"
             )
         finally:
-            await upstream.aclose()
+            upstream.close()
             lease.release()
-            _absorb_sse_tail(ex, tail)
+            _absorb_sse_tail(ex, bytes(tail[-16384:]))
             self.record(ex)
 
     async def stream_lines(self, upstream: httpx.Response) -> AsyncIterator[dict[str, Any]]:
@@ -275,8 +366,8 @@ class Relay:
 
 def _absorb_json(ex: Exchange, body: bytes) -> None:
     try:
-        obj = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        obj = _loads(body)
+    except (ValueError, UnicodeDecodeError):
         return
     if isinstance(obj, dict):
         ex.absorb_usage(obj)

@@ -124,8 +124,9 @@ class UpstreamResponse:
                 chunks, self._chunks = self._chunks, []
                 self._buffered = 0
                 self._conn.resume()
-                for c in chunks:
-                    yield c
+                # What has already arrived goes on in one piece: one send and one socket write for
+                # several tokens when the client side falls behind, never a wait for more.
+                yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 continue
             if self._aborted:
                 return
@@ -273,11 +274,16 @@ class UpstreamClient:
         self.max_idle = max_idle
         self.idle_expiry = idle_expiry
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        # Requests per (host, port) still waiting for their answer's head.
+        self._waiting: dict[tuple[str, int], int] = {}
         self._closed = False
 
     def _put(self, conn: _Connection) -> None:
         idle = self._idle.setdefault(conn.key, [])
-        if self._closed or len(idle) >= self.max_idle:
+        # llama-server serves each connection on one of a few HTTP threads for as long as it is kept
+        # alive (5 s idle): a kept connection while other requests wait could leave them queued
+        # behind it for those 5 s. Close it so a waiting connection gets the thread.
+        if self._closed or len(idle) >= self.max_idle or self._waiting.get(conn.key):
             conn.close()
             return
         conn.idle_since = time.monotonic()
@@ -360,6 +366,8 @@ class UpstreamClient:
             raise UpstreamClosed("upstream closed the connection")
         conn.transport.write(data)
         timer = loop.call_later(timeout, _expire, head, timeout)
+        key = conn.key
+        self._waiting[key] = self._waiting.get(key, 0) + 1
         try:
             await head
         except BaseException:
@@ -367,6 +375,7 @@ class UpstreamClient:
             raise
         finally:
             timer.cancel()
+            self._waiting[key] -= 1
         return response
 
     async def aclose(self) -> None:

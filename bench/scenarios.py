@@ -1,0 +1,245 @@
+"""P1-P4: latency, throughput, cold start and swap thrash on real llama-servers (tiny models), LlamaMan
+beside a direct llama-server and llama.cpp's router mode, with the same llama-server settings for all.
+Requests to the targets are interleaved so drift on the shared 2 cores hits every target alike."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.client import Result, chat, expected, session
+from bench.harness import (
+    LlamaManProc,
+    auth_headers,
+    free_port,
+    llama_server_bin,
+    percentile,
+    put_preset,
+    unload,
+)
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    headers: dict[str, str]
+
+
+def _ms(results: list[Result]) -> list[float]:
+    return [r.ms for r in results]
+
+
+def _errors(results: list[Result]) -> list[str]:
+    return [r.error for r in results if r.error]
+
+
+# ---- P1: plain chat latency ---------------------------------------------------------------------
+async def _p1(targets: list[Target], n1: int, rounds16: int) -> dict[str, Any]:
+    check = expected("tiny-a", 8)
+    lat1: dict[str, list[Result]] = {t.name: [] for t in targets}
+    lat16: dict[str, list[Result]] = {t.name: [] for t in targets}
+    async with session() as s:
+        for t in targets:  # warm-up: connections, caches, the first load behind the proxies
+            for _ in range(20):
+                await chat(s, t.url, "tiny-a", 8, headers=t.headers)
+        for i in range(n1):
+            # Rotate which target goes first so none always follows another's request.
+            for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
+                lat1[t.name].append(await chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check))
+    async with session(keep_alive=False) as s:
+        for i in range(rounds16):
+            for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
+                batch = [chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check) for _ in range(16)]
+                lat16[t.name] += await asyncio.gather(*batch)
+    out: dict[str, Any] = {}
+    for conc, lat in (("c1", lat1), ("c16", lat16)):
+        d50, d99 = percentile(_ms(lat["direct"]), 0.5), percentile(_ms(lat["direct"]), 0.99)
+        for name, res in lat.items():
+            p50, p99 = percentile(_ms(res), 0.5), percentile(_ms(res), 0.99)
+            out[f"{conc}.{name}"] = {
+                "p50": p50, "p99": p99, "added_p50": p50 - d50, "added_p99": p99 - d99,
+                "n": len(res), "errors": _errors(res),
+            }  # fmt: skip
+    return out
+
+
+def p1_latency(targets: list[Target], n1: int = 300, rounds16: int = 30) -> dict[str, Any]:
+    return asyncio.run(_p1(targets, n1, rounds16))
+
+
+# ---- P2: 32 concurrent streams ------------------------------------------------------------------
+async def _p2(targets: list[Target], streams: int, tokens: int, rounds: int) -> dict[str, Any]:
+    check = expected("tiny-a", tokens)
+    rates: dict[str, list[float]] = {t.name: [] for t in targets}
+    errors: dict[str, list[str]] = {t.name: [] for t in targets}
+    async with session(keep_alive=False) as s:
+        for t in targets:
+            await chat(s, t.url, "tiny-a", 8, stream=True, headers=t.headers)
+        for i in range(rounds):
+            for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
+                t0 = time.perf_counter()
+                batch = [
+                    chat(s, t.url, "tiny-a", tokens, stream=True, headers=t.headers, check=check)
+                    for _ in range(streams)
+                ]
+                res = await asyncio.gather(*batch)
+                wall = time.perf_counter() - t0
+                rates[t.name].append(sum(r.tokens for r in res) / wall)
+                errors[t.name] += _errors(res)
+    direct = statistics.median(rates["direct"])
+    return {
+        t.name: {
+            "tokens_per_s": statistics.median(rates[t.name]),
+            "pct_of_direct": 100 * statistics.median(rates[t.name]) / direct,
+            "rounds": rates[t.name],
+            "errors": errors[t.name],
+        }
+        for t in targets
+    }
+
+
+def p2_streams(
+    targets: list[Target], streams: int = 32, tokens: int = 256, rounds: int = 3
+) -> dict[str, Any]:
+    return asyncio.run(_p2(targets, streams, tokens, rounds))
+
+
+# ---- P3: cold start -----------------------------------------------------------------------------
+def server_start_to_healthy(model: Path, repeats: int, ctx: int = 2048) -> list[float]:
+    """llama-server's own spawn -> /health 200, polled every millisecond."""
+    out = []
+    for _ in range(repeats):
+        port = free_port()
+        argv = [llama_server_bin(), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+                "-c", str(ctx), "-np", "1", "--no-webui"]  # fmt: skip
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with httpx.Client(timeout=1) as c:
+                deadline = t0 + 30
+                while time.perf_counter() < deadline:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if c.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                            break
+                    time.sleep(0.001)
+            out.append((time.perf_counter() - t0) * 1000)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return out
+
+
+def _wait_unloaded(url: str, headers: dict[str, str], model: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = httpx.get(f"{url}/models", headers=headers, timeout=10).json()["data"]
+        states = {m["id"]: m["status"]["value"] for m in data}
+        if states.get(model) == "unloaded":
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{model} did not unload")
+
+
+async def _first_token(t: Target, model: str) -> Result:
+    async with session() as s:
+        return await chat(s, t.url, model, 4, stream=True, headers=t.headers, check=expected(model, 4))
+
+
+def p3_cold_start(lm: LlamaManProc, router: Target, model_file: Path, repeats: int = 5) -> dict[str, Any]:
+    own = server_start_to_healthy(model_file, repeats)
+    lm_t = Target("llamaman", lm.url, auth_headers())
+    cold: dict[str, list[float]] = {"llamaman": [], "router": []}
+    warm: dict[str, list[float]] = {"llamaman": [], "router": []}
+    errors: list[str] = []
+    for _ in range(repeats):
+        for t in (lm_t, router):
+            asyncio.run(_first_token(t, "tiny-a"))  # make sure it is loaded, then unload it
+            if t is lm_t:
+                unload(lm, "tiny-a")
+            else:
+                httpx.post(f"{t.url}/models/unload", json={"model": "tiny-a"}, timeout=30).raise_for_status()
+            _wait_unloaded(t.url, t.headers, "tiny-a")
+            time.sleep(0.2)  # let the old process go before the next one starts
+            r = asyncio.run(_first_token(t, "tiny-a"))
+            if r.error or r.ttft_ms is None:
+                errors.append(f"{t.name}: {r.error}")
+                continue
+            cold[t.name].append(r.ttft_ms)
+            w = asyncio.run(_first_token(t, "tiny-a"))
+            if w.ttft_ms is not None:
+                warm[t.name].append(w.ttft_ms)
+    own_ms = statistics.median(own)
+    out: dict[str, Any] = {"server_start_to_healthy_ms": own_ms, "server_runs": own, "errors": errors}
+    for name in cold:
+        c = statistics.median(cold[name]) if cold[name] else float("nan")
+        out[name] = {
+            "cold_ttft_ms": c,
+            "over_server_start_ms": c - own_ms,
+            "warm_ttft_ms": statistics.median(warm[name]) if warm[name] else float("nan"),
+            "runs": cold[name],
+        }
+    return out
+
+
+# ---- P4: swap thrash ----------------------------------------------------------------------------
+def llamaman_loads(lm: LlamaManProc) -> int:
+    text = httpx.get(f"{lm.url}/metrics", headers=auth_headers(), timeout=10).text
+    m = re.search(r"^llamaman_model_loads(?:_total)? (\S+)$", text, re.M)
+    return int(float(m.group(1))) if m else -1
+
+
+def router_loads(log: Path) -> int:
+    return sum(
+        1
+        for line in log.read_text(errors="replace").splitlines()
+        if "spawning server instance with name" in line
+    )
+
+
+async def _thrash(t: Target, clients: int, per_client: int) -> tuple[float, list[str]]:
+    models = ("tiny-a", "tiny-b")
+    async with session(keep_alive=False) as s:
+
+        async def client(k: int) -> list[Result]:
+            out = []
+            for j in range(per_client):
+                m = models[(k + j) % 2]
+                out.append(await chat(s, t.url, m, 8, headers=t.headers, check=expected(m, 8)))
+            return out
+
+        t0 = time.perf_counter()
+        done = await asyncio.gather(*(client(k) for k in range(clients)))
+        wall = time.perf_counter() - t0
+    return wall, [e for rs in done for e in _errors(rs)]
+
+
+def p4_swap(
+    lm: LlamaManProc, router: Target, router_log: Path, clients: int = 8, total: int = 80
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    lm_t = Target("llamaman", lm.url, auth_headers())
+    for name, t, loads in (
+        ("llamaman", lm_t, lambda: llamaman_loads(lm)),
+        ("router", router, lambda: router_loads(router_log)),
+    ):
+        before = loads()
+        wall, errors = asyncio.run(_thrash(t, clients, total // clients))
+        time.sleep(0.5)
+        out[name] = {"wall_s": wall, "swaps": loads() - before, "errors": errors}
+    out["ratio"] = out["llamaman"]["wall_s"] / out["router"]["wall_s"]
+    return out
+
+
+def prepare_llamaman(lm: LlamaManProc, ctx: int, parallel: int) -> None:
+    for model in ("tiny-a.gguf", "tiny-b.gguf"):
+        put_preset(lm, model, ctx_size=ctx, parallel=parallel)
