@@ -31,6 +31,8 @@ S = InstanceState
 ENV_INSTANCE_ID = "LLAMAMAN_INSTANCE_ID"
 ENV_OWNER = "LLAMAMAN_OWNER"
 
+_CLOSE = {"Connection": "close"}
+
 StateListener = Callable[["LlamaProcess", InstanceState, InstanceState], None]
 LineListener = Callable[["LlamaProcess", str], None]
 
@@ -179,13 +181,15 @@ class LlamaProcess:
         return True
 
     async def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.load_timeout
-        delay = 0.02
+        started = time.monotonic()
+        deadline = started + self.load_timeout
+        delay = 0.005
         while self.state == S.STARTING and not self._stopping:
             if self._exited():
                 return  # the exit watcher reports the failure
             try:
-                r = await self.http.get(self.health_url, timeout=self.health_timeout)
+                # Not kept alive: an open connection makes llama-server linger ~0.1 s on SIGTERM.
+                r = await self.http.get(self.health_url, timeout=self.health_timeout, headers=_CLOSE)
                 if r.status_code == 200:
                     if self.state == S.STARTING and not self._stopping:
                         self.healthy_at = time.time()
@@ -201,7 +205,10 @@ class LlamaProcess:
                     self._set_state(S.FAILED)
                 return
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
+            # Small models are ready within tens of ms: poll tightly at first (a swap waits on
+            # this), then back off for the big ones that take seconds or minutes.
+            if time.monotonic() - started > 0.5:
+                delay = min(delay * 1.5, 0.25)
 
     def _exited(self) -> bool:
         if self._proc is not None:
@@ -270,11 +277,14 @@ class LlamaProcess:
             self._kill_group(signal.SIGKILL)
             return
         self._kill_group(signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_grace
-        while time.monotonic() < deadline:
-            if self._exited():
-                break
-            await asyncio.sleep(0.02)
+        if self._proc is not None:
+            # Our own child: its exit wakes us at once (a model swap waits on this).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._proc.wait()), self.stop_grace)
+        else:
+            deadline = time.monotonic() + self.stop_grace
+            while time.monotonic() < deadline and not self._exited():
+                await asyncio.sleep(0.02)
         # Anything left in the group (the server or a child of it) is killed outright.
         self._kill_group(signal.SIGKILL)
         if self._proc is not None:

@@ -59,6 +59,7 @@ class Services:
         # The router reads aliases from the store's dict, so /api/copy takes effect at once.
         self.router.aliases = self.aliases.aliases
         self.relay = Relay(self.http, settings.request_timeout)
+        self.supervisor.on_stopping.append(lambda m: self.relay.upstream.drop_idle(m.base_url))
         # Accounts, sessions and API keys; it counts each key's tokens from the relay's exchanges.
         self.auth = AuthService(settings, self.db, self.runtime)
         self.relay.add_observer(self.auth.observe)
@@ -143,5 +144,6 @@ class Services:
         await self.supervisor.shutdown()
         await self.listeners.stop_all()
         await self.auth.stop()  # writes the last token usage and last-used times
+        await self.relay.upstream.aclose()
         await self.http.aclose()
         self.db.dispose()

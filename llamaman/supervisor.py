@@ -63,6 +63,8 @@ class Supervisor:
         self.close_listener: ListenerHook | None = None
         # When true every instance gets a listener (e.g. because API keys guard instance ports).
         self.always_listen = False
+        # Called just before a server is told to stop (e.g. to drop kept-alive connections to it).
+        self.on_stopping: list[Callable[[ManagedInstance], None]] = []
         self._owner = str(settings.data_dir)
         self.store = InstanceStore(db, lambda iid: iid in self.instances)
         self._lock = asyncio.Lock()
@@ -285,6 +287,7 @@ class Supervisor:
     ) -> None:
         if not keep_desired:
             m.record.desired_running = final == S.SLEEPING
+        self._before_stop(m)
         await m.proc.stop(final)
         if final == S.STOPPED:
             await self._close_listener(m)
@@ -331,9 +334,17 @@ class Supervisor:
             return self._resolve_model(m.settings)[2]
         return None
 
+    def _before_stop(self, m: ManagedInstance) -> None:
+        for hook in self.on_stopping:
+            try:
+                hook(m)
+            except Exception:
+                log.exception("stop hook failed for %s", m.id)
+
     async def restart(self, instance_id: str) -> ManagedInstance:
         m = self.get(instance_id)
         if m.proc.running:
+            self._before_stop(m)
             await m.proc.stop(S.STOPPED)
         return await self.wake(instance_id)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 __all__ = ["GpuSampler", "Telemetry"]
 
 USAGE_INTERVAL = 2.0
+CHILDREN_REFRESH_S = 30.0
 
 
 class Telemetry:
@@ -57,6 +59,7 @@ class Telemetry:
         # instance id → {"pids": [...], "cpu_percent": float, "rss_bytes": int}, refreshed in the background
         self._usage: dict[str, dict[str, Any]] = {}
         self._procs: dict[int, psutil.Process] = {}
+        self._children_seen: dict[int, tuple[float, list[psutil.Process]]] = {}
         self._usage_task: asyncio.Task[None] | None = None
         self._unlisten: Callable[[], None] | None = None
         self.started = False
@@ -138,7 +141,7 @@ class Telemetry:
         for instance_id, pid in targets.items():
             try:
                 root = self._procs.get(pid) or psutil.Process(pid)
-                procs = [root, *root.children(recursive=True)]
+                procs = [root, *self._children(root)]
             except psutil.Error:
                 continue
             cpu, rss, pids = 0.0, 0, []
@@ -153,7 +156,21 @@ class Telemetry:
                 pids.append(p.pid)
             out[instance_id] = {"pids": pids, "cpu_percent": round(cpu, 1), "rss_bytes": rss}
         self._procs = alive
+        live_roots = set(targets.values())
+        self._children_seen = {pid: v for pid, v in self._children_seen.items() if pid in live_roots}
         return out
+
+    def _children(self, root: psutil.Process) -> list[psutil.Process]:
+        # Finding children walks all of /proc; a llama-server rarely has any, so the answer is
+        # reused for a while instead of paying that walk on every sample (it was most of the
+        # idle CPU).
+        now = time.monotonic()
+        cached = self._children_seen.get(root.pid)
+        if cached is not None and now - cached[0] < CHILDREN_REFRESH_S:
+            return cached[1]
+        kids = root.children(recursive=True)
+        self._children_seen[root.pid] = (now, kids)
+        return kids
 
     def instance_extra(self, m: ManagedInstance) -> dict[str, Any]:
         """CPU, RAM (sampled over the last interval) and GPU memory of an instance's process group."""
