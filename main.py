@@ -40,6 +40,9 @@ def serve(settings: Settings, *, native: bool = False, show_ui: bool = True) -> 
         storage_secret=storage_secret(settings),
         favicon="🦙",
         dark=None,
+        # Pages bind UI elements to each other (pushed at once) and follow service events; the
+        # polling loop for other bindings only costs idle CPU, so it runs rarely.
+        binding_refresh_interval=1.0,
     )
     return 0
 

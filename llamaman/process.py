@@ -328,7 +328,8 @@ class LlamaProcess:
     async def _tail(self) -> None:
         while True:
             if not self._read_log():
-                await asyncio.sleep(0.05 if self.state == S.STARTING else 0.2)
+                # Fast while loading (its log tells how far it got), relaxed once it serves.
+                await asyncio.sleep(0.05 if self.state == S.STARTING else 0.5)
 
     async def _drain_tail(self) -> None:
         """Stop tailing and read what the log file still holds so the last lines are in the ring."""
