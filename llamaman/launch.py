@@ -100,6 +100,14 @@ class LaunchSettings(BaseModel):
     def extra_argv(self) -> list[str]:
         return parse_extra_args(self.extra_args)
 
+    def request_ctx(self, trained_ctx: int | None) -> int:
+        """Tokens one request can use: llama-server splits -c (0 = the model's trained context)
+        between its parallel slots unless the KV cache is unified."""
+        ctx = self.ctx_size if self.ctx_size > 0 else (trained_ctx or 0)
+        if self.parallel > 1 and not {"-kvu", "--kv-unified"} & set(self.extra_argv()):
+            ctx //= self.parallel
+        return ctx
+
     def needs_listener(self) -> bool:
         """Whether requests must pass through LlamaMan's own listener on the public port."""
         return bool(self.idle_timeout_min or self.max_concurrent or self.sampling.active())

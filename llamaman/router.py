@@ -23,6 +23,7 @@ from llamaman.idle import IdleSleep
 from llamaman.launch import LaunchSettings
 from llamaman.lease import Lease, ModelNotFound, ModelUnavailable, Slot, Waiter
 from llamaman.library import ModelEntry, ModelLibrary
+from llamaman.names import ModelNames
 from llamaman.presets import PresetStore
 from llamaman.runtime import RuntimeConfig
 from llamaman.state import InstanceState
@@ -31,7 +32,6 @@ from llamaman.supervisor import InstanceError, ManagedInstance, Supervisor
 log = logging.getLogger(__name__)
 S = InstanceState
 LIVE = (S.STARTING, S.HEALTHY)
-_MISSING = object()
 
 
 class Router(IdleSleep):
@@ -50,7 +50,7 @@ class Router(IdleSleep):
         self.runtime = runtime
         self.events = events
         self.request_timeout = request_timeout
-        self.aliases: dict[str, str] = {}
+        self.names = ModelNames(library)
         self.slots: dict[str, Slot] = {}
         self.gates: dict[str, Gate] = {}
         self.waiting: list[Waiter] = []
@@ -61,8 +61,6 @@ class Router(IdleSleep):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idle_task: asyncio.Task[None] | None = None
         self.on_evict: Callable[[ManagedInstance], None] | None = None
-        self._found_in: list[ModelEntry] | None = None
-        self._found: dict[str, ModelEntry | None] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -84,20 +82,17 @@ class Router(IdleSleep):
         task.add_done_callback(self._tasks.discard)
 
     # ---- names -------------------------------------------------------------------------------
+    @property
+    def aliases(self) -> dict[str, str]:
+        return self.names.aliases
+
+    @aliases.setter
+    def aliases(self, value: dict[str, str]) -> None:
+        self.names.aliases = value
+
     def resolve(self, name: str) -> ModelEntry | None:
         """A model by file stem, relative path or alias, with or without ``:latest``."""
-        if not name:
-            return None
-        base = name[: -len(":latest")] if name.endswith(":latest") else name
-        target = self.aliases.get(name) or self.aliases.get(base) or name
-        # library.find walks every model; its answers hold until the next scan replaces the list.
-        models = self.library.models
-        if self._found_in is not models or len(self._found) > 4096:
-            self._found_in, self._found = models, {}
-        entry = self._found.get(target, _MISSING)
-        if entry is _MISSING:
-            entry = self._found[target] = self.library.find(target)
-        return entry if entry is not None and entry.launchable else None  # type: ignore[return-value]
+        return self.names.resolve(name)
 
     async def aresolve(self, name: str) -> ModelEntry:
         entry = self.resolve(name)
@@ -186,24 +181,26 @@ class Router(IdleSleep):
             self.slot(m).inflight += 1
             self.slot(m).idle.clear()
         try:
-            if min_ctx and self._ctx_of(m, entry) < min_ctx and m.record.origin == "proxy":
+            if min_ctx and m.record.origin == "proxy" and m.settings.request_ctx(_trained(entry)) < min_ctx:
                 m = await self._relaunch_with_ctx(m, entry, min_ctx)
-            if m.state != S.HEALTHY:
-                state = await m.proc.wait_for(
-                    {S.HEALTHY, S.FAILED, S.STOPPED, S.SLEEPING}, self.request_timeout
-                )
-                if state != S.HEALTHY:
-                    raise ModelUnavailable(f"model '{name}' failed to load: {m.proc.error or state.value}")
-            gate = self.gate_for(m)
-            await gate.acquire()
+            return await self._lease(m, t0 if waited else None, f"model '{name}' failed to load")
         except BaseException:
             self._release(m)
             raise
+
+    async def _lease(self, m: ManagedInstance, t0: int | None, failure: str) -> Lease:
+        """Wait for ``m`` to be healthy and for a place at its gate (the caller holds a slot)."""
+        if m.state != S.HEALTHY:
+            state = await m.proc.wait_for({S.HEALTHY, S.FAILED, S.STOPPED, S.SLEEPING}, self.request_timeout)
+            if state != S.HEALTHY:
+                raise ModelUnavailable(f"{failure}: {m.proc.error or state.value}")
+        gate = self.gate_for(m)
+        await gate.acquire()
         if m.settings.share_queue:
             m = self._hand_to_freest_replica(m)
         self.slot(m).running += 1
         self.sup.touch(m)
-        return Lease(self, m, gate, time.monotonic_ns() - t0 if waited else 0)
+        return Lease(self, m, gate, time.monotonic_ns() - t0 if t0 is not None else 0)
 
     def _hand_to_freest_replica(self, m: ManagedInstance) -> ManagedInstance:
         """With a shared queue the request was admitted by the model's gate, not by one replica's:
@@ -224,28 +221,17 @@ class Router(IdleSleep):
 
     async def acquire_instance(self, m: ManagedInstance) -> Lease:
         """A lease on one given instance (its own listener port), waking it if it sleeps."""
-        t0 = time.monotonic_ns()
-        waited = m.state != S.HEALTHY
+        t0 = time.monotonic_ns() if m.state != S.HEALTHY else None
         slot = self.slot(m)
         slot.inflight += 1
         slot.idle.clear()
         try:
             if m.state in (S.SLEEPING, S.STOPPED, S.FAILED):
                 await self.sup.wake(m.id)
-            if m.state != S.HEALTHY:
-                state = await m.proc.wait_for(
-                    {S.HEALTHY, S.FAILED, S.STOPPED, S.SLEEPING}, self.request_timeout
-                )
-                if state != S.HEALTHY:
-                    raise ModelUnavailable(f"instance {m.id} failed to start: {m.proc.error or state.value}")
-            gate = self.gate_for(m)
-            await gate.acquire()
+            return await self._lease(m, t0, f"instance {m.id} failed to start")
         except BaseException:
             self._release(m)
             raise
-        self.slot(m).running += 1
-        self.sup.touch(m)
-        return Lease(self, m, gate, time.monotonic_ns() - t0 if waited else 0)
 
     def _admissible(self, entry: ModelEntry) -> ManagedInstance | None:
         """A live instance of the model that may take one more request right now."""
@@ -402,15 +388,6 @@ class Router(IdleSleep):
             s.keep_alive_until = None
             self._kick()
 
-    def _ctx_of(self, m: ManagedInstance, entry: ModelEntry) -> int:
-        """The context one request gets: llama-server splits -c between its parallel slots."""
-        ctx = m.settings.ctx_size
-        if ctx == 0 and entry.info is not None:
-            ctx = entry.info.context_length or 0
-        if "--kv-unified" in m.settings.extra_argv() or "-kvu" in m.settings.extra_argv():
-            return ctx
-        return ctx // max(1, m.settings.parallel)
-
     async def _relaunch_with_ctx(self, m: ManagedInstance, entry: ModelEntry, ctx: int) -> ManagedInstance:
         """Ollama relaunches a model whose running context is smaller than a request's num_ctx."""
         s = self.slot(m)
@@ -459,6 +436,10 @@ class Router(IdleSleep):
         if S.SLEEPING in states:
             return "sleeping"
         return "unloaded"
+
+
+def _trained(entry: ModelEntry) -> int | None:
+    return entry.info.context_length if entry.info else None
 
 
 __all__ = ["Lease", "ModelNotFound", "ModelUnavailable", "QueueFull", "Router"]

@@ -109,15 +109,8 @@ async def tags(services: Services) -> dict[str, Any]:
 
 
 def effective_ctx(m: ManagedInstance, entry: ModelEntry | None) -> int:
-    """Tokens one request can use on ``m``: llama-server splits its context between the slots
-    unless the KV cache is unified."""
-    ctx = m.settings.ctx_size
-    if ctx <= 0 and entry is not None and entry.info is not None:
-        ctx = entry.info.context_length or 0
-    argv = m.settings.extra_argv()
-    if m.settings.parallel > 1 and not {"-kvu", "--kv-unified"} & set(argv):
-        ctx //= m.settings.parallel
-    return ctx
+    """Tokens one request can use on ``m``."""
+    return m.settings.request_ctx(entry.info.context_length if entry and entry.info else None)
 
 
 def _flag_value(argv: list[str], flags: tuple[str, ...], default: str) -> str:
