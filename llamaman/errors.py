@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llamaman.hub import DownloadError
 from llamaman.library import LibraryError
 from llamaman.supervisor import InstanceError
 
@@ -35,6 +36,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InstanceError)
     async def _instance(_: Request, exc: InstanceError) -> JSONResponse:
         return JSONResponse(error_body(exc.message), status_code=exc.status_code)
+
+    @app.exception_handler(DownloadError)
+    async def _download(_: Request, exc: DownloadError) -> JSONResponse:
+        return JSONResponse(error_body(exc.message), status_code=exc.status)
 
     @app.exception_handler(LibraryError)
     async def _library(_: Request, exc: LibraryError) -> JSONResponse:

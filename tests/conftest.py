@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from llamaman.config import Settings
 from llamaman.testing.binaries import llama_server_executable
+from llamaman.testing.netports import free_block
 from llamaman.testing.tiny_gguf import write_tiny_model, write_truncated_model
 
 FAKE_SERVER = Path(__file__).parent / "fakes" / "fake_llama_server.py"
@@ -55,31 +55,11 @@ def llama_server_bin() -> str:
     return path
 
 
-def _free_block(size: int, start: int) -> int:
-    """First port of ``size`` consecutive ports at or after ``start`` with nothing listening."""
-    port = start
-    while port + size < 65000:
-        if all(_free(p) for p in range(port, port + size)):
-            return port
-        port += size
-    raise RuntimeError("no free port block")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 _port_cursor = [21000 + (os.getpid() % 200) * 40]
 
 
 def port_block(size: int = 8) -> int:
-    base = _free_block(size, _port_cursor[0])
+    base = free_block(size, _port_cursor[0])
     _port_cursor[0] = base + size
     if _port_cursor[0] > 60000:
         _port_cursor[0] = 21000
@@ -167,3 +147,16 @@ def fake_server_bin(tmp_path: Path) -> Callable[[str], str]:
 @pytest.fixture
 def truncated_model(models_dir: Path) -> Iterator[Path]:
     yield write_truncated_model(models_dir / "broken.gguf")
+
+
+@pytest.fixture
+async def proxy(services: Any) -> AsyncIterator[Any]:
+    """The proxy app listening on a free loopback port."""
+    from llamaman.proxy.app import ProxyServer, create_proxy_app
+
+    server = ProxyServer(create_proxy_app(services), "127.0.0.1", 0)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

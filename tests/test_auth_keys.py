@@ -34,16 +34,6 @@ async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]
         await services.stop()
 
 
-@pytest.fixture
-async def proxy(services: Services) -> AsyncIterator[ProxyServer]:
-    server = ProxyServer(create_proxy_app(services), "127.0.0.1", 0)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
 def asgi(services: Services, surface: str = "proxy") -> httpx.AsyncClient:
     from llamaman.app import create_app
 

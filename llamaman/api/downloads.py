@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -12,7 +12,6 @@ from llamaman.api.deps import ServicesDep
 from llamaman.api.sse import object_events, sse
 from llamaman.download_job import TERMINAL
 from llamaman.events import Event
-from llamaman.hub import DownloadError
 
 router = APIRouter(prefix="/api", tags=["downloads"])
 
@@ -34,10 +33,6 @@ class DownloadRequest(BaseModel):
         return None if isinstance(v, str) and not v.strip() else v
 
 
-def _fail(exc: DownloadError) -> NoReturn:
-    raise HTTPException(exc.status, exc.message)
-
-
 @router.get("/downloads")
 async def list_downloads(services: ServicesDep) -> list[dict[str, Any]]:
     return services.downloads.views()
@@ -45,51 +40,36 @@ async def list_downloads(services: ServicesDep) -> list[dict[str, Any]]:
 
 @router.post("/downloads", status_code=201)
 async def start_download(body: DownloadRequest, services: ServicesDep) -> dict[str, Any]:
-    try:
-        job = await services.downloads.create(
-            body.repo_id,
-            body.filename,
-            revision=body.revision.strip() or "main",
-            hf_token=body.hf_token,
-            speed_limit_mbps=body.speed_limit_mbps,
-            gguf_only=body.gguf_only,
-            dest_dir=body.dest_dir,
-        )
-    except DownloadError as exc:
-        _fail(exc)
+    job = await services.downloads.create(
+        body.repo_id,
+        body.filename,
+        revision=body.revision.strip() or "main",
+        hf_token=body.hf_token,
+        speed_limit_mbps=body.speed_limit_mbps,
+        gguf_only=body.gguf_only,
+        dest_dir=body.dest_dir,
+    )
     return job.view()
 
 
 @router.get("/downloads/{download_id}")
 async def get_download(download_id: str, services: ServicesDep) -> dict[str, Any]:
-    try:
-        return services.downloads.get(download_id).view()
-    except DownloadError as exc:
-        _fail(exc)
+    return services.downloads.get(download_id).view()
 
 
 @router.delete("/downloads/{download_id}")
 async def cancel_download(download_id: str, services: ServicesDep) -> dict[str, Any]:
-    try:
-        return (await services.downloads.cancel(download_id)).view()
-    except DownloadError as exc:
-        _fail(exc)
+    return (await services.downloads.cancel(download_id)).view()
 
 
 @router.post("/downloads/{download_id}/resume")
 async def resume_download(download_id: str, services: ServicesDep) -> dict[str, Any]:
-    try:
-        return (await services.downloads.resume(download_id)).view()
-    except DownloadError as exc:
-        _fail(exc)
+    return (await services.downloads.resume(download_id)).view()
 
 
 @router.delete("/downloads/{download_id}/remove")
 async def remove_download(download_id: str, services: ServicesDep) -> dict[str, Any]:
-    try:
-        await services.downloads.remove(download_id)
-    except DownloadError as exc:
-        _fail(exc)
+    await services.downloads.remove(download_id)
     return {"removed": download_id}
 
 
@@ -97,10 +77,7 @@ async def remove_download(download_id: str, services: ServicesDep) -> dict[str, 
 async def download_logs(
     download_id: str, services: ServicesDep, lines: int = Query(200, ge=0, le=10_000)
 ) -> dict[str, Any]:
-    try:
-        job = services.downloads.get(download_id)
-    except DownloadError as exc:
-        _fail(exc)
+    job = services.downloads.get(download_id)
     logs = list(job.logs)
     return {"id": download_id, "status": job.status, "lines": logs[-lines:] if lines else []}
 
@@ -111,10 +88,7 @@ async def download_log_stream(
 ) -> StreamingResponse:
     """Server-sent events: the last ``lines`` log lines, then new lines, ``progress`` and ``state``
     events; a final ``done`` event once the download has finished."""
-    try:
-        job = services.downloads.get(download_id)
-    except DownloadError as exc:
-        _fail(exc)
+    job = services.downloads.get(download_id)
 
     def render(ev: Event) -> tuple[list[str], bool]:
         if ev.topic == "download.log":

@@ -10,18 +10,8 @@ import httpx
 import openai
 import pytest
 
-from llamaman.proxy.app import ProxyServer, create_proxy_app
+from llamaman.proxy.app import ProxyServer
 from tests.helpers import admin_headers
-
-
-@pytest.fixture
-async def proxy(services: Any) -> AsyncIterator[ProxyServer]:
-    server = ProxyServer(create_proxy_app(services), "127.0.0.1", 0)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

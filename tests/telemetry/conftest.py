@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from llamaman.config import Settings
-from llamaman.proxy.app import ProxyServer, create_proxy_app
+from llamaman.proxy.app import ProxyServer
 from llamaman.services import Services
 from llamaman.telemetry.gpu import GpuSampler
 from llamaman.testing.fake_nvml import FakeNvml
@@ -47,16 +47,6 @@ async def gpu_api(gpu_services: Services) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app)
     async with httpx.AsyncClient(transport=transport, base_url="http://llamaman.test", headers=headers) as c:
         yield c
-
-
-@pytest.fixture
-async def proxy(services: Any) -> AsyncIterator[ProxyServer]:
-    server = ProxyServer(create_proxy_app(services), "127.0.0.1", 0)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture
