@@ -288,7 +288,7 @@ def _options() -> dict[str, _Option]:
 OPTIONS = _options()
 
 
-def _is_flag(token: str) -> bool:
+def is_flag(token: str) -> bool:
     return token.startswith("-") and len(token) > 1 and not _NEGATIVE_NUMBER.match(token)
 
 
@@ -309,7 +309,7 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
         if option is None:
             unknown.append(token)
             # llama-server takes no positional arguments, so a plain word here is this flag's value.
-            if not has_inline and i < len(argv) and not _is_flag(argv[i]):
+            if not has_inline and i < len(argv) and not is_flag(argv[i]):
                 unknown.append(argv[i])
                 i += 1
             continue
@@ -324,7 +324,7 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
             raw = argv[i] if takes_next else None
             i += takes_next
         elif option.kind == "ignored":
-            raw = argv[i] if i < len(argv) and not _is_flag(argv[i]) else None
+            raw = argv[i] if i < len(argv) and not is_flag(argv[i]) else None
             i += raw is not None
         else:
             if i >= len(argv):

@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import xllamacpp
 
+from llamaman.llama_server_flags import LLAMA_SERVER_FLAGS
 from llamaman.xllama_flags import (
     DEFAULT_PORT,
     OPTIONS,
     PROG,
     LaunchError,
+    is_flag,
     parse_flags,
 )
 
@@ -211,6 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stderr, like llama-server, so version probes read both the same way.
         sys.stderr.write(_version_text(xl))
         return 0
+    invalid = [t for t in unknown if is_flag(t) and t.partition("=")[0] not in LLAMA_SERVER_FLAGS]
+    if invalid:
+        # llama-server itself refuses a flag it does not know; so does its stand-in.
+        print(f"{PROG}: error: invalid argument: {invalid[0]}", file=sys.stderr)
+        return 2
     if unknown:
         _warn(f"ignoring options this launcher does not support: {' '.join(unknown)}")
     try:

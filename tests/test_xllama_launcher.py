@@ -170,6 +170,14 @@ def test_usage_errors_exit_2() -> None:
     assert _run("--port", "1").returncode == 2  # no model
 
 
+def test_a_flag_llama_server_does_not_know_is_refused_like_llama_server_does(tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"not read: the flag is refused first")
+    result = _run("-m", str(model), "--no-such-flag", "3")
+    assert result.returncode == 2
+    assert "invalid argument: --no-such-flag" in result.stderr
+
+
 def test_unloadable_model_exits_1(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf file")
@@ -193,7 +201,7 @@ def launched(tiny_model: Path, tmp_path: Path) -> Iterator[Launched]:
                 *LAUNCHER,
                 "-m", str(tiny_model), "--host", "127.0.0.1", "--port", str(port), "-c", "512",
                 "-t", "2", "-np", "1", "-a", "tiny", "--no-webui", "--jinja", "--metrics",
-                "--some-future-flag", "3",
+                "--ctx-checkpoints", "3",
             ],
             cwd=REPO,
             env=_env(),
@@ -241,7 +249,7 @@ def test_serves_chat_and_stops_cleanly_on_sigterm(launched: Launched) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     text = log.read_text(errors="replace")
-    assert "ignoring options this launcher does not support: --some-future-flag 3" in text
+    assert "ignoring options this launcher does not support: --ctx-checkpoints 3" in text
 
 
 def test_sigint_also_stops_cleanly(launched: Launched) -> None:
