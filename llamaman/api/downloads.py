@@ -102,10 +102,11 @@ async def download_log_stream(
             return [sse(new, "state")], False
         return [], ev.topic == "download.removed"
 
-    backlog = [sse(line) for line in (list(job.logs)[-lines:] if lines else [])]
-    finished = job.status in TERMINAL
-    if finished:
-        backlog.append(sse(job.status, "done"))
-    return object_events(
-        request, services.events, "download.", download_id, backlog, render, finished=finished
-    )
+    def snapshot() -> tuple[list[str], bool]:
+        backlog = [sse(line) for line in (list(job.logs)[-lines:] if lines else [])]
+        finished = job.status in TERMINAL
+        if finished:
+            backlog.append(sse(job.status, "done"))
+        return backlog, finished
+
+    return object_events(request, services.events, "download.", download_id, snapshot, render)

@@ -75,8 +75,10 @@ async def instance_log_stream(
             return [sse(ev.data["new"], "state")], False
         return [], ev.topic == "instance.removed"
 
-    backlog = [sse(line) for line in m.proc.tail(lines)]
-    return object_events(request, services.events, "instance.", instance_id, backlog, render)
+    def snapshot() -> tuple[list[str], bool]:
+        return [sse(line) for line in m.proc.tail(lines)], False
+
+    return object_events(request, services.events, "instance.", instance_id, snapshot, render)
 
 
 @router.get("/next-port")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Request
@@ -23,6 +23,9 @@ def sse(data: Any, event: str | None = None) -> str:
 
 # Renders one event of the object as SSE frames, and says whether the stream ends with it.
 Render = Callable[[Event], tuple[list[str], bool]]
+# The object's frames so far, and whether it has already finished. Taken once the stream listens, so
+# nothing that happens between the snapshot and the subscription falls into a gap.
+Snapshot = Callable[[], tuple[list[str], bool]]
 
 
 def object_events(
@@ -30,16 +33,15 @@ def object_events(
     events: EventBus,
     prefix: str,
     object_id: str,
-    backlog: Iterable[str],
+    snapshot: Snapshot,
     render: Render,
-    *,
-    finished: bool = False,
 ) -> StreamingResponse:
-    """Replay ``backlog`` frames, then every event of ``object_id`` under ``prefix`` until
+    """Replay the snapshot's frames, then every event of ``object_id`` under ``prefix`` until
     ``render`` says the stream is over or the client leaves."""
 
     async def frames() -> AsyncIterator[str]:
         async with events.subscribe(prefix) as q:
+            backlog, finished = snapshot()
             for frame in backlog:
                 yield frame
             if finished:
