@@ -94,13 +94,16 @@ RULES: tuple[Rule, ...] = (
     Rule("/_nicegui/*", OPEN, MAIN, "NiceGUI's scripts and styles, needed to render the sign-in page"),
     Rule("/_nicegui_ws/*", OPEN, MAIN, "NiceGUI's socket; it only serves pages that were rendered"),
     Rule("/favicon.ico", OPEN, MAIN, "browser icon"),
-    # Everything on an instance port is that model's llama-server (its web UI included).
-    Rule("*", MODEL, INSTANCE, "per-instance port: one model's llama-server"),
     *(
         Rule(p, MODEL_ADMIN, ALL, "Ollama API that changes the box: admin key or session, always")
         for p in OLLAMA_ADMIN_PATHS
     ),
     *(Rule(p, MODEL, ALL, "Ollama API") for p in OLLAMA_PATHS),
+    # llama-server serves nothing else under /api/: on an instance port these paths are refused the
+    # way the REST API is on the other ports, so a key's scope reads the same on every port.
+    Rule("/api/*", MANAGE, INSTANCE, "LlamaMan's REST paths, on an instance port too"),
+    # Everything else on an instance port is that model's llama-server (its web UI included).
+    Rule("*", MODEL, INSTANCE, "per-instance port: one model's llama-server"),
     Rule("/v1/*", MODEL, ALL, "OpenAI API and Anthropic /v1/messages"),
     *(Rule(p, MODEL, ALL, "llama-server native") for p in NATIVE_PATHS),
     Rule("/models", MODEL, ALL, "llama.cpp router mode: list"),

@@ -154,5 +154,5 @@ async def api_client(services: Any, *, streaming: bool = False) -> AsyncIterator
 
 async def admin_headers(services: Any) -> dict[str, str]:
     """Credentials for a test client: the REST API always needs a key or a session."""
-    _, key = await services.auth.keys.create("tests")
+    _, key = await services.auth.keys.create("tests", scope="admin")
     return {"Authorization": f"Bearer {key}"}
