@@ -349,3 +349,31 @@ async def test_websockets_to_guarded_paths_are_closed(box: tuple[Services, Keys]
     assert await connect("/_nicegui_ws/socket.io/", []) == []
     assert await connect("/api/instances/x/ws", [(b"authorization", f"Bearer {keys.valid}".encode())]) == []
     assert reached == ["/_nicegui_ws/socket.io/", "/api/instances/x/ws"]
+
+
+def test_the_readme_carries_the_table_as_the_code_has_it() -> None:
+    from pathlib import Path
+
+    from llamaman.access import scopes_markdown
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name, table in (("table_markdown", table_markdown()), ("scopes_markdown", scopes_markdown())):
+        assert table in readme, (
+            f"README.md is behind llamaman.access: paste access.{name}() into it:\n{table}"
+        )
+
+
+def test_scopes_and_classes() -> None:
+    """``allows`` is the table's meaning: what each kind of credential passes, toggle on and off."""
+    everyone: tuple[Credential, ...] = ("anonymous", "inference", "admin", "user")
+    for on in (True, False):
+        assert all(allows(Access.OPEN, c, require_auth=on) for c in everyone)
+        for access in (Access.MODEL_ADMIN, Access.MANAGE):
+            assert [c for c in everyone if allows(access, c, require_auth=on)] == ["admin", "user"]
+        assert allows(Access.MODEL, "inference", require_auth=on)
+    assert not allows(Access.MODEL, "anonymous", require_auth=True)
+    assert allows(Access.MODEL, "anonymous", require_auth=False)
+    # The instance port refuses LlamaMan's REST paths as the other ports do, and keeps Ollama's.
+    assert classify("/api/instances", "instance") is Access.MANAGE
+    assert classify("/api/delete", "instance") is Access.MODEL_ADMIN
+    assert classify("/api/chat", "instance") is Access.MODEL
