@@ -30,7 +30,7 @@ from llamaman.proxy.relay import (
     raw_forward_headers,
     stream_error_line,
 )
-from llamaman.redact import MASK, redact
+from llamaman.redact import redact_argv
 from llamaman.router import Lease, ModelNotFound
 from llamaman.services import Services
 from llamaman.state import InstanceState
@@ -108,32 +108,6 @@ async def pass_through(
 
 
 # ---- model listings ----------------------------------------------------------------------------
-# Flags whose value is a secret: shown as MASK even to those who may see launch arguments.
-_SECRET_FLAGS = frozenset({"--hf-token", "-hft", "--api-key", "--ssl-key-file", "--api-key-file"})
-
-
-def redact_argv(argv: list[str]) -> list[str]:
-    """A launch command fit to show: the values of secret flags masked (``--flag value`` and
-    ``--flag=value``), and anything shaped like a key or token masked wherever it stands."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append(MASK)
-            hide_next = False
-            continue
-        flag, eq, _ = arg.partition("=")
-        if flag in _SECRET_FLAGS:
-            if eq:
-                out.append(f"{flag}={MASK}")
-            else:
-                out.append(arg)
-                hide_next = True
-            continue
-        out.append(redact(arg))
-    return out
-
-
 def listing_identity(request: Request) -> Identity | None:
     """Who asks for a model listing (None: nobody, with require-auth off)."""
     return request_identity(request.scope)

@@ -17,7 +17,7 @@ from llamaman.app import create_app
 from llamaman.auth import SESSION_COOKIE
 from llamaman.launch import LaunchSettings
 from llamaman.proxy.app import ProxyServer
-from llamaman.proxy.openai import redact_argv
+from llamaman.redact import redact_argv
 from llamaman.services import Services
 from llamaman.state import InstanceState
 from llamaman.supervisor import ManagedInstance
@@ -148,6 +148,10 @@ async def test_launch_arguments_are_for_admins_and_masked(box: Box) -> None:
                     objects = r.json()["data"] if "data" in r.json() else [r.json()]
                     args = next(o["status"]["args"] for o in objects if o["id"] == "tiny-a")
                     assert args[args.index("--hf-token") + 1] == "***"
+        # The instance list of the REST API (admins only) shows the command masked the same way.
+        r = await clients["main"].get("/api/instances", headers={"Authorization": f"Bearer {box.admin}"})
+        [command] = [i["command"] for i in r.json() if i["id"] == box.a.id]
+        assert SECRET not in command and command[command.index("--hf-token") + 1] == "***"
         # Nobody at all, with require-auth off: no arguments either.
         await box.services.runtime.update({"require_auth": False})
         r = await clients["proxy"].get("/v1/models")
