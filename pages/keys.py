@@ -118,12 +118,16 @@ class KeysPanel:
               <q-badge :label="props.value"
                        :color="{active: 'positive', revoked: 'grey', expired: 'orange'}[props.value]
                                || 'blue-grey'" />
+              <q-btn v-if="props.value == 'active' || props.value == 'expired'" flat dense round size="sm"
+                     icon="tune" @click="() => $parent.$emit('limits', props.row)">
+                <q-tooltip>Change limits</q-tooltip></q-btn>
               <q-btn v-if="props.value == 'active'" flat dense round size="sm" icon="block" color="negative"
                      @click="() => $parent.$emit('revoke', props.row)"><q-tooltip>Revoke</q-tooltip></q-btn>
             </q-td>
             """,
         )
         self.table.on("revoke", lambda e: self.confirm_revoke(e.args))
+        self.table.on("limits", lambda e: self.edit_limits(e.args))
 
     async def refresh(self) -> None:
         try:
@@ -177,6 +181,51 @@ class KeysPanel:
                 ui.button(icon="content_copy", on_click=copy).props("flat round").tooltip("Copy")
             with ui.row().classes("w-full justify-end"):
                 ui.button("Done", on_click=dialog.close)
+        dialog.on("hide", dialog.delete)
+        dialog.open()
+
+    def edit_limits(self, row: dict[str, Any]) -> None:
+        """Change a key's expiry, daily token quota and request rate (its secret and scope stay)."""
+        expires = row.get("expires_at")
+        days_left = max(0.0, round((expires - time.time()) / DAY, 2)) if expires else 0.0
+        with ui.dialog() as dialog, ui.card().classes("min-w-96"):
+            ui.label(f"Limits of '{row['name']}'").classes("text-h6")
+            days = (
+                ui.number("Expires after (days from now)", value=days_left, min=0)
+                .props('outlined dense hint="0 = never"')
+                .mark("limits-days")
+            )
+            quota = (
+                ui.number("Tokens per day", value=row.get("daily_token_quota") or 0, min=0, step=1000)
+                .props('outlined dense hint="0 = no limit"')
+                .mark("limits-quota")
+            )
+            rpm = (
+                ui.number("Requests per minute", value=row.get("rpm_limit") or 0, min=0, step=1)
+                .props('outlined dense hint="0 = no limit"')
+                .mark("limits-rpm")
+            )
+
+            async def save() -> None:
+                values = [float(w.value or 0) for w in (days, quota, rpm)]
+                if min(values) < 0:
+                    fail("Limits cannot be negative")
+                    return
+                changes: dict[str, Any] = {"daily_token_quota": int(values[1]), "rpm_limit": int(values[2])}
+                if values[0] != days_left:  # untouched: the expiry stays exactly as it was
+                    changes["expires_at"] = time.time() + values[0] * DAY if values[0] > 0 else None
+                try:
+                    await self.keys.update(row["id"], changes)
+                except Exception as exc:
+                    fail(f"Could not change the limits: {exc}")
+                    return
+                dialog.close()
+                ui.notify(f"Changed the limits of {row['name']}", type="positive")
+                await self.refresh()
+
+            with ui.row().classes("w-full justify-end"):
+                ui.button("Cancel", on_click=dialog.close).props("flat")
+                ui.button("Save", on_click=save).mark("limits-save")
         dialog.on("hide", dialog.delete)
         dialog.open()
 

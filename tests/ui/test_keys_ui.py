@@ -79,3 +79,32 @@ async def test_a_key_gets_its_scope_expiry_and_quota_from_the_form(admin: User) 
         await asyncio.sleep(0.05)
     [record] = made
     assert record.scope == "inference" and record.expires_at is None and record.daily_token_quota == 0
+
+
+async def test_a_keys_limits_are_changed_from_its_row(admin: User) -> None:
+    import time
+
+    services = await started(admin)
+    record, _ = await services.auth.keys.create("open-webui", rpm_limit=10)
+    await admin.open("/keys")
+    table = next(iter(admin.find(kind=ui.table).elements))
+    for _ in range(40):
+        if table.rows:
+            break
+        await asyncio.sleep(0.05)
+    [row] = table.rows
+    # What the row's "Change limits" button sends from the browser.
+    [listener] = [lid for lid, lst in table._event_listeners.items() if lst.type == "limits"]
+    table._handle_event({"listener_id": listener, "args": row})
+    await admin.should_see("Limits of 'open-webui'")
+    for marker, value in (("limits-days", 2), ("limits-quota", 20000), ("limits-rpm", 0)):
+        next(iter(admin.find(marker=marker).elements)).value = value
+    admin.find(marker="limits-save").click()
+    for _ in range(100):
+        changed = services.auth.keys.by_id[record.id]
+        if changed.daily_token_quota:
+            break
+        await asyncio.sleep(0.05)
+    assert changed.daily_token_quota == 20000 and changed.rpm_limit == 0
+    assert changed.expires_at is not None and abs(changed.expires_at - (time.time() + 2 * 86400)) < 120
+    assert changed.scope == "inference"
