@@ -9,7 +9,6 @@ the relay's observer called at the end of a stream.
 from __future__ import annotations
 
 import fnmatch
-import time
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -50,9 +49,6 @@ class Identity:
         if self.kind == "user":
             return True
         return self.scope == "admin" and not self.restricted
-
-    def expired(self, now: float | None = None) -> bool:
-        return self.expires_at is not None and (time.time() if now is None else now) >= self.expires_at
 
     def may_use(self, names: Iterable[str]) -> bool:
         """Whether any of ``names`` (one model's names: listed name, file stem, path, alias) matches
