@@ -225,3 +225,36 @@ async def test_a_restricted_key_cannot_be_an_admin_key(box: Box) -> None:
         assert r.status_code == 422 and "allowed_models" in r.json()["error"]
     with pytest.raises(ValueError):
         await box.services.auth.keys.create("odd", ["tiny-*"], scope="admin")
+
+
+async def test_official_clients_chat_with_an_inference_key_but_cannot_change_models(
+    services: Services, proxy: Any
+) -> None:
+    """The openai and ollama clients, as Open WebUI's two connections use them, against a real
+    llama-server: chatting works with an inference key, deleting, copying and pulling models does not."""
+    import ollama
+    import openai
+
+    _, key = await services.auth.keys.create("open-webui")
+    oai = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0, timeout=60)
+    try:
+        reply = await oai.chat.completions.create(model="tiny-a", messages=HI, max_tokens=6)  # type: ignore[arg-type]
+        assert (reply.choices[0].message.content or "").startswith("abcd")
+    finally:
+        await oai.close()
+    client = ollama.AsyncClient(host=proxy.url, headers={"Authorization": f"Bearer {key}"}, trust_env=False)
+    try:
+        answer = await client.chat("tiny-a", messages=HI, options={"num_predict": 4})
+        assert (answer.message.content or "").startswith("abcd")
+        assert "tiny-b:latest" in {m.model for m in (await client.list()).models}
+        for attempt in (
+            client.delete("tiny-b"),
+            client.copy("tiny-b", "mine"),
+            client.pull("hf.co/user/repo:Q4_K_M", stream=False),
+        ):
+            with pytest.raises(ollama.ResponseError) as err:
+                await attempt
+            assert err.value.status_code == 403 and "admin" in err.value.error
+    finally:
+        await client.close()
+    assert (services.library.models_dir / "tiny-b.gguf").exists() and "mine" not in services.aliases.aliases
