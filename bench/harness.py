@@ -166,7 +166,7 @@ def llamaman(
         "INTERNAL_PORT_RANGE_START": str(internal),
         "INTERNAL_PORT_RANGE_END": str(internal + 20),
         "LLAMAMAN_MAX_MODELS": str(max_models),
-        "LLAMAMAN_API_KEYS": BENCH_KEY,
+        "LLAMAMAN_ADMIN_API_KEYS": BENCH_KEY,  # it also sets presets over the REST API
         "LLAMA_SERVER_BIN": server_bin or llama_server_bin(),
         **(extra_env or {}),
     }

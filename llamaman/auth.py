@@ -31,7 +31,7 @@ from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection, cookie_parser
 from starlette.responses import Response
 
-from llamaman.apikeys import KeyStore
+from llamaman.apikeys import KeyStore, expiry_text
 from llamaman.config import Settings
 from llamaman.db import Database
 from llamaman.identity import Identity, current_identity
@@ -122,7 +122,7 @@ class AuthService:
         self.settings = settings
         self.db = db
         self.runtime = runtime
-        self.keys = KeyStore(db, settings.api_keys)
+        self.keys = KeyStore(db, settings.api_keys, settings.admin_api_keys)
         self.hasher = PasswordHasher()
         self.throttle = LoginThrottle()
         secret = storage_secret(settings)
@@ -134,6 +134,7 @@ class AuthService:
         self._dummy: str | None = None
         add_secrets([settings.admin_password, settings.hf_token, settings.secret_key])
         add_secrets((settings.api_keys or "").split(","))
+        add_secrets((settings.admin_api_keys or "").split(","))
 
     @property
     def require_auth(self) -> bool:
@@ -289,6 +290,8 @@ class AuthService:
                 return Credential(problem="invalid API key")
             if record.revoked:
                 return Credential(problem="this API key has been revoked")
+            if record.expires_at is not None and time.time() >= record.expires_at:
+                return Credential(problem=f"this API key expired on {expiry_text(record.expires_at)}")
             self.keys.touch(record)
             return Credential(identity=record.identity())
         cookie = headers.get("cookie")

@@ -10,9 +10,9 @@ Wiring, one call per app: ``wrap_with_auth(app, services, "main" | "proxy" | "in
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
@@ -22,8 +22,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llamaman.access import Access, Surface, classify
-from llamaman.identity import CURRENT_IDENTITY, Identity
+from llamaman.access import ADMIN_ONLY, MODEL_SURFACE, Access, Surface, classify
+from llamaman.identity import CURRENT_IDENTITY, Identity, names_allowed
 
 if TYPE_CHECKING:
     from llamaman.services import Services
@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _OPENAI_CODES = {401: "invalid_api_key", 403: "permission_denied", 429: "rate_limit_exceeded"}
 _ANTHROPIC_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+# Answers that give a request's place in its key's per-minute budget back: it was refused (a model the
+# key may not use, one hidden from it, a quota), so it used nothing.
+_REFUNDED = frozenset({401, 403, 404, 429})
 
 
 def wrap_with_auth(
@@ -75,29 +78,54 @@ class AuthMiddleware:
         credential = auth.authenticate(Headers(scope=scope))
         identity = credential.identity
         if identity is None:
-            if access is Access.MANAGE or auth.require_auth:
+            if access in ADMIN_ONLY or auth.require_auth:
                 message = credential.problem or self._hint(access)
                 await self._deny(scope, receive, send, access, path, 401, message)
                 return
             await self._pass(scope, receive, send, None)  # open: a stale or wrong key is no reason to refuse
             return
-        if access is Access.MANAGE and identity.restricted:
-            message = "this API key is limited to some models and cannot manage LlamaMan"
-            await self._deny(scope, receive, send, access, path, 403, message)
+        if access in ADMIN_ONLY and not identity.can_manage:
+            await self._deny(scope, receive, send, access, path, 403, _scope_refusal(identity, access))
             return
-        if identity.key_id and identity.rpm_limit:
-            wait = auth.keys.rates.check(identity.key_id, identity.rpm_limit)
-            if wait is not None:
-                message = f"this API key is limited to {identity.rpm_limit} requests per minute"
-                await self._deny(scope, receive, send, access, path, 429, message, {"Retry-After": str(wait)})
-                return
+        # Refusals for the model come before the rate and the quota are counted: they use neither.
         if access is Access.MODEL and identity.restricted and scope["type"] == "http":
             receive, refused = await self._check_models(scope, receive, path, identity)
             if refused is not None:
                 message = f"this API key may not use the model '{refused}'"
                 await self._deny(scope, receive, send, access, path, 403, message)
                 return
+        keys = auth.keys
+        if access is Access.MODEL and identity.daily_token_quota:
+            wait = keys.quota_wait(identity)
+            if wait is not None:
+                message = (
+                    f"this API key has used its daily quota of {identity.daily_token_quota} tokens; "
+                    "it starts again at 00:00 UTC"
+                )
+                await self._deny(scope, receive, send, access, path, 429, message, {"Retry-After": str(wait)})
+                return
+        if identity.key_id and identity.rpm_limit:
+            at = time.monotonic()
+            wait = keys.rates.check(identity.key_id, identity.rpm_limit, now=at)
+            if wait is not None:
+                message = f"this API key is limited to {identity.rpm_limit} requests per minute"
+                await self._deny(scope, receive, send, access, path, 429, message, {"Retry-After": str(wait)})
+                return
+            if scope["type"] == "http":
+                send = self._refund_if_refused(send, identity.key_id, at)
         await self._pass(scope, receive, send, identity)
+
+    def _refund_if_refused(self, send: Send, key_id: str, at: float) -> Send:
+        """``send`` that gives the request back to the key's per-minute budget when the app refuses it
+        (a model hidden from the key answers 404, not 403, so only the app knows)."""
+        rates = self.services.auth.keys.rates
+
+        async def watched(message: Message) -> None:
+            if message["type"] == "http.response.start" and message.get("status") in _REFUNDED:
+                rates.refund(key_id, at)
+            await send(message)
+
+        return watched
 
     async def _pass(self, scope: Scope, receive: Receive, send: Send, identity: Identity | None) -> None:
         scope.setdefault("state", {})["identity"] = identity
@@ -108,6 +136,8 @@ class AuthMiddleware:
             CURRENT_IDENTITY.reset(token)
 
     def _hint(self, access: Access) -> str:
+        if access is Access.MODEL_ADMIN:
+            return "this endpoint changes the models on the box: send an admin API key or sign in"
         if access is Access.MODEL:
             return "an API key is required: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
         if self.services.auth.needs_setup():
@@ -143,8 +173,7 @@ class AuthMiddleware:
         entry = self.services.router.resolve(name.strip())
         if entry is not None:
             names |= {entry.name, entry.rel_path, entry.rel_path.removesuffix(".gguf")}
-        folded = [n.casefold() for n in names if n]
-        return any(fnmatch.fnmatchcase(n, p.casefold()) for p in patterns for n in folded)
+        return names_allowed(patterns, names)
 
     async def _upstream_model(self, target: str) -> str:
         """The model ``/upstream/{target}`` goes to, found the way the proxy finds it (longest prefix)."""
@@ -198,8 +227,22 @@ class AuthMiddleware:
         return scope.get("method") in ("GET", "HEAD") and "text/html" in accept
 
 
+def _scope_refusal(identity: Identity, access: Access) -> str:
+    if identity.restricted:
+        return "this API key is limited to some models and cannot manage LlamaMan"
+    if access is Access.MODEL_ADMIN:
+        return (
+            "deleting, copying, pulling or creating models needs an admin API key or a signed-in user; "
+            "this is an inference key"
+        )
+    return (
+        "this is an inference API key: it reaches the model endpoints only; "
+        "managing LlamaMan needs an admin API key or a signed-in user"
+    )
+
+
 def _dialect(access: Access, path: str) -> str:
-    if access is not Access.MODEL:
+    if access not in MODEL_SURFACE:
         return "rest"
     if path.startswith("/api/"):
         return "ollama"

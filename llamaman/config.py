@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     admin_user: str | None = Field(default=None, alias="LLAMAMAN_ADMIN_USER")
     admin_password: str | None = Field(default=None, alias="LLAMAMAN_ADMIN_PASSWORD")
     api_keys: str | None = Field(default=None, alias="LLAMAMAN_API_KEYS")
+    # Keys with the admin scope (manage LlamaMan, not only use models); a key in both lists is admin.
+    admin_api_keys: str | None = Field(default=None, alias="LLAMAMAN_ADMIN_API_KEYS")
 
     # Hugging Face: token and endpoint (the endpoint is read by huggingface_hub itself too).
     hf_token: str | None = Field(
@@ -98,7 +100,7 @@ class Settings(BaseSettings):
     def public_dict(self) -> dict[str, Any]:
         """Settings as shown to users: secrets redacted."""
         out = self.model_dump(mode="json")
-        for secret in ("secret_key", "admin_password", "api_keys", "hf_token"):
+        for secret in ("secret_key", "admin_password", "api_keys", "admin_api_keys", "hf_token"):
             if out.get(secret):
                 out[secret] = "***"
         if self.database_url and "@" in self.database_url:

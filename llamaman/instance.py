@@ -7,6 +7,7 @@ from typing import Any
 
 from llamaman.launch import LaunchSettings
 from llamaman.process import LlamaProcess
+from llamaman.redact import redact_argv
 from llamaman.state import InstanceState
 from llamaman.tables import Instance
 
@@ -65,7 +66,7 @@ class ManagedInstance:
             "started_at": p.started_at,
             "uptime_seconds": round(uptime, 1),
             "load_seconds": p.load_seconds,
-            "command": p.argv,
+            "command": redact_argv(p.argv),  # what an admin sees: secret values masked
             "settings": self.settings.model_dump(),
             **p.resources(),
         }

@@ -84,3 +84,29 @@ def install_log_redaction(secrets: Iterable[str | None] = ()) -> None:
 
         logging.setLogRecordFactory(factory)
         _installed.append(previous)
+
+
+# Flags whose value is a secret: shown as MASK even to those who may see launch arguments.
+SECRET_FLAGS = frozenset({"--hf-token", "-hft", "--api-key", "--ssl-key-file", "--api-key-file"})
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """A launch command fit to show: the values of secret flags masked (``--flag value`` and
+    ``--flag=value``), and anything shaped like a key or token masked wherever it stands."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(MASK)
+            hide_next = False
+            continue
+        flag, eq, _ = arg.partition("=")
+        if flag in SECRET_FLAGS:
+            if eq:
+                out.append(f"{flag}={MASK}")
+            else:
+                out.append(arg)
+                hide_next = True
+            continue
+        out.append(redact(arg))
+    return out

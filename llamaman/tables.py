@@ -123,6 +123,12 @@ class ApiKey(SQLModel, table=True):
     revoked: bool = False
     created_at: float = Field(default_factory=now, sa_type=Double)
     last_used_at: float | None = Field(default=None, sa_type=Double)
+    # "inference": model endpoints only; "admin": LlamaMan's management too (see llamaman.access).
+    scope: str = Field(default="inference", max_length=16)
+    # Unix seconds after which the key is refused; None = never.
+    expires_at: float | None = Field(default=None, sa_type=Double)
+    # Prompt plus completion tokens the key may use per UTC day; 0 = no limit.
+    daily_token_quota: int = Field(default=0, sa_type=BigInteger)
 
 
 class KeyUsage(SQLModel, table=True):

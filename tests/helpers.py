@@ -153,6 +153,12 @@ async def api_client(services: Any, *, streaming: bool = False) -> AsyncIterator
 
 
 async def admin_headers(services: Any) -> dict[str, str]:
-    """Credentials for a test client: the REST API always needs a key or a session."""
-    _, key = await services.auth.keys.create("tests")
+    """Credentials for a test client: the REST API always needs an admin key or a session."""
+    _, key = await services.auth.keys.create("tests", scope="admin")
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def inference_headers(services: Any) -> dict[str, str]:
+    """Credentials of a model client (Open WebUI, an SDK): an inference key, the default scope."""
+    _, key = await services.auth.keys.create("client")
     return {"Authorization": f"Bearer {key}"}

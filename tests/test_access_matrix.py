@@ -1,5 +1,6 @@
-"""Every route of every surface, with every kind of credential, with the require-auth toggle on and
-off, against the access table in ``llamaman.access``.
+"""Every route of every surface, with every kind of credential (nothing, bad or dead keys, an inference
+key, one limited to some models, an admin key, a signed-in session), with the require-auth toggle on
+and off, against the access table in ``llamaman.access`` and its ``allows()``.
 
 The routes come from the apps themselves (the main app, the proxy app, a per-instance listener app),
 so a route added later is checked without touching this file; a route the table does not name fails.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import importlib
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +22,7 @@ import httpx
 import pytest
 from starlette.types import ASGIApp, Message
 
-from llamaman.access import Access, classify, match, table_markdown
+from llamaman.access import MODEL_SURFACE, Access, Credential, allows, classify, match, table_markdown
 from llamaman.auth import SESSION_COOKIE
 from llamaman.auth_middleware import AuthMiddleware
 from llamaman.config import Settings
@@ -43,7 +45,13 @@ PARAMS = {
 }  # fmt: skip
 # Paths tried on a catch-all route (the per-instance listener passes any path through).
 CATCH_ALL_SAMPLES = ("/", "/v1/chat/completions", "/completion", "/api/instances", "/api/tags", "/metrics")
-CASES = ("none", "malformed", "unknown", "revoked", "valid", "session")
+CASES = ("none", "malformed", "unknown", "revoked", "expired", "inference", "restricted", "admin", "session")
+# What each case counts as for the table: a bad or dead credential is no credential.
+AS: dict[str, Credential] = {
+    "none": "anonymous", "malformed": "anonymous", "unknown": "anonymous", "revoked": "anonymous",
+    "expired": "anonymous", "inference": "inference", "restricted": "inference", "admin": "admin",
+    "session": "user",
+}  # fmt: skip
 MALFORMED = (
     {"Authorization": "Basic %%%not-base64"},
     {"Authorization": "Bearer"},
@@ -63,9 +71,16 @@ class Probe:
 
 @dataclass
 class Keys:
-    valid: str
+    inference: str
+    restricted: str
+    admin: str
     revoked: str
+    expired: str
     session: str
+
+    @property
+    def valid(self) -> str:
+        return self.admin
 
     def headers(self, case: str, n: int) -> dict[str, str]:
         """Headers for ``case``; ``n`` rotates between the ways a key or a bad header can be sent."""
@@ -73,12 +88,14 @@ class Keys:
             return dict(MALFORMED[n % len(MALFORMED)])
         if case == "unknown":
             return {"Authorization": "Bearer llm-" + "x" * 43}
-        if case == "revoked":
-            return {"Authorization": f"Bearer {self.revoked}"}
-        if case == "valid":
-            basic = base64.b64encode(f"any:{self.valid}".encode()).decode()
-            ways = ({"Authorization": f"Bearer {self.valid}"}, {"x-api-key": self.valid},
-                    {"Authorization": f"Basic {basic}"})  # fmt: skip
+        if case in ("revoked", "expired", "inference", "restricted", "admin"):
+            key = getattr(self, case)
+            basic = base64.b64encode(f"any:{key}".encode()).decode()
+            ways = (
+                {"Authorization": f"Bearer {key}"},
+                {"x-api-key": key},
+                {"Authorization": f"Basic {basic}"},
+            )
             return dict(ways[n % len(ways)])
         if case == "session":
             return {"Cookie": f"{SESSION_COOKIE}={self.session}"}
@@ -114,10 +131,14 @@ def probes(surface: str, app: Any) -> list[Probe]:
     return out
 
 
-def expected_allowed(access: Access, case: str, require_auth: bool) -> bool:
-    if access is Access.OPEN or case in ("valid", "session"):
-        return True  # a signed-in session may use model endpoints too: the UI's playground does
-    return access is Access.MODEL and not require_auth
+def expected_status(access: Access, case: str, require_auth: bool) -> int | None:
+    """None when the request must pass, else the refusal: 401 without a usable credential, 403 for a
+    key whose scope does not reach the path. A session passes everything (the UI's playground uses the
+    model endpoints); the restricted key's list covers the model these requests name."""
+    credential = AS[case]
+    if allows(access, credential, require_auth=require_auth):
+        return None
+    return 401 if credential == "anonymous" else 403
 
 
 @pytest.fixture
@@ -125,11 +146,19 @@ async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[Ser
     services = Services(make_settings())
     await services.start()
     try:
-        _, valid = await services.auth.keys.create("matrix")
-        revoked_record, revoked = await services.auth.keys.create("matrix-revoked")
-        await services.auth.keys.revoke(revoked_record.id)
+        keys = services.auth.keys
+        _, inference = await keys.create("matrix")
+        _, restricted = await keys.create("matrix-restricted", allowed_models=[f"{NO_MODEL}*"])
+        _, admin_key = await keys.create("matrix-admin", scope="admin")
+        revoked_record, revoked = await keys.create("matrix-revoked", scope="admin")
+        await keys.revoke(revoked_record.id)
+        expired_record, expired = await keys.create("matrix-expired", scope="admin")
+        await keys.update(expired_record.id, {"expires_at": time.time() - 1})
         admin = await services.auth.create_first_admin("admin", "a long password")
-        yield services, Keys(valid, revoked, services.auth.session_token(admin))
+        yield (
+            services,
+            Keys(inference, restricted, admin_key, revoked, expired, services.auth.session_token(admin)),
+        )
     finally:
         await services.stop()
 
@@ -183,38 +212,41 @@ async def test_access_matrix(box: tuple[Services, Keys], require_auth: bool) -> 
                         json=BODY if probe.method in ("POST", "PUT", "PATCH", "DELETE") else None,
                     )  # fmt: skip
                     checked += 1
-                    want = expected_allowed(access, case, require_auth)
+                    want = expected_status(access, case, require_auth)
                     problem = _judge(r, access, probe.path, want)
                     if problem:
                         problems.append(f"{surface} {probe.method} {probe.path} [{access}] {case}: {problem}")
-    assert checked > 300
+    assert checked > 900
     assert not problems, f"{len(problems)} unexpected answers:\n" + "\n".join(problems[:60])
 
 
-def _judge(r: httpx.Response, access: Access, path: str, allowed: bool) -> str | None:
-    if allowed:
+def _judge(r: httpx.Response, access: Access, path: str, want: int | None) -> str | None:
+    if want is None:
         if r.status_code in (401, 403):
             return f"refused with {r.status_code}: {r.text[:200]}"
         if r.status_code == 500:  # 501 (not supported) and 503 (no such instance) are answers
             return f"server error: {r.text[:200]}"
         return None
-    if r.status_code != 401:
-        return f"expected 401, got {r.status_code}: {r.text[:200]}"
-    if "bearer" not in r.headers.get("www-authenticate", "").lower():
+    if r.status_code != want:
+        return f"expected {want}, got {r.status_code}: {r.text[:200]}"
+    if want == 401 and "bearer" not in r.headers.get("www-authenticate", "").lower():
         return "401 without WWW-Authenticate: Bearer"
     if r.request.method == "HEAD":
         return None  # no body to speak any dialect in
-    return _dialect_problem(r.json(), access, path)
+    return _dialect_problem(r.json(), access, path, want)
 
 
-def _dialect_problem(body: Any, access: Access, path: str) -> str | None:
+def _dialect_problem(body: Any, access: Access, path: str, status: int = 401) -> str | None:
     """Refusals speak the client's language: Ollama, OpenAI, Anthropic or the REST API's."""
-    if access is Access.MODEL and path.startswith("/api/"):
+    model = access in MODEL_SURFACE
+    if model and path.startswith("/api/"):
         ok = isinstance(body.get("error"), str)
-    elif access is Access.MODEL and path.startswith("/v1/messages"):
-        ok = body.get("type") == "error" and body["error"]["type"] == "authentication_error"
-    elif access is Access.MODEL:
-        ok = isinstance(body.get("error"), dict) and body["error"]["code"] == "invalid_api_key"
+    elif model and path.startswith("/v1/messages"):
+        kind = "authentication_error" if status == 401 else "permission_error"
+        ok = body.get("type") == "error" and body["error"]["type"] == kind
+    elif model:
+        code = "invalid_api_key" if status == 401 else "permission_denied"
+        ok = isinstance(body.get("error"), dict) and body["error"]["code"] == code
     else:
         ok = isinstance(body.get("error"), str) and body.get("detail") == body["error"]
     return None if ok else f"refusal in the wrong dialect: {body}"
@@ -230,17 +262,18 @@ def test_rest_routes_are_management_and_proxy_routes_are_model_endpoints() -> No
 
     sign_in = {"/api/auth/login", "/api/auth/setup", "/api/auth/logout", "/api/auth/session", "/health"}
     wrong = []
+    manage: frozenset[Access] = frozenset({Access.MANAGE})
     for surface, router, want in (
-        ("main", build_router(), Access.MANAGE),
-        ("main", build_proxy_router(include_root=False), Access.MODEL),
-        ("proxy", build_proxy_router(include_root=True), Access.MODEL),
+        ("main", build_router(), manage),
+        ("main", build_proxy_router(include_root=False), MODEL_SURFACE),
+        ("proxy", build_proxy_router(include_root=True), MODEL_SURFACE),
     ):
         app = FastAPI()
         app.include_router(router)
         for probe in probes(surface, app):
             if probe.template in sign_in or probe.template.startswith(("/docs", "/openapi", "/redoc")):
                 continue
-            if classify(probe.path, surface) is not want:
+            if classify(probe.path, surface) not in want:
                 wrong.append(f"{surface} {probe.method} {probe.path}: {classify(probe.path, surface)}")
     assert not wrong, "\n".join(wrong)
 
@@ -252,8 +285,19 @@ def test_table_decides_the_paths_that_have_no_route_here() -> None:
     assert classify("/login", "main") is Access.OPEN and classify("/setup", "main") is Access.OPEN
     assert classify("/", "main") is Access.MANAGE and classify("/instances", "main") is Access.MANAGE
     assert classify("/", "proxy") is Access.MODEL  # Ollama's "is running" probe
-    assert classify("/api/pull", "main") is Access.MODEL
-    assert classify("/api/blobs/sha256:abc", "proxy") is Access.MODEL
+    # Ollama's routes that change the box need an admin key or a session, whatever the toggle says.
+    for path in (
+        "/api/pull",
+        "/api/delete",
+        "/api/copy",
+        "/api/push",
+        "/api/create",
+        "/api/blobs/sha256:abc",
+    ):
+        assert classify(path, "main") is Access.MODEL_ADMIN and classify(path, "proxy") is Access.MODEL_ADMIN
+    assert (
+        classify("/api/chat", "proxy") is Access.MODEL and classify("/models/unload", "proxy") is Access.MODEL
+    )
     assert classify("/api/some-future-route", "proxy") is Access.MANAGE
     assert classify("/api/tags/", "main") is Access.MANAGE  # only Ollama's exact paths are model endpoints
     assert classify("/anything", "instance") is Access.MODEL
@@ -305,3 +349,31 @@ async def test_websockets_to_guarded_paths_are_closed(box: tuple[Services, Keys]
     assert await connect("/_nicegui_ws/socket.io/", []) == []
     assert await connect("/api/instances/x/ws", [(b"authorization", f"Bearer {keys.valid}".encode())]) == []
     assert reached == ["/_nicegui_ws/socket.io/", "/api/instances/x/ws"]
+
+
+def test_the_readme_carries_the_table_as_the_code_has_it() -> None:
+    from pathlib import Path
+
+    from llamaman.access import scopes_markdown
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name, table in (("table_markdown", table_markdown()), ("scopes_markdown", scopes_markdown())):
+        assert table in readme, (
+            f"README.md is behind llamaman.access: paste access.{name}() into it:\n{table}"
+        )
+
+
+def test_scopes_and_classes() -> None:
+    """``allows`` is the table's meaning: what each kind of credential passes, toggle on and off."""
+    everyone: tuple[Credential, ...] = ("anonymous", "inference", "admin", "user")
+    for on in (True, False):
+        assert all(allows(Access.OPEN, c, require_auth=on) for c in everyone)
+        for access in (Access.MODEL_ADMIN, Access.MANAGE):
+            assert [c for c in everyone if allows(access, c, require_auth=on)] == ["admin", "user"]
+        assert allows(Access.MODEL, "inference", require_auth=on)
+    assert not allows(Access.MODEL, "anonymous", require_auth=True)
+    assert allows(Access.MODEL, "anonymous", require_auth=False)
+    # The instance port refuses LlamaMan's REST paths as the other ports do, and keeps Ollama's.
+    assert classify("/api/instances", "instance") is Access.MANAGE
+    assert classify("/api/delete", "instance") is Access.MODEL_ADMIN
+    assert classify("/api/chat", "instance") is Access.MODEL

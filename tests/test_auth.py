@@ -161,7 +161,7 @@ async def test_keys_are_stored_hashed_listed_without_secret_and_revocable(box: S
     assert row.key_hash == hashlib.sha256(key.encode()).hexdigest()
 
     async with client(box) as c:
-        unrestricted = (await box.auth.keys.create("admin-key"))[1]
+        unrestricted = (await box.auth.keys.create("admin-key", scope="admin"))[1]
         as_key = {"Authorization": f"Bearer {unrestricted}"}
         me = (await c.get("/api/auth/me", headers=as_key)).json()["identity"]
         assert me["kind"] == "key" and me["name"] == "admin-key"
@@ -182,7 +182,8 @@ async def test_environment_creates_the_admin_and_its_keys_work(
     make_settings: Callable[..., Settings],
 ) -> None:
     env = {"LLAMAMAN_ADMIN_USER": "root", "LLAMAMAN_ADMIN_PASSWORD": "from-the-env",
-           "LLAMAMAN_API_KEYS": "first-env-key-123, second-env-key-456"}  # fmt: skip
+           "LLAMAMAN_API_KEYS": "first-env-key-123, second-env-key-456",
+           "LLAMAMAN_ADMIN_API_KEYS": "second-env-key-456"}  # fmt: skip
     services = Services(make_settings(**env))
     await services.start()
     try:
@@ -191,13 +192,18 @@ async def test_environment_creates_the_admin_and_its_keys_work(
             r = await c.post("/api/auth/login", json={"username": "root", "password": "from-the-env"})
             assert r.status_code == 200
             c.cookies.clear()
-            for key in ("first-env-key-123", "second-env-key-456"):
+            # LLAMAMAN_API_KEYS are inference keys; one also in LLAMAMAN_ADMIN_API_KEYS is an admin key.
+            for key, status in (("first-env-key-123", 403), ("second-env-key-456", 200)):
                 r = await c.get("/api/instances", headers={"Authorization": f"Bearer {key}"})
+                assert r.status_code == status
+                r = await c.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
                 assert r.status_code == 200
             headers = {"x-api-key": "second-env-key-456"}
-            assert (await c.get("/api/auth/me", headers=headers)).json()["identity"]["name"] == "env-key-2"
+            me = (await c.get("/api/auth/me", headers=headers)).json()["identity"]
+            assert me["name"] == "env-admin-key-1" and me["scope"] == "admin"
             listing = (await c.get("/api/api-keys", headers=headers)).json()
-            assert [(k["name"], k["source"]) for k in listing] == [("env-key-1", "env"), ("env-key-2", "env")]
+            shown = [(k["name"], k["source"], k["scope"]) for k in listing]
+            assert shown == [("env-key-1", "env", "inference"), ("env-admin-key-1", "env", "admin")]
             assert (await c.delete("/api/api-keys/env-key-1", headers=headers)).status_code == 400
             # The settings page shows neither the password nor the keys.
             shown = (await c.get("/api/settings", headers=headers)).text

@@ -153,7 +153,7 @@ async def test_open_webui_openai_connection_with_a_key(services: Services, proxy
 
 async def key_usage(services: Services, name: str) -> dict[str, Any]:
     async with asgi(services, "main") as c:
-        _, admin = await services.auth.keys.create("admin")
+        _, admin = await services.auth.keys.create("admin", scope="admin")
         listing = (await c.get("/api/api-keys", headers={"x-api-key": admin})).json()
     [entry] = [k for k in listing if k["name"] == name]
     assert entry["last_used_at"] and entry["last_used_at"] <= time.time()

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
 from llamaman.proxy.common import ProxyError, lease_for, read_json, require_model, services_of
-from llamaman.proxy.openai import model_objects, resolve_or_404
+from llamaman.proxy.openai import listing_identity, model_objects, resolve_or_404
 
 router = APIRouter(tags=["router mode"])
 
@@ -16,7 +16,8 @@ router = APIRouter(tags=["router mode"])
 @router.get("/models")
 async def list_models(request: Request) -> JSONResponse:
     # The library is rescanned on every listing, which is what router mode's ?reload=1 asks for.
-    return JSONResponse({"object": "list", "data": await model_objects(services_of(request))})
+    objects = await model_objects(services_of(request), listing_identity(request))
+    return JSONResponse({"object": "list", "data": objects})
 
 
 @router.post("/models/load")

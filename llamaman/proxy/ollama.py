@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from llamaman.library import ModelEntry
 from llamaman.proxy import ollama_models
 from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
+from llamaman.proxy.openai import listing_identity
 from llamaman.proxy.relay import STREAM_HEADERS, Exchange, LeasedStream, stream_error_line
 from llamaman.proxy.translate import (
     OllamaChatStream,
@@ -161,7 +162,7 @@ async def ollama_version() -> dict[str, str]:
 @router.get("/api/tags")
 @_ollama_errors
 async def ollama_tags(request: Request) -> Response:
-    return JSONResponse(await ollama_models.tags(services_of(request)))
+    return JSONResponse(await ollama_models.tags(services_of(request), listing_identity(request)))
 
 
 # HEAD probes answer like GET; kept out of the schema so each operation is documented once.
@@ -172,7 +173,7 @@ router.add_api_route("/api/tags", ollama_tags, methods=["HEAD"], include_in_sche
 @router.get("/api/ps")
 @_ollama_errors
 async def ollama_ps(request: Request) -> Response:
-    return JSONResponse(ollama_models.ps(services_of(request)))
+    return JSONResponse(ollama_models.ps(services_of(request), listing_identity(request)))
 
 
 @router.post("/api/show")

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from llamaman.gguf_meta import LibraryError
+from llamaman.identity import Identity
 from llamaman.library import ModelEntry, estimate_memory
 from llamaman.proxy.common import ProxyError
+from llamaman.proxy.openai import may_list
 from llamaman.proxy.translate import digest_for, format_rfc3339, ollama_model_name, strip_latest
 from llamaman.router import ModelNotFound
 from llamaman.services import Services
@@ -90,18 +92,21 @@ def _model_object(name: str, entry: ModelEntry) -> dict[str, Any]:
 # -- /api/tags --------------------------------------------------------------------------------------
 
 
-async def tags(services: Services) -> dict[str, Any]:
+async def tags(services: Services, identity: Identity | None = None) -> dict[str, Any]:
+    """The library and its aliases; a key limited to some models sees only those."""
     # A file dropped into MODELS_DIR should show up on the client's next page load; rescans only
     # stat unchanged files.
     models = await services.library.ascan()
     names = Names(models)
-    out = [_model_object(names.of(e), e) for e in models if e.launchable]
-    listed = {m["name"].casefold() for m in out}
+    listed_names = [(names.of(e), e) for e in models if e.launchable]
+    listed = {ollama_model_name(n).casefold() for n, _ in listed_names}
+    out = [_model_object(n, e) for n, e in listed_names if may_list(identity, e, n)]
     for alias, target in sorted(services.aliases.aliases.items()):
         entry = services.library.find(target)
         if entry is None or not entry.launchable or ollama_model_name(alias).casefold() in listed:
             continue
-        out.append(_model_object(alias, entry))
+        if may_list(identity, entry, alias):
+            out.append(_model_object(alias, entry))
     return {"models": out}
 
 
@@ -161,7 +166,8 @@ def _expires_at(services: Services, m: ManagedInstance) -> float:
     return float(expires) if expires is not None else time.time() + _FOREVER_S
 
 
-def ps(services: Services) -> dict[str, Any]:
+def ps(services: Services, identity: Identity | None = None) -> dict[str, Any]:
+    """The running models; a key limited to some models sees only those."""
     library = services.library
     names = Names(library.models)
     grouped: dict[str, list[tuple[ManagedInstance, ModelEntry]]] = {}
@@ -169,7 +175,7 @@ def ps(services: Services) -> dict[str, Any]:
         if m.state != InstanceState.HEALTHY:
             continue
         entry = library.find(m.record.model_path)
-        if entry is not None and entry.launchable:
+        if entry is not None and entry.launchable and may_list(identity, entry, names.of(entry)):
             grouped.setdefault(entry.rel_path, []).append((m, entry))
     out = []
     # Replicas of one model make one entry, as Ollama has one runner per model.

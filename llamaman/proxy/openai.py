@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from llamaman.identity import Identity, request_identity
 from llamaman.library import ModelEntry, ModelLibrary
 from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
 from llamaman.proxy.relay import (
@@ -29,6 +30,7 @@ from llamaman.proxy.relay import (
     raw_forward_headers,
     stream_error_line,
 )
+from llamaman.redact import redact_argv
 from llamaman.router import Lease, ModelNotFound
 from llamaman.services import Services
 from llamaman.state import InstanceState
@@ -106,12 +108,31 @@ async def pass_through(
 
 
 # ---- model listings ----------------------------------------------------------------------------
-def _status_object(services: Services, entry: ModelEntry, instances: list[Any]) -> dict[str, Any]:
+def listing_identity(request: Request) -> Identity | None:
+    """Who asks for a model listing (None: nobody, with require-auth off)."""
+    return request_identity(request.scope)
+
+
+def model_names(entry: ModelEntry, *listed: str) -> set[str]:
+    """Every name a key's allow-list may match for ``entry``, as the auth middleware checks them."""
+    return {*listed, entry.name, entry.rel_path, entry.rel_path.removesuffix(".gguf"), _rel_stem(entry)}
+
+
+def may_list(identity: Identity | None, entry: ModelEntry, *listed: str) -> bool:
+    """A key limited to some models sees only those models in listings."""
+    return identity is None or identity.may_use(model_names(entry, *listed))
+
+
+def _status_object(
+    services: Services, entry: ModelEntry, instances: list[Any], identity: Identity | None
+) -> dict[str, Any]:
     value = services.router.status(entry)
     status: dict[str, Any] = {"value": value}
     live = [m for m in instances if m.state in (InstanceState.HEALTHY, InstanceState.STARTING)] or instances
-    if live:
-        status["args"] = list(live[0].proc.argv)
+    # Launch arguments reveal paths and settings of the box (and could carry tokens): only those who
+    # manage it see them, with secrets masked.
+    if live and identity is not None and identity.can_manage:
+        status["args"] = redact_argv(list(live[0].proc.argv))
     if value == "unloaded" and instances and all(m.state == InstanceState.FAILED for m in instances):
         status["failed"] = True
         status["exit_code"] = instances[0].proc.exit_code
@@ -122,7 +143,9 @@ def _rel_stem(entry: ModelEntry) -> str:
     return (PurePosixPath(entry.rel_path).parent / entry.name).as_posix()
 
 
-def _model_object(services: Services, entry: ModelEntry, instances: list[Any], name: str) -> dict[str, Any]:
+def _model_object(
+    services: Services, entry: ModelEntry, instances: list[Any], name: str, identity: Identity | None
+) -> dict[str, Any]:
     info = entry.info
     caps = list(entry.capabilities)
     obj: dict[str, Any] = {
@@ -131,7 +154,7 @@ def _model_object(services: Services, entry: ModelEntry, instances: list[Any], n
         "created": int(entry.modified_at),
         "owned_by": "llamaman",
         "path": entry.rel_path,
-        "status": _status_object(services, entry, instances),
+        "status": _status_object(services, entry, instances, identity),
         # llama.cpp's shape; it only knows "text" (and "decisions") as outputs, embeddings included.
         "architecture": {
             "input_modalities": ["text", "image"] if "vision" in caps else ["text"],
@@ -163,38 +186,41 @@ async def _scan(library: ModelLibrary) -> list[ModelEntry]:
     return await asyncio.shield(running)
 
 
-async def model_objects(services: Services) -> list[dict[str, Any]]:
-    """Every launchable library model (by file stem) and every alias, with its router status."""
+async def model_objects(services: Services, identity: Identity | None = None) -> list[dict[str, Any]]:
+    """Every launchable library model (by file stem) and every alias, with its router status; those
+    ``identity`` may use only, with launch arguments only when it may manage the box."""
     models = [e for e in await _scan(services.library) if e.launchable]
     by_path: dict[str, list[Any]] = {}
     for m in services.supervisor.list():
         by_path.setdefault(m.record.model_path, []).append(m)
     stems = Counter(e.name for e in models)
-    out = [
+    out = []
+    seen = set()
+    for e in models:
         # Two files with one stem in different folders: the folder tells them apart (and resolves).
-        _model_object(
-            services, e, by_path.get(e.rel_path, []), e.name if stems[e.name] == 1 else _rel_stem(e)
-        )
-        for e in models
-    ]
-    seen = {o["id"] for o in out}
+        name = e.name if stems[e.name] == 1 else _rel_stem(e)
+        seen.add(name)
+        if may_list(identity, e, name):
+            out.append(_model_object(services, e, by_path.get(e.rel_path, []), name, identity))
     for alias in sorted(services.aliases.aliases):
         if alias in seen:
             continue
         target = services.router.resolve(alias)
-        if target is not None:
-            out.append(_model_object(services, target, by_path.get(target.rel_path, []), alias))
+        if target is not None and may_list(identity, target, alias):
+            out.append(_model_object(services, target, by_path.get(target.rel_path, []), alias, identity))
     return out
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
-    return JSONResponse({"object": "list", "data": await model_objects(services_of(request))})
+    objects = await model_objects(services_of(request), listing_identity(request))
+    return JSONResponse({"object": "list", "data": objects})
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> JSONResponse:
-    for obj in await model_objects(services_of(request)):
+    # A model hidden from the key answers as if it did not exist.
+    for obj in await model_objects(services_of(request), listing_identity(request)):
         if obj["id"] == model_id:
             return JSONResponse(obj)
     raise ProxyError(404, f"model '{model_id}' not found")

@@ -11,12 +11,13 @@ import openai
 import pytest
 
 from llamaman.proxy.app import ProxyServer
-from tests.helpers import admin_headers
+from tests.helpers import inference_headers
 
 
 @pytest.fixture
 async def auth_headers(services: Any) -> dict[str, str]:
-    return await admin_headers(services)
+    # Model clients hold inference keys, as Open WebUI does: what these tests drive must work with one.
+    return await inference_headers(services)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from llamaman.state import InstanceState
+from tests.helpers import admin_headers
 
 S = InstanceState
 HI = [{"role": "user", "content": "hi"}]
@@ -107,8 +108,12 @@ async def test_router_mode_load_list_unload(services: Any, http: httpx.AsyncClie
     r = await http.post("/models/load", json={"model": "tiny-a"})
     assert r.status_code == 200 and r.json() == {"success": True}
     status = {m["id"]: m["status"] for m in (await http.get("/models")).json()["data"]}
-    assert status["tiny-a"]["value"] == "loaded" and status["tiny-a"]["args"]
-    assert status["tiny-b"]["value"] == "unloaded"
+    assert status["tiny-a"]["value"] == "loaded" and status["tiny-b"]["value"] == "unloaded"
+    # Launch arguments are for those who manage the box: an admin key sees them, an inference key not.
+    assert "args" not in status["tiny-a"]
+    admin = await admin_headers(services)
+    status = {m["id"]: m["status"] for m in (await http.get("/models", headers=admin)).json()["data"]}
+    assert status["tiny-a"]["args"]
 
     r = await http.post("/models/unload", json={"model": "tiny-a"})
     assert r.status_code == 200 and r.json() == {"success": True}
@@ -123,10 +128,13 @@ async def test_router_mode_load_list_unload(services: Any, http: httpx.AsyncClie
     assert r.status_code == 400
 
 
-async def test_health_and_root_on_the_proxy_port(http: httpx.AsyncClient) -> None:
+async def test_health_and_root_on_the_proxy_port(services: Any, http: httpx.AsyncClient) -> None:
     r = await http.get("/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"
-    r = await http.get("/no/such/route")
+    # A path no rule names is management: an inference key is refused before the routing, an admin
+    # key finds nothing there.
+    assert (await http.get("/no/such/route")).status_code == 403
+    r = await http.get("/no/such/route", headers=await admin_headers(services))
     assert r.status_code == 404
 
 
