@@ -192,7 +192,7 @@ async def test_a_failed_load_is_reported_to_every_waiter(services: Services, mod
     # A model whose load fails: llama-server refuses a context far beyond memory.
     write_tiny_model(models_dir / "tiny-c.gguf", "A")
     await services.library.ascan()
-    await services.presets.put("tiny-c.gguf", {"extra_args": "--no-such-flag"})
+    await services.presets.put("tiny-c.gguf", {"extra_args": "--cache-type-k no-such-type"})
     results = await asyncio.gather(
         *(services.router.acquire("tiny-c") for _ in range(3)), return_exceptions=True
     )
