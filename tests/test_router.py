@@ -25,6 +25,7 @@ async def ask(services: Services, model: str, max_tokens: int = 6) -> str:
             r = await c.post(
                 f"{lease.base_url}/v1/chat/completions",
                 json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens},
+                headers=lease.instance.proc.auth_headers,
                 timeout=30,
             )
             return r.json()["choices"][0]["message"]["content"]
@@ -116,6 +117,7 @@ async def test_a_stream_in_progress_finishes_before_its_model_is_swapped_out(one
                     "POST",
                     f"{lease_a.base_url}/v1/chat/completions",
                     json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 300, "stream": True},
+                    headers=lease_a.instance.proc.auth_headers,
                     timeout=60,
                 ) as r,
             ):
