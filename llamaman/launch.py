@@ -6,7 +6,7 @@ import re
 import shlex
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llamaman.launch_policy import Policy, check_args
 
@@ -155,21 +155,29 @@ def build_argv(
 
 
 def settings_from_record(record: Any) -> LaunchSettings:
-    """Rebuild launch settings from a stored instance row."""
-    return LaunchSettings(
-        model_path=record.model_path,
-        port=record.port,
-        n_gpu_layers=record.n_gpu_layers,
-        ctx_size=record.ctx_size,
-        threads=record.threads,
-        parallel=record.parallel,
-        gpu_devices=record.gpu_devices,
-        extra_args=record.extra_args or "",
-        embedding=record.embedding,
-        mmproj=record.mmproj,
-        idle_timeout_min=record.idle_timeout_min,
-        max_concurrent=record.max_concurrent,
-        max_queue_depth=record.max_queue_depth,
-        share_queue=record.share_queue,
-        sampling=SamplingOverrides(**(record.sampling or {})),
-    )
+    """Rebuild launch settings from a stored instance row.
+
+    A row whose extra flags the launch policy refuses (stored before it existed, or by hand) still
+    loads, with the flags kept unvalidated: the supervisor checks them again before any spawn and
+    shows the row failed with the reason instead of losing it."""
+    values: dict[str, Any] = {
+        "model_path": record.model_path,
+        "port": record.port,
+        "n_gpu_layers": record.n_gpu_layers,
+        "ctx_size": record.ctx_size,
+        "threads": record.threads,
+        "parallel": record.parallel,
+        "gpu_devices": record.gpu_devices,
+        "embedding": record.embedding,
+        "mmproj": record.mmproj,
+        "idle_timeout_min": record.idle_timeout_min,
+        "max_concurrent": record.max_concurrent,
+        "max_queue_depth": record.max_queue_depth,
+        "share_queue": record.share_queue,
+        "sampling": SamplingOverrides(**(record.sampling or {})),
+    }
+    extra = record.extra_args or ""
+    try:
+        return LaunchSettings(**values, extra_args=extra)
+    except ValidationError:
+        return LaunchSettings(**values).model_copy(update={"extra_args": extra})
