@@ -204,9 +204,13 @@ class LlamaProcess:
             if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
                 return False
             # Its key was handed over in its environment; only its owner (this user) can read it.
-            self._set_key(proc.environ().get(ENV_API_KEY))
+            key = proc.environ().get(ENV_API_KEY)
         except psutil.Error:
             return False
+        if not key:
+            # Started before servers had keys: anyone could reach it, so it is replaced instead.
+            return False
+        self._set_key(key)
         self._adopted = proc
         self._proc = None
         self.pid = pid
@@ -250,18 +254,22 @@ class LlamaProcess:
                 delay = min(delay * 1.5, 0.25)
 
     async def _is_ours(self) -> bool:
-        """Whether the server answering on our port is the one we started: another server (left on
-        a reused port) does not know our key, and must serve the model we asked for."""
+        """Whether the server answering on our port is the one we started: it must refuse a caller
+        without our key, accept ours, and serve the model we asked for. Another server left on a
+        reused port fails one of these."""
         props_url = self.health_url.rsplit("/", 1)[0] + "/props"
         try:
+            anon = await self.http.get(props_url, timeout=self.health_timeout, headers=_CLOSE)
+            if anon.status_code != 401:
+                log.warning("%s: %s answers without a key: not ours", self.instance_id, props_url)
+                return False
             r = await self.http.get(
                 props_url, timeout=self.health_timeout, headers={**_CLOSE, **self.auth_headers}
             )
         except httpx.HTTPError:
             return False
         if r.status_code != 200:
-            if r.status_code in (401, 403):
-                log.warning("%s: the server on %s refused our key: not ours", self.instance_id, props_url)
+            log.warning("%s: the server on %s refused our key: not ours", self.instance_id, props_url)
             return False
         if self.alias is None:
             return True
@@ -269,8 +277,7 @@ class LlamaProcess:
             served = r.json().get("model_alias")
         except (ValueError, AttributeError):
             return False
-        # Older builds do not report the alias; the key alone then tells it is ours.
-        return served is None or served == self.alias or self.alias in str(served).split(",")
+        return served == self.alias or self.alias in str(served or "").split(",")
 
     def _exited(self) -> bool:
         if self._proc is not None:
