@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from llamaman import launch_policy
 from llamaman.config import Settings
@@ -482,6 +484,9 @@ class Supervisor:
                     adopted.add(r.pid)
                     log.info("adopted llama-server pid %s for %s", r.pid, r.id)
                     continue
+                # Ours but not adoptable (started before servers had keys): it goes, and its ports
+                # are free again before the new one starts.
+                await asyncio.to_thread(_end_process_group, r.pid)
             try:
                 await self._reserve_ports(m)
             except InstanceError as exc:
@@ -502,6 +507,13 @@ class Supervisor:
     async def flush(self) -> None:
         """Wait until every queued record write is in the database."""
         await self.store.flush()
+
+
+def _end_process_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(psutil.Error):
+        psutil.Process(pid).wait(5)
 
 
 __all__ = ["InstanceError", "ManagedInstance", "Supervisor"]
