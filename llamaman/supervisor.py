@@ -163,7 +163,7 @@ class Supervisor:
             raise InstanceError(self.binary_error or "no llama-server binary found", 503)
         async with self._lock:
             path, name, mmproj = self._resolve_model(ls)
-            self._checked_extra(ls)
+            self.checked_extra(ls)
             if ls.port is not None:
                 self._check_port(ls.port)
             iid = new_id()
@@ -206,7 +206,7 @@ class Supervisor:
         self.events.publish("instance.created", id=m.id)
         return m
 
-    def _checked_extra(self, ls: LaunchSettings) -> list[str]:
+    def checked_extra(self, ls: LaunchSettings) -> list[str]:
         """The extra flags as this LlamaMan's policy lets them through (paths made absolute)."""
         try:
             return check_args(ls.extra_argv(), self.policy)
@@ -223,7 +223,7 @@ class Supervisor:
             alias=record.model_name,
             settings=ls,
             mmproj_file=mmproj,
-            extra=self._checked_extra(ls),
+            extra=self.checked_extra(ls),
         )
 
     def _manage(

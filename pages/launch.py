@@ -172,7 +172,7 @@ class LaunchPanel:
             port = 0  # the pool is full: Launch will say so
         mmproj = ls.mmproj or self.entry.mmproj
         try:
-            extra = sup._checked_extra(ls)
+            extra = sup.checked_extra(ls)
         except InstanceError as exc:
             return f"# refused: {exc.message}"
         argv = build_argv(

@@ -335,3 +335,40 @@ def test_child_environment_keeps_runtime_variables_and_drops_the_rest() -> None:
     }
     assert Kind.TUNE is FLAG_KINDS["--flash-attn"]
     assert os.environ is not parent
+
+
+async def test_model_and_projector_settings_through_symlinks_out_of_the_folder_are_refused(
+    api: httpx.AsyncClient, services: Services, models_dir: Path, tmp_path: Path
+) -> None:
+    from llamaman.testing.tiny_gguf import write_tiny_model
+
+    outside = tmp_path / "outside"
+    write_tiny_model(outside / "secret.gguf", "A")
+    (models_dir / "linked.gguf").symlink_to(outside / "secret.gguf")
+    (models_dir / "linked-mmproj.gguf").symlink_to("/etc/passwd")
+    for body in (
+        {"model_path": "linked.gguf"},
+        {"model_path": "tiny-a.gguf", "mmproj": "linked-mmproj.gguf"},
+        {"model_path": "tiny-a.gguf", "mmproj": "/etc/passwd"},
+        {"model_path": "tiny-a.gguf", "mmproj": "../outside/secret.gguf"},
+    ):
+        r = await api.post("/api/instances", json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert "outside the models folder" in r.json()["error"] or "'..'" in r.json()["error"]
+    assert services.supervisor.list() == []
+
+
+async def test_a_projector_found_beside_a_model_is_not_used_when_it_leads_outside(
+    services: Services, models_dir: Path, tmp_path: Path
+) -> None:
+    from llamaman.testing.tiny_gguf import write_tiny_model
+
+    write_tiny_model(tmp_path / "elsewhere" / "mmproj-x.gguf", "B")
+    write_tiny_model(models_dir / "vision" / "tiny-v.gguf", "A")
+    (models_dir / "vision" / "mmproj-x.gguf").symlink_to(tmp_path / "elsewhere" / "mmproj-x.gguf")
+    await services.library.ascan()
+    entry = services.library.find("vision/tiny-v.gguf")
+    assert entry is not None and entry.mmproj == "vision/mmproj-x.gguf"
+    m = await services.supervisor.launch(LaunchSettings(model_path="vision/tiny-v.gguf", ctx_size=256))
+    assert "--mmproj" not in m.proc.argv
+    await services.supervisor.stop(m.id)
