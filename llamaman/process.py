@@ -279,6 +279,10 @@ class LlamaProcess:
             return False
         return served == self.alias or self.alias in str(served or "").split(",")
 
+    def exited(self) -> bool:
+        """Whether no process of this server's last run is alive (its ports are free for others)."""
+        return self._exited()
+
     def _exited(self) -> bool:
         if self._proc is not None:
             return self._proc.returncode is not None

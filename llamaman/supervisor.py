@@ -340,8 +340,8 @@ class Supervisor:
 
     def _release_ports(self, m: ManagedInstance) -> None:
         """Give the ports back once the server is really gone; one still alive keeps them."""
-        if m.proc.pid is not None and not m.proc._exited():
-            log.warning("%s: llama-server pid %s still running; keeping its ports", m.id, m.proc.pid)
+        if not m.proc.exited():
+            log.warning("%s: its llama-server has not exited yet; keeping its ports", m.id)
             return
         self.ports.release(m.record.port, m.id)
         self.internal_ports.release(m.record.internal_port, m.id)

@@ -249,3 +249,16 @@ async def test_a_server_that_cannot_bind_its_port_fails_visibly(
     finally:
         squatter.kill()
         await squatter.wait()
+
+
+def test_the_embedded_launcher_takes_its_key_from_the_environment_as_llama_server_does() -> None:
+    xl = pytest.importorskip("xllamacpp")
+    from llamaman.xllama_flags import parse_flags
+    from llamaman.xllama_launcher import build_params
+
+    ns, _ = parse_flags(["-m", "x.gguf"])
+    assert list(build_params(ns, xl, environ={"LLAMA_API_KEY": "k1,k2"}).api_keys) == ["k1", "k2"]
+    ns, _ = parse_flags(["-m", "x.gguf", "--api-key", "cli"])
+    assert list(build_params(ns, xl, environ={"LLAMA_API_KEY": "env"}).api_keys) == ["cli"]
+    ns, _ = parse_flags(["-m", "x.gguf"])
+    assert list(build_params(ns, xl, environ={}).api_keys) == []
