@@ -118,7 +118,7 @@ _CLASSES: dict[Kind, tuple[str, ...]] = {
         "--embd-gemma-default", "--fim-qwen-1.5b-default", "--fim-qwen-14b-spec",
         "--fim-qwen-30b-default", "--fim-qwen-3b-default", "--fim-qwen-7b-default",
         "--fim-qwen-7b-spec", "--gpt-oss-120b-default", "--gpt-oss-20b-default",
-        "--vision-gemma-12b-default", "--vision-gemma-4b-default", "--spec-default",
+        "--vision-gemma-12b-default", "--vision-gemma-4b-default",
     ),
     _W: ("--log-file", "--slot-save-path", "--log-prompts-dir", "--lookup-cache-dynamic", "-lcd"),
     _A: (
@@ -161,7 +161,7 @@ _CLASSES: dict[Kind, tuple[str, ...]] = {
         "--no-host", "--no-op-offload", "--op-offload", "--no-perf", "--perf",
         "--no-prefill-assistant", "--prefill-assistant", "--no-reasoning-preserve",
         "--reasoning-preserve", "--no-repack", "-nr", "--repack", "--no-skip-chat-parsing",
-        "--skip-chat-parsing", "--no-slots", "--slots", "--no-spec-draft-backend-sampling",
+        "--skip-chat-parsing", "--no-slots", "--slots", "--spec-default", "--no-spec-draft-backend-sampling",
         "--spec-draft-backend-sampling", "--no-ui", "--no-webui", "--no-ui-mcp-proxy",
         "--no-webui-mcp-proxy", "--no-warmup", "--warmup", "--numa", "--offline", "--override-kv",
         "--override-tensor", "-ot", "--override-tensor-draft", "-otd", "--poll", "--poll-batch",
@@ -262,6 +262,13 @@ def check_args(argv: list[str], policy: Policy | None = None) -> list[str]:
         kind = FLAG_KINDS.get(flag)
         if kind is None or flag not in LLAMA_SERVER_FLAGS:
             raise LaunchPolicyError(f"extra_args: {name} is not a llama-server flag")
+        if kind is Kind.MANAGED:
+            raise LaunchPolicyError(f"extra_args may not set {name}: use the {MANAGED[flag]} setting instead")
+        if kind not in (Kind.TUNE, Kind.FILE) and not policy.allow_unsafe:
+            raise LaunchPolicyError(
+                f"extra_args may not use {name}: {_WHY[kind]} "
+                f"(an operator who trusts every caller can allow it with {ALLOW_UNSAFE_ENV}=1)"
+            )
         arity = _arity(flag)
         values: list[str] = []
         if eq:
@@ -282,15 +289,8 @@ def check_args(argv: list[str], policy: Policy | None = None) -> list[str]:
                 raise LaunchPolicyError(f"extra_args: {flag} needs a value")
             values = argv[i : i + arity]
             i += arity
-        if kind is Kind.MANAGED:
-            raise LaunchPolicyError(f"extra_args may not set {name}: use the {MANAGED[flag]} setting instead")
         if kind is Kind.FILE and not policy.allow_unsafe:
             values = [_check_file_value(flag, v, policy) for v in values]
-        elif kind is not Kind.TUNE and kind is not Kind.FILE and not policy.allow_unsafe:
-            raise LaunchPolicyError(
-                f"extra_args may not use {name}: {_WHY[kind]} "
-                f"(an operator who trusts every caller can allow it with {ALLOW_UNSAFE_ENV}=1)"
-            )
         out.append(flag)
         out.extend(values)
     return out
