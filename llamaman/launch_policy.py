@@ -224,10 +224,6 @@ def configure(models_dir: Path | None, allow_unsafe: bool) -> None:
     _current = Policy(models_dir.resolve() if models_dir is not None else None, allow_unsafe)
 
 
-def current() -> Policy:
-    return _current
-
-
 def canonical(flag: str) -> str:
     """llama-server reads ``--a_b`` as ``--a-b``; compare flags in that form."""
     return flag.replace("_", "-") if flag.startswith("--") else flag
@@ -341,14 +337,6 @@ def check_path(value: str, policy: Policy | None = None, flag: str = "path") -> 
     return str(resolved)
 
 
-def check_settings_paths(paths: Mapping[str, str | None], policy: Policy | None = None) -> None:
-    """model_path and mmproj settings: inside MODELS_DIR once symlinks are resolved."""
-    policy = policy or _current
-    for setting, value in paths.items():
-        if value:
-            check_path(value, policy, setting)
-
-
 # --- the environment of a llama-server -----------------------------------------------------------
 
 # What llama.cpp and the GPU runtimes read; nothing else of LlamaMan's environment reaches a server.
@@ -394,9 +382,7 @@ __all__ = [
     "Policy",
     "check_args",
     "check_path",
-    "check_settings_paths",
     "child_environment",
     "configure",
-    "current",
     "new_server_key",
 ]
