@@ -165,7 +165,7 @@ class DownloadCard:
         v = self.view
         status = v.get("status", "")
         self.badge.text = status
-        self.badge.props(f"color={STATUS_COLORS.get(status, 'grey')}")
+        self.badge.props["color"] = STATUS_COLORS.get(status, "grey")
         self.title.text = f"{v.get('repo_id', '')}" + (
             f" / {v['filename']}" if v.get("filename") else " (whole repo)"
         )
@@ -177,7 +177,7 @@ class DownloadCard:
         )
         done, total = v.get("bytes_done", 0), v.get("bytes_total", 0)
         self.bar.value = fmt.percent(done, total)
-        self.bar.props(f"color={STATUS_COLORS.get(status, 'primary')}")
+        self.bar.props["color"] = STATUS_COLORS.get(status, "primary")
         pct = f" ({v.get('progress', 0):.1f}%)" if total else ""
         self.bytes.text = f"{fmt.size(done)} / {fmt.size(total)}{pct}"
         active = status in ("queued", "downloading")

@@ -55,7 +55,7 @@ def _theme_toggle(dark: bool | None, on_dark: Callable[[bool | None], None]) -> 
     def cycle() -> None:
         nxt = {None: True, True: False, False: None}[mode.value]
         mode.value = nxt
-        button.props(f"icon={icons[nxt]}")
+        button.props["icon"] = icons[nxt]
         tip.text = f"Theme: {names[nxt]} (click to change)"
         on_dark(nxt)
 

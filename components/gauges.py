@@ -50,7 +50,7 @@ class UsageBar:
         self.text.text = text
         value = 0.0 if fraction is None else max(0.0, min(1.0, fraction))
         self.bar.value = value
-        self.bar.props(f"color={_color(value)}")
+        self.bar.props["color"] = _color(value)
 
 
 class GpuGauge:
@@ -70,7 +70,7 @@ class GpuGauge:
     def set(self, r: GpuReading) -> None:
         frac = fmt.percent(r.mem_used or 0, r.mem_total or 0)
         self.ring.value = frac
-        self.ring.props(f"color={_color(frac)}")
+        self.ring.props["color"] = _color(frac)
         self.title.text = r.name
         self.mem.text = f"{fmt.size(r.mem_used)} / {fmt.size(r.mem_total)}"
         util = f"{r.util_percent:.0f}%" if r.util_percent is not None else fmt.DASH

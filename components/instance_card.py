@@ -85,7 +85,7 @@ class InstanceCard:
     def update(self, v: dict[str, Any]) -> None:
         status = v["status"]
         self.badge.text = status
-        self.badge.props(f"color={STATUS_COLORS.get(status, 'grey')}")
+        self.badge.props["color"] = STATUS_COLORS.get(status, "grey")
         self.title.text = v["model_name"]
         s = v.get("settings") or {}
         self.sub.text = (

@@ -76,7 +76,7 @@ class LogView:
 
     def toggle_pause(self) -> None:
         self.paused = not self.paused
-        self.pause_btn.props(f"icon={'play_arrow' if self.paused else 'pause'}")
+        self.pause_btn.props["icon"] = "play_arrow" if self.paused else "pause"
         self.pause_tip.text = "Resume" if self.paused else "Pause"
         if not self.paused:
             self.rebuild()

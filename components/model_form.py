@@ -108,7 +108,9 @@ class ModelForm:
             el = ui.switch(label, value=bool(default), on_change=self._changed)
         elif typ in (int, float):
             el = ui.number(label, value=default, on_change=self._changed)
-            el.props(f'dense outlined hint="default: {shown}"')
+            el.props("dense outlined")
+            # Values go in as values: a props string built from data is parsed as markup.
+            el.props["hint"] = f"default: {shown}"
             if typ is int:
                 el.props("step=1")
             if optional:
@@ -121,14 +123,15 @@ class ModelForm:
                 password_toggle_button=name in self.passwords,
                 on_change=self._changed,
             )
-            el.props(f'dense outlined hint="default: {shown if shown != "" else "empty"}"')
+            el.props("dense outlined")
+            el.props["hint"] = f"default: {shown if shown != '' else 'empty'}"
             if optional:
                 el.props("clearable")
         if typ is not bool:
             # Errors come from pydantic (show_errors); NiceGUI's own check would wipe them on each change.
             el.without_auto_validation()
         if name in self.suffixes:
-            el.props(f'suffix="{self.suffixes[name]}"')
+            el.props["suffix"] = self.suffixes[name]
         el.tooltip(tip)
         el.mark(f"field-{name}")
         self.inputs[name] = el
@@ -139,7 +142,7 @@ class ModelForm:
 
     def set_suffix(self, name: str, text: str) -> None:
         if name in self.inputs:
-            self.inputs[name].props(f'suffix="{text}"')
+            self.inputs[name].props["suffix"] = text
 
     # ---- values ------------------------------------------------------------------------------
     def values(self) -> dict[str, Any]:

@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     stop_grace_seconds: float = Field(default=10, alias="LLAMAMAN_STOP_GRACE", gt=0)
     # Lines kept in memory per instance for live log tails.
     log_ring_lines: int = Field(default=2000, alias="LLAMAMAN_LOG_RING", ge=10)
+    # A llama-server log file is rotated past this size, keeping this many older files (name.log.1, ...).
+    llama_log_max_bytes: int = Field(default=10 * 1024 * 1024, alias="LLAMAMAN_LOG_MAX_BYTES", ge=4096)
+    llama_log_backups: int = Field(default=2, alias="LLAMAMAN_LOG_BACKUPS", ge=0, le=100)
+
+    # Lifts the launch-argument policy (llamaman/launch_policy.py) for operators who trust every
+    # caller: any llama-server flag then passes. Only from the environment, never from the API.
+    allow_unsafe_args: bool = Field(default=False, alias="LLAMAMAN_ALLOW_UNSAFE_ARGS")
+    # Whether llama-servers get HF_TOKEN (for -hf downloads, which the policy refuses unless lifted).
+    pass_hf_token: bool = Field(default=False, alias="LLAMAMAN_PASS_HF_TOKEN")
 
     @field_validator("models_dir", "data_dir", "logs_dir", mode="before")
     @classmethod

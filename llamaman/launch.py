@@ -6,29 +6,13 @@ import re
 import shlex
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from llamaman.launch_policy import Policy, check_args
 
 # Tokens that only mean something to a shell. extra_args never reach a shell, so a user who types
 # them expects shell behaviour they will not get: refuse them with a clear message instead.
 _SHELL_META = re.compile(r"[;&|`<>]|\$\(|\$\{|^\s*\\$|\n")
-
-# Flags LlamaMan sets itself from the launch settings; passing them again would fight those.
-_MANAGED_FLAGS = {
-    "-m": "model_path",
-    "--model": "model_path",
-    "--host": "the instance's host",
-    "--port": "port",
-    "-c": "ctx_size",
-    "--ctx-size": "ctx_size",
-    "-ngl": "n_gpu_layers",
-    "--gpu-layers": "n_gpu_layers",
-    "--n-gpu-layers": "n_gpu_layers",
-    "-np": "parallel",
-    "--parallel": "parallel",
-    "-t": "threads",
-    "--threads": "threads",
-    "--models-dir": "router mode (not supported per instance)",
-}
 
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "presence_penalty", "repeat_penalty")
 
@@ -98,7 +82,9 @@ class LaunchSettings(BaseModel):
         return v.strip()
 
     def extra_argv(self) -> list[str]:
-        return parse_extra_args(self.extra_args)
+        """The extra flags as words (checked when the settings were validated; the supervisor
+        checks them again with its own policy before a server starts)."""
+        return split_extra_args(self.extra_args)
 
     def request_ctx(self, trained_ctx: int | None) -> int:
         """Tokens one request can use: llama-server splits -c (0 = the model's trained context)
@@ -113,7 +99,7 @@ class LaunchSettings(BaseModel):
         return bool(self.idle_timeout_min or self.max_concurrent or self.sampling.active())
 
 
-def parse_extra_args(text: str) -> list[str]:
+def split_extra_args(text: str) -> list[str]:
     """Split extra llama-server flags like a shell would, but refuse anything only a shell runs."""
     if not text or not text.strip():
         return []
@@ -123,14 +109,15 @@ def parse_extra_args(text: str) -> list[str]:
             "as plain arguments, never through a shell"
         )
     try:
-        argv = shlex.split(text)
+        return shlex.split(text)
     except ValueError as exc:
         raise ValueError(f"extra_args could not be parsed: {exc}") from None
-    for arg in argv:
-        flag = arg.split("=", 1)[0]
-        if flag in _MANAGED_FLAGS:
-            raise ValueError(f"extra_args may not set {flag}: use the {_MANAGED_FLAGS[flag]} setting instead")
-    return argv
+
+
+def parse_extra_args(text: str, policy: Policy | None = None) -> list[str]:
+    """Extra flags checked against the launch policy (see ``launch_policy``); file paths come back
+    absolute inside MODELS_DIR."""
+    return check_args(split_extra_args(text), policy)
 
 
 def build_argv(
@@ -142,7 +129,9 @@ def build_argv(
     alias: str,
     settings: LaunchSettings,
     mmproj_file: str | None,
+    extra: list[str] | None = None,
 ) -> list[str]:
+    """The full command line; ``extra`` is the policy-checked form of the extra flags."""
     argv = [
         *prefix,
         "-m", model_file,
@@ -161,26 +150,34 @@ def build_argv(
         argv.append("--embeddings")
     if mmproj_file:
         argv += ["--mmproj", mmproj_file]
-    argv += settings.extra_argv()
+    argv += settings.extra_argv() if extra is None else extra
     return argv
 
 
 def settings_from_record(record: Any) -> LaunchSettings:
-    """Rebuild launch settings from a stored instance row."""
-    return LaunchSettings(
-        model_path=record.model_path,
-        port=record.port,
-        n_gpu_layers=record.n_gpu_layers,
-        ctx_size=record.ctx_size,
-        threads=record.threads,
-        parallel=record.parallel,
-        gpu_devices=record.gpu_devices,
-        extra_args=record.extra_args or "",
-        embedding=record.embedding,
-        mmproj=record.mmproj,
-        idle_timeout_min=record.idle_timeout_min,
-        max_concurrent=record.max_concurrent,
-        max_queue_depth=record.max_queue_depth,
-        share_queue=record.share_queue,
-        sampling=SamplingOverrides(**(record.sampling or {})),
-    )
+    """Rebuild launch settings from a stored instance row.
+
+    A row whose extra flags the launch policy refuses (stored before it existed, or by hand) still
+    loads, with the flags kept unvalidated: the supervisor checks them again before any spawn and
+    shows the row failed with the reason instead of losing it."""
+    values: dict[str, Any] = {
+        "model_path": record.model_path,
+        "port": record.port,
+        "n_gpu_layers": record.n_gpu_layers,
+        "ctx_size": record.ctx_size,
+        "threads": record.threads,
+        "parallel": record.parallel,
+        "gpu_devices": record.gpu_devices,
+        "embedding": record.embedding,
+        "mmproj": record.mmproj,
+        "idle_timeout_min": record.idle_timeout_min,
+        "max_concurrent": record.max_concurrent,
+        "max_queue_depth": record.max_queue_depth,
+        "share_queue": record.share_queue,
+        "sampling": SamplingOverrides(**(record.sampling or {})),
+    }
+    extra = record.extra_args or ""
+    try:
+        return LaunchSettings(**values, extra_args=extra)
+    except ValidationError:
+        return LaunchSettings(**values).model_copy(update={"extra_args": extra})

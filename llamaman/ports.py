@@ -21,40 +21,58 @@ class PortPoolExhausted(RuntimeError):
 
 
 class PortPool:
-    """Hands out ports from a range, skipping ports in use by us or by anything else."""
+    """Hands out ports from a range, skipping ports in use by us or by anything else.
+
+    Each port we hold has an owner (an instance id): a port is handed to someone else only once its
+    owner has released it, so an instance coming back never takes, or probes, another's port."""
 
     def __init__(self, start: int, end: int, name: str = "port") -> None:
         self.start, self.end, self.name = start, end, name
-        self._taken: set[int] = set()
+        self._owners: dict[int, str | None] = {}
 
     def __contains__(self, port: int) -> bool:
         return self.start <= port <= self.end
 
     @property
     def taken(self) -> frozenset[int]:
-        return frozenset(self._taken)
+        return frozenset(self._owners)
+
+    def owner(self, port: int | None) -> str | None:
+        return self._owners.get(port) if port is not None else None
+
+    def held_by(self, port: int | None, owner: str) -> bool:
+        return port is not None and port in self._owners and self._owners[port] == owner
 
     def is_available(self, port: int) -> bool:
-        return port in self and port not in self._taken and port_is_free(port)
+        return port in self and port not in self._owners and port_is_free(port)
 
     def next_free(self, exclude: set[int] | None = None) -> int:
         for port in range(self.start, self.end + 1):
             if exclude and port in exclude:
                 continue
-            if port not in self._taken and port_is_free(port):
+            if port not in self._owners and port_is_free(port):
                 return port
         raise PortPoolExhausted(f"no free {self.name} in {self.start}-{self.end}")
 
-    def take(self, port: int | None = None) -> int:
+    def take(self, port: int | None = None, owner: str | None = None) -> int:
         if port is None:
             port = self.next_free()
-        self._taken.add(port)
+        self._owners[port] = owner
         return port
 
-    def claim(self, port: int) -> None:
+    def claim(self, port: int, owner: str | None = None) -> None:
         """Mark a port as ours without checking (an adopted process already holds it)."""
-        self._taken.add(port)
+        self._owners[port] = owner
 
-    def release(self, port: int | None) -> None:
-        if port is not None:
-            self._taken.discard(port)
+    def assign(self, port: int, owner: str) -> None:
+        """Name the owner of a port taken before its owner had an id."""
+        if port in self._owners:
+            self._owners[port] = owner
+
+    def release(self, port: int | None, owner: str | None = None) -> None:
+        """Give a port back; with ``owner``, only if that owner still holds it."""
+        if port is None or port not in self._owners:
+            return
+        if owner is not None and self._owners[port] not in (owner, None):
+            return
+        del self._owners[port]

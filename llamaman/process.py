@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 import psutil
 
+from llamaman.launch_policy import ENV_API_KEY, new_server_key
 from llamaman.state import ACTIVE_STATES, InstanceState, check_transition
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,9 @@ class LlamaProcess:
         on_state: StateListener | None = None,
         on_line: LineListener | None = None,
         state: InstanceState = S.STOPPED,
+        alias: str | None = None,
+        log_max_bytes: int = 10 * 1024 * 1024,
+        log_backups: int = 2,
     ) -> None:
         self.instance_id = instance_id
         self.argv = argv
@@ -70,6 +75,15 @@ class LlamaProcess:
         self.on_state = on_state
         self.on_line = on_line
         self.state = state
+        # The model name the server was told to serve: the health check confirms it answers to it.
+        self.alias = alias
+        self.log_max_bytes = log_max_bytes
+        self.log_backups = log_backups
+        # The server's own key (LLAMA_API_KEY in its environment, new for every run): it answers
+        # nobody without it, so only LlamaMan reaches it and a foreign server on a reused port
+        # cannot pass for it.
+        self.api_key: str | None = None
+        self.auth_header: bytes | None = None
         self.pid: int | None = None
         self.exit_code: int | None = None
         self.error: str | None = None
@@ -136,7 +150,12 @@ class LlamaProcess:
             self.healthy_at = None
             self._set_state(S.STARTING)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            if self.log_path.exists() and self.log_path.stat().st_size >= self.log_max_bytes:
+                self._shift_backups()
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self._set_key(new_server_key())
+            assert self.api_key is not None
+            env = {**self.env, ENV_API_KEY: self.api_key}
             with open(self.log_path, "ab") as fh:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S")
                 fh.write(f"--- {stamp} launching: {' '.join(self.argv)}\n".encode())
@@ -147,7 +166,7 @@ class LlamaProcess:
                         stdin=asyncio.subprocess.DEVNULL,
                         stdout=fh,
                         stderr=asyncio.subprocess.STDOUT,
-                        env=self.env,
+                        env=env,
                         start_new_session=True,
                     )
                 except OSError as exc:
@@ -160,14 +179,38 @@ class LlamaProcess:
             self._spawn(self._watch_exit(self._proc))
             self._spawn(self._wait_healthy())
 
+    def fail_without_start(self) -> None:
+        """Report a start that was refused before any process ran (``error`` says why)."""
+        if self.running:
+            return
+        self.exit_code = None
+        self.started_at = time.time()
+        self._set_state(S.STARTING)
+        self._set_state(S.FAILED)
+
+    def _set_key(self, key: str | None) -> None:
+        self.api_key = key
+        self.auth_header = f"Bearer {key}".encode() if key else None
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """Headers for LlamaMan's own calls to this server."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
     def adopt(self, pid: int) -> bool:
         """Take over a server left running by an earlier LlamaMan; False if it is gone."""
         try:
             proc = psutil.Process(pid)
             if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
                 return False
+            # Its key was handed over in its environment; only its owner (this user) can read it.
+            key = proc.environ().get(ENV_API_KEY)
         except psutil.Error:
             return False
+        if not key:
+            # Started before servers had keys: anyone could reach it, so it is replaced instead.
+            return False
+        self._set_key(key)
         self._adopted = proc
         self._proc = None
         self.pid = pid
@@ -190,7 +233,7 @@ class LlamaProcess:
             try:
                 # Not kept alive: an open connection makes llama-server linger ~0.1 s on SIGTERM.
                 r = await self.http.get(self.health_url, timeout=self.health_timeout, headers=_CLOSE)
-                if r.status_code == 200:
+                if r.status_code == 200 and await self._is_ours():
                     if self.state == S.STARTING and not self._stopping:
                         self.healthy_at = time.time()
                         self.load_seconds = self.healthy_at - (self.started_at or self.healthy_at)
@@ -209,6 +252,36 @@ class LlamaProcess:
             # this), then back off for the big ones that take seconds or minutes.
             if time.monotonic() - started > 0.5:
                 delay = min(delay * 1.5, 0.25)
+
+    async def _is_ours(self) -> bool:
+        """Whether the server answering on our port is the one we started: it must refuse a caller
+        without our key, accept ours, and serve the model we asked for. Another server left on a
+        reused port fails one of these."""
+        props_url = self.health_url.rsplit("/", 1)[0] + "/props"
+        try:
+            anon = await self.http.get(props_url, timeout=self.health_timeout, headers=_CLOSE)
+            if anon.status_code != 401:
+                log.warning("%s: %s answers without a key: not ours", self.instance_id, props_url)
+                return False
+            r = await self.http.get(
+                props_url, timeout=self.health_timeout, headers={**_CLOSE, **self.auth_headers}
+            )
+        except httpx.HTTPError:
+            return False
+        if r.status_code != 200:
+            log.warning("%s: the server on %s refused our key: not ours", self.instance_id, props_url)
+            return False
+        if self.alias is None:
+            return True
+        try:
+            served = r.json().get("model_alias")
+        except (ValueError, AttributeError):
+            return False
+        return served == self.alias or self.alias in str(served or "").split(",")
+
+    def exited(self) -> bool:
+        """Whether no process of this server's last run is alive (its ports are free for others)."""
+        return self._exited()
 
     def _exited(self) -> bool:
         if self._proc is not None:
@@ -313,6 +386,8 @@ class LlamaProcess:
         """Read whatever the log file gained since last time; True if anything was read."""
         try:
             with open(self.log_path, "rb") as fh:
+                if os.fstat(fh.fileno()).st_size < self._tail_offset:
+                    self._tail_offset = 0  # emptied or replaced under us
                 fh.seek(self._tail_offset)
                 chunk = fh.read()
         except OSError:
@@ -330,6 +405,51 @@ class LlamaProcess:
             if not self._read_log():
                 # Fast while loading (its log tells how far it got), relaxed once it serves.
                 await asyncio.sleep(0.05 if self.state == S.STARTING else 0.5)
+            elif self._tail_offset >= self.log_max_bytes:
+                rest = await asyncio.to_thread(self._rotate)
+                if rest:
+                    *lines, self._tail_buf = (self._tail_buf + rest).split(b"\n")
+                    for raw in lines:
+                        self._line(raw.decode("utf-8", "replace").rstrip("\r"))
+
+    def _shift_backups(self) -> None:
+        """name.log.N-1 → name.log.N, ..., name.log → name.log.1 (no server holds the file)."""
+        if self.log_backups <= 0:
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+            return
+        for n in range(self.log_backups, 1, -1):
+            older = self.log_path.with_name(f"{self.log_path.name}.{n - 1}")
+            if older.exists():
+                os.replace(older, self.log_path.with_name(f"{self.log_path.name}.{n}"))
+        if self.log_path.exists():
+            os.replace(self.log_path, self.log_path.with_name(f"{self.log_path.name}.1"))
+
+    def _rotate(self) -> bytes:
+        """Cap the log of a running server: the server keeps its file open in append mode, so the
+        file is copied to name.log.1 and emptied in place; the server's next write lands at the start.
+        Lines it writes between the copy and the truncation are lost (as with logrotate's copytruncate)."""
+        first = self.log_path.with_name(f"{self.log_path.name}.1")
+        try:
+            for n in range(self.log_backups, 1, -1):
+                older = self.log_path.with_name(f"{self.log_path.name}.{n - 1}")
+                if older.exists():
+                    os.replace(older, self.log_path.with_name(f"{self.log_path.name}.{n}"))
+            if self.log_backups > 0:
+                shutil.copyfile(self.log_path, first)
+            with open(self.log_path, "r+b") as fh:
+                fh.truncate(0)
+        except OSError as exc:
+            log.warning("could not rotate %s: %s", self.log_path, exc)
+            return b""
+        # What the server wrote after our last read went into the copy: the ring gets it too.
+        rest = b""
+        if self.log_backups > 0:
+            with contextlib.suppress(OSError), open(first, "rb") as fh:
+                fh.seek(self._tail_offset)
+                rest = fh.read()
+        self._tail_offset = 0
+        return rest
 
     async def _drain_tail(self) -> None:
         """Stop tailing and read what the log file still holds so the last lines are in the ring."""

@@ -347,7 +347,7 @@ class Router(IdleSleep):
                 m = await self.sup.launch(await self._launch_settings(entry), origin="proxy")
             self.swaps += 1
             self.events.publish("router.load", model=entry.name, instance=m.id)
-        except (InstanceError, OSError) as exc:
+        except (InstanceError, OSError, ValueError) as exc:  # ValueError: a preset the policy refuses
             msg = exc.message if isinstance(exc, InstanceError) else str(exc)
             self._fail(entry.rel_path, ModelUnavailable(f"could not start '{entry.name}': {msg}"))
         finally:

@@ -10,19 +10,23 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
+from llamaman import launch_policy
 from llamaman.config import Settings
 from llamaman.db import Database
 from llamaman.events import EventBus
 from llamaman.instance import InstanceError, ManagedInstance
 from llamaman.instance_store import InstanceStore
 from llamaman.launch import LaunchSettings, SamplingOverrides, build_argv, settings_from_record
+from llamaman.launch_policy import LaunchPolicyError, Policy, check_args, child_environment
 from llamaman.library import LibraryError, ModelLibrary
 from llamaman.llama_bin import LlamaServerBinary, aresolve_llama_server
 from llamaman.ports import PortPool, PortPoolExhausted, port_is_free
@@ -66,6 +70,9 @@ class Supervisor:
         # Called just before a server is told to stop (e.g. to drop kept-alive connections to it).
         self.on_stopping: list[Callable[[ManagedInstance], None]] = []
         self._owner = str(settings.data_dir)
+        # The launch-argument policy this LlamaMan applies (also what LaunchSettings validation uses).
+        self.policy = Policy(settings.models_dir.resolve(), settings.allow_unsafe_args)
+        launch_policy.configure(settings.models_dir, settings.allow_unsafe_args)
         self.store = InstanceStore(db, lambda iid: iid in self.instances)
         self._lock = asyncio.Lock()
 
@@ -129,7 +136,9 @@ class Supervisor:
         else:
             entry = self.library.find(self._rel(path))
             if entry is not None and entry.mmproj:
-                mmproj = str(self.settings.models_dir / entry.mmproj)
+                # A projector found beside the model is used only if it, too, stays in the folder.
+                with contextlib.suppress(LibraryError):
+                    mmproj = str(self.library.safe_path(entry.mmproj))
         return path, self._model_name(path), mmproj
 
     def _rel(self, path: Path) -> str:
@@ -154,19 +163,21 @@ class Supervisor:
             raise InstanceError(self.binary_error or "no llama-server binary found", 503)
         async with self._lock:
             path, name, mmproj = self._resolve_model(ls)
+            self.checked_extra(ls)
             if ls.port is not None:
                 self._check_port(ls.port)
-            port = self.ports.take(ls.port if ls.port is not None else self.next_port())
+            iid = new_id()
+            port = self.ports.take(ls.port if ls.port is not None else self.next_port(), iid)
             internal: int | None = None
             try:
                 if self.always_listen or ls.needs_listener():
-                    internal = self.internal_ports.take()
+                    internal = self.internal_ports.take(None, iid)
             except PortPoolExhausted as exc:
-                self.ports.release(port)
+                self.ports.release(port, iid)
                 raise InstanceError(str(exc), 409) from None
             stored = ls.model_copy(update={"port": port, "model_path": self._rel(path)})
             record = Instance(
-                id=new_id(),
+                id=iid,
                 model_path=stored.model_path,
                 model_name=name,
                 port=port,
@@ -195,6 +206,13 @@ class Supervisor:
         self.events.publish("instance.created", id=m.id)
         return m
 
+    def checked_extra(self, ls: LaunchSettings) -> list[str]:
+        """The extra flags as this LlamaMan's policy lets them through (paths made absolute)."""
+        try:
+            return check_args(ls.extra_argv(), self.policy)
+        except (LaunchPolicyError, ValueError) as exc:
+            raise InstanceError(str(exc), 422) from None
+
     def _argv(self, record: Instance, ls: LaunchSettings, mmproj: str | None) -> list[str]:
         assert self.binary is not None
         return build_argv(
@@ -205,22 +223,24 @@ class Supervisor:
             alias=record.model_name,
             settings=ls,
             mmproj_file=mmproj,
+            extra=self.checked_extra(ls),
         )
 
     def _manage(
         self, record: Instance, ls: LaunchSettings, mmproj: str | None, state: S = S.STOPPED
     ) -> ManagedInstance:
-        argv = self._argv(record, ls, mmproj)
+        refused: str | None = None
+        try:
+            argv = self._argv(record, ls, mmproj)
+        except InstanceError as exc:
+            # A record stored before the launch policy existed: kept visible, never run.
+            refused = f"refused by the launch policy: {exc.message}"
+            argv = list(record.command or [])
         listen_port = record.internal_port or record.port
-        env = dict(os.environ)
-        env[ENV_INSTANCE_ID] = record.id
-        env[ENV_OWNER] = self._owner
-        if ls.gpu_devices:
-            env["CUDA_VISIBLE_DEVICES"] = ls.gpu_devices
         proc = LlamaProcess(
             record.id,
             argv,
-            env=env,
+            env=self._child_env(record, ls),
             log_path=self.settings.logs_dir / f"{record.id}.log",  # type: ignore[operator]
             health_url=f"http://127.0.0.1:{listen_port}/health",
             http=self.http,
@@ -230,16 +250,40 @@ class Supervisor:
             ring_lines=self.settings.log_ring_lines,
             on_state=self._on_state,
             on_line=self._on_line,
-            state=state,
+            state=S.FAILED if refused else state,
+            alias=record.model_name,
+            log_max_bytes=self.settings.llama_log_max_bytes,
+            log_backups=self.settings.llama_log_backups,
         )
+        if refused:
+            proc.error = record.error = refused
         record.command = argv
         m = ManagedInstance(record, ls, proc)
         self.instances[record.id] = m
         return m
 
+    def _child_env(self, record: Instance, ls: LaunchSettings) -> dict[str, str]:
+        """Only what llama.cpp and the GPU runtimes need, plus the markers that let a later LlamaMan
+        adopt the server (its key is added per run by LlamaProcess)."""
+        extra = {ENV_INSTANCE_ID: record.id, ENV_OWNER: self._owner}
+        if ls.gpu_devices:
+            extra["CUDA_VISIBLE_DEVICES"] = ls.gpu_devices
+        if self.settings.pass_hf_token and self.settings.hf_token:
+            extra["HF_TOKEN"] = self.settings.hf_token
+        return child_environment(os.environ, extra)
+
     async def _start_proc(self, m: ManagedInstance) -> None:
-        if m.record.internal_port is None and m.record.port not in self.ports.taken:
-            self.ports.take(m.record.port)
+        # The policy is checked again right before every spawn: a record or preset stored under an
+        # older (or lifted) policy cannot run what the current one refuses.
+        try:
+            self._rebuild(m)
+        except InstanceError as exc:
+            m.proc.error = m.record.error = f"refused by the launch policy: {exc.message}"
+            m.proc.fail_without_start()
+            self._save(m.record)
+            raise
+        if m.record.internal_port is None and not self.ports.held_by(m.record.port, m.id):
+            self.ports.take(m.record.port, m.id)
         await m.proc.start()
 
     async def _open_listener(self, m: ManagedInstance) -> None:
@@ -291,9 +335,16 @@ class Supervisor:
         await m.proc.stop(final)
         if final == S.STOPPED:
             await self._close_listener(m)
-            self.ports.release(m.record.port)
-            self.internal_ports.release(m.record.internal_port)
+            self._release_ports(m)
         self._save(m.record)
+
+    def _release_ports(self, m: ManagedInstance) -> None:
+        """Give the ports back once the server is really gone; one still alive keeps them."""
+        if not m.proc.exited():
+            log.warning("%s: its llama-server has not exited yet; keeping its ports", m.id)
+            return
+        self.ports.release(m.record.port, m.id)
+        self.internal_ports.release(m.record.internal_port, m.id)
 
     async def sleep(self, instance_id: str) -> ManagedInstance:
         """Stop the process but keep the port (and its listener) so the next request wakes it."""
@@ -312,17 +363,37 @@ class Supervisor:
         return m
 
     async def _reserve_ports(self, m: ManagedInstance) -> None:
+        """Hold the instance's ports again before it starts. A port another instance now owns (it
+        was released when this one stopped) is never shared: this instance moves to a free one, so
+        neither its server nor its health probe can reach the other's server."""
         r = m.record
-        if r.port not in self.ports.taken:
-            if not port_is_free(r.port):
-                raise InstanceError(f"port {r.port} is now taken by another program", 409)
-            self.ports.take(r.port)
-        if r.internal_port is not None and r.internal_port not in self.internal_ports.taken:
-            if port_is_free(r.internal_port):
-                self.internal_ports.take(r.internal_port)
+        changed = False
+        if not self.ports.held_by(r.port, m.id):
+            if r.port not in self.ports.taken and port_is_free(r.port):
+                self.ports.take(r.port, m.id)
+            elif r.port in self.ports.taken:
+                other = self.ports.owner(r.port)
+                try:
+                    new = self.ports.take(None, m.id)
+                except PortPoolExhausted as exc:
+                    raise InstanceError(str(exc), 409) from None
+                log.info("%s: port %s now belongs to %s; moving to %s", m.id, r.port, other, new)
+                r.port, changed = new, True
             else:
-                r.internal_port = self.internal_ports.take()
-                self._rebuild(m)
+                raise InstanceError(f"port {r.port} is now taken by another program", 409)
+        if r.internal_port is not None and not self.internal_ports.held_by(r.internal_port, m.id):
+            if r.internal_port not in self.internal_ports.taken and port_is_free(r.internal_port):
+                self.internal_ports.take(r.internal_port, m.id)
+            else:
+                try:
+                    r.internal_port = self.internal_ports.take(None, m.id)
+                except PortPoolExhausted as exc:
+                    self.ports.release(r.port, m.id)
+                    raise InstanceError(str(exc), 409) from None
+                changed = True
+        if changed:
+            m.settings = m.settings.model_copy(update={"port": r.port})
+            self._rebuild(m)
 
     def _rebuild(self, m: ManagedInstance) -> None:
         """Re-derive argv after a port change, keeping the process object (and its log ring)."""
@@ -405,14 +476,17 @@ class Supervisor:
             if not r.desired_running or was == S.FAILED:
                 continue
             if r.pid and is_our_server(r.pid, r.id, self._owner):
-                self.ports.claim(r.port)
+                self.ports.claim(r.port, r.id)
                 if r.internal_port:
-                    self.internal_ports.claim(r.internal_port)
+                    self.internal_ports.claim(r.internal_port, r.id)
                 await self._open_listener(m)
                 if m.proc.adopt(r.pid):
                     adopted.add(r.pid)
                     log.info("adopted llama-server pid %s for %s", r.pid, r.id)
                     continue
+                # Ours but not adoptable (started before servers had keys): it goes, and its ports
+                # are free again before the new one starts.
+                await asyncio.to_thread(_end_process_group, r.pid)
             try:
                 await self._reserve_ports(m)
             except InstanceError as exc:
@@ -422,7 +496,8 @@ class Supervisor:
                 self._save(r)
                 continue
             await self._open_listener(m)
-            await self._start_proc(m)
+            with contextlib.suppress(InstanceError):  # refused: the record shows why
+                await self._start_proc(m)
         kill_strays(self._owner, keep=adopted | {m.proc.pid for m in self.list() if m.proc.pid})
 
     # ---- persistence -------------------------------------------------------------------------
@@ -432,6 +507,13 @@ class Supervisor:
     async def flush(self) -> None:
         """Wait until every queued record write is in the database."""
         await self.store.flush()
+
+
+def _end_process_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(psutil.Error):
+        psutil.Process(pid).wait(5)
 
 
 __all__ = ["InstanceError", "ManagedInstance", "Supervisor"]

@@ -9,6 +9,7 @@ llama-server builds know. Router mode is not available (xllamacpp builds the ser
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -186,9 +187,20 @@ def _warn(message: str) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
-def build_params(ns: dict[str, Any], xl: Any, warn: Callable[[str], None] = _warn) -> xllamacpp.CommonParams:
+def build_params(
+    ns: dict[str, Any],
+    xl: Any,
+    warn: Callable[[str], None] = _warn,
+    environ: dict[str, str] | None = None,
+) -> xllamacpp.CommonParams:
     params = xl.CommonParams()
     params.port = DEFAULT_PORT
+    env = os.environ if environ is None else environ
+    if "_api_keys" not in ns and env.get("LLAMA_API_KEY"):
+        # llama-server reads --api-key from LLAMA_API_KEY (which keeps the key out of `ps`); the
+        # command line wins when both are given, as there.
+        keys = [k.strip() for k in env["LLAMA_API_KEY"].split(",") if k.strip()]
+        ns = {**ns, "_api_keys": [keys]}
     apply_args(ns, params, xl, warn)
     return params
 

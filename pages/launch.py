@@ -96,8 +96,13 @@ class LaunchPanel:
         self.entry = self.services.library.find(rel_path) if rel_path else None
         layers = self.entry.info.block_count if self.entry and self.entry.info else None
         self.form.set_suffix("n_gpu_layers", f"/ {layers} layers" if layers else "/ ? layers")
+        # Set as a value, never spliced into a props string: file names are data, and NiceGUI reads
+        # ":name" props of a props string as JavaScript.
+        mmproj_input = self.form.inputs["mmproj"]
         if self.entry and self.entry.mmproj:
-            self.form.inputs["mmproj"].props(f'placeholder="auto: {self.entry.mmproj}"')
+            mmproj_input.props["placeholder"] = f"auto: {self.entry.mmproj}"
+        else:
+            mmproj_input.props.pop("placeholder", None)
 
     async def _model_changed(self, e: Any) -> None:
         self._select(e.value)
@@ -166,6 +171,10 @@ class LaunchPanel:
         except Exception:
             port = 0  # the pool is full: Launch will say so
         mmproj = ls.mmproj or self.entry.mmproj
+        try:
+            extra = sup.checked_extra(ls)
+        except InstanceError as exc:
+            return f"# refused: {exc.message}"
         argv = build_argv(
             sup.binary.argv_prefix,
             model_file=str(settings.models_dir / self.entry.rel_path),
@@ -174,6 +183,7 @@ class LaunchPanel:
             alias=self.entry.name,
             settings=ls,
             mmproj_file=str(settings.models_dir / mmproj) if mmproj else None,
+            extra=extra,
         )
         env = f"CUDA_VISIBLE_DEVICES={ls.gpu_devices} " if ls.gpu_devices else ""
         return env + shlex.join(argv)

@@ -25,6 +25,7 @@ async def ask(services: Services, model: str, max_tokens: int = 6) -> str:
             r = await c.post(
                 f"{lease.base_url}/v1/chat/completions",
                 json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens},
+                headers=lease.instance.proc.auth_headers,
                 timeout=30,
             )
             return r.json()["choices"][0]["message"]["content"]
@@ -116,6 +117,7 @@ async def test_a_stream_in_progress_finishes_before_its_model_is_swapped_out(one
                     "POST",
                     f"{lease_a.base_url}/v1/chat/completions",
                     json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 300, "stream": True},
+                    headers=lease_a.instance.proc.auth_headers,
                     timeout=60,
                 ) as r,
             ):
@@ -192,7 +194,7 @@ async def test_a_failed_load_is_reported_to_every_waiter(services: Services, mod
     # A model whose load fails: llama-server refuses a context far beyond memory.
     write_tiny_model(models_dir / "tiny-c.gguf", "A")
     await services.library.ascan()
-    await services.presets.put("tiny-c.gguf", {"extra_args": "--no-such-flag"})
+    await services.presets.put("tiny-c.gguf", {"extra_args": "--cache-type-k no-such-type"})
     results = await asyncio.gather(
         *(services.router.acquire("tiny-c") for _ in range(3)), return_exceptions=True
     )

@@ -33,7 +33,7 @@ async def test_launched_instance_becomes_healthy_answers_and_stops_without_orpha
     sup = services.supervisor
     m = await sup.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=512))
     assert await m.proc.wait_for({S.HEALTHY, S.FAILED}, timeout=30) == S.HEALTHY
-    assert (await chat(m.record.port)).startswith("abcdef")
+    assert (await chat(m.record.port, headers=m.proc.auth_headers)).startswith("abcdef")
     pid = m.proc.pid
     assert pid is not None
     group = [p.pid for p in servers_of(str(services.settings.data_dir))]
@@ -85,8 +85,9 @@ async def test_restart_of_the_app_brings_back_running_instances_exactly_once(set
         for m in ms:
             assert await m.proc.wait_for({S.HEALTHY, S.FAILED}, timeout=30) == S.HEALTHY
         assert len(servers_of(str(settings.data_dir))) == 2
-        assert (await chat(second.supervisor.get(a.id).record.port)).startswith("abc")
-        assert (await chat(second.supervisor.get(b.id).record.port)).startswith("zyx")
+        ma, mb = second.supervisor.get(a.id), second.supervisor.get(b.id)
+        assert (await chat(ma.record.port, headers=ma.proc.auth_headers)).startswith("abc")
+        assert (await chat(mb.record.port, headers=mb.proc.auth_headers)).startswith("zyx")
     finally:
         await second.stop()
     assert servers_of(str(settings.data_dir)) == []
@@ -153,8 +154,9 @@ async def test_servers_left_by_a_crashed_app_are_adopted_not_duplicated(settings
             assert await m.proc.wait_for({S.HEALTHY, S.FAILED}, timeout=30) == S.HEALTHY
         after = {p.pid for p in servers_of(str(settings.data_dir))}
         assert after == before  # adopted: the same processes, none started twice
-        ports = {m.record.model_name: m.record.port for m in svc.supervisor.list()}
-        assert (await chat(ports["tiny-a"])).startswith("abc")
+        by_name = {m.record.model_name: m for m in svc.supervisor.list()}
+        ma = by_name["tiny-a"]
+        assert (await chat(ma.record.port, headers=ma.proc.auth_headers)).startswith("abc")
     finally:
         await svc.stop()
     assert servers_of(str(settings.data_dir)) == []
@@ -253,7 +255,7 @@ async def test_stopped_instance_restarts_on_the_same_port(services: Services) ->
     await services.supervisor.restart(m.id)
     await m.proc.wait_for({S.HEALTHY}, timeout=30)
     assert m.record.port == port
-    assert (await chat(port)).startswith("abc")
+    assert (await chat(port, headers=m.proc.auth_headers)).startswith("abc")
 
 
 async def test_sleeping_instance_keeps_its_record_and_wakes(services: Services) -> None:

@@ -67,11 +67,22 @@ def raw_forward_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
 
 
 def response_headers(headers: httpx.Headers) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k.lower() not in _DROP_RESPONSE}
+    # llama-server's own CORS answer (it reflects any Origin) must not reach browsers: LlamaMan
+    # decides who may call it, not the server behind it.
+    return {
+        k: v
+        for k, v in headers.items()
+        if k.lower() not in _DROP_RESPONSE and not k.lower().startswith("access-control-")
+    }
 
 
 def _raw_response_headers(upstream: UpstreamResponse) -> list[tuple[bytes, bytes]]:
-    return [(k.lower(), v) for k, v in upstream.raw_headers if k.lower() not in _DROP_RESPONSE_RAW]
+    out = []
+    for k, v in upstream.raw_headers:
+        k = k.lower()
+        if k not in _DROP_RESPONSE_RAW and not k.startswith(b"access-control-"):
+            out.append((k, v))
+    return out
 
 
 @dataclass
@@ -262,6 +273,8 @@ class Relay:
     ) -> httpx.Response:
         """Send upstream and return the response with its body not yet read."""
         url = f"{lease.base_url}{path}"
+        # The server's own key; a caller's Authorization was dropped with the other request headers.
+        headers = {**(headers or {}), **lease.instance.proc.auth_headers}
         req = self.http.build_request(
             method, url, content=content, headers=headers, params=params,
             timeout=httpx.Timeout(self.request_timeout, connect=5.0),
@@ -285,7 +298,7 @@ class Relay:
         try:
             upstream = await self.upstream.request(
                 method, lease.base_url, path, headers=headers, content=content, params=params,
-                timeout=self.request_timeout,
+                timeout=self.request_timeout, authorization=lease.instance.proc.auth_header,
             )  # fmt: skip
         except UpstreamError as exc:
             lease.release()

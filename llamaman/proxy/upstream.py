@@ -322,14 +322,18 @@ class UpstreamClient:
         content: bytes | None = None,
         params: Any = None,
         timeout: float = 300.0,
+        authorization: bytes | None = None,
     ) -> UpstreamResponse:
-        """Send a request and return once the answer's status and headers are in."""
+        """Send a request and return once the answer's status and headers are in. ``authorization``
+        is the value of an ``Authorization`` header (the server's own key), added as is."""
         host, port, host_header = _split(base_url)
         if params:
             target += ("&" if "?" in target else "?") + urlencode(params)
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (
             method.encode(), target.encode("latin-1"), host_header, _encode_headers(headers),
         )  # fmt: skip
+        if authorization:
+            head += b"Authorization: " + authorization + b"\r\n"
         if content is not None or method in ("POST", "PUT", "PATCH"):
             head += b"Content-Length: %d\r\n" % len(content or b"")
         data = head + b"\r\n" + (content or b"")

@@ -92,7 +92,9 @@ class BenchmarkRuns:
             # The lease keeps the instance from sleeping or being evicted in the middle of the run.
             lease = await self.services.router.acquire(params.model)
             try:
-                yield lease.base_url, f"instance {lease.instance.id} ({lease.base_url})", None
+                # Straight to the server: it answers only to its own key.
+                key = lease.instance.proc.api_key
+                yield lease.base_url, f"instance {lease.instance.id} ({lease.base_url})", key
             finally:
                 lease.release()
             return

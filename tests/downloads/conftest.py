@@ -65,12 +65,13 @@ async def until(check: Callable[[], bool], timeout: float = 10) -> None:
             await asyncio.sleep(0.02)
 
 
-async def ask(base_url: str, text: str = "hi") -> str:
-    """One chat completion straight from a llama-server."""
+async def ask(base_url: str, text: str = "hi", *, headers: dict[str, str] | None = None) -> str:
+    """One chat completion straight from a llama-server (``headers``: its own key)."""
     async with httpx.AsyncClient(trust_env=False) as c:
         r = await c.post(
             f"{base_url}/v1/chat/completions",
             json={"messages": [{"role": "user", "content": text}], "max_tokens": 8},
+            headers=headers,
             timeout=30,
         )
         r.raise_for_status()

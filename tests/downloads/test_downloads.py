@@ -56,7 +56,7 @@ async def test_download_completes_lands_in_library_and_launches(
 
     m = await dl.supervisor.launch(LaunchSettings(model_path=entry.rel_path, ctx_size=512))
     assert await m.proc.wait_for({S.HEALTHY, S.FAILED}, timeout=30) == S.HEALTHY
-    assert (await ask(m.base_url)).startswith("abcdef")
+    assert (await ask(m.base_url, headers=m.proc.auth_headers)).startswith("abcdef")
 
     # Cleanup forgets the finished download and the stopped instance once they are old enough.
     await dl.supervisor.stop(m.id)

@@ -41,7 +41,7 @@ async def test_pull_streams_progress_then_the_model_answers(
 
     lease = await dl.router.acquire("hf.co/user/repo:Q4_K_M")
     try:
-        assert (await ask(lease.base_url)).startswith("abcdef")
+        assert (await ask(lease.base_url, headers=lease.instance.proc.auth_headers)).startswith("abcdef")
     finally:
         lease.release()
 

@@ -19,6 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 MODE = os.environ.get("FAKE_LLAMA_MODE", "ok")
 DELAY = float(os.environ.get("FAKE_LLAMA_DELAY", "1.0"))
 STARTED = time.monotonic()
+# Like llama-server: with LLAMA_API_KEY set, everything but /health needs it.
+API_KEY = os.environ.get("LLAMA_API_KEY")
+ALIAS: list[str] = []
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -35,6 +38,12 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _authorized(self) -> bool:
+        if API_KEY and self.headers.get("Authorization") != f"Bearer {API_KEY}":
+            self._json(401, {"error": {"message": "Invalid API Key", "code": 401}})
+            return False
+        return True
+
     def do_GET(self) -> None:
         if self.path.startswith("/health"):
             loading = MODE == "never-healthy" or (MODE == "slow-load" and time.monotonic() - STARTED < DELAY)
@@ -43,11 +52,18 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self._json(200, {"status": "ok"})
             return
+        if not self._authorized():
+            return
+        if self.path.startswith("/props"):
+            self._json(200, {"model_alias": ALIAS[0] if ALIAS else None})
+            return
         self._json(404, {"error": "not found"})
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
+        if not self._authorized():
+            return
         if MODE == "crash-mid-stream" and body.get("stream"):
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
@@ -75,7 +91,10 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--alias", default=None)
     args, _unknown = p.parse_known_args()
+    if args.alias:
+        ALIAS.append(args.alias)
     print(f"fake llama-server mode={MODE} pid={os.getpid()}", flush=True)
     if MODE == "exit-during-load":
         print("error: failed to load model", flush=True)

@@ -74,7 +74,7 @@ async def test_sampling_overrides_are_forced_onto_requests(services: Services) -
             f"http://127.0.0.1:{m.record.port}/v1/chat/completions", json=chat_body(temperature=1.7, top_k=40)
         )
         assert r.status_code == 200
-        slots = (await c.get(f"{m.base_url}/slots")).json()
+        slots = (await c.get(f"{m.base_url}/slots", headers=m.proc.auth_headers)).json()
     params = slots[0]["params"]
     assert params["temperature"] == pytest.approx(0.0)
     assert params["top_k"] == 7
@@ -114,7 +114,7 @@ async def test_client_disconnect_mid_stream_frees_the_slot_and_closes_upstream(s
         assert services.router.slot(m).inflight <= 1
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            slots = (await c.get(f"{m.base_url}/slots")).json()
+            slots = (await c.get(f"{m.base_url}/slots", headers=m.proc.auth_headers)).json()
             if services.router.slot(m).inflight == 0 and not any(s["is_processing"] for s in slots):
                 break
             await asyncio.sleep(0.05)
@@ -161,7 +161,7 @@ async def test_saving_a_preset_applies_its_sampling_overrides_to_running_instanc
             f"http://127.0.0.1:{m.record.port}/v1/chat/completions", json=chat_body(temperature=1.7, top_k=40)
         )
         assert r.status_code == 200
-        params = (await c.get(f"{m.base_url}/slots")).json()[0]["params"]
+        params = (await c.get(f"{m.base_url}/slots", headers=m.proc.auth_headers)).json()[0]["params"]
     assert params["temperature"] == pytest.approx(0.0) and params["top_k"] == 3
     await services.supervisor.flush()
     assert m.record.sampling == {"temperature": 0.0, "top_k": 3}
@@ -179,7 +179,11 @@ async def test_replicas_sharing_a_queue_take_work_as_their_slots_free(services: 
             assert services.router.slot(lease.instance).running == 1
             served.append(lease.instance.id)
             async with httpx.AsyncClient(timeout=30) as c:
-                r = await c.post(f"{lease.base_url}/v1/chat/completions", json=chat_body(max_tokens=200))
+                r = await c.post(
+                    f"{lease.base_url}/v1/chat/completions",
+                    json=chat_body(max_tokens=200),
+                    headers=lease.instance.proc.auth_headers,
+                )
                 return r.status_code
         finally:
             lease.release()

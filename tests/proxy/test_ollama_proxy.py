@@ -251,7 +251,7 @@ async def test_client_gone_mid_stream_releases_the_instance(services: Services, 
     [m] = healthy(services, "tiny-a.gguf")
     await wait_until(lambda: services.router.slot(m).inflight == 0, timeout=2)
     # Closing upstream too frees llama-server's slot instead of generating for nobody.
-    slots = (await services.http.get(f"{m.base_url}/slots")).json()
+    slots = (await services.http.get(f"{m.base_url}/slots", headers=m.proc.auth_headers)).json()
     assert not any(s.get("is_processing") for s in slots)
 
 
