@@ -11,7 +11,6 @@ Wiring, one call per app: ``wrap_with_auth(app, services, "main" | "proxy" | "in
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -20,9 +19,10 @@ from urllib.parse import parse_qs, quote
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llamaman.access import Access, Surface, classify
+from llamaman.bodies import BodyError, BodyGuard, ensure_body, model_names, parsed_body
 from llamaman.identity import CURRENT_IDENTITY, Identity
 
 if TYPE_CHECKING:
@@ -32,17 +32,23 @@ log = logging.getLogger(__name__)
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _OPENAI_CODES = {401: "invalid_api_key", 403: "permission_denied", 429: "rate_limit_exceeded"}
-_ANTHROPIC_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    413: "request_too_large", 429: "rate_limit_error",
+}  # fmt: skip
 
 
 def wrap_with_auth(
     app: ASGIApp, services: Services, surface: Surface, *, instance_id: str | None = None
 ) -> ASGIApp:
     """Guard ``app``; a Starlette/FastAPI app is guarded in place and returned (its type unchanged)."""
+    # The body guard sits inside: credentials are checked before a body is read past its headers.
     if isinstance(app, Starlette):
+        app.add_middleware(BodyGuard, surface=surface)
         app.add_middleware(AuthMiddleware, services=services, surface=surface, instance_id=instance_id)
         return app
-    return AuthMiddleware(app, services=services, surface=surface, instance_id=instance_id)
+    guarded = BodyGuard(app, surface=surface)
+    return AuthMiddleware(guarded, services=services, surface=surface, instance_id=instance_id)
 
 
 def route_path(scope: Scope) -> str:
@@ -131,8 +137,14 @@ class AuthMiddleware:
         elif path.startswith("/upstream/"):
             named.append((await self._upstream_model(path[len("/upstream/") :]), ()))
         if scope.get("method") in _WITH_BODY and self.surface != "instance":
-            body, receive = await _buffer(receive)
-            named += [(m, ()) for m in _body_models(body, ollama=path.startswith("/api/"))]
+            # Read and parsed once, the way the handler will see it; a body that cannot be read or
+            # parsed is refused by the body guard before any handler runs.
+            receive = await ensure_body(scope, receive, self.surface)
+            try:
+                obj = parsed_body(scope, self.surface)
+            except BodyError:
+                return receive, None
+            named += [(m, ()) for m in model_names(obj, ollama=path.startswith("/api/"))]
         for name, aliases in named:
             if not self._allowed(identity.allowed_models, name, aliases):
                 return receive, name
@@ -198,6 +210,11 @@ class AuthMiddleware:
         return scope.get("method") in ("GET", "HEAD") and "text/html" in accept
 
 
+def dialect_body(access: Access, path: str, status: int, message: str) -> dict[str, Any]:
+    """An error body in the dialect of the endpoint at ``path`` (Ollama, OpenAI, Anthropic, REST)."""
+    return _error_body(_dialect(access, path), status, message)
+
+
 def _dialect(access: Access, path: str) -> str:
     if access is not Access.MODEL:
         return "rest"
@@ -218,39 +235,3 @@ def _error_body(dialect: str, status: int, message: str) -> dict[str, Any]:
         kind = "requests" if status == 429 else "invalid_request_error"
         return {"error": {"message": message, "type": kind, "param": None, "code": _OPENAI_CODES.get(status)}}
     return {"error": message, "detail": message}
-
-
-def _body_models(body: bytes, *, ollama: bool) -> list[str]:
-    """Model names a JSON body asks for: ``model``, and for Ollama also ``name``, ``source`` and
-    ``destination`` (/api/show, /api/pull and /api/copy name models that way)."""
-    if not body.lstrip()[:1] == b"{":
-        return []
-    try:
-        obj = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return []
-    if not isinstance(obj, dict):
-        return []
-    fields = ("model", "name", "source", "destination") if ollama else ("model",)
-    return [v for f in fields if isinstance(v := obj.get(f), str) and v.strip()]
-
-
-async def _buffer(receive: Receive) -> tuple[bytes, Receive]:
-    """Read the whole request body; the returned receive hands it to the app as if unread."""
-    chunks: list[bytes] = []
-    pending: list[Message] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            pending.append(message)  # the client left; the app will hear it after the body
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    body = b"".join(chunks)
-    pending.insert(0, {"type": "http.request", "body": body, "more_body": False})
-
-    async def replay() -> Message:
-        return pending.pop(0) if pending else await receive()
-
-    return body, replay
