@@ -35,7 +35,9 @@ async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]
 
 
 def client(services: Services, surface: str) -> httpx.AsyncClient:
-    app: Any = create_proxy_app(services) if surface == "proxy" else create_app(services, manage_lifecycle=False)
+    app: Any = create_proxy_app(services)
+    if surface == "main":
+        app = create_app(services, manage_lifecycle=False)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://llamaman.test")
 
 
