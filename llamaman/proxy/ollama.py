@@ -85,6 +85,10 @@ def _model_field(body: dict[str, Any]) -> str:
     return require_model(body)
 
 
+# llama.cpp keeps a context size in 32 bits.
+_MAX_CTX = 2**31 - 1
+
+
 def _min_ctx(body: dict[str, Any], entry: ModelEntry) -> int | None:
     """The context a request needs, capped like Ollama at what the model was trained for: a client
     asking for more would otherwise relaunch the model with a context it cannot use."""
@@ -93,6 +97,8 @@ def _min_ctx(body: dict[str, Any], entry: ModelEntry) -> int | None:
         return None
     if isinstance(num_ctx, bool) or not isinstance(num_ctx, int | float) or num_ctx < 0:
         raise ProxyError(400, f"option 'num_ctx' must be a positive integer, got {num_ctx!r}")
+    if num_ctx > _MAX_CTX or num_ctx != int(num_ctx):
+        raise ProxyError(400, f"option 'num_ctx' must be a whole number of tokens up to {_MAX_CTX}")
     trained = entry.info.context_length if entry.info is not None else None
     return min(int(num_ctx), trained or int(num_ctx)) or None
 
