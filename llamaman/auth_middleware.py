@@ -43,12 +43,17 @@ def wrap_with_auth(
 ) -> ASGIApp:
     """Guard ``app``; a Starlette/FastAPI app is guarded in place and returned (its type unchanged)."""
     # The body guard sits inside: credentials are checked before a body is read past its headers.
+    # Database errors are caught outside both, so a busy database answers 503 even mid-check.
+    from llamaman.errors import DatabaseErrorGuard
+
     if isinstance(app, Starlette):
         app.add_middleware(BodyGuard, surface=surface)
         app.add_middleware(AuthMiddleware, services=services, surface=surface, instance_id=instance_id)
+        app.add_middleware(DatabaseErrorGuard, surface=surface)
         return app
     guarded = BodyGuard(app, surface=surface)
-    return AuthMiddleware(guarded, services=services, surface=surface, instance_id=instance_id)
+    checked = AuthMiddleware(guarded, services=services, surface=surface, instance_id=instance_id)
+    return DatabaseErrorGuard(checked, surface=surface)
 
 
 def route_path(scope: Scope) -> str:
