@@ -22,7 +22,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from llamaman.library import ModelEntry
 from llamaman.proxy import ollama_models
 from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
-from llamaman.proxy.relay import STREAM_HEADERS, Exchange, LeasedStream, stream_error_line
+from llamaman.proxy.relay import (
+    STREAM_HEADERS,
+    Exchange,
+    LeasedStream,
+    client_fault_status,
+    stream_error_line,
+)
 from llamaman.proxy.translate import (
     OllamaChatStream,
     TranslateError,
@@ -130,7 +136,8 @@ async def _open(services: Services, lease: Lease, path: str, payload: dict[str, 
             raw = b""
         finally:
             await upstream.aclose()
-        raise ProxyError(upstream.status_code, _upstream_message(raw, upstream.status_code))
+        status = client_fault_status(upstream.status_code, raw)
+        raise ProxyError(status, _upstream_message(raw, upstream.status_code))
     return upstream
 
 
