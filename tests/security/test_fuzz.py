@@ -136,7 +136,6 @@ def _schema_run(apps: dict[str, tuple[Any, int]], key: str, cases: int, tally: T
     rng = random.Random(7)
     client = httpx.Client(timeout=120, trust_env=False)
 
-    @given(st.one_of(strategies))
     def run(args: tuple[str, int, Any]) -> None:
         surface, port, case = args
         if any(p in case.formatted_path for p in SKIP_PATHS):
@@ -156,12 +155,12 @@ def _schema_run(apps: dict[str, tuple[Any, int]], key: str, cases: int, tally: T
         send(client, tally, surface, kwargs["method"], kwargs["url"], headers=headers, params=params, **body)
 
     try:
-        _until(run, cases, tally)
+        _until(lambda: given(st.one_of(strategies))(run), cases, tally)
     finally:
         client.close()
 
 
-def _until(run: Any, cases: int, tally: Tally) -> None:
+def _until(make_run: Callable[[], Any], cases: int, tally: Tally) -> None:
     """Run ``run`` (a hypothesis test) with fresh seeds until ``cases`` requests were sent: one
     hypothesis run may stop short of max_examples once it has explored what it can."""
     attempt = 0
@@ -170,7 +169,7 @@ def _until(run: Any, cases: int, tally: Tally) -> None:
             max_examples=cases - tally.cases, deadline=None, database=None,
             suppress_health_check=list(HealthCheck),
         )  # fmt: skip
-        seed(attempt)(budget(run))()
+        seed(attempt)(budget(make_run()))()
         attempt += 1
 
 
@@ -322,13 +321,14 @@ def _body_run(ports: dict[str, int], key: str, cases: int, tally: Tally) -> None
     ctype = st.sampled_from(["application/json", "application/json", "text/plain", "", "multipart/form-data"])
     rng = random.Random(11)
 
-    @given(
+    strategies = dict(
         surface=st.sampled_from(["proxy", "proxy", "main", "instance"]),
         route=st.sampled_from(ROUTES),
         suffix=st.sampled_from(ODD_SUFFIXES),
         body=raw_bodies(),
         content_type=ctype,
     )
+
     def run(surface: str, route: tuple[str, str], suffix: str, body: bytes, content_type: str) -> None:
         method, path = route
         if surface == "instance" and path.startswith("/api/") and path != "/api/tags":
@@ -340,7 +340,7 @@ def _body_run(ports: dict[str, int], key: str, cases: int, tally: Tally) -> None
         send(client, tally, surface, method, url, headers=headers, content=body if method != "GET" else None)
 
     try:
-        _until(run, cases, tally)
+        _until(lambda: given(**strategies)(run), cases, tally)
     finally:
         client.close()
 
