@@ -210,7 +210,7 @@ class RawResponse(Response):
 # own message. (Its 501, a feature the server was not started with, is passed on as it is.)
 _CLIENT_FAULT = re.compile(
     rb"[Ff]ailed to parse|json\.exception|type must be|[Mm]issing|[Uu]nsupported|[Ii]nvalid|must be|"
-    rb"cannot be|[Ee]xpected|not supported|does not support|out of range|[Uu]nknown|no such"
+    rb"cannot be|[Ee]xpected|not supported|does not support|out of range|[Uu]nknown|no such|is required"
 )
 
 
