@@ -142,7 +142,7 @@ def body_limit(path: str, surface: Surface) -> int:
         return MODEL_BODY_LIMIT
     if path == "/api/restore":
         return RESTORE_BODY_LIMIT
-    if classify(path, surface) is Access.MODEL or path.startswith("/_nicegui/"):
+    if classify(path, surface) is Access.MODEL or path.startswith("/_nicegui"):
         return MODEL_BODY_LIMIT
     return MANAGE_BODY_LIMIT
 

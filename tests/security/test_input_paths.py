@@ -77,3 +77,17 @@ async def test_odd_paths_are_relayed_or_refused_never_500(services: Services, pr
             assert (await c.get(f"http://127.0.0.1:{port}{prefix}health")).status_code == 200
         r = await c.get(f"http://127.0.0.1:{proxy.port}/upstream/tiny-%E2%82%AC/health")
         assert r.status_code == 404
+
+
+async def test_fields_llama_server_cannot_parse_are_client_errors(
+    services: Services, proxy: ProxyServer
+) -> None:
+    """llama-server answers 500 for a request field it fails to parse; the client hears 400."""
+    async with httpx.AsyncClient(base_url=proxy.url, timeout=60, trust_env=False) as c:
+        r = await c.post("/v1/messages/count_tokens", json={"model": "tiny-a"})
+        assert r.status_code == 400 and "required" in r.text, r.text
+        hi = [{"role": "user", "content": "hi"}]
+        r = await c.post("/api/chat", json={"model": "tiny-a", "messages": hi, "tools": [5], "stream": False})
+        assert r.status_code == 400 and "tool" in r.json()["error"], r.text
+        r = await c.post("/v1/chat/completions", json={"model": "tiny-a", "messages": hi, "max_tokens": 2})
+        assert r.status_code == 200, r.text
