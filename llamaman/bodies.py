@@ -14,6 +14,7 @@ with ``json_of(scope)`` instead of parsing again.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -76,9 +77,25 @@ def _describe(raw: bytes, exc: orjson.JSONDecodeError) -> str:
         return "the request body must be JSON encoded as UTF-8 (UTF-16 and UTF-32 are not accepted)"
     if "depth limit" in str(exc):
         return f"the request body nests deeper than {MAX_DEPTH} levels"
-    if "infinity" in str(exc).lower():
-        return f"the request body has a number too large for a double ({exc})"
+    pos = getattr(exc, "pos", None)
+    if isinstance(pos, int) and (
+        "infinity" in str(exc).lower() or raw[pos : pos + 9].lstrip(b"-").startswith((b"NaN", b"Infinity"))
+    ):
+        where = _field_before(raw, pos)
+        what = f"'{where}' must be a finite number" if where else "numbers must be finite"
+        return f"{what} (NaN, Infinity and numbers beyond a double are not accepted)"
     return f"request body is not valid JSON: {exc}"
+
+
+_KEY = re.compile(rb'"((?:[^"\\]|\\.){1,80})"\s*:\s*-?$')
+
+
+def _field_before(raw: bytes, pos: int) -> str | None:
+    """The key whose value starts at ``pos`` (to name it in an error), when there is one."""
+    match = _KEY.search(raw[max(0, pos - 200) : pos])
+    if match is None:
+        return None
+    return match.group(1).decode("utf-8", "replace")
 
 
 def _walk(obj: dict[str, Any] | list[Any]) -> tuple[int, int]:

@@ -111,7 +111,7 @@ async def test_refusals_name_the_problem(box: Services, surface: str) -> None:
         assert r.status_code == 400 and "deeper than 64" in r.json()["error"]["message"]
         assert r.json()["error"]["type"] == "invalid_request_error"
         r = await c.post("/api/generate", content=v["nan"], headers=h)
-        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+        assert r.status_code == 400 and "'temperature' must be a finite number" in r.json()["error"]
 
 
 @pytest.mark.parametrize("surface", ["proxy", "main"])
@@ -173,3 +173,24 @@ def test_parser_accepts_what_clients_send() -> None:
         parse_json(b"[" * 65 + b"]" * 65)
     with pytest.raises(BodyError, match="more than once"):
         parse_json(b'[{"a":1},{"b":{"c":1,"c":1}}]')
+
+
+@pytest.mark.parametrize("surface", ["proxy", "main"])
+@pytest.mark.parametrize(
+    "value", ["NaN", "Infinity", "-Infinity", "1e400", "1e30", "99999999999999999999999", "-5", "1.5"]
+)
+async def test_num_ctx_out_of_range_is_refused_naming_it(box: Services, surface: str, value: str) -> None:
+    _, key = await box.auth.keys.create("all")
+    h = {"Authorization": f"Bearer {key}"}
+    async with client(box, surface) as c:
+        for path in ("/api/chat", "/api/generate"):
+            raw = '{"model":"tiny-a","prompt":"hi","messages":[],"options":{"num_ctx":' + value + "}}"
+            r = await c.post(path, content=raw.encode(), headers=h)
+            assert r.status_code == 400, (path, value, r.text)
+            assert "num_ctx" in r.json()["error"], r.text
+        for field in ("temperature", "top_k", "seed", "num_predict"):
+            raw = '{"model":"tiny-a","prompt":"hi","options":{"' + field + '":' + value + "}}"
+            r = await c.post("/api/generate", content=raw.encode(), headers=h)
+            assert r.status_code in (400, 503), (field, value, r.text)  # 503: no llama-server here
+            if r.status_code == 400:
+                assert field in r.json()["error"], r.text
