@@ -194,3 +194,15 @@ async def test_num_ctx_out_of_range_is_refused_naming_it(box: Services, surface:
             assert r.status_code in (400, 503), (field, value, r.text)  # 503: no llama-server here
             if r.status_code == 400:
                 assert field in r.json()["error"], r.text
+
+
+def test_duplicates_are_found_in_large_and_bracket_heavy_bodies() -> None:
+    big = '{"model":"a","x":"' + "y:" * 200_000 + '","model":"b"}'
+    with pytest.raises(BodyError, match="'model' more than once"):
+        parse_json(big.encode())
+    many = '{"model":"a","list":[' + ",".join(['{"k":"v:w"}'] * 100) + '],"model":"b"}'
+    with pytest.raises(BodyError, match="'model' more than once"):
+        parse_json(many.encode())
+    fine = '{"model":"a","list":[' + ",".join(['{"k":"v:w"}'] * 100) + "]}"
+    assert len(parse_json(fine.encode())["list"]) == 100
+    assert parse_json(('{"x":"' + "y:" * 200_000 + '"}').encode())["x"].count(":") == 200_000
