@@ -21,6 +21,7 @@ def serve(settings: Settings, *, native: bool = False, show_ui: bool = True) -> 
 
     import pages
     from llamaman.app import install
+    from llamaman.http_protocol import GuardedHttpToolsProtocol
     from llamaman.secrets import storage_secret
     from llamaman.services import Services
 
@@ -43,6 +44,8 @@ def serve(settings: Settings, *, native: bool = False, show_ui: bool = True) -> 
         # Pages bind UI elements to each other (pushed at once) and follow service events; the
         # polling loop for other bindings only costs idle CPU, so it runs rarely.
         binding_refresh_interval=1.0,
+        # uvicorn's httptools protocol plus a header size limit and a header read deadline.
+        http=GuardedHttpToolsProtocol,
     )
     return 0
 

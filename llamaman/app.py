@@ -13,12 +13,14 @@ from llamaman.auth_middleware import wrap_with_auth
 from llamaman.errors import install_error_handlers
 from llamaman.proxy.app import build_proxy_router, install_proxy_error_handler
 from llamaman.redact import install_log_redaction
+from llamaman.secrets import secure_data_dir
 from llamaman.services import Services
 
 
 def install(app: FastAPI, services: Services) -> None:
     """Mount the REST API and the proxy routes on ``app`` and make ``services`` reachable from them."""
     app.state.services = services
+    secure_data_dir(services.settings)
     install_error_handlers(app)
     install_proxy_error_handler(app)
     app.include_router(build_router())

@@ -10,7 +10,6 @@ Wiring, one call per app: ``wrap_with_auth(app, services, "main" | "proxy" | "in
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -23,6 +22,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamaman.access import ADMIN_ONLY, MODEL_SURFACE, Access, Surface, classify
+from llamaman.bodies import BodyError, BodyGuard, ensure_body, model_names, parsed_body
 from llamaman.identity import CURRENT_IDENTITY, Identity, names_allowed
 
 if TYPE_CHECKING:
@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _OPENAI_CODES = {401: "invalid_api_key", 403: "permission_denied", 429: "rate_limit_exceeded"}
-_ANTHROPIC_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    413: "request_too_large", 429: "rate_limit_error",
+}  # fmt: skip
 # Answers that give a request's place in its key's per-minute budget back: it was refused (a model the
 # key may not use, one hidden from it, a quota), so it used nothing.
 _REFUNDED = frozenset({401, 403, 404, 429})
@@ -42,10 +45,18 @@ def wrap_with_auth(
     app: ASGIApp, services: Services, surface: Surface, *, instance_id: str | None = None
 ) -> ASGIApp:
     """Guard ``app``; a Starlette/FastAPI app is guarded in place and returned (its type unchanged)."""
+    # The body guard sits inside: credentials are checked before a body is read past its headers.
+    # Database errors are caught outside both, so a busy database answers 503 even mid-check.
+    from llamaman.errors import DatabaseErrorGuard
+
     if isinstance(app, Starlette):
+        app.add_middleware(BodyGuard, surface=surface)
         app.add_middleware(AuthMiddleware, services=services, surface=surface, instance_id=instance_id)
+        app.add_middleware(DatabaseErrorGuard, surface=surface)
         return app
-    return AuthMiddleware(app, services=services, surface=surface, instance_id=instance_id)
+    guarded = BodyGuard(app, surface=surface)
+    checked = AuthMiddleware(guarded, services=services, surface=surface, instance_id=instance_id)
+    return DatabaseErrorGuard(checked, surface=surface)
 
 
 def route_path(scope: Scope) -> str:
@@ -161,8 +172,14 @@ class AuthMiddleware:
         elif path.startswith("/upstream/"):
             named.append((await self._upstream_model(path[len("/upstream/") :]), ()))
         if scope.get("method") in _WITH_BODY and self.surface != "instance":
-            body, receive = await _buffer(receive)
-            named += [(m, ()) for m in _body_models(body, ollama=path.startswith("/api/"))]
+            # Read and parsed once, the way the handler will see it; a body that cannot be read or
+            # parsed is refused by the body guard before any handler runs.
+            receive = await ensure_body(scope, receive, self.surface)
+            try:
+                obj = parsed_body(scope, self.surface)
+            except BodyError:
+                return receive, None
+            named += [(m, ()) for m in model_names(obj, ollama=path.startswith("/api/"))]
         for name, aliases in named:
             if not self._allowed(identity.allowed_models, name, aliases):
                 return receive, name
@@ -241,6 +258,11 @@ def _scope_refusal(identity: Identity, access: Access) -> str:
     )
 
 
+def dialect_body(access: Access, path: str, status: int, message: str) -> dict[str, Any]:
+    """An error body in the dialect of the endpoint at ``path`` (Ollama, OpenAI, Anthropic, REST)."""
+    return _error_body(_dialect(access, path), status, message)
+
+
 def _dialect(access: Access, path: str) -> str:
     if access not in MODEL_SURFACE:
         return "rest"
@@ -261,39 +283,3 @@ def _error_body(dialect: str, status: int, message: str) -> dict[str, Any]:
         kind = "requests" if status == 429 else "invalid_request_error"
         return {"error": {"message": message, "type": kind, "param": None, "code": _OPENAI_CODES.get(status)}}
     return {"error": message, "detail": message}
-
-
-def _body_models(body: bytes, *, ollama: bool) -> list[str]:
-    """Model names a JSON body asks for: ``model``, and for Ollama also ``name``, ``source`` and
-    ``destination`` (/api/show, /api/pull and /api/copy name models that way)."""
-    if not body.lstrip()[:1] == b"{":
-        return []
-    try:
-        obj = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return []
-    if not isinstance(obj, dict):
-        return []
-    fields = ("model", "name", "source", "destination") if ollama else ("model",)
-    return [v for f in fields if isinstance(v := obj.get(f), str) and v.strip()]
-
-
-async def _buffer(receive: Receive) -> tuple[bytes, Receive]:
-    """Read the whole request body; the returned receive hands it to the app as if unread."""
-    chunks: list[bytes] = []
-    pending: list[Message] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            pending.append(message)  # the client left; the app will hear it after the body
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    body = b"".join(chunks)
-    pending.insert(0, {"type": "http.request", "body": body, "more_body": False})
-
-    async def replay() -> Message:
-        return pending.pop(0) if pending else await receive()
-
-    return body, replay

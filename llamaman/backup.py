@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from sqlmodel import select
 
+from llamaman.errors import describe_validation
 from llamaman.hub import DownloadError
+from llamaman.library import LibraryError
+from llamaman.presets import validate_preset
 from llamaman.tables import ModelSource
 
 if TYPE_CHECKING:
@@ -79,20 +82,126 @@ async def export_backup(services: Services) -> dict[str, Any]:
     }
 
 
-def _parse_sources(data: dict[str, Any]) -> dict[str, ModelSource]:
-    rows = list(data.get("sources") or [])
-    for m in data.get("models") or []:
-        if isinstance(m, dict) and isinstance(m.get("sources"), dict):
-            rows += list(m["sources"].values())
+# ---- validation: everything is checked before anything is written -----------------------------------
+_MAX_NAME = 255
+_MAX_PATH = 512
+
+
+def _refuse(where: str, problem: str) -> BackupError:
+    return BackupError(f"{where}: {problem}")
+
+
+def _rel_path(value: Any, where: str, services: Services, *, limit: int = _MAX_PATH) -> str:
+    """A path relative to MODELS_DIR that stays inside it: no '..', no absolute path, no backslash."""
+    if not isinstance(value, str) or not value.strip():
+        raise _refuse(where, "must be a non-empty string (a path relative to the models folder)")
+    if len(value) > limit:
+        raise _refuse(where, f"is longer than {limit} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value) or "\\" in value:
+        raise _refuse(where, "may not contain control characters or backslashes")
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts:
+        raise _refuse(where, f"'{value}' must be relative to the models folder, without '..'")
+    try:
+        services.library.safe_path(value)
+    except (LibraryError, ValueError, OSError) as exc:
+        raise _refuse(where, str(exc)) from None
+    return value
+
+
+def _mapping(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _refuse(key, "must be an object")
+    return value
+
+
+def _sequence(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _refuse(where, "must be a list")
+    return value
+
+
+def _source(row: Any, where: str, services: Services) -> ModelSource:
+    if not isinstance(row, dict):
+        raise _refuse(where, "must be an object with model_path, repo_id, filename and revision")
+    _rel_path(row.get("model_path"), f"{where}.model_path", services)
+    _rel_path(row.get("filename"), f"{where}.filename", services, limit=1024)
+    try:
+        src = ModelSource.model_validate(row)
+    except ValidationError as exc:
+        raise _refuse(where, describe_validation(list(exc.errors()))) from None
+    for field, limit in (("repo_id", _MAX_NAME), ("revision", 64)):
+        value = getattr(src, field)
+        if not isinstance(value, str) or not value.strip() or len(value) > limit:
+            raise _refuse(f"{where}.{field}", f"must be a non-empty string of at most {limit} characters")
+    return src
+
+
+def _parse_sources(
+    data: dict[str, Any], models: list[dict[str, Any]], services: Services
+) -> dict[str, ModelSource]:
     out: dict[str, ModelSource] = {}
-    for row in rows:
-        if not isinstance(row, dict):
-            continue
-        try:
-            src = ModelSource.model_validate(row)
-        except ValidationError:
-            continue
+    for i, row in enumerate(_sequence(data.get("sources"), "sources")):
+        src = _source(row, f"sources[{i}]", services)
         out[src.model_path] = src
+    for i, m in enumerate(models):
+        for name, row in _mapping(m, "sources").items():
+            src = _source(row, f"models[{i}].sources['{name}']", services)
+            out[src.model_path] = src
+    return out
+
+
+def _parse_models(data: dict[str, Any], services: Services) -> list[dict[str, Any]]:
+    models: list[dict[str, Any]] = []
+    for i, m in enumerate(_sequence(data.get("models"), "models")):
+        if not isinstance(m, dict):
+            raise _refuse(f"models[{i}]", "must be an object")
+        path = _rel_path(m.get("path"), f"models[{i}].path", services)
+        raw_files = m.get("files")
+        files = [path] if raw_files is None else _sequence(raw_files, f"models[{i}].files")
+        clean = [_rel_path(f, f"models[{i}].files[{j}]", services) for j, f in enumerate(files)]
+        if not isinstance(m.get("sources"), dict | None):
+            raise _refuse(f"models[{i}].sources", "must be an object")
+        models.append({**m, "path": path, "files": clean or [path]})
+    return models
+
+
+def _parse_presets(data: dict[str, Any], services: Services) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for path, values in _mapping(data, "presets").items():
+        where = f"presets['{str(path)[:80]}']"
+        _rel_path(path, where, services)
+        if not isinstance(values, dict):
+            raise _refuse(where, "must be an object of launch settings")
+        try:
+            validate_preset(values)
+        except ValidationError as exc:
+            raise _refuse(where, describe_validation(list(exc.errors()))) from None
+        except (TypeError, ValueError) as exc:
+            raise _refuse(where, str(exc)) from None
+        out[path] = values
+    return out
+
+
+def _parse_aliases(data: dict[str, Any], services: Services) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for alias, target in _mapping(data, "aliases").items():
+        where = f"aliases['{str(alias)[:80]}']"
+        if not alias.strip() or len(alias) > _MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in alias):
+            raise _refuse(where, f"an alias is a name of 1 to {_MAX_NAME} printable characters")
+        if not isinstance(target, str) or not target.strip() or len(target) > _MAX_PATH:
+            raise _refuse(where, "the target must be the name or path of a model")
+        if services.library.find(alias) is not None:
+            # An alias named like a model would take that name over (and with it, model allow-lists).
+            raise _refuse(
+                where, f"'{alias}' is the name of a model in the library; an alias may not shadow it"
+            )
+        out[alias] = target
     return out
 
 
@@ -105,10 +214,21 @@ def _dest_for(model_path: str, filename: str) -> str | None:
 
 
 async def restore_backup(services: Services, data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict) or not isinstance(data.get("llamaman_backup"), int):
+    """Check the whole backup first (400 naming the first bad field), then write: nothing is stored
+    from a backup that is refused."""
+    if not isinstance(data, dict):
+        raise BackupError("not a LlamaMan backup (expected a JSON object)")
+    version = data.get("llamaman_backup")
+    if isinstance(version, bool) or not isinstance(version, int):
         raise BackupError("not a LlamaMan backup (the 'llamaman_backup' format number is missing)")
-    if data["llamaman_backup"] > BACKUP_FORMAT:
-        raise BackupError(f"backup format {data['llamaman_backup']} is newer than this LlamaMan understands")
+    if version > BACKUP_FORMAT or version < 1:
+        raise BackupError(f"backup format {version} is not one this LlamaMan understands")
+    await services.library.ascan()  # aliases are checked against the models there are now
+    models = _parse_models(data, services)
+    sources = _parse_sources(data, models, services)
+    presets = _parse_presets(data, services)
+    aliases = _parse_aliases(data, services)
+
     report: dict[str, Any] = {
         "presets_restored": [],
         "presets_merged": [],
@@ -119,36 +239,23 @@ async def restore_backup(services: Services, data: Any) -> dict[str, Any]:
         "downloads_queued": [],
         "not_restorable": [],
     }
-    sources = _parse_sources(data)
     known = await asyncio.to_thread(_load_sources, services)
     report["sources_restored"] = await asyncio.to_thread(_add_sources, services, list(sources.values()))
     sources = {**sources, **known}
 
-    presets = data.get("presets") or {}
-    if isinstance(presets, dict):
-        for path, values in presets.items():
-            if not isinstance(values, dict):
-                continue
-            existed = await services.presets.get(path) is not None
-            try:
-                await services.presets.put(path, values, merge=True)
-            except ValidationError as exc:
-                report["preset_errors"].append({"model_path": path, "error": str(exc)})
-                continue
-            report["presets_merged" if existed else "presets_restored"].append(path)
+    for path, values in presets.items():
+        existed = await services.presets.get(path) is not None
+        await services.presets.put(path, values, merge=True)
+        report["presets_merged" if existed else "presets_restored"].append(path)
 
-    aliases = data.get("aliases") or {}
-    if isinstance(aliases, dict):
-        for alias, target in aliases.items():
-            if isinstance(target, str) and alias not in services.aliases.aliases:
-                await services.aliases.put(alias, target)
-                report["aliases_restored"].append(alias)
+    for alias, target in aliases.items():
+        if alias not in services.aliases.aliases:
+            await services.aliases.put(alias, target)
+            report["aliases_restored"].append(alias)
 
     root = services.library.models_dir
-    for model in data.get("models") or []:
-        if not isinstance(model, dict) or not isinstance(model.get("path"), str):
-            continue
-        files = [f for f in model.get("files") or [model["path"]] if isinstance(f, str)]
+    for model in models:
+        files = model["files"]
         missing = [f for f in files if not (root / f).exists()]
         if not missing:
             report["models_present"].append(model["path"])

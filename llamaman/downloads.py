@@ -180,6 +180,9 @@ class DownloadManager:
                 remote.append(f)
         else:
             remote = hub.pick_files(listing, filename, gguf_only=gguf_only)
+        for f in remote:
+            # A repo's own file names are as untrusted as a user's: each becomes a path here.
+            hub.check_rel_path(f.name)
         targets = {hub.inside(self.models_dir, dest, f.name) for f in remote}
         for job in self.jobs.values():
             if job.active and targets & set(self.targets(job)):

@@ -9,7 +9,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamaman.hub import DownloadError
 from llamaman.library import LibraryError
@@ -30,6 +34,51 @@ def describe_validation(errors: list[Any]) -> str:
 
 def error_body(message: str, **extra: Any) -> dict[str, Any]:
     return {"error": message, "detail": message, **extra}
+
+
+# A locked SQLite file, a MariaDB that went away, an exhausted pool: worth retrying, not a bug.
+DATABASE_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+DATABASE_RETRY_AFTER = 5
+
+
+def database_unavailable(scope: Scope, surface: str, exc: BaseException) -> Response:
+    """The one answer to a database that cannot be reached or is busy: 503 with Retry-After, in the
+    dialect of the endpoint (Ollama, OpenAI, Anthropic or the REST API's)."""
+    from llamaman.access import classify
+    from llamaman.auth_middleware import dialect_body, route_path
+
+    log.warning("database unavailable for %s: %s", scope.get("path"), str(exc).splitlines()[0][:200])
+    path = route_path(scope)
+    message = "the database is busy or unreachable; try again shortly"
+    body = dialect_body(classify(path, surface), path, 503, message)
+    return JSONResponse(body, 503, {"Retry-After": str(DATABASE_RETRY_AFTER)})
+
+
+class DatabaseErrorGuard:
+    """Outermost on every surface: a database error anywhere (the credential check included)
+    becomes ``database_unavailable`` instead of a plain-text 500, if nothing was sent yet."""
+
+    def __init__(self, app: ASGIApp, surface: str = "main") -> None:
+        self.app = app
+        self.surface = surface
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except DATABASE_ERRORS as exc:
+            if started:
+                raise
+            await database_unavailable(scope, self.surface, exc)(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

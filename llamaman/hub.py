@@ -88,6 +88,14 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+_UNSAFE_NAME = re.compile(r"[\"'<>\\`\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _shown(name: str) -> str:
+    """A name for an error message, with what makes it unsafe escaped."""
+    return ascii(name[:200])
+
+
 def check_rel_path(name: str, what: str = "file name") -> PurePosixPath:
     """A repo-relative path that is safe to re-create under MODELS_DIR: relative, no '..', not hidden.
 
@@ -95,8 +103,15 @@ def check_rel_path(name: str, what: str = "file name") -> PurePosixPath:
     """
     if not name or not name.strip():
         raise DownloadError(f"empty {what}")
-    if "\x00" in name or "\\" in name:
-        raise DownloadError(f"invalid {what} {name!r}")
+    bad = _UNSAFE_NAME.search(name)
+    if bad is not None:
+        # Names end up in file paths, commands and the UI: markup or a quote in one is never a model.
+        char = bad.group()
+        shown = repr(char) if char.isprintable() else f"U+{ord(char):04X}"
+        raise DownloadError(
+            f"invalid {what} {_shown(name)}: {shown} is not allowed (no quotes, '<', '>', backslashes "
+            "or control characters)"
+        )
     path = PurePosixPath(name)
     if path.is_absolute() or name.startswith("/"):
         raise DownloadError(f"invalid {what} {name!r}: absolute paths are not allowed")

@@ -20,23 +20,37 @@ _KEY = "runtime"
 
 
 class RuntimeSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No NaN/Infinity and upper bounds everywhere: a setting is a number a user could mean.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    require_auth: bool = Field(default=True, description="Model endpoints need an API key")
-    max_models: int = Field(default=0, ge=0, description="Models the proxy keeps loaded; 0 = no limit")
-    idle_timeout_min: float = Field(
-        default=0, ge=0, description="Proxy-started models sleep after this; 0 = never"
+    require_auth: bool = Field(default=True, strict=True, description="Model endpoints need an API key")
+    max_models: int = Field(
+        default=0, ge=0, le=1000, description="Models the proxy keeps loaded; 0 = no limit"
     )
-    evict_manual: bool = Field(default=False, description="API traffic may evict manually launched instances")
+    idle_timeout_min: float = Field(
+        default=0, ge=0, le=525_600, description="Proxy-started models sleep after this; 0 = never"
+    )
+    evict_manual: bool = Field(
+        default=False, strict=True, description="API traffic may evict manually launched instances"
+    )
     cleanup_hours: float = Field(
-        default=0, ge=0, description="Forget finished downloads / stopped records after"
+        default=0, ge=0, le=87_600, description="Forget finished downloads / stopped records after"
     )
     download_retries: int = Field(
         default=3, ge=0, le=100, description="Automatic retries of a failed download"
     )
-    download_speed_limit_mbps: float = Field(default=0, ge=0, description="Global download limit; 0 = none")
-    hf_token: str | None = Field(default=None, description="Hugging Face token for downloads")
-    activity_retention: int = Field(default=10000, ge=100, description="Request-log rows kept")
+    download_speed_limit_mbps: float = Field(
+        default=0, ge=0, le=1_000_000, description="Global download limit; 0 = none"
+    )
+    hf_token: str | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=r"^[\x21-\x7e]*$",
+        description="Hugging Face token for downloads",
+    )
+    activity_retention: int = Field(
+        default=10000, ge=100, le=100_000_000, description="Request-log rows kept"
+    )
 
     def public(self) -> dict[str, Any]:
         out = self.model_dump()

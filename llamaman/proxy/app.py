@@ -155,20 +155,9 @@ def create_proxy_app(services: Services) -> FastAPI:
 
 # ---- serving -----------------------------------------------------------------------------------
 def _quiet_protocol() -> Any:
-    """httptools (h11 without it) with the access log off for this server only.
-
-    uvicorn's ``access_log=False`` works by emptying the shared ``uvicorn.access`` logger, which would
-    silence the UI server in the same process too; the protocol's own switch touches nobody else.
-    """
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
-    except ImportError:  # pragma: no cover - httptools ships with uvicorn[standard]
-        from uvicorn.protocols.http.h11_impl import H11Protocol as Base  # type: ignore[assignment]
-
-    class QuietProtocol(Base):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.access_log = False
+    """The guarded httptools protocol (header size and read-time limits) with the access log off
+    for this server only."""
+    from llamaman.http_protocol import QuietProtocol
 
     return QuietProtocol
 

@@ -3,17 +3,12 @@ client's own dialect (OpenAI, Ollama, Anthropic)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
-
-try:
-    from orjson import loads as _loads  # its JSONDecodeError is json's
-except ImportError:  # pragma: no cover - orjson comes with NiceGUI
-    _loads = json.loads
 
 from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
+from llamaman.bodies import BodyError, cached_body, parsed_body, remember_body
 from llamaman.gate import QueueFull
 from llamaman.proxy.relay import ErrorStyle, error_payload
 from llamaman.router import Lease, ModelNotFound, ModelUnavailable
@@ -42,18 +37,24 @@ def services_of(request: Request) -> Services:
 
 
 async def read_json(request: Request) -> tuple[dict[str, Any], bytes]:
-    """The parsed body and its raw bytes (kept so unchanged bodies pass through without re-encoding)."""
-    raw = await request.body()
+    """The parsed body and its raw bytes (kept so unchanged bodies pass through without re-encoding).
+
+    The body guard in front of every surface has read and strictly parsed it already (the object
+    the model check saw is the one returned here); an app served without the guard parses here.
+    """
+    scope = request.scope
+    raw = cached_body(scope)
+    if raw is None:
+        raw = await request.body()
+        remember_body(scope, raw)
     try:
-        # orjson parses several times faster than json; the body's bytes are kept either way.
-        body = _loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        if not raw.strip():
-            return {}, raw
-        try:  # what orjson refuses and json takes (NaN, integers beyond 64 bits)
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ProxyError(400, f"request body is not valid JSON: {exc}") from None
+        body = parsed_body(scope, "proxy")
+    except BodyError as exc:
+        raise ProxyError(exc.status, exc.message) from None
+    if body is None:
+        if raw.strip():
+            raise ProxyError(400, "request body must be a JSON object")
+        return {}, raw
     if not isinstance(body, dict):
         raise ProxyError(400, "request body must be a JSON object")
     return body, raw

@@ -14,9 +14,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
+from llamaman.bodies import BodyError, cached_body, parsed_body, remember_body
 from llamaman.proxy.app import ProxyServer
 from llamaman.proxy.common import ProxyError
 from llamaman.proxy.relay import raw_forward_headers
+from llamaman.proxy.upstream import upstream_path
 from llamaman.router import ModelUnavailable, QueueFull
 from llamaman.services import Services
 from llamaman.state import InstanceState
@@ -62,14 +64,15 @@ def create_instance_app(services: Services, instance_id: str) -> FastAPI:
             return JSONResponse(
                 {"error": {"message": "instance removed", "type": "server_error"}}, status_code=503
             )
-        raw = await request.body()
-        body: dict[str, Any] | None = None
-        if raw[:1] == b"{" and "json" in request.headers.get("content-type", "json"):
-            try:
-                parsed = json.loads(raw)
-                body = parsed if isinstance(parsed, dict) else None
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                body = None
+        raw = cached_body(request.scope)
+        if raw is None:
+            raw = await request.body()
+            remember_body(request.scope, raw)
+        try:
+            parsed = parsed_body(request.scope, "instance")
+        except BodyError as exc:
+            return ProxyError(exc.status, exc.message).response("openai")
+        body: dict[str, Any] | None = parsed if isinstance(parsed, dict) else None
         if body is not None and isinstance(body.get("model"), str):
             if not model_matches(body["model"], m, services.aliases.aliases):
                 return ProxyError(
@@ -91,7 +94,7 @@ def create_instance_app(services: Services, instance_id: str) -> FastAPI:
         return await services.relay.forward(
             lease,
             request.method,
-            "/" + path + (f"?{qs}" if qs else ""),
+            upstream_path(path) + (f"?{qs}" if qs else ""),
             content=raw or None,
             headers=raw_forward_headers(request.scope),
         )

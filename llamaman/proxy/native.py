@@ -7,9 +7,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from llamaman.bodies import cached_body
 from llamaman.proxy.common import ProxyError, lease_for, services_of
 from llamaman.proxy.openai import check_autoload, pass_through, upstream_params
 from llamaman.proxy.relay import forward_headers
+from llamaman.proxy.upstream import upstream_path
 from llamaman.services import Services
 
 router = APIRouter(tags=["llama-server"])
@@ -64,7 +66,7 @@ def _split_target(services: Services, target: str) -> tuple[str, str] | None:
     for n in range(len(parts), 0, -1):
         name = "/".join(parts[:n])
         if name and services.router.resolve(name) is not None:
-            return name, "/" + "/".join(parts[n:])
+            return name, upstream_path("/".join(parts[n:]))
     return None
 
 
@@ -82,7 +84,9 @@ async def upstream(target: str, request: Request) -> Response:
         first = target.split("/", 1)[0]
         raise ProxyError(404, f"model '{first}' not found (use /upstream/MODEL/PATH)")
     model, path = split
-    body = await request.body()
+    body = cached_body(request.scope)
+    if body is None:
+        body = await request.body()
     lease = await lease_for(services, model)
     return await services.relay.forward(
         lease, request.method, path, content=body or None, headers=forward_headers(request.headers),

@@ -23,7 +23,13 @@ from llamaman.library import ModelEntry
 from llamaman.proxy import ollama_models
 from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
 from llamaman.proxy.openai import listing_identity
-from llamaman.proxy.relay import STREAM_HEADERS, Exchange, LeasedStream, stream_error_line
+from llamaman.proxy.relay import (
+    STREAM_HEADERS,
+    Exchange,
+    LeasedStream,
+    client_fault_status,
+    stream_error_line,
+)
 from llamaman.proxy.translate import (
     OllamaChatStream,
     TranslateError,
@@ -86,6 +92,10 @@ def _model_field(body: dict[str, Any]) -> str:
     return require_model(body)
 
 
+# llama.cpp keeps a context size in 32 bits.
+_MAX_CTX = 2**31 - 1
+
+
 def _min_ctx(body: dict[str, Any], entry: ModelEntry) -> int | None:
     """The context a request needs, capped like Ollama at what the model was trained for: a client
     asking for more would otherwise relaunch the model with a context it cannot use."""
@@ -94,6 +104,8 @@ def _min_ctx(body: dict[str, Any], entry: ModelEntry) -> int | None:
         return None
     if isinstance(num_ctx, bool) or not isinstance(num_ctx, int | float) or num_ctx < 0:
         raise ProxyError(400, f"option 'num_ctx' must be a positive integer, got {num_ctx!r}")
+    if num_ctx > _MAX_CTX or num_ctx != int(num_ctx):
+        raise ProxyError(400, f"option 'num_ctx' must be a whole number of tokens up to {_MAX_CTX}")
     trained = entry.info.context_length if entry.info is not None else None
     return min(int(num_ctx), trained or int(num_ctx)) or None
 
@@ -125,7 +137,8 @@ async def _open(services: Services, lease: Lease, path: str, payload: dict[str, 
             raw = b""
         finally:
             await upstream.aclose()
-        raise ProxyError(upstream.status_code, _upstream_message(raw, upstream.status_code))
+        status = client_fault_status(upstream.status_code, raw)
+        raise ProxyError(status, _upstream_message(raw, upstream.status_code))
     return upstream
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -215,6 +216,21 @@ class RawResponse(Response):
         self.raw_headers = raw_headers
 
 
+# llama-server answers 500 when a field of the request fails its parsing (any exception other
+# than std::invalid_argument): the request's doing, so the client hears a 400 with llama-server's
+# own message. (Its 501, a feature the server was not started with, is passed on as it is.)
+_CLIENT_FAULT = re.compile(
+    rb"[Ff]ailed to parse|json\.exception|type must be|[Mm]issing|[Uu]nsupported|[Ii]nvalid|must be|"
+    rb"cannot be|[Ee]xpected|not supported|does not support|out of range|[Uu]nknown|no such|is required"
+)
+
+
+def client_fault_status(status: int, body: bytes) -> int:
+    if status == 500 and _CLIENT_FAULT.search(body[:4096]) is not None:
+        return 400
+    return status
+
+
 def error_payload(style: ErrorStyle, message: str, code: int = 500) -> dict[str, Any]:
     if style == "ollama":
         return {"error": message}
@@ -323,7 +339,8 @@ class Relay:
                 if "json" in ctype and ex.status < 300:
                     _absorb_json(ex, body)
                 self.record(ex)
-            return RawResponse(body, upstream.status_code, _raw_response_headers(upstream))
+            status = client_fault_status(upstream.status_code, body)
+            return RawResponse(body, status, _raw_response_headers(upstream))
         ex.stream = True
         raw = _raw_response_headers(upstream)
         raw += _STREAM_RAW

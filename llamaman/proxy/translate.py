@@ -95,6 +95,8 @@ def _number(key: str, value: Any, kind: type) -> int | float:
     if kind is int:
         if isinstance(value, float) and not value.is_integer():
             raise TranslateError(f"option {key!r} must be an integer, got {value!r}")
+        if not -(2**63) <= value < 2**63:
+            raise TranslateError(f"option {key!r} is out of range, got {value!r}")
         return int(value)
     return float(value)
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import httptools
 
@@ -329,6 +330,8 @@ class UpstreamClient:
         host, port, host_header = _split(base_url)
         if params:
             target += ("&" if "?" in target else "?") + urlencode(params)
+        if not _PLAIN_TARGET(target):
+            target = quote(target, safe=_TARGET_SAFE)
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (
             method.encode(), target.encode("latin-1"), host_header, _encode_headers(headers),
         )  # fmt: skip
@@ -400,3 +403,16 @@ class UpstreamClient:
 def _expire(head: asyncio.Future[None], timeout: float) -> None:
     if not head.done():
         head.set_exception(UpstreamTimeout(f"no answer from upstream within {timeout:g} s"))
+
+
+# Characters a request target may carry as they are; anything else (spaces, controls, non-ASCII,
+# quotes, backslashes) is percent-encoded so it can neither break the request line nor the encoding.
+_TARGET_SAFE = "/?&=%:@!$'()*+,;~[]#"
+_PLAIN_TARGET = re.compile(r"[A-Za-z0-9/?&=%:@!$'()*+,;~\[\]#._-]*").fullmatch
+_PATH_SAFE = "/:@!$&'()*+,;=~"
+
+
+def upstream_path(path: str) -> str:
+    """``/`` + a decoded path from the client, encoded again for the request line upstream
+    (``%`` and ``?`` included, so a decoded ``%3F`` stays part of the path)."""
+    return "/" + quote(path.removeprefix("/"), safe=_PATH_SAFE)

@@ -1,0 +1,92 @@
+"""Downloads and pulls refuse file names that could become markup, quotes or paths elsewhere: a
+repo on a (fake) Hugging Face hub offers such files, and both the REST download and Ollama's
+/api/pull refuse them with a 400 naming the file, writing nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from llamaman.app import create_app
+from llamaman.proxy.app import create_proxy_app
+from llamaman.services import Services
+from llamaman.testing.fake_hub import FakeHub
+from tests.helpers import admin_headers
+
+EVIL = [
+    'mmproj" :title="<script>alert(1)</script>" x=".gguf',
+    "mmproj-<img src=x onerror=alert(1)>.gguf",
+    "mmproj-'quoted'.gguf",
+    "mmproj-back\\slash.gguf",
+    "mmproj-new\nline.gguf",
+    "mmproj-bell\x07.gguf",
+    "mmproj-`tick`.gguf",
+]
+
+
+@pytest.fixture
+def hub() -> Iterator[FakeHub]:
+    with FakeHub() as h:
+        h.add_model("user/good", "good-Q4_K_M.gguf", "A")
+        for i, name in enumerate(EVIL):
+            h.add_model(f"user/evil{i}", "model-Q4_K_M.gguf", "A")
+            h.add_file(f"user/evil{i}", name, b"GGUF")
+        h.add_file("user/dots", "sub/../../escape-Q4_K_M.gguf", b"GGUF")
+        yield h
+
+
+@pytest.fixture
+async def dl(make_settings: Any, hub: FakeHub) -> AsyncIterator[Services]:
+    svc = Services(make_settings(HF_ENDPOINT=hub.url, LLAMA_SERVER_BIN="/nonexistent/llama-server"))
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
+def models(svc: Services) -> list[str]:
+    return sorted(p.name for p in svc.settings.models_dir.rglob("*") if p.is_file())
+
+
+async def test_rest_downloads_refuse_unsafe_names(dl: Services) -> None:
+    before = models(dl)
+    headers = await admin_headers(dl)
+    app = create_app(dl, manage_lifecycle=False)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers
+    ) as c:
+        for i, name in enumerate(EVIL):
+            r = await c.post("/api/downloads", json={"repo_id": f"user/evil{i}", "filename": name})
+            assert r.status_code == 400, (name, r.text)
+            assert "is not allowed" in r.json()["detail"]
+            # The whole repo: its listing carries the bad name, so nothing is queued.
+            r = await c.post("/api/downloads", json={"repo_id": f"user/evil{i}", "gguf_only": False})
+            assert r.status_code in (400, 422), (name, r.text)
+        for dest in ('a"b', "x/<y>", "..", "a\\b"):
+            r = await c.post("/api/downloads", json={"repo_id": "user/good", "dest_dir": dest})
+            assert r.status_code == 400, (dest, r.text)
+        r = await c.post("/api/downloads", json={"repo_id": "user/dots", "gguf_only": False})
+        assert r.status_code in (400, 404, 422), r.text
+    assert dl.downloads.list() == []
+    assert models(dl) == before
+
+
+async def test_ollama_pull_refuses_a_repo_whose_projector_name_is_markup(dl: Services) -> None:
+    app = create_proxy_app(dl)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        for i, name in enumerate(EVIL):
+            if not name.lower().endswith(".gguf"):
+                continue
+            r = await c.post("/api/pull", json={"model": f"hf.co/user/evil{i}:Q4_K_M", "stream": False})
+            if "mmproj" in name.rsplit("/", 1)[-1]:  # picked as the model's projector: refused
+                assert r.status_code == 400, (name, r.text)
+                assert "is not allowed" in r.json()["error"]
+            else:  # not a projector by its base name, so never picked
+                assert r.status_code == 200, (name, r.text)
+    for job in dl.downloads.list():
+        assert not set(EVIL) & {f.name for f in job.files}
+    assert not any(n in EVIL or n.endswith('x=".gguf') for n in models(dl))

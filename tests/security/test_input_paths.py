@@ -1,0 +1,93 @@
+"""Paths relayed to a llama-server (``/upstream/<model>/...`` and everything on an instance port) are
+percent-encoded again before they go upstream: odd bytes in them are relayed or refused with a 4xx,
+never a 500, and cannot add lines to the upstream request. Against real llama-servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import httpx
+
+from llamaman.launch import LaunchSettings
+from llamaman.proxy.app import ProxyServer
+from llamaman.proxy.upstream import upstream_path
+from llamaman.services import Services
+from llamaman.state import InstanceState
+
+ODD = [
+    "health%E2%82%AC",
+    "%E2%82%AC",
+    "health%00",
+    "%00",
+    "a%2Fb",
+    "a%20b",
+    "health%0D%0AX-Injected:%201",
+    "%0D%0A%0D%0AGET%20/slots%20HTTP/1.1",
+    "%FF%FE",
+    "%25",
+    "%3F?x=1",
+    "props%3Fmodel=x",
+    "%C3%BC/%F0%9F%A6%99",
+    "..%2F..%2Fetc%2Fpasswd",
+    "%5C%22%3C%3E",
+]
+
+
+def test_upstream_path_encodes_what_a_request_line_cannot_carry() -> None:
+    assert upstream_path("health") == "/health"
+    assert upstream_path("v1/models") == "/v1/models"
+    assert upstream_path("a b") == "/a%20b"
+    assert upstream_path("€") == "/%E2%82%AC"
+    assert upstream_path("x\r\nY: 1") == "/x%0D%0AY:%201"
+    assert upstream_path("a?b") == "/a%3Fb"
+    assert upstream_path("100%") == "/100%25"
+
+
+async def raw_get(port: int, target: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    out = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    return out
+
+
+async def test_odd_paths_are_relayed_or_refused_never_500(services: Services, proxy: ProxyServer) -> None:
+    m = await services.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=512))
+    assert (
+        await m.proc.wait_for({InstanceState.HEALTHY, InstanceState.FAILED}, timeout=60)
+        == InstanceState.HEALTHY
+    )
+    bases = {"proxy": (proxy.port, "/upstream/tiny-a/"), "instance": (m.record.port, "/")}
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
+        for surface, (port, prefix) in bases.items():
+            for odd in ODD:
+                url = f"http://127.0.0.1:{port}{prefix}{odd}"
+                r = await c.get(url)
+                assert r.status_code < 500, (surface, odd, r.status_code, r.text[:200])
+                r = await c.post(url, json={"model": "tiny-a"})
+                assert r.status_code < 500, (surface, odd, r.status_code, r.text[:200])
+            # The request line itself carrying raw non-ASCII and a tab.
+            for target in (prefix.encode() + "€".encode(), prefix.encode() + b"a\tb"):
+                answer = await raw_get(port, target)
+                assert answer == b"" or not answer.startswith(b"HTTP/1.1 5"), (surface, target, answer[:200])
+            assert (await c.get(f"http://127.0.0.1:{port}{prefix}health")).status_code == 200
+        r = await c.get(f"http://127.0.0.1:{proxy.port}/upstream/tiny-%E2%82%AC/health")
+        assert r.status_code == 404
+
+
+async def test_fields_llama_server_cannot_parse_are_client_errors(
+    services: Services, proxy: ProxyServer
+) -> None:
+    """llama-server answers 500 for a request field it fails to parse; the client hears 400."""
+    async with httpx.AsyncClient(base_url=proxy.url, timeout=60, trust_env=False) as c:
+        r = await c.post("/v1/messages/count_tokens", json={"model": "tiny-a"})
+        assert r.status_code == 400 and "required" in r.text, r.text
+        hi = [{"role": "user", "content": "hi"}]
+        r = await c.post("/api/chat", json={"model": "tiny-a", "messages": hi, "tools": [5], "stream": False})
+        assert r.status_code == 400 and "tool" in r.json()["error"], r.text
+        r = await c.post("/v1/chat/completions", json={"model": "tiny-a", "messages": hi, "max_tokens": 2})
+        assert r.status_code == 200, r.text
