@@ -12,10 +12,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+Role = Literal["admin", "viewer"]
+ROLES: tuple[Role, ...] = ("admin", "viewer")
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """An API key or a signed-in user; ``allowed_models`` empty means every model."""
+    """An API key or a signed-in user; ``allowed_models`` empty means every model. ``role`` is a
+    user's (``admin`` or ``viewer``: a viewer may only look); None for API keys."""
 
     kind: Literal["key", "user"]
     name: str
@@ -23,6 +27,11 @@ class Identity:
     user: str | None = None
     allowed_models: tuple[str, ...] = field(default=())
     rpm_limit: int = 0
+    role: Role | None = None
+
+    @property
+    def read_only(self) -> bool:
+        return self.role == "viewer"
 
     @property
     def restricted(self) -> bool:
@@ -36,6 +45,7 @@ class Identity:
             "user": self.user,
             "allowed_models": list(self.allowed_models),
             "rpm_limit": self.rpm_limit,
+            "role": self.role,
         }
 
 
