@@ -43,6 +43,9 @@ def serve(settings: Settings, *, native: bool = False, show_ui: bool = True) -> 
         # Pages bind UI elements to each other (pushed at once) and follow service events; the
         # polling loop for other bindings only costs idle CPU, so it runs rarely.
         binding_refresh_interval=1.0,
+        # uvicorn would take X-Forwarded-For from any local peer as the client's address; LlamaMan
+        # reads forwarded headers itself, from LLAMAMAN_TRUSTED_PROXIES only.
+        proxy_headers=False,
     )
     return 0
 

@@ -162,7 +162,7 @@ def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _trusted(addr: str, proxies: tuple[Network, ...]) -> bool:
+def trusted_peer(addr: str, proxies: tuple[Network, ...]) -> bool:
     ip = _ip(addr)
     if ip is None:
         return False
@@ -203,11 +203,11 @@ def client_address(conn: HTTPConnection, proxies: tuple[Network, ...]) -> str:
     """The address a request came from. Forwarded headers count only when the peer is a trusted
     proxy; then the nearest address in the chain that is not itself a trusted proxy is the client."""
     peer = conn.client.host if conn.client else "unknown"
-    if not proxies or not _trusted(peer, proxies):
+    if not proxies or not trusted_peer(peer, proxies):
         return peer
     chain = _forwarded_chain(conn.headers)
     for addr in reversed(chain):
-        if not _trusted(addr, proxies):
+        if not trusted_peer(addr, proxies):
             return addr
     return chain[0] if chain else peer
 
