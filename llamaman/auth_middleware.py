@@ -80,10 +80,6 @@ class AuthMiddleware:
         if access is Access.OPEN:
             await self._pass(scope, receive, send, None)
             return
-        refused = self._not_json(scope, access, path)
-        if refused is not None:
-            await self._deny(scope, receive, send, access, path, 415, refused)
-            return
         auth = self.services.auth
         # The session cookie counts on the main port only, where the UI lives: a page on any other
         # port of the same host is same-site and would have the browser send it along.
@@ -93,6 +89,8 @@ class AuthMiddleware:
             if access is Access.MANAGE or auth.require_auth:
                 message = credential.problem or self._hint(access)
                 await self._deny(scope, receive, send, access, path, 401, message)
+                return
+            if await self._refused_not_json(scope, receive, send, access, path):
                 return
             await self._pass(scope, receive, send, None)  # open: a stale or wrong key is no reason to refuse
             return
@@ -121,6 +119,8 @@ class AuthMiddleware:
                 message = f"this API key may not use the model '{refused}'"
                 await self._deny(scope, receive, send, access, path, 403, message)
                 return
+        if await self._refused_not_json(scope, receive, send, access, path):
+            return
         await self._pass(scope, receive, send, identity)
 
     async def _pass(self, scope: Scope, receive: Receive, send: Send, identity: Identity | None) -> None:
@@ -132,6 +132,14 @@ class AuthMiddleware:
             CURRENT_IDENTITY.reset(token)
 
     # ---- cross-site requests ---------------------------------------------------------------------
+    async def _refused_not_json(
+        self, scope: Scope, receive: Receive, send: Send, access: Access, path: str
+    ) -> bool:
+        refused = self._not_json(scope, access, path)
+        if refused is not None:
+            await self._deny(scope, receive, send, access, path, 415, refused)
+        return refused is not None
+
     def _not_json(self, scope: Scope, access: Access, path: str) -> str | None:
         """Why a model endpoint's POST is refused for its content type, or None. Browsers send
         ``text/plain``, form and multipart bodies to any site without asking first; JSON needs the
