@@ -3,9 +3,10 @@
 Three classes:
 
 * ``OPEN``: anyone (health probes, signing in, the files the sign-in page needs).
-* ``MODEL``: the model endpoints. With require-auth on they need an API key or a signed-in session;
-  with it off they are open. A session counts because the UI's playground talks to the same
-  endpoints; browsers only send the cookie same-site (SameSite=Lax), so other sites cannot borrow it.
+* ``MODEL``: the model endpoints. With require-auth on they need an API key, or a signed-in session
+  on the main port (the session cookie counts nowhere else: pages on other ports of the same host are
+  same-site and the browser would send it along); with it off they are open. Their POSTs take JSON
+  bodies only, so no page can send them a "simple" cross-site request.
 * ``MANAGE``: everything that changes or reveals the box (REST API, docs, UI pages). Always needs an
   API key or a session, whatever the toggle says. Keys limited to some models are refused here, so a
   restricted key cannot mint itself an unrestricted one.

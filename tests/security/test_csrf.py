@@ -177,3 +177,14 @@ async def test_the_official_clients_still_get_through(box: Box) -> None:
             )
         await client.close()
     assert {a for a in box.aliases() if a.startswith("copied-")} and len(box.aliases()) == 2
+
+
+async def test_signing_in_and_setting_up_take_json_only(box: Box) -> None:
+    """A form or text/plain body cannot sign a browser in (or create the first admin) behind its back."""
+    body = '{"username": "admin", "password": "correct horse battery"}'
+    async with box.client() as c:
+        for kind in ("text/plain", "application/x-www-form-urlencoded"):
+            for path in ("/api/auth/login", "/api/auth/setup"):
+                r = await c.post(path, content=body, headers={"Content-Type": kind})
+                assert r.status_code in (415, 422), (path, kind, r.status_code, r.text)
+                assert "llamaman_session" not in r.headers.get("set-cookie", "")
