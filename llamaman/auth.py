@@ -489,8 +489,9 @@ class AuthService:
             s.add(UserSession.model_validate(record.model_dump()))
             s.commit()
 
-    def _session(self, token: str | None) -> UserSession | None:
-        """The live session a cookie value names (its last-seen time refreshed), else None."""
+    def _session(self, token: str | None, *, touch: bool = True) -> UserSession | None:
+        """The live session a cookie value names (its last-seen time refreshed unless ``touch`` is
+        false), else None."""
         if not token:
             return None
         try:
@@ -506,16 +507,19 @@ class AuthService:
         if now >= record.expires_at or now - record.last_seen_at >= SESSION_IDLE_S:
             self._sessions.pop(record.id, None)  # the flush loop removes the stored row
             return None
-        record.last_seen_at = now
+        if touch:
+            record.last_seen_at = now
         return record
 
     def user_from_session(self, token: str | None) -> User | None:
         record = self._session(token)
         return self._users.get(record.user_id) if record is not None else None
 
-    def session_alive(self, token: str | None) -> bool:
-        """Whether a cookie value still names a live session (for pages that stay open)."""
-        return self.user_from_session(token) is not None
+    def session_alive(self, token: str | None, *, touch: bool = False) -> bool:
+        """Whether a cookie value still names a live session (for pages that stay open). Only
+        ``touch`` (someone used the page) counts as activity: an open tab alone does not keep a
+        session from ending when idle."""
+        return self._session(token, touch=touch) is not None
 
     async def end_session(self, token: str | None) -> None:
         record = self._session(token)

@@ -248,7 +248,7 @@ class Shell:
         original = client.handle_event
 
         def handle_event(msg: dict[str, Any]) -> None:
-            if token is not None and not auth.session_alive(token):
+            if token is not None and not auth.session_alive(token, touch=True):
                 with client:
                     ui.navigate.to("/login")
                 return

@@ -218,6 +218,11 @@ async def test_idle_and_old_sessions_end_by_themselves(box: Box) -> None:
     [record] = box.services.auth._sessions.values()
     assert record.expires_at - record.created_at == SESSION_MAX_AGE
     assert await status(box, fresh) == 200
+    # An open page checks its session every few seconds; that alone is no activity.
+    record.last_seen_at -= 3600
+    seen = record.last_seen_at
+    assert box.services.auth.session_alive(fresh) and record.last_seen_at == seen
+    assert box.services.auth.session_alive(fresh, touch=True) and record.last_seen_at > seen
 
 
 async def test_sessions_are_stored_hashed_and_outlive_a_restart(
