@@ -261,7 +261,10 @@ class AuthService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
-        await self._flush_sessions()
+        try:
+            await self._flush_sessions()
+        except Exception:  # losing a minute of last-seen times is no reason to fail a shutdown
+            log.warning("could not store session activity at shutdown", exc_info=True)
         await self.keys.stop()
 
     def _read_users(self) -> list[User]:
