@@ -92,11 +92,13 @@ async def login(body: Credentials, request: Request, services: ServicesDep) -> R
 @_auth.post("/logout")
 async def logout(request: Request, services: ServicesDep, next: str | None = Query(None)) -> Response:
     """End the session and forget its cookie; with ``?next=`` (a link in the UI) the browser goes on
-    there."""
-    await services.auth.end_session(request.cookies.get(SESSION_COOKIE))
+    there. A link on another site signs nobody out."""
     response: Response = (
         RedirectResponse(safe_next(next), status_code=303) if next else JSONResponse({"signed_out": True})
     )
+    if request.headers.get("sec-fetch-site", "same-origin").lower() not in ("same-origin", "none"):
+        return response
+    await services.auth.end_session(request.cookies.get(SESSION_COOKIE))
     services.auth.clear_session_cookie(response, request)
     return response
 

@@ -47,9 +47,18 @@ async def test_signing_out_ends_that_session_at_once(box: Box) -> None:
     # The old cookie, sent again as it was, is nobody now; the other browser stays signed in.
     assert await status(box, first) == 401
     assert await status(box, second) == 200
+    # A link on another site signs nobody out.
+    async with browser(box, second) as c:
+        r = await c.get(
+            "/api/auth/logout", params={"next": "/login"}, headers={"Sec-Fetch-Site": "cross-site"}
+        )
+        assert r.status_code == 303 and "set-cookie" not in r.headers
+    assert await status(box, second) == 200
     # The UI's sign-out link (a GET that goes on to the sign-in page) ends a session too.
     async with browser(box, second) as c:
-        r = await c.get("/api/auth/logout", params={"next": "/login"})
+        r = await c.get(
+            "/api/auth/logout", params={"next": "/login"}, headers={"Sec-Fetch-Site": "same-origin"}
+        )
         assert r.status_code == 303 and r.headers["location"] == "/login"
     assert await status(box, second) == 401
 
