@@ -248,11 +248,15 @@ class Shell:
         original = client.handle_event
 
         def handle_event(msg: dict[str, Any]) -> None:
-            if token is not None and not auth.session_alive(token, touch=True):
-                with client:
-                    ui.navigate.to("/login")
-                return
-            if read_only and not _viewer_may_use(client.elements.get(msg.get("id"))):
+            viewer = read_only
+            if token is not None:
+                user = auth.user_from_session(token)
+                if user is None:
+                    with client:
+                        ui.navigate.to("/login")
+                    return
+                viewer = not user.is_admin  # the role as it is now: an admin may have changed it
+            if viewer and not _viewer_may_use(client.elements.get(msg.get("id"))):
                 with client:
                     ui.notify(VIEWER_REFUSAL, type="warning")
                 return

@@ -83,3 +83,16 @@ async def test_an_ended_session_sends_the_open_page_to_sign_in(admin: User) -> N
     _press(admin, "key-create")
     await admin.should_see("Sign in", retries=30)
     assert "after sign-out" not in str(await services.auth.keys.listing())
+
+
+async def test_a_role_change_reaches_an_open_page(admin_env: None, user: User) -> None:
+    services = await started(user)
+    await services.auth.create_user("bob", "bob's password", "admin")
+    as_browser(user)
+    await sign_in(user, "bob", "bob's password")
+    await user.open("/keys")
+    await services.auth.set_role("bob", "viewer")  # while bob's page is open
+    user.find(marker="key-name").type("bob's key")
+    _press(user, "key-create")
+    await user.should_see(VIEWER_REFUSAL, retries=20)
+    assert "bob's key" not in str(await services.auth.keys.listing())
