@@ -46,6 +46,9 @@ def serve(settings: Settings, *, native: bool = False, show_ui: bool = True) -> 
         binding_refresh_interval=1.0,
         # uvicorn's httptools protocol plus a header size limit and a header read deadline.
         http=GuardedHttpToolsProtocol,
+        # uvicorn would take X-Forwarded-For from any local peer as the client's address; LlamaMan
+        # reads forwarded headers itself, from LLAMAMAN_TRUSTED_PROXIES only.
+        proxy_headers=False,
     )
     return 0
 

@@ -111,7 +111,8 @@ def running_app(tmp: Path, hub_url: str | None, fake_gpus: bool = False) -> Iter
 
 def seed(base: str, quick: bool, hub: FakeHub | None) -> None:
     """Instances, traffic, a key and a running download, so every page has something to show."""
-    with httpx.Client(base_url=base, timeout=120, trust_env=False) as c:
+    # As the UI's own page: changes made with the session cookie must carry LlamaMan's Origin.
+    with httpx.Client(base_url=base, timeout=120, trust_env=False, headers={"Origin": base}) as c:
         # /health answers before startup has created the admin from the environment.
         for _ in range(100):
             r = c.post("/api/auth/login", json={"username": ADMIN, "password": PASSWORD})

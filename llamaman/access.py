@@ -3,16 +3,17 @@
 Four classes:
 
 * ``OPEN``: anyone (health probes, signing in, the files the sign-in page needs).
-* ``MODEL``: the model endpoints. With require-auth on they need an API key (either scope) or a
-  signed-in session; with it off they are open. A session counts because the UI's playground talks to
-  the same endpoints; browsers only send the cookie same-site (SameSite=Lax), so other sites cannot
-  borrow it.
+* ``MODEL``: the model endpoints. With require-auth on they need an API key (either scope), or a
+  signed-in session on the main port (the session cookie counts nowhere else: pages on other ports of
+  the same host are same-site and the browser would send it along); with it off they are open. Their
+  POSTs take JSON bodies only, so no page can send them a "simple" cross-site request.
 * ``MODEL_ADMIN``: the model endpoints that change the box (Ollama's delete, copy, pull, push,
   create). Always an ``admin`` key or a signed-in session, whatever the toggle says: an Ollama client
   speaks to them with the same key it chats with, and that key must not be able to delete models.
 * ``MANAGE``: everything that changes or reveals the box (REST API, docs, UI pages). Always an
   ``admin`` key or a session, whatever the toggle says. Keys limited to some models are refused here
-  even with the admin scope, so a restricted key cannot mint itself an unrestricted one.
+  even with the admin scope, so a restricted key cannot mint itself an unrestricted one. A ``viewer``
+  account may only read.
 
 API keys have a scope (``identity.Identity.scope``): ``inference`` keys (the default) reach ``MODEL``
 only; ``admin`` keys reach everything. ``allows()`` says whether a kind of credential passes a class

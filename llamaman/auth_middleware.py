@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamaman.access import ADMIN_ONLY, MODEL_SURFACE, Access, Surface, classify
+from llamaman.auth import trusted_peer
 from llamaman.bodies import BodyError, BodyGuard, ensure_body, model_names, parsed_body
 from llamaman.identity import CURRENT_IDENTITY, Identity, names_allowed
 
@@ -31,14 +32,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_OPENAI_CODES = {401: "invalid_api_key", 403: "permission_denied", 429: "rate_limit_exceeded"}
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# A viewer changes its own password; the model endpoints that manage models are closed to viewers.
+_VIEWER_MAY = frozenset({"/api/auth/password"})
+_MODEL_MANAGEMENT = frozenset(
+    {"/api/delete", "/api/copy", "/api/pull", "/api/push", "/api/create", "/models/load", "/models/unload"}
+)
+_OPENAI_CODES = {401: "invalid_api_key", 403: "permission_denied", 415: "unsupported_media_type",
+                 429: "rate_limit_exceeded"}  # fmt: skip
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    413: "request_too_large", 429: "rate_limit_error",
+    413: "request_too_large", 415: "invalid_request_error", 429: "rate_limit_error",
 }  # fmt: skip
 # Answers that give a request's place in its key's per-minute budget back: it was refused (a model the
 # key may not use, one hidden from it, a quota), so it used nothing.
-_REFUNDED = frozenset({401, 403, 404, 429})
+_REFUNDED = frozenset({401, 403, 404, 415, 429})
 
 
 def wrap_with_auth(
@@ -86,19 +94,35 @@ class AuthMiddleware:
             await self._pass(scope, receive, send, None)
             return
         auth = self.services.auth
-        credential = auth.authenticate(Headers(scope=scope))
+        # The session cookie counts on the main port only, where the UI lives: a page on any other
+        # port of the same host is same-site and would have the browser send it along.
+        credential = auth.authenticate(Headers(scope=scope), cookie=self.surface == "main")
         identity = credential.identity
         if identity is None:
             if access in ADMIN_ONLY or auth.require_auth:
                 message = credential.problem or self._hint(access)
                 await self._deny(scope, receive, send, access, path, 401, message)
                 return
+            if await self._refused_not_json(scope, receive, send, access, path):
+                return
             await self._pass(scope, receive, send, None)  # open: a stale or wrong key is no reason to refuse
             return
         if access in ADMIN_ONLY and not identity.can_manage:
             await self._deny(scope, receive, send, access, path, 403, _scope_refusal(identity, access))
             return
-        # Refusals for the model come before the rate and the quota are counted: they use neither.
+        if identity.kind == "user" and scope["type"] == "http":
+            refused_status, why = self._cookie_change_refused(scope)
+            if refused_status:
+                await self._deny(scope, receive, send, access, path, refused_status, why)
+                return
+            if identity.read_only and self._changes(scope, access, path):
+                message = "this account is a viewer: it can look but not change anything"
+                await self._deny(scope, receive, send, access, path, 403, message)
+                return
+        # Refusals for the request itself come before the rate and the quota are counted: they use
+        # neither.
+        if await self._refused_not_json(scope, receive, send, access, path):
+            return
         if access is Access.MODEL and identity.restricted and scope["type"] == "http":
             receive, refused = await self._check_models(scope, receive, path, identity)
             if refused is not None:
@@ -145,6 +169,80 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
         finally:
             CURRENT_IDENTITY.reset(token)
+
+    # ---- cross-site requests ---------------------------------------------------------------------
+    async def _refused_not_json(
+        self, scope: Scope, receive: Receive, send: Send, access: Access, path: str
+    ) -> bool:
+        refused = self._not_json(scope, access, path)
+        if refused is not None:
+            await self._deny(scope, receive, send, access, path, 415, refused)
+        return refused is not None
+
+    def _not_json(self, scope: Scope, access: Access, path: str) -> str | None:
+        """Why a model endpoint's POST is refused for its content type, or None. Browsers send
+        ``text/plain``, form and multipart bodies to any site without asking first; JSON needs the
+        site's consent (a CORS preflight), and every model client sends JSON anyway."""
+        if scope["type"] != "http" or access is not Access.MODEL or scope.get("method") != "POST":
+            return None
+        if path.startswith("/api/blobs/"):  # Ollama's blob upload: raw bytes by design
+            return None
+        headers = Headers(scope=scope)
+        if not _has_body(headers) or _is_json(headers.get("content-type")):
+            return None
+        sent = headers.get("content-type") or "none"
+        return (
+            f"the request body must be JSON: send 'Content-Type: application/json' (got '{sent}'; "
+            "with curl, add -H 'Content-Type: application/json')"
+        )
+
+    def _cookie_change_refused(self, scope: Scope) -> tuple[int, str]:
+        """(status, why) when a change authenticated by the session cookie may have come from another
+        site, else (0, ""). The browser's Origin must be this very host (Sec-Fetch-Site agreeing),
+        and a body must be JSON, which no other site can send without a preflight."""
+        if scope.get("method") in _SAFE_METHODS:
+            return 0, ""
+        headers = Headers(scope=scope)
+        fetch_site = headers.get("sec-fetch-site", "").strip().lower()
+        if fetch_site and fetch_site not in ("same-origin", "none"):
+            return 403, f"refused a {fetch_site} request that carried the session cookie"
+        origin = headers.get("origin")
+        if origin is None:
+            if fetch_site != "same-origin":
+                return 403, (
+                    "a change with the session cookie needs the browser's Origin header; "
+                    "scripts should use an API key ('Authorization: Bearer <key>')"
+                )
+        elif not self._same_origin(scope, headers, origin):
+            return (
+                403,
+                f"refused a request from another origin ({origin[:100]}) that carried the session cookie",
+            )
+        if _has_body(headers) and not _is_json(headers.get("content-type")):
+            sent = headers.get("content-type") or "none"
+            return 415, f"the request body must be JSON: send 'Content-Type: application/json' (got '{sent}')"
+        return 0, ""
+
+    def _same_origin(self, scope: Scope, headers: Headers, origin: str) -> bool:
+        parts = urlsplit(origin.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return False  # "null" (sandboxed frames, file:// pages) and anything odd
+        hosts = {headers.get("host", "")}
+        client = scope.get("client")
+        proxies = self.services.auth.trusted_proxies
+        if client and proxies and trusted_peer(client[0], proxies):
+            hosts.add(headers.get("x-forwarded-host", "").split(",")[0])
+        want = _netloc(parts.netloc, parts.scheme)
+        # The scheme is not compared: behind a TLS-terminating proxy the browser says https while
+        # the request arrives over http.
+        return any(h and want in (_netloc(h, "http"), _netloc(h, "https")) for h in hosts)
+
+    def _changes(self, scope: Scope, access: Access, path: str) -> bool:
+        """Whether a viewer's request would change something: any non-read request to the REST API,
+        and the model endpoints that manage models rather than use them."""
+        if scope.get("method") in _SAFE_METHODS or path in _VIEWER_MAY:
+            return False
+        return access is Access.MANAGE or path in _MODEL_MANAGEMENT or path.startswith("/api/blobs/")
 
     def _hint(self, access: Access) -> str:
         if access is Access.MODEL_ADMIN:
@@ -261,6 +359,26 @@ def _scope_refusal(identity: Identity, access: Access) -> str:
 def dialect_body(access: Access, path: str, status: int, message: str) -> dict[str, Any]:
     """An error body in the dialect of the endpoint at ``path`` (Ollama, OpenAI, Anthropic, REST)."""
     return _error_body(_dialect(access, path), status, message)
+
+
+def _has_body(headers: Headers) -> bool:
+    length = headers.get("content-length")
+    if length is not None:
+        return length.strip() != "0"
+    return "transfer-encoding" in headers
+
+
+def _is_json(content_type: str | None) -> bool:
+    """``application/json`` or ``application/<something>+json``, with or without parameters."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _netloc(netloc: str, scheme: str) -> str:
+    """``host[:port]`` lowercased, without the scheme's default port."""
+    netloc = netloc.strip().lower()
+    default = {"http": ":80", "https": ":443"}[scheme]
+    return netloc.removesuffix(default)
 
 
 def _dialect(access: Access, path: str) -> str:

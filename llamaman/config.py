@@ -6,6 +6,7 @@ environment. CLI flags override the environment (see ``main.py``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -58,6 +59,10 @@ class Settings(BaseSettings):
     api_keys: str | None = Field(default=None, alias="LLAMAMAN_API_KEYS")
     # Keys with the admin scope (manage LlamaMan, not only use models); a key in both lists is admin.
     admin_api_keys: str | None = Field(default=None, alias="LLAMAMAN_ADMIN_API_KEYS")
+    # Reverse proxies whose X-Forwarded-For / Forwarded / X-Real-IP name the real client (IPs or
+    # CIDRs, comma-separated). From anyone else those headers are ignored: a client could otherwise
+    # pick a new address per sign-in attempt and never be throttled.
+    trusted_proxies: str = Field(default="", alias="LLAMAMAN_TRUSTED_PROXIES")
 
     # Hugging Face: token and endpoint (the endpoint is read by huggingface_hub itself too).
     hf_token: str | None = Field(
@@ -85,6 +90,27 @@ class Settings(BaseSettings):
         if isinstance(v, str) and v:
             return Path(v).expanduser()
         return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: str) -> str:
+        for part in (p.strip() for p in v.split(",")):
+            if part:
+                try:
+                    ipaddress.ip_network(part, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"LLAMAMAN_TRUSTED_PROXIES: {part!r} is not an IP address or CIDR"
+                    ) from None
+        return v
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(
+            ipaddress.ip_network(p.strip(), strict=False)
+            for p in self.trusted_proxies.split(",")
+            if p.strip()
+        )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -17,6 +17,8 @@ from typing import Any, Literal
 # What an API key may reach: "inference" keys the model endpoints only, "admin" keys LlamaMan too.
 KeyScope = Literal["inference", "admin"]
 KEY_SCOPES: tuple[KeyScope, ...] = ("inference", "admin")
+Role = Literal["admin", "viewer"]
+ROLES: tuple[Role, ...] = ("admin", "viewer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +26,8 @@ class Identity:
     """An API key or a signed-in user; ``allowed_models`` empty means every model.
 
     ``scope`` is the key's scope and None for a signed-in user. ``expires_at`` (Unix seconds) and
-    ``daily_token_quota`` (0 = none) only ever apply to keys.
+    ``daily_token_quota`` (0 = none) only ever apply to keys. ``role`` is a user's (``admin`` or
+    ``viewer``: a viewer may only look); None for API keys.
     """
 
     kind: Literal["key", "user"]
@@ -36,6 +39,11 @@ class Identity:
     scope: KeyScope | None = None
     expires_at: float | None = None
     daily_token_quota: int = 0
+    role: Role | None = None
+
+    @property
+    def read_only(self) -> bool:
+        return self.role == "viewer"
 
     @property
     def restricted(self) -> bool:
@@ -68,6 +76,7 @@ class Identity:
             "scope": self.scope,
             "expires_at": self.expires_at,
             "daily_token_quota": self.daily_token_quota,
+            "role": self.role,
         }
 
 

@@ -109,8 +109,21 @@ class User(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     username: str = Field(max_length=64, unique=True, index=True)
     password_hash: str = Field(max_length=255)
+    # The role: an admin changes things, anyone else (a viewer) only looks.
     is_admin: bool = True
     created_at: float = Field(default_factory=now, sa_type=Double)
+
+
+class UserSession(SQLModel, table=True):
+    """A signed-in browser. The cookie carries the session's random id, signed; only the id's SHA-256
+    is kept here, so a copy of the database cannot be replayed as cookies."""
+
+    id: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(index=True)
+    created_at: float = Field(default_factory=now, sa_type=Double)
+    last_seen_at: float = Field(default_factory=now, sa_type=Double)
+    # The absolute end; an idle session ends earlier (see ``auth.SESSION_IDLE_S``).
+    expires_at: float = Field(sa_type=Double)
 
 
 class ApiKey(SQLModel, table=True):

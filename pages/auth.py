@@ -17,10 +17,6 @@ from llamaman.services import Services
 from pages.shell import Shell, fail
 
 
-def _client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 def _card(title: str, subtitle: str) -> ui.card:
     apply_theme()
     with ui.column().classes("w-full items-center q-mt-xl"):
@@ -32,11 +28,6 @@ def _card(title: str, subtitle: str) -> ui.card:
             ui.label(title).classes("text-h6")
             ui.label(subtitle).classes("text-sm opacity-75")
     return card
-
-
-def logout() -> None:
-    # The cookie is HttpOnly: only a response can clear it, so the browser goes to the route that does.
-    ui.navigate.to("/api/auth/logout?next=/login")
 
 
 def register(services: Services, shell: Shell) -> None:
@@ -88,8 +79,8 @@ def register(services: Services, shell: Shell) -> None:
             return None
         if auth.needs_setup():
             return RedirectResponse("/setup", status_code=303)
-        ip = _client_ip(request)
-        with _card("Sign in", "Use the admin account created at setup."):
+        ip = auth.client_address(request)
+        with _card("Sign in", "Use your LlamaMan account."):
             username = ui.input("Username").props("outlined dense autofocus").classes("w-full")
             password = (
                 ui.input("Password", password=True, password_toggle_button=True)

@@ -17,7 +17,8 @@ from components.tables import table
 from llamaman import __version__
 from llamaman.runtime import RuntimeSettings
 from llamaman.services import Services
-from pages.shell import Shell, fail
+from pages.shell import VIEWER_REFUSAL, Shell, fail, viewer_may
+from pages.users import AccountCard, UsersCard
 
 LABELS = {
     "require_auth": "Require an API key for model endpoints",
@@ -33,8 +34,9 @@ LABELS = {
 
 
 class SettingsPanel:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, *, read_only: bool = False) -> None:
         self.services = services
+        self.read_only = read_only
         with ui.card().props("flat bordered").classes("w-full q-pa-md gap-2"):
             with ui.row().classes("w-full items-center"):
                 ui.label("Runtime settings").classes("text-h6")
@@ -42,8 +44,12 @@ class SettingsPanel:
             self.form = ModelForm(RuntimeSettings, labels=LABELS, passwords=frozenset({"hf_token"}))
             self.error = ui.label("").classes("text-sm text-negative")
             with ui.row().classes("w-full justify-end gap-2"):
+                if read_only:
+                    ui.label(VIEWER_REFUSAL).classes("text-sm opacity-75")
                 ui.button("Revert", icon="undo", on_click=self.load).props("flat")
-                ui.button("Save", icon="save", on_click=self.save).mark("settings-save")
+                save = ui.button("Save", icon="save", on_click=self.save).mark("settings-save")
+                if read_only:
+                    save.disable()
         self.load()
 
     def load(self) -> None:
@@ -52,6 +58,9 @@ class SettingsPanel:
         self.form.set_values(self.services.runtime.current.public())
 
     async def save(self) -> None:
+        if self.read_only:
+            fail(VIEWER_REFUSAL)
+            return
         values = self.form.values()
         current = self.services.runtime.current.public()
         changes = {k: v for k, v in values.items() if v != current.get(k)}
@@ -159,8 +168,16 @@ def register(services: Services, shell: Shell) -> None:
         user, redirect = shell.guard(request)
         if redirect is not None:
             return redirect
+        identity = shell.identity(request)
         with shell.frame("/settings", user=user):
-            SettingsPanel(services)
+            auth = shell.optional("auth")
+            if auth is not None and identity is not None and identity.kind == "user":
+                with ui.element("div").classes("w-full grid grid-cols-1 lg:grid-cols-2 gap-3"):
+                    with viewer_may(ui.column().classes("gap-3")):  # one's own password is a viewer's too
+                        AccountCard(auth, identity)
+                    with ui.column().classes("gap-3"):
+                        UsersCard(auth, identity)
+            SettingsPanel(services, read_only=identity is not None and identity.read_only)
             with ui.element("div").classes("w-full grid grid-cols-1 lg:grid-cols-2 gap-3"):
                 with ui.column().classes("gap-3"):
                     _binary(services)

@@ -17,6 +17,8 @@ from nicegui import app, ui
 
 from components.frame import FrameInfo, frame
 from components.gauges import GpuReading, SystemReading
+from llamaman.auth import SESSION_COOKIE
+from llamaman.identity import Identity
 from llamaman.services import Services
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,27 @@ def unavailable(feature: str, detail: str) -> None:
         ui.icon("block", size="2rem").classes("opacity-60")
         ui.label(f"{feature} is unavailable").classes("text-h6")
         ui.label(detail).classes("text-sm opacity-75 text-center")
+
+
+VIEWER_REFUSAL = "This account is a viewer: it can look but not change anything."
+
+
+def viewer_may(element: ui.element) -> ui.element:
+    """Let viewers use ``element`` and everything inside it (nothing there changes LlamaMan)."""
+    element._viewer_may = True  # type: ignore[attr-defined]
+    return element
+
+
+def _viewer_may_use(element: ui.element | None) -> bool:
+    while element is not None:
+        if getattr(element, "_viewer_may", False):
+            return True
+        try:
+            slot = element.parent_slot
+        except RuntimeError:  # its container is gone: nothing to allow
+            return False
+        element = slot.parent if slot is not None else None
+    return False
 
 
 def fail(reason: object) -> None:
@@ -124,6 +147,24 @@ class Shell:
         self.latest_system = await self._system.get(self.services)
         return self.latest_system
 
+    def identity(self, request: Request | None = None) -> Identity | None:
+        """Who the current page belongs to (None without accounts, or for nobody)."""
+        auth = self.optional("auth")
+        if auth is None:
+            return None
+        if request is None:
+            try:
+                request = ui.context.client.request
+            except (RuntimeError, AttributeError):
+                return None
+        identity: Identity | None = auth.identity_of(request)
+        return identity
+
+    def read_only(self, request: Request | None = None) -> bool:
+        """Whether the page's user is a viewer, who may look but not change anything."""
+        identity = self.identity(request)
+        return identity is not None and identity.read_only
+
     def guard(self, request: Request) -> tuple[str | None, Response | None]:
         """(who is signed in, None) or (None, a redirect to setup or sign-in)."""
         auth = self.optional("auth")
@@ -151,20 +192,82 @@ class Shell:
             app.storage.user["dark"] = value
 
         info = FrameInfo(binary=binary, binary_tip=tip, binary_ok=ok, username=user, dark=dark)
+        client = ui.context.client
+        token, read_only = self._session_of(client)
+        header_before = set(client.elements)
         with frame(
             active,
             info,
-            read_system=self.system_reading,
+            read_system=self._reader(token),
             on_logout=self.logout if self.optional("auth") is not None else None,
             on_dark=set_dark,
             drawer=drawer,
         ) as content:
+            for element in [e for i, e in client.elements.items() if i not in header_before]:
+                if isinstance(element, ui.header):
+                    viewer_may(element)  # navigation, theme, signing out
+            self._guard_events(client, token, read_only)
             yield content
 
-    def logout(self) -> None:
-        from pages import auth
+    def _session_of(self, client: Any) -> tuple[str | None, bool]:
+        """The page's session cookie (None when it came with an API key or without accounts) and
+        whether its user is a viewer."""
+        auth = self.optional("auth")
+        try:
+            request = client.request
+        except (RuntimeError, AttributeError):
+            return None, False
+        if auth is None:
+            return None, False
+        identity = auth.identity_of(request)
+        token = (
+            request.cookies.get(SESSION_COOKIE) if identity is not None and identity.kind == "user" else None
+        )
+        return token, identity is not None and identity.read_only
 
-        auth.logout()
+    def _reader(self, token: str | None) -> Callable[[], Any]:
+        """The header's 2-second tick, which also sends an open page to sign in once its session
+        has ended (signed out elsewhere, password changed, account removed, expired)."""
+        auth = self.optional("auth")
+
+        async def read() -> SystemReading | None:
+            if token is not None and auth is not None and not auth.session_alive(token):
+                ui.navigate.to("/login")
+                return self.latest_system
+            return await self.system_reading()
+
+        return read
+
+    def _guard_events(self, client: Any, token: str | None, read_only: bool) -> None:
+        """Refuse a page's events once its session has ended, and a viewer's events outside what
+        ``viewer_may`` marked (the header: navigation, theme, user menu; one's own account): pages
+        change things through their event handlers, which never pass the HTTP middleware."""
+        auth = self.optional("auth")
+        if auth is None or (token is None and not read_only):
+            return
+        original = client.handle_event
+
+        def handle_event(msg: dict[str, Any]) -> None:
+            viewer = read_only
+            if token is not None:
+                user = auth.user_from_session(token)
+                if user is None:
+                    with client:
+                        ui.navigate.to("/login")
+                    return
+                viewer = not user.is_admin  # the role as it is now: an admin may have changed it
+            if viewer and not _viewer_may_use(client.elements.get(msg.get("id"))):
+                with client:
+                    ui.notify(VIEWER_REFUSAL, type="warning")
+                return
+            original(msg)
+
+        client.handle_event = handle_event
+
+    def logout(self) -> None:
+        # The cookie is HttpOnly: only a response can clear it, so the browser goes to the route that
+        # ends the session and clears it.
+        ui.navigate.to("/api/auth/logout?next=/login")
 
 
 def subscribe(

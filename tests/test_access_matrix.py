@@ -98,7 +98,7 @@ class Keys:
             )
             return dict(ways[n % len(ways)])
         if case == "session":
-            return {"Cookie": f"{SESSION_COOKIE}={self.session}"}
+            return {"Cookie": f"{SESSION_COOKIE}={self.session}", "Origin": "http://llamaman.test"}
         return {}
 
 
@@ -131,11 +131,14 @@ def probes(surface: str, app: Any) -> list[Probe]:
     return out
 
 
-def expected_status(access: Access, case: str, require_auth: bool) -> int | None:
+def expected_status(access: Access, case: str, require_auth: bool, surface: str) -> int | None:
     """None when the request must pass, else the refusal: 401 without a usable credential, 403 for a
-    key whose scope does not reach the path. A session passes everything (the UI's playground uses the
-    model endpoints); the restricted key's list covers the model these requests name."""
+    key whose scope does not reach the path. A session passes everything on the main port and counts
+    nowhere else (the cookie belongs where the UI lives); the restricted key's list covers the model
+    these requests name."""
     credential = AS[case]
+    if case == "session" and surface != "main":
+        credential = "anonymous"
     if allows(access, credential, require_auth=require_auth):
         return None
     return 401 if credential == "anonymous" else 403
@@ -157,7 +160,7 @@ async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[Ser
         admin = await services.auth.create_first_admin("admin", "a long password")
         yield (
             services,
-            Keys(inference, restricted, admin_key, revoked, expired, services.auth.session_token(admin)),
+            Keys(inference, restricted, admin_key, revoked, expired, await services.auth.new_session(admin)),
         )
     finally:
         await services.stop()
@@ -212,7 +215,11 @@ async def test_access_matrix(box: tuple[Services, Keys], require_auth: bool) -> 
                         json=BODY if probe.method in ("POST", "PUT", "PATCH", "DELETE") else None,
                     )  # fmt: skip
                     checked += 1
-                    want = expected_status(access, case, require_auth)
+                    if probe.path == "/api/auth/logout" and case == "session":  # it ended the session
+                        admin = services.auth.user_by_name("admin")
+                        assert admin is not None
+                        keys.session = await services.auth.new_session(admin)
+                    want = expected_status(access, case, require_auth, surface)
                     problem = _judge(r, access, probe.path, want)
                     if problem:
                         problems.append(f"{surface} {probe.method} {probe.path} [{access}] {case}: {problem}")

@@ -39,7 +39,8 @@ def client(
     from llamaman.app import create_app
 
     transport = httpx.ASGITransport(app=create_app(services, manage_lifecycle=False), client=(ip, 40000))
-    return httpx.AsyncClient(transport=transport, base_url=base_url)
+    # As a browser on the UI's own page: changes made with the session cookie need a same-origin Origin.
+    return httpx.AsyncClient(transport=transport, base_url=base_url, headers={"Origin": base_url})
 
 
 def rows(services: Services, table: Any) -> list[Any]:
@@ -76,12 +77,15 @@ async def test_login_logout_and_cookie_flags(box: Services) -> None:
         r = await c.post("/api/auth/login", json={"username": "admin", "password": PASSWORD})
         assert r.status_code == 200 and r.json()["user"]["username"] == "admin"
         assert (await c.get("/api/settings")).status_code == 200
+        old = c.cookies[SESSION_COOKIE]
         r = await c.post("/api/auth/logout")
         assert r.status_code == 200 and 'llamaman_session=""' in r.headers["set-cookie"]
         assert (await c.get("/api/settings")).status_code == 401
+        c.cookies.set(SESSION_COOKIE, old)  # signing out ended the session itself, not just the cookie
+        assert (await c.get("/api/settings")).status_code == 401
 
         # A tampered cookie is nobody.
-        token = box.auth.session_token(box.auth.user_by_name("admin"))  # type: ignore[arg-type]
+        token = await box.auth.new_session(box.auth.user_by_name("admin"))  # type: ignore[arg-type]
         c.cookies.set(SESSION_COOKIE, token[:-2] + "xx")
         assert (await c.get("/api/settings")).status_code == 401
 

@@ -44,6 +44,7 @@ from llamaman.tables import (
     Preset,
     RequestLog,
     User,
+    UserSession,
 )
 from llamaman.testing.mariadb import MariaDBServer, mariadb_available, mysql_required
 
@@ -269,6 +270,9 @@ TABLE_ROWS: dict[str, Callable[[], SQLModel]] = {
     "modelalias": lambda: ModelAlias(alias="gpt-4o", target="tiny-a.gguf", created_at=TS),
     "user": lambda: User(
         username="admin", password_hash="$argon2id$v=19$" + "x" * 80, is_admin=False, created_at=TS
+    ),
+    "usersession": lambda: UserSession(
+        id="a" * 64, user_id=1, created_at=TS, last_seen_at=TS + 60, expires_at=TS + 7 * 86400
     ),
     "apikey": lambda: ApiKey(
         name="ci bot",

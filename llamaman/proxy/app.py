@@ -200,6 +200,7 @@ def _make_server(app: ASGIApp, host: str, port: int) -> Any:
         access_log=False,
         timeout_keep_alive=30,
         timeout_graceful_shutdown=5,
+        proxy_headers=False,  # forwarded headers are trusted from LLAMAMAN_TRUSTED_PROXIES only
     )
     return _Server(config)
 

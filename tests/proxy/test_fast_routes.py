@@ -38,7 +38,9 @@ def test_fast_routes_are_the_routers_own_handlers() -> None:
 async def test_fast_route_errors_speak_the_clients_dialect(
     proxy: ProxyServer, http: httpx.AsyncClient
 ) -> None:
-    r = await http.post("/v1/chat/completions", content=b"{not json")
+    r = await http.post(
+        "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
     r = await http.post("/v1/chat/completions", json={"model": "no-such-model", "messages": []})

@@ -33,7 +33,7 @@ async def test_setup_then_login(user: User) -> None:
     await user.open("/api/auth/logout?next=/login")  # what the menu's "Log out" opens
     await user.should_see("Sign in")
     await user.open("/settings")  # signed out: back to the sign-in page
-    await user.should_see("Use the admin account")
+    await user.should_see("Use your LlamaMan account")
 
     user.find("Username").type("root")
     user.find("Password").type("wrong password")
