@@ -183,7 +183,7 @@ class AuthMiddleware:
         """Why a model endpoint's POST is refused for its content type, or None. Browsers send
         ``text/plain``, form and multipart bodies to any site without asking first; JSON needs the
         site's consent (a CORS preflight), and every model client sends JSON anyway."""
-        if scope["type"] != "http" or access is not Access.MODEL or scope.get("method") != "POST":
+        if scope["type"] != "http" or access not in MODEL_SURFACE or scope.get("method") != "POST":
             return None
         if path.startswith("/api/blobs/"):  # Ollama's blob upload: raw bytes by design
             return None

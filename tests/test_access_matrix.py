@@ -231,7 +231,7 @@ def _judge(r: httpx.Response, access: Access, path: str, want: int | None) -> st
     if want is None:
         if r.status_code in (401, 403):
             return f"refused with {r.status_code}: {r.text[:200]}"
-        if r.status_code == 500:  # 501 (not supported) and 503 (no such instance) are answers
+        if r.status_code == 500:  # 503 (the instance is not running) is an answer
             return f"server error: {r.text[:200]}"
         return None
     if r.status_code != want:

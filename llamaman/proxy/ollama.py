@@ -420,7 +420,9 @@ async def ollama_delete(request: Request) -> Response:
 
 
 def _unsupported(what: str) -> Response:
-    return ProxyError(501, f"{what} is not supported by LlamaMan").response("ollama")
+    # A 4xx: the request can't be served here, however often it is sent (LlamaMan never answers 5xx
+    # for what the caller asked).
+    return ProxyError(400, f"{what} is not supported by LlamaMan").response("ollama")
 
 
 @router.post("/api/create")

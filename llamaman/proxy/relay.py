@@ -218,7 +218,8 @@ class RawResponse(Response):
 
 # llama-server answers 500 when a field of the request fails its parsing (any exception other
 # than std::invalid_argument): the request's doing, so the client hears a 400 with llama-server's
-# own message. (Its 501, a feature the server was not started with, is passed on as it is.)
+# own message. Its 501 (a feature the model was not launched with: embeddings, reranking, infill) is
+# something the caller can change too, by asking another model or relaunching this one: a 400.
 _CLIENT_FAULT = re.compile(
     rb"[Ff]ailed to parse|json\.exception|type must be|[Mm]issing|[Uu]nsupported|[Ii]nvalid|must be|"
     rb"cannot be|[Ee]xpected|not supported|does not support|out of range|[Uu]nknown|no such|is required"
@@ -226,6 +227,8 @@ _CLIENT_FAULT = re.compile(
 
 
 def client_fault_status(status: int, body: bytes) -> int:
+    if status == 501:
+        return 400
     if status == 500 and _CLIENT_FAULT.search(body[:4096]) is not None:
         return 400
     return status

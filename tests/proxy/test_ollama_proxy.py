@@ -76,7 +76,7 @@ async def test_root_version_and_unsupported_endpoints(base_url: str) -> None:
         assert tuple(int(p) for p in version.split(".")) >= (0, 12, 0)
         for path in ("/api/create", "/api/push"):
             r = await http.post(path, json={"model": "x"})
-            assert r.status_code == 501 and "not supported by LlamaMan" in r.json()["error"]
+            assert r.status_code == 400 and "not supported by LlamaMan" in r.json()["error"]
 
 
 async def test_list_show_and_unknown_models(client: ollama.AsyncClient) -> None:
@@ -143,10 +143,10 @@ async def test_generate_plain_raw_and_streamed(client: ollama.AsyncClient) -> No
     parts = [p async for p in await client.generate("tiny-a", prompt="hi", stream=True, options=SHORT)]
     assert "".join(p.response for p in parts).startswith("abcdef") and parts[-1].done
     # A suffix means fill-in-the-middle: llama-server's /infill, whose refusal (the tiny models have
-    # no FIM tokens) reaches the client with its status.
+    # no FIM tokens) reaches the client as a 400 with llama-server's message.
     with pytest.raises(ollama.ResponseError) as err:
         await client.generate("tiny-a", prompt="abc", suffix="xyz", options=SHORT)
-    assert err.value.status_code == 501 and "Infill" in err.value.error
+    assert err.value.status_code == 400 and "Infill" in err.value.error
 
 
 async def test_embed_and_legacy_embeddings(client: ollama.AsyncClient) -> None:

@@ -117,7 +117,7 @@ async def test_other_v1_routes_pass_through(http: httpx.AsyncClient) -> None:
     assert "abcdef" in r.text
     # The tiny models are no rerankers: llama-server's own refusal proves the request got there.
     r = await http.post("/v1/rerank", json={"model": "tiny-a", "query": "a", "documents": ["b"]})
-    assert r.status_code == 501 and "rerank" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "rerank" in r.json()["error"]["message"]
     r = await http.post("/v1/anything", json={"messages": HI})
     assert r.status_code == 400
 

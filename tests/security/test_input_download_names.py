@@ -77,7 +77,10 @@ async def test_rest_downloads_refuse_unsafe_names(dl: Services) -> None:
 
 async def test_ollama_pull_refuses_a_repo_whose_projector_name_is_markup(dl: Services) -> None:
     app = create_proxy_app(dl)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    headers = await admin_headers(dl)  # pulling changes the box: an admin key, whatever require-auth says
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers
+    ) as c:
         for i, name in enumerate(EVIL):
             if not name.lower().endswith(".gguf"):
                 continue

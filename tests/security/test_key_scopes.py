@@ -39,7 +39,7 @@ async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Box]:
         _, inference = await services.auth.keys.create("open-webui")
         _, admin = await services.auth.keys.create("ops", scope="admin")
         user = await services.auth.create_first_admin("admin", "a long password")
-        yield Box(services, inference, admin, services.auth.session_token(user))
+        yield Box(services, inference, admin, await services.auth.new_session(user))
     finally:
         await services.stop()
 
@@ -139,7 +139,8 @@ async def test_the_same_paths_spelled_otherwise_are_refused_too(box: Box) -> Non
 async def test_an_admin_key_and_a_session_may(box: Box) -> None:
     services = box.services
     async with client(surfaces(services)["main"]) as c:
-        for headers in (ways(box.admin)[0], {"Cookie": f"{SESSION_COOKIE}={box.session}"}):
+        session = {"Cookie": f"{SESSION_COOKIE}={box.session}", "Origin": "http://llamaman.test"}
+        for headers in (ways(box.admin)[0], session):
             assert (await c.get("/api/api-keys", headers=headers)).status_code == 200
             r = await c.post("/api/settings", json={"max_models": 3}, headers=headers)
             assert r.status_code == 200, r.text
@@ -176,10 +177,14 @@ async def test_with_require_auth_off_destructive_ollama_routes_still_need_admin(
                 r = await c.request(method, path, json=body, headers=ways(box.inference)[0])
                 assert r.status_code == 403, (surface, path, r.text)
     assert (services.library.models_dir / "tiny-a.gguf").exists() and "stolen" not in services.aliases.aliases
-    async with client(surfaces(services)["proxy"]) as c:
-        cookie = {"Cookie": f"{SESSION_COOKIE}={box.session}"}
+    # A signed-in user may, where the session cookie counts: on the main port, from its own pages.
+    cookie = {"Cookie": f"{SESSION_COOKIE}={box.session}", "Origin": "http://llamaman.test"}
+    async with client(surfaces(services)["main"]) as c:
         r = await c.post("/api/copy", json={"source": "tiny-a", "destination": "by-session"}, headers=cookie)
         assert r.status_code == 200, r.text
+    async with client(surfaces(services)["proxy"]) as c:
+        r = await c.post("/api/copy", json={"source": "tiny-a", "destination": "nope"}, headers=cookie)
+        assert r.status_code == 401, r.text
 
 
 async def test_an_inference_key_still_uses_the_model_endpoints(box: Box) -> None:

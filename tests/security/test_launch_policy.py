@@ -190,12 +190,18 @@ async def test_backup_restore_with_a_dangerous_preset_restores_nothing_of_it(
         },
     }
     r = await api.post("/api/restore", json=backup)
-    assert r.status_code == 200, r.text
-    report = r.json()
-    assert {e["model_path"] for e in report["preset_errors"]} == {"tiny-a.gguf", "tiny-b.gguf"}
-    assert "--tools" in str(report["preset_errors"])
+    # A backup is checked whole before anything is written: one refused preset refuses all of it.
+    assert r.status_code == 400, r.text
+    assert "presets['tiny-a.gguf']" in r.json()["detail"] and "--tools" in r.json()["detail"]
     assert await services.presets.get("tiny-a.gguf") is None
     assert await services.presets.get("tiny-b.gguf") is None
+    assert await services.presets.get("embed/tiny-embed.gguf") is None
+    del backup["presets"]["tiny-a.gguf"]
+    r = await api.post("/api/restore", json=backup)
+    assert r.status_code == 400 and "--path" in r.json()["detail"], r.text
+    del backup["presets"]["tiny-b.gguf"]
+    r = await api.post("/api/restore", json=backup)
+    assert r.status_code == 200, r.text
     assert await services.presets.get("embed/tiny-embed.gguf") == {"ctx_size": 1024}
 
 
