@@ -146,10 +146,9 @@ async def test_model_endpoints_take_json_only_in_each_dialect_on_every_port(box:
             r = await c.post("/v1/messages", content=body)
             assert r.status_code == 415 and r.json()["type"] == "error", r.text
             assert r.json()["error"]["type"] == "invalid_request_error"
-            form = "application/x-www-form-urlencoded"
-            r = await c.post(
-                "/api/copy", content=COPY, headers={"Content-Type": form, "Authorization": f"Bearer {admin_key}"}
-            )
+            form = {"Content-Type": "application/x-www-form-urlencoded"}
+            form["Authorization"] = f"Bearer {admin_key}"
+            r = await c.post("/api/copy", content=COPY, headers=form)
             assert r.status_code == 415, r.text
     async with box.client(box.instance, headers=bearer) as c:
         r = await c.post("/v1/chat/completions", content=body)

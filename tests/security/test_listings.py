@@ -143,7 +143,8 @@ async def test_launch_arguments_are_for_admins_and_masked(box: Box) -> None:
                 session = {"Cookie": f"{SESSION_COOKIE}={box.session}"}
                 if surface != "main":
                     assert (await c.get(path, headers=session)).status_code == 401
-                managers = [{"Authorization": f"Bearer {box.admin}"}, *([session] if surface == "main" else [])]
+                admin = {"Authorization": f"Bearer {box.admin}"}
+                managers = [admin, session] if surface == "main" else [admin]
                 for h in managers:
                     r = await c.get(path, headers=h)
                     assert r.status_code == 200 and SECRET not in r.text, (surface, path)
