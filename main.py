@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 
 from llamaman.cli import parse_args, settings_from_args
-from llamaman.config import Settings
+from llamaman.core.config import Settings
 
 
 def serve(settings: Settings, *, native: bool = False, show_ui: bool = True) -> int:
     if native:
-        from llamaman.native import check_native_support
+        from llamaman.desktop import check_native_support
 
         problem = check_native_support()
         if problem:
@@ -21,8 +21,8 @@ def serve(settings: Settings, *, native: bool = False, show_ui: bool = True) -> 
 
     import pages
     from llamaman.app import install
-    from llamaman.http_protocol import GuardedHttpToolsProtocol
-    from llamaman.secrets import storage_secret
+    from llamaman.core.secrets import storage_secret
+    from llamaman.gateway.http_protocol import GuardedHttpToolsProtocol
     from llamaman.services import Services
 
     services = Services(settings)

@@ -37,7 +37,7 @@ ADMIN, PASSWORD = "admin", "screenshots-only"
 FAKE_GPU_BOOT = """
 import runpy, sys
 from pathlib import Path
-from llamaman import telemetry
+from llamaman.telemetry import monitor as telemetry
 from llamaman.telemetry.gpu import GpuSampler
 from llamaman.testing.fake_nvml import FakeNvml
 real_init = telemetry.Telemetry.__init__

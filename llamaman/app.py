@@ -9,11 +9,11 @@ from fastapi import FastAPI
 
 from llamaman import __version__
 from llamaman.api import build_router
-from llamaman.auth_middleware import wrap_with_auth
-from llamaman.errors import install_error_handlers
+from llamaman.core.redact import install_log_redaction
+from llamaman.core.secrets import secure_data_dir
+from llamaman.gateway.errors import install_error_handlers
+from llamaman.gateway.middleware import wrap_with_auth
 from llamaman.proxy.app import build_proxy_router, install_proxy_error_handler
-from llamaman.redact import install_log_redaction
-from llamaman.secrets import secure_data_dir
 from llamaman.services import Services
 
 

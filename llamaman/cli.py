@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from llamaman import __version__
-from llamaman.config import Settings
+from llamaman.core.config import Settings
 
 # flag → settings alias (the environment variable of the same meaning)
 _FLAGS: dict[str, tuple[str, type, str]] = {
@@ -70,6 +70,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from llamaman.benchmark import run_cli
+    from llamaman.telemetry.loadtest import run_cli
 
     return run_cli(args)

@@ -8,20 +8,20 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from llamaman.aliases import AliasStore
-from llamaman.auth import AuthService
-from llamaman.auth_middleware import wrap_with_auth
-from llamaman.config import Settings
-from llamaman.db import Database
-from llamaman.downloads import DownloadManager
-from llamaman.events import Event, EventBus
-from llamaman.library import ModelLibrary
-from llamaman.presets import PresetStore
-from llamaman.proxy.relay import Relay
-from llamaman.router import Router
-from llamaman.runtime import RuntimeConfig
-from llamaman.supervisor import InstanceError, ManagedInstance, Supervisor
-from llamaman.telemetry import Telemetry
+from llamaman.auth.accounts import AuthService
+from llamaman.core.config import Settings
+from llamaman.core.db import Database
+from llamaman.core.events import Event, EventBus
+from llamaman.core.runtime import RuntimeConfig
+from llamaman.downloads.manager import DownloadManager
+from llamaman.gateway.middleware import wrap_with_auth
+from llamaman.instances.supervisor import InstanceError, ManagedInstance, Supervisor
+from llamaman.library.catalog import ModelLibrary
+from llamaman.scheduling.aliases import AliasStore
+from llamaman.scheduling.presets import PresetStore
+from llamaman.scheduling.router import Router
+from llamaman.telemetry.monitor import Telemetry
+from llamaman.upstream.relay import Relay
 
 if TYPE_CHECKING:
     from llamaman.proxy.app import ProxyServer

@@ -14,8 +14,8 @@ from fastapi.responses import Response
 from nicegui import ui
 
 from components.instance_card import InstanceCard
+from llamaman.instances.supervisor import InstanceError
 from llamaman.services import Services
-from llamaman.supervisor import InstanceError
 from pages.library import library_drawer
 from pages.shell import Shell, fail, subscribe
 

@@ -13,10 +13,10 @@ from pydantic import ValidationError
 
 from components import fmt
 from components.model_form import ModelForm
-from llamaman.launch import LaunchSettings, build_argv
-from llamaman.library import LibraryError, ModelEntry, estimate_memory
+from llamaman.instances.launch import LaunchSettings, build_argv
+from llamaman.instances.supervisor import InstanceError
+from llamaman.library.catalog import LibraryError, ModelEntry, estimate_memory
 from llamaman.services import Services
-from llamaman.supervisor import InstanceError
 from pages.library import launch_url, library_drawer
 from pages.shell import Shell, fail
 

@@ -9,9 +9,9 @@ from urllib.parse import quote
 from nicegui import ui
 
 from components.library import ModelLibraryView
-from llamaman.library import LibraryError
+from llamaman.instances.supervisor import InstanceError
+from llamaman.library.catalog import LibraryError
 from llamaman.services import Services
-from llamaman.supervisor import InstanceError
 from pages.shell import fail, subscribe
 
 

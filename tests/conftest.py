@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from llamaman.config import Settings
+from llamaman.core.config import Settings
 from llamaman.testing.binaries import llama_server_executable
 from llamaman.testing.netports import free_block
 from llamaman.testing.tiny_gguf import write_tiny_model, write_truncated_model
@@ -34,7 +34,7 @@ def _model_endpoints_open_by_default(request: pytest.FixtureRequest, monkeypatch
     ``api`` fixture sends a key). Tests marked ``auth`` get the production default (on)."""
     if request.node.get_closest_marker("auth") is not None:
         return
-    from llamaman.runtime import RuntimeConfig
+    from llamaman.core.runtime import RuntimeConfig
 
     original = RuntimeConfig.__init__
 

@@ -1,6 +1,6 @@
 """Every route of every surface, with every kind of credential (nothing, bad or dead keys, an inference
 key, one limited to some models, an admin key, a signed-in session), with the require-auth toggle on
-and off, against the access table in ``llamaman.access`` and its ``allows()``.
+and off, against the access table in ``llamaman.auth.access`` and its ``allows()``.
 
 The routes come from the apps themselves (the main app, the proxy app, a per-instance listener app),
 so a route added later is checked without touching this file; a route the table does not name fails.
@@ -22,10 +22,10 @@ import httpx
 import pytest
 from starlette.types import ASGIApp, Message
 
-from llamaman.access import MODEL_SURFACE, Access, Credential, allows, classify, match, table_markdown
-from llamaman.auth import SESSION_COOKIE
-from llamaman.auth_middleware import AuthMiddleware
-from llamaman.config import Settings
+from llamaman.auth.access import MODEL_SURFACE, Access, Credential, allows, classify, match, table_markdown
+from llamaman.auth.accounts import SESSION_COOKIE
+from llamaman.core.config import Settings
+from llamaman.gateway.middleware import AuthMiddleware
 from llamaman.services import Services
 
 pytestmark = pytest.mark.auth
@@ -361,12 +361,12 @@ async def test_websockets_to_guarded_paths_are_closed(box: tuple[Services, Keys]
 def test_the_readme_carries_the_table_as_the_code_has_it() -> None:
     from pathlib import Path
 
-    from llamaman.access import scopes_markdown
+    from llamaman.auth.access import scopes_markdown
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for name, table in (("table_markdown", table_markdown()), ("scopes_markdown", scopes_markdown())):
         assert table in readme, (
-            f"README.md is behind llamaman.access: paste access.{name}() into it:\n{table}"
+            f"README.md is behind llamaman.auth.access: paste access.{name}() into it:\n{table}"
         )
 
 

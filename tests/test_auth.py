@@ -12,11 +12,11 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from llamaman.auth import SESSION_COOKIE
-from llamaman.config import Settings
-from llamaman.redact import RedactingFilter, install_log_redaction, redact
+from llamaman.auth.accounts import SESSION_COOKIE
+from llamaman.core.config import Settings
+from llamaman.core.redact import RedactingFilter, install_log_redaction, redact
+from llamaman.core.tables import ApiKey, User
 from llamaman.services import Services
-from llamaman.tables import ApiKey, User
 
 pytestmark = pytest.mark.auth
 
@@ -115,7 +115,7 @@ async def test_repeated_failed_logins_are_throttled_per_client(box: Services) ->
 
 
 def test_backoff_doubles_and_a_success_forgets() -> None:
-    from llamaman.auth import LoginThrottle
+    from llamaman.auth.accounts import LoginThrottle
 
     t = LoginThrottle()
     for _ in range(5):

@@ -12,11 +12,11 @@ import httpx
 import openai
 import pytest
 
-from llamaman.config import Settings
-from llamaman.launch import LaunchSettings
+from llamaman.core.config import Settings
+from llamaman.core.state import InstanceState
+from llamaman.instances.launch import LaunchSettings
 from llamaman.proxy.app import ProxyServer, create_proxy_app
 from llamaman.services import Services
-from llamaman.state import InstanceState
 
 pytestmark = pytest.mark.auth
 
@@ -98,7 +98,7 @@ async def test_a_key_limited_to_five_requests_a_minute_gets_429_on_the_sixth(box
 
 
 def test_the_window_slides() -> None:
-    from llamaman.apikeys import RateLimiter
+    from llamaman.auth.apikeys import RateLimiter
 
     rates = RateLimiter()
     assert all(rates.check("k", 2, now=t) is None for t in (0.0, 10.0))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from llamaman.cli import parse_args, settings_from_args
-from llamaman.config import Settings
+from llamaman.core.config import Settings
 
 
 def _env_names() -> set[str]:

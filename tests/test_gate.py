@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from llamaman.gate import Gate, QueueFull
+from llamaman.scheduling.gate import Gate, QueueFull
 
 
 async def test_gate_serves_max_concurrent_queues_up_to_depth_and_refuses_the_rest() -> None:

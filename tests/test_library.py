@@ -12,8 +12,8 @@ import gguf
 import numpy as np
 import pytest
 
-from llamaman.gguf_meta import read_header
-from llamaman.library import LibraryError, ModelLibrary, estimate_memory
+from llamaman.library.catalog import LibraryError, ModelLibrary, estimate_memory
+from llamaman.library.gguf_meta import read_header
 
 N_EMBD = 64
 VOCAB = 100  # above the 64-item cut-off, so the token list is summarised

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from llamaman import llama_bin
-from llamaman.config import Settings
-from llamaman.llama_bin import (
+from llamaman.core.config import Settings
+from llamaman.instances import llama_bin
+from llamaman.instances.llama_bin import (
     LlamaBinaryNotFound,
     LlamaServerBinary,
     aresolve_llama_server,
@@ -210,7 +210,7 @@ def test_xllamacpp_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     found = resolve_llama_server(_settings(tmp_path))
 
     assert found.source == "xllamacpp"
-    assert found.argv_prefix == [sys.executable, "-m", "llamaman.xllama_launcher"]
+    assert found.argv_prefix == [sys.executable, "-m", "llamaman.instances.xllama_launcher"]
     assert found.path == str(tmp_path / "xllamacpp")
     assert found.supports_router is False
 

@@ -9,11 +9,11 @@ from typing import Any
 import httpx
 import pytest
 
-from llamaman.events import Event
-from llamaman.launch import LaunchSettings
-from llamaman.router import ModelNotFound
+from llamaman.core.events import Event
+from llamaman.core.state import InstanceState
+from llamaman.instances.launch import LaunchSettings
+from llamaman.scheduling.router import ModelNotFound
 from llamaman.services import Services
-from llamaman.state import InstanceState
 
 S = InstanceState
 
@@ -167,7 +167,7 @@ async def test_keep_alive_zero_unloads_right_after_the_reply(services: Services)
 async def test_manual_instances_are_not_evicted_by_api_traffic(one_slot: Services) -> None:
     m = await one_slot.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=512))
     await m.proc.wait_for({S.HEALTHY}, timeout=30)
-    from llamaman.router import ModelUnavailable
+    from llamaman.scheduling.router import ModelUnavailable
 
     with pytest.raises(ModelUnavailable, match="manually launched"):
         await one_slot.router.acquire("tiny-b")
@@ -188,7 +188,7 @@ async def test_embedding_instances_neither_count_nor_get_evicted(one_slot: Servi
 
 
 async def test_a_failed_load_is_reported_to_every_waiter(services: Services, models_dir: Any) -> None:
-    from llamaman.router import ModelUnavailable
+    from llamaman.scheduling.router import ModelUnavailable
     from llamaman.testing.tiny_gguf import write_tiny_model
 
     # A model whose load fails: llama-server refuses a context far beyond memory.

@@ -24,15 +24,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, select
 
-from llamaman.config import Settings
-from llamaman.db import MIGRATIONS_DIR, Database
-from llamaman.events import EventBus
-from llamaman.launch import LaunchSettings
-from llamaman.presets import PresetStore
-from llamaman.runtime import RuntimeConfig
-from llamaman.services import Services
-from llamaman.state import InstanceState
-from llamaman.tables import (
+from llamaman.core.config import Settings
+from llamaman.core.db import MIGRATIONS_DIR, Database
+from llamaman.core.events import EventBus
+from llamaman.core.runtime import RuntimeConfig
+from llamaman.core.state import InstanceState
+from llamaman.core.tables import (
     ApiKey,
     AppSetting,
     Benchmark,
@@ -46,6 +43,9 @@ from llamaman.tables import (
     User,
     UserSession,
 )
+from llamaman.instances.launch import LaunchSettings
+from llamaman.scheduling.presets import PresetStore
+from llamaman.services import Services
 from llamaman.testing.mariadb import MariaDBServer, mariadb_available, mysql_required
 
 # ---- backends --------------------------------------------------------------------------------

@@ -16,12 +16,12 @@ import psutil
 import pytest
 from sqlmodel import select
 
-from llamaman.launch import LaunchSettings
-from llamaman.process import ENV_INSTANCE_ID, ENV_OWNER
+from llamaman.core.state import InstanceState
+from llamaman.core.tables import Instance
+from llamaman.instances.launch import LaunchSettings
+from llamaman.instances.process import ENV_INSTANCE_ID, ENV_OWNER
+from llamaman.instances.supervisor import InstanceError
 from llamaman.services import Services
-from llamaman.state import InstanceState
-from llamaman.supervisor import InstanceError
-from llamaman.tables import Instance
 from tests.helpers import chat, servers_of
 
 S = InstanceState
@@ -96,10 +96,10 @@ async def test_restart_of_the_app_brings_back_running_instances_exactly_once(set
 CRASHING_APP = textwrap.dedent(
     """
     import asyncio, sys
-    from llamaman.config import Settings
-    from llamaman.launch import LaunchSettings
+    from llamaman.core.config import Settings
+    from llamaman.instances.launch import LaunchSettings
     from llamaman.services import Services
-    from llamaman.state import InstanceState
+    from llamaman.core.state import InstanceState
 
     async def main():
         svc = Services(Settings())

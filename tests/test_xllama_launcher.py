@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from llamaman import llama_bin
-from llamaman.llama_bin import parse_version_output
+from llamaman.instances import llama_bin
+from llamaman.instances.llama_bin import parse_version_output
+from llamaman.instances.xllama_launcher import LaunchError, build_params, parse_flags
 from llamaman.testing.tiny_gguf import expected_text, write_tiny_model
-from llamaman.xllama_launcher import LaunchError, build_params, parse_flags
 
 REPO = Path(__file__).resolve().parent.parent
-LAUNCHER = [sys.executable, "-m", "llamaman.xllama_launcher"]
+LAUNCHER = [sys.executable, "-m", "llamaman.instances.xllama_launcher"]
 
 xl: Any = pytest.importorskip("xllamacpp")
 
@@ -260,7 +260,7 @@ def test_sigint_also_stops_cleanly(launched: Launched) -> None:
 
 
 def test_resolver_falls_back_to_this_launcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from llamaman.config import Settings
+    from llamaman.core.config import Settings
 
     llama_bin.clear_probe_cache()
     monkeypatch.setenv("PATH", str(tmp_path))

@@ -2,8 +2,7 @@
 
 from fastapi import APIRouter
 
-from llamaman.api import auth, backup, downloads, instances, keys, models, presets, system
-from llamaman.telemetry import api as telemetry
+from llamaman.api import auth, backup, downloads, instances, keys, models, presets, system, telemetry
 
 
 def build_router() -> APIRouter:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from llamaman.api.deps import ServicesDep
-from llamaman.auth import (
+from llamaman.auth.accounts import (
     MIN_PASSWORD,
     SESSION_COOKIE,
     AccountError,
@@ -20,7 +20,7 @@ from llamaman.auth import (
     safe_next,
     user_view,
 )
-from llamaman.identity import Identity, Role
+from llamaman.core.identity import Identity, Role
 
 _auth = APIRouter(prefix="/api/auth", tags=["auth"])
 _users = APIRouter(prefix="/api/users", tags=["users"])

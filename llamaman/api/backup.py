@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Body, HTTPException
 from fastapi.responses import JSONResponse
 
+from llamaman.api.backup_bundle import BackupError, export_backup, restore_backup
 from llamaman.api.deps import ServicesDep
-from llamaman.backup import BackupError, export_backup, restore_backup
 
 router = APIRouter(prefix="/api", tags=["backup"])
 

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llamaman.api.deps import ServicesDep
 from llamaman.api.sse import object_events, sse
-from llamaman.download_job import TERMINAL
-from llamaman.events import Event
+from llamaman.core.events import Event
+from llamaman.downloads.job import TERMINAL
 
 router = APIRouter(prefix="/api", tags=["downloads"])
 

@@ -9,8 +9,8 @@ from fastapi.responses import StreamingResponse
 
 from llamaman.api.deps import ServicesDep
 from llamaman.api.sse import object_events, sse
-from llamaman.events import Event
-from llamaman.launch import LaunchSettings
+from llamaman.core.events import Event
+from llamaman.instances.launch import LaunchSettings
 
 router = APIRouter(prefix="/api", tags=["instances"])
 

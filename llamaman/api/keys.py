@@ -11,8 +11,8 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llamaman.api.deps import ServicesDep
-from llamaman.apikeys import UnknownKey
-from llamaman.identity import KeyScope
+from llamaman.auth.apikeys import UnknownKey
+from llamaman.core.identity import KeyScope
 
 router = APIRouter(prefix="/api", tags=["api keys"])
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from llamaman.api.deps import ServicesDep
-from llamaman.library import LibraryError, estimate_memory
+from llamaman.library.catalog import LibraryError, estimate_memory
 
 router = APIRouter(prefix="/api", tags=["models"])
 

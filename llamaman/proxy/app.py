@@ -17,13 +17,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llamaman import __version__
-from llamaman.auth_middleware import wrap_with_auth
-from llamaman.errors import install_error_handlers
+from llamaman.api.telemetry import metrics_router
+from llamaman.gateway.errors import install_error_handlers
+from llamaman.gateway.middleware import wrap_with_auth
 from llamaman.proxy import anthropic, manage, native, openai, pull
 from llamaman.proxy.common import ProxyError
-from llamaman.proxy.relay import ErrorStyle, error_payload
 from llamaman.services import Services
-from llamaman.telemetry.api import metrics_router
+from llamaman.upstream.relay import ErrorStyle, error_payload
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def create_proxy_app(services: Services) -> FastAPI:
 def _quiet_protocol() -> Any:
     """The guarded httptools protocol (header size and read-time limits) with the access log off
     for this server only."""
-    from llamaman.http_protocol import QuietProtocol
+    from llamaman.gateway.http_protocol import QuietProtocol
 
     return QuietProtocol
 

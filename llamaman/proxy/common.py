@@ -8,11 +8,11 @@ from typing import Any
 from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
-from llamaman.bodies import BodyError, cached_body, parsed_body, remember_body
-from llamaman.gate import QueueFull
-from llamaman.proxy.relay import ErrorStyle, error_payload
-from llamaman.router import Lease, ModelNotFound, ModelUnavailable
+from llamaman.gateway.bodies import BodyError, cached_body, parsed_body, remember_body
+from llamaman.scheduling.gate import QueueFull
+from llamaman.scheduling.router import Lease, ModelNotFound, ModelUnavailable
 from llamaman.services import Services
+from llamaman.upstream.relay import ErrorStyle, error_payload
 
 
 class ProxyError(Exception):

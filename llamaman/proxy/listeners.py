@@ -14,15 +14,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
-from llamaman.bodies import BodyError, cached_body, parsed_body, remember_body
+from llamaman.core.state import InstanceState
+from llamaman.gateway.bodies import BodyError, cached_body, parsed_body, remember_body
+from llamaman.instances.supervisor import InstanceError, ManagedInstance
 from llamaman.proxy.app import ProxyServer
 from llamaman.proxy.common import ProxyError
-from llamaman.proxy.relay import raw_forward_headers
-from llamaman.proxy.upstream import upstream_path
-from llamaman.router import ModelUnavailable, QueueFull
+from llamaman.scheduling.router import ModelUnavailable, QueueFull
 from llamaman.services import Services
-from llamaman.state import InstanceState
-from llamaman.supervisor import InstanceError, ManagedInstance
+from llamaman.upstream.client import upstream_path
+from llamaman.upstream.relay import raw_forward_headers
 
 log = logging.getLogger(__name__)
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]

@@ -7,12 +7,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from llamaman.bodies import cached_body
+from llamaman.gateway.bodies import cached_body
 from llamaman.proxy.common import ProxyError, lease_for, services_of
 from llamaman.proxy.openai import check_autoload, pass_through, upstream_params
-from llamaman.proxy.relay import forward_headers
-from llamaman.proxy.upstream import upstream_path
 from llamaman.services import Services
+from llamaman.upstream.client import upstream_path
+from llamaman.upstream.relay import forward_headers
 
 router = APIRouter(tags=["llama-server"])
 

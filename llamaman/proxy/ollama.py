@@ -19,17 +19,10 @@ import httpx
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from llamaman.library import ModelEntry
+from llamaman.library.catalog import ModelEntry
 from llamaman.proxy import ollama_models
 from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
 from llamaman.proxy.openai import listing_identity
-from llamaman.proxy.relay import (
-    STREAM_HEADERS,
-    Exchange,
-    LeasedStream,
-    client_fault_status,
-    stream_error_line,
-)
 from llamaman.proxy.translate import (
     OllamaChatStream,
     TranslateError,
@@ -46,8 +39,15 @@ from llamaman.proxy.translate import (
     openai_embeddings_to_ollama_embeddings,
     parse_keep_alive,
 )
-from llamaman.router import Lease, ModelNotFound
+from llamaman.scheduling.router import Lease, ModelNotFound
 from llamaman.services import Services
+from llamaman.upstream.relay import (
+    STREAM_HEADERS,
+    Exchange,
+    LeasedStream,
+    client_fault_status,
+    stream_error_line,
+)
 
 log = logging.getLogger(__name__)
 

@@ -15,16 +15,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from llamaman.gguf_meta import LibraryError
-from llamaman.identity import Identity
-from llamaman.library import ModelEntry, estimate_memory
+from llamaman.core.identity import Identity
+from llamaman.core.state import InstanceState
+from llamaman.instances.supervisor import ManagedInstance
+from llamaman.library.catalog import ModelEntry, estimate_memory
+from llamaman.library.gguf_meta import LibraryError
 from llamaman.proxy.common import ProxyError
 from llamaman.proxy.openai import may_list
 from llamaman.proxy.translate import digest_for, format_rfc3339, ollama_model_name, strip_latest
-from llamaman.router import ModelNotFound
+from llamaman.scheduling.router import ModelNotFound
 from llamaman.services import Services
-from llamaman.state import InstanceState
-from llamaman.supervisor import ManagedInstance
 
 # What Ollama reports for a model kept loaded forever: now plus Go's largest time.Duration.
 _FOREVER_S = (2**63 - 1) / 1e9

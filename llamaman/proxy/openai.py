@@ -20,20 +20,20 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from llamaman.identity import Identity, request_identity
-from llamaman.library import ModelEntry, ModelLibrary
+from llamaman.core.identity import Identity, request_identity
+from llamaman.core.redact import redact_argv
+from llamaman.core.state import InstanceState
+from llamaman.library.catalog import ModelEntry, ModelLibrary
 from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
-from llamaman.proxy.relay import (
+from llamaman.scheduling.router import Lease, ModelNotFound
+from llamaman.services import Services
+from llamaman.upstream.relay import (
     STREAM_HEADERS,
     ErrorStyle,
     forward_headers,
     raw_forward_headers,
     stream_error_line,
 )
-from llamaman.redact import redact_argv
-from llamaman.router import Lease, ModelNotFound
-from llamaman.services import Services
-from llamaman.state import InstanceState
 
 router = APIRouter(tags=["openai"])
 

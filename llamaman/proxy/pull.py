@@ -19,8 +19,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from llamaman.download_job import Job
-from llamaman.hub import DownloadError, RemoteFile, RepoListing, group_key, is_gguf, is_projector
+from llamaman.downloads.hub import DownloadError, RemoteFile, RepoListing, group_key, is_gguf, is_projector
+from llamaman.downloads.job import Job
 from llamaman.proxy.common import ProxyError, read_json, services_of
 from llamaman.services import Services
 

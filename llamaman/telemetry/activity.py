@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 from sqlmodel import col, delete, select, update
 
-from llamaman.db import Database
-from llamaman.identity import Identity, current_identity
-from llamaman.proxy.relay import Exchange
-from llamaman.runtime import RuntimeConfig
-from llamaman.tables import RequestLog
+from llamaman.core.db import Database
+from llamaman.core.identity import Identity, current_identity
+from llamaman.core.runtime import RuntimeConfig
+from llamaman.core.tables import RequestLog
 from llamaman.telemetry.energy import EnergyAttributor, Span
+from llamaman.upstream.relay import Exchange
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class ActivityLog:
         """The relay's observer: just a queue append.
 
         Who made the request comes from the auth layer: an ``identity`` the surface put on the
-        exchange, else the request context's identity (``llamaman.identity``), which is still set
+        exchange, else the request context's identity (``llamaman.core.identity``), which is still set
         when the relay calls this at the end of a stream.
         """
         self._queue.append((ex, getattr(ex, "identity", None) or current_identity()))

@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import case, func
 from sqlmodel import col, select
 
-from llamaman.db import Database
-from llamaman.tables import RequestLog
+from llamaman.core.db import Database
+from llamaman.core.tables import RequestLog
 
 
 class FilterError(ValueError):

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import col, select, update
 
-from llamaman.benchmark import BenchError, BenchmarkParams, run_benchmark
-from llamaman.router import ModelNotFound, ModelUnavailable
-from llamaman.tables import Benchmark
+from llamaman.core.tables import Benchmark
+from llamaman.scheduling.router import ModelNotFound, ModelUnavailable
+from llamaman.telemetry.loadtest import BenchError, BenchmarkParams, run_benchmark
 
 if TYPE_CHECKING:
     from llamaman.services import Services

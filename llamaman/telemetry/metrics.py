@@ -14,11 +14,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from llamaman.state import InstanceState
+from llamaman.core.state import InstanceState
 
 if TYPE_CHECKING:
-    from llamaman.telemetry import Telemetry
     from llamaman.telemetry.activity import Finished
+    from llamaman.telemetry.monitor import Telemetry
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)

@@ -6,8 +6,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from llamaman.config import Settings
-from llamaman.llama_bin import LlamaBinaryNotFound, resolve_llama_server
+from llamaman.core.config import Settings
+from llamaman.instances.llama_bin import LlamaBinaryNotFound, resolve_llama_server
 
 
 def llama_server_executable() -> str | None:
@@ -20,6 +20,6 @@ def llama_server_executable() -> str | None:
     if len(found.argv_prefix) == 1:
         return found.argv_prefix[0]
     wrapper = Path(tempfile.gettempdir()) / "llamaman-xllama-server"
-    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m llamaman.xllama_launcher "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m llamaman.instances.xllama_launcher "$@"\n')
     wrapper.chmod(0o755)
     return str(wrapper)

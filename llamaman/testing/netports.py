@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from llamaman.ports import port_is_free
+from llamaman.instances.ports import port_is_free
 
 
 def free_port() -> int:

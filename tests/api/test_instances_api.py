@@ -20,10 +20,10 @@ import psutil
 import pytest
 from sqlmodel import select
 
-from llamaman.config import Settings
+from llamaman.core.config import Settings
+from llamaman.core.state import InstanceState
+from llamaman.core.tables import Instance
 from llamaman.services import Services
-from llamaman.state import InstanceState
-from llamaman.tables import Instance
 from llamaman.testing.tiny_gguf import write_tiny_model
 from tests.helpers import api_client, auth_of, chat, servers_of
 

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from llamaman import __version__
-from llamaman.config import Settings
+from llamaman.core.config import Settings
+from llamaman.core.state import InstanceState
 from llamaman.services import Services
-from llamaman.state import InstanceState
 from llamaman.testing.tiny_gguf import write_tiny_model
 
 S = InstanceState

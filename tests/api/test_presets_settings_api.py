@@ -10,9 +10,9 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from llamaman.config import Settings
+from llamaman.core.config import Settings
+from llamaman.core.tables import AppSetting, Preset
 from llamaman.services import Services
-from llamaman.tables import AppSetting, Preset
 from tests.helpers import api_client
 
 SECRET_KEY = "session-signing-secret-4711"

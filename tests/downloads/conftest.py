@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from llamaman.config import Settings
-from llamaman.downloads import Job
+from llamaman.core.config import Settings
+from llamaman.downloads.manager import Job
 from llamaman.services import Services
 from llamaman.testing.fake_hub import FakeHub
 from tests.conftest import find_llama_server

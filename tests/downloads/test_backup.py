@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlmodel import delete
 
+from llamaman.core.tables import ModelSource
 from llamaman.services import Services
-from llamaman.tables import ModelSource
 from tests.downloads.conftest import finished
 from tests.helpers import api_client
 

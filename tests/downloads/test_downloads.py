@@ -10,11 +10,11 @@ from pathlib import Path
 
 from sqlmodel import select
 
-from llamaman.events import Event
-from llamaman.launch import LaunchSettings
+from llamaman.core.events import Event
+from llamaman.core.state import InstanceState
+from llamaman.core.tables import Download, ModelSource
+from llamaman.instances.launch import LaunchSettings
 from llamaman.services import Services
-from llamaman.state import InstanceState
-from llamaman.tables import Download, ModelSource
 from llamaman.testing.fake_hub import FakeHub
 from tests.downloads.conftest import BIG_SIZE, ask, finished, start_services, until
 from tests.helpers import api_client

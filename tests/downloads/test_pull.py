@@ -8,7 +8,7 @@ import ollama
 import pytest
 from fastapi import FastAPI
 
-from llamaman.hub import RemoteFile, RepoListing
+from llamaman.downloads.hub import RemoteFile, RepoListing
 from llamaman.proxy import pull as pull_module
 from llamaman.proxy.pull import parse_name, pick
 from llamaman.services import Services

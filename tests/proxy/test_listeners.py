@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from llamaman.launch import LaunchSettings, SamplingOverrides
+from llamaman.core.state import InstanceState
+from llamaman.instances.launch import LaunchSettings, SamplingOverrides
+from llamaman.instances.supervisor import ManagedInstance
 from llamaman.services import Services
-from llamaman.state import InstanceState
-from llamaman.supervisor import ManagedInstance
 
 S = InstanceState
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from llamaman.state import InstanceState
+from llamaman.core.state import InstanceState
 from tests.helpers import admin_headers
 
 S = InstanceState

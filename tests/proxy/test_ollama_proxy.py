@@ -16,11 +16,11 @@ import ollama
 import pytest
 from fastapi import FastAPI
 
+from llamaman.core.state import InstanceState
+from llamaman.instances.supervisor import ManagedInstance
 from llamaman.proxy import ollama as ollama_proxy
 from llamaman.proxy.app import ProxyServer
 from llamaman.services import Services
-from llamaman.state import InstanceState
-from llamaman.supervisor import ManagedInstance
 
 S = InstanceState
 SHORT = {"num_predict": 12}

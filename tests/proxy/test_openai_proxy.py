@@ -13,12 +13,12 @@ import httpx
 import openai
 import pytest
 
-from llamaman.config import Settings
-from llamaman.launch import LaunchSettings, SamplingOverrides
+from llamaman.core.config import Settings
+from llamaman.core.state import InstanceState
+from llamaman.instances.launch import LaunchSettings, SamplingOverrides
 from llamaman.proxy.app import ProxyServer, create_proxy_app
 from llamaman.proxy.openai import encode_body
 from llamaman.services import Services
-from llamaman.state import InstanceState
 from llamaman.testing.tiny_gguf import write_tiny_model
 from tests.helpers import admin_headers
 

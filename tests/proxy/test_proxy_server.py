@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from llamaman.config import Settings
+from llamaman.core.config import Settings
 from llamaman.proxy.app import ProxyServer, create_proxy_app
 from llamaman.services import Services
 from tests.helpers import admin_headers, servers_of

@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 from sqlmodel import select
 
-from llamaman.auth import SESSION_COOKIE
-from llamaman.config import Settings
+from llamaman.auth.accounts import SESSION_COOKIE
+from llamaman.core.config import Settings
+from llamaman.core.tables import ModelAlias
 from llamaman.services import Services
-from llamaman.tables import ModelAlias
 
 ADMIN, PASSWORD = "admin", "correct horse battery"
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from llamaman.config import Settings
+from llamaman.core.config import Settings
 from tests.security.signin_support import Box, cookie, served
 
 pytestmark = pytest.mark.auth

@@ -30,11 +30,11 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from llamaman.app import create_app
-from llamaman.config import Settings
-from llamaman.launch import LaunchSettings
+from llamaman.core.config import Settings
+from llamaman.core.state import InstanceState
+from llamaman.instances.launch import LaunchSettings
 from llamaman.proxy.app import ProxyServer, create_proxy_app
 from llamaman.services import Services
-from llamaman.state import InstanceState
 from llamaman.testing.fake_hub import FakeHub
 from tests.helpers import admin_headers
 

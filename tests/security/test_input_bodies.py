@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from llamaman.app import create_app
-from llamaman.bodies import BodyError, parse_json
-from llamaman.config import Settings
+from llamaman.core.config import Settings
+from llamaman.gateway.bodies import BodyError, parse_json
 from llamaman.proxy.app import create_proxy_app
 from llamaman.services import Services
 

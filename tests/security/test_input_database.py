@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from llamaman.app import create_app
-from llamaman.config import Settings
+from llamaman.core.config import Settings
 from llamaman.proxy.app import create_proxy_app
 from llamaman.services import Services
 from tests.helpers import admin_headers

@@ -9,11 +9,11 @@ import contextlib
 
 import httpx
 
-from llamaman.launch import LaunchSettings
+from llamaman.core.state import InstanceState
+from llamaman.instances.launch import LaunchSettings
 from llamaman.proxy.app import ProxyServer
-from llamaman.proxy.upstream import upstream_path
 from llamaman.services import Services
-from llamaman.state import InstanceState
+from llamaman.upstream.client import upstream_path
 
 ODD = [
     "health%E2%82%AC",

@@ -14,12 +14,12 @@ import httpx
 import psutil
 import pytest
 
-from llamaman.config import Settings
-from llamaman.launch import LaunchSettings
-from llamaman.process import LlamaProcess
+from llamaman.core.config import Settings
+from llamaman.core.state import InstanceState
+from llamaman.instances.launch import LaunchSettings
+from llamaman.instances.process import LlamaProcess
 from llamaman.proxy.app import ProxyServer
 from llamaman.services import Services
-from llamaman.state import InstanceState
 from tests.helpers import admin_headers
 
 S = InstanceState
@@ -253,8 +253,8 @@ async def test_a_server_that_cannot_bind_its_port_fails_visibly(
 
 def test_the_embedded_launcher_takes_its_key_from_the_environment_as_llama_server_does() -> None:
     xl = pytest.importorskip("xllamacpp")
-    from llamaman.xllama_flags import parse_flags
-    from llamaman.xllama_launcher import build_params
+    from llamaman.instances.xllama_flags import parse_flags
+    from llamaman.instances.xllama_launcher import build_params
 
     ns, _ = parse_flags(["-m", "x.gguf"])
     assert list(build_params(ns, xl, environ={"LLAMA_API_KEY": "k1,k2"}).api_keys) == ["k1", "k2"]

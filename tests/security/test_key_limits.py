@@ -16,12 +16,12 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
-from llamaman.apikeys import seconds_to_utc_midnight
-from llamaman.config import Settings
-from llamaman.db import MIGRATIONS_DIR, Database
+from llamaman.auth.apikeys import seconds_to_utc_midnight
+from llamaman.core.config import Settings
+from llamaman.core.db import MIGRATIONS_DIR, Database
+from llamaman.core.tables import ApiKey
 from llamaman.proxy.app import ProxyServer, create_proxy_app
 from llamaman.services import Services
-from llamaman.tables import ApiKey
 
 pytestmark = pytest.mark.auth
 
@@ -79,7 +79,7 @@ async def test_refused_requests_leave_the_rate_budget_untouched(box: Services) -
 
 
 def test_a_refund_takes_back_exactly_the_refused_request() -> None:
-    from llamaman.apikeys import RateLimiter
+    from llamaman.auth.apikeys import RateLimiter
 
     rates = RateLimiter()
     assert rates.check("k", 2, now=1.0) is None and rates.check("k", 2, now=2.0) is None

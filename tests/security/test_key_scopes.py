@@ -14,8 +14,8 @@ import httpx
 import pytest
 from starlette.types import ASGIApp
 
-from llamaman.auth import SESSION_COOKIE
-from llamaman.config import Settings
+from llamaman.auth.accounts import SESSION_COOKIE
+from llamaman.core.config import Settings
 from llamaman.services import Services
 
 pytestmark = pytest.mark.auth

@@ -13,9 +13,11 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from llamaman.config import Settings
-from llamaman.launch import LaunchSettings
-from llamaman.launch_policy import (
+from llamaman.core.config import Settings
+from llamaman.core.state import InstanceState
+from llamaman.core.tables import Instance, Preset, new_id
+from llamaman.instances.launch import LaunchSettings
+from llamaman.instances.launch_policy import (
     FLAG_KINDS,
     Kind,
     LaunchPolicyError,
@@ -23,10 +25,8 @@ from llamaman.launch_policy import (
     check_args,
     child_environment,
 )
-from llamaman.llama_server_flags import LLAMA_SERVER_FLAGS
+from llamaman.instances.llama_server_flags import LLAMA_SERVER_FLAGS
 from llamaman.services import Services
-from llamaman.state import InstanceState
-from llamaman.tables import Instance, Preset, new_id
 
 S = InstanceState
 
@@ -84,7 +84,7 @@ ATTACKS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def test_every_llama_server_flag_is_classified() -> None:
     missing = sorted(set(LLAMA_SERVER_FLAGS) - set(FLAG_KINDS))
-    assert missing == [], f"classify these flags in llamaman/launch_policy.py: {missing}"
+    assert missing == [], f"classify these flags in llamaman/instances/launch_policy.py: {missing}"
     assert set(FLAG_KINDS) <= set(LLAMA_SERVER_FLAGS)
 
 
@@ -239,7 +239,7 @@ async def test_a_record_stored_before_the_policy_never_runs_its_flags(
         m = second.supervisor.get(record.id)
         assert m.state == S.FAILED and m.proc.pid is None
         assert "--tools" in (m.proc.error or "") and "launch policy" in (m.proc.error or "")
-        from llamaman.instance import InstanceError
+        from llamaman.instances.instance import InstanceError
 
         with pytest.raises(InstanceError) as info:
             await second.supervisor.restart(m.id)
@@ -250,7 +250,7 @@ async def test_a_record_stored_before_the_policy_never_runs_its_flags(
 
 
 async def test_a_preset_stored_before_the_policy_fails_the_load_with_the_reason(services: Services) -> None:
-    from llamaman.router import ModelUnavailable
+    from llamaman.scheduling.router import ModelUnavailable
 
     with services.db.session() as s:
         s.add(Preset(model_path="tiny-a.gguf", settings={"extra_args": "--tools all"}))

@@ -19,8 +19,8 @@ import psutil
 import pytest
 
 from llamaman.app import create_app
-from llamaman.config import Settings
-from llamaman.http_protocol import GuardedHttpToolsProtocol
+from llamaman.core.config import Settings
+from llamaman.gateway.http_protocol import GuardedHttpToolsProtocol
 from llamaman.proxy.app import ProxyServer, create_proxy_app
 from llamaman.proxy.listeners import create_instance_app
 from llamaman.services import Services

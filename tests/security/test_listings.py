@@ -14,13 +14,13 @@ import pytest
 from pydantic import ValidationError
 
 from llamaman.app import create_app
-from llamaman.auth import SESSION_COOKIE
-from llamaman.launch import LaunchSettings
+from llamaman.auth.accounts import SESSION_COOKIE
+from llamaman.core.redact import redact_argv
+from llamaman.core.state import InstanceState
+from llamaman.instances.launch import LaunchSettings
+from llamaman.instances.supervisor import ManagedInstance
 from llamaman.proxy.app import ProxyServer
-from llamaman.redact import redact_argv
 from llamaman.services import Services
-from llamaman.state import InstanceState
-from llamaman.supervisor import ManagedInstance
 
 pytestmark = pytest.mark.auth
 

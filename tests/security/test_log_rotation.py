@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from llamaman.process import LlamaProcess
-from llamaman.state import InstanceState
+from llamaman.core.state import InstanceState
+from llamaman.instances.process import LlamaProcess
 
 S = InstanceState
 CAP = 4096

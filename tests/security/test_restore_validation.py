@@ -14,9 +14,9 @@ import pytest
 from sqlmodel import select
 
 from llamaman.app import create_app
-from llamaman.config import Settings
+from llamaman.core.config import Settings
+from llamaman.core.tables import ModelAlias, ModelSource, Preset
 from llamaman.services import Services
-from llamaman.tables import ModelAlias, ModelSource, Preset
 from tests.helpers import admin_headers
 
 SRC = {"model_path": "new/x.gguf", "repo_id": "org/repo", "filename": "x.gguf", "revision": "main"}

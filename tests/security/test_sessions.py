@@ -11,10 +11,10 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from llamaman.auth import SESSION_COOKIE, SESSION_IDLE_S, SESSION_MAX_AGE
-from llamaman.config import Settings
+from llamaman.auth.accounts import SESSION_COOKIE, SESSION_IDLE_S, SESSION_MAX_AGE
+from llamaman.core.config import Settings
+from llamaman.core.tables import UserSession
 from llamaman.services import Services
-from llamaman.tables import UserSession
 from tests.security.signin_support import ADMIN, PASSWORD, Box, cookie, served
 
 pytestmark = pytest.mark.auth

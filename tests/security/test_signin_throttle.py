@@ -12,8 +12,8 @@ import pytest
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from llamaman.auth import THROTTLE_AFTER, THROTTLE_USER_AFTER, client_address
-from llamaman.config import Settings
+from llamaman.auth.accounts import THROTTLE_AFTER, THROTTLE_USER_AFTER, client_address
+from llamaman.core.config import Settings
 from tests.security.signin_support import ADMIN, PASSWORD, Box, served
 
 pytestmark = pytest.mark.auth

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from llamaman.config import Settings
+from llamaman.core.config import Settings
 from llamaman.proxy.app import ProxyServer
 from llamaman.services import Services
 from llamaman.telemetry.gpu import GpuSampler

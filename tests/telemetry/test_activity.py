@@ -14,16 +14,16 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from llamaman.config import Settings
-from llamaman.db import Database
-from llamaman.events import EventBus
+from llamaman.core.config import Settings
+from llamaman.core.db import Database
+from llamaman.core.events import EventBus
+from llamaman.core.runtime import RuntimeConfig
+from llamaman.core.tables import RequestLog
 from llamaman.proxy.app import ProxyServer, create_proxy_app
-from llamaman.proxy.relay import Exchange
-from llamaman.runtime import RuntimeConfig
 from llamaman.services import Services
-from llamaman.tables import RequestLog
 from llamaman.telemetry.activity import ActivityLog
 from llamaman.telemetry.energy import EnergyAttributor, Span
+from llamaman.upstream.relay import Exchange
 from tests.helpers import admin_headers
 
 HI = [{"role": "user", "content": "hi"}]

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from llamaman.benchmark import BenchmarkParams, build_prompt, percentile, summarize
+from llamaman.core.tables import ApiKey, Benchmark
 from llamaman.services import Services
-from llamaman.tables import ApiKey, Benchmark
+from llamaman.telemetry.loadtest import BenchmarkParams, build_prompt, percentile, summarize
 from tests.conftest import port_block
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def test_prompt_length_follows_the_tokenizer() -> None:
 
 
 def test_summary_of_a_run_with_failures() -> None:
-    from llamaman.benchmark import _One
+    from llamaman.telemetry.loadtest import _One
 
     results = [_One(True, 1.0, 0.1, 10, 20), _One(True, 2.0, 0.3, 10, 20), _One(False, 0.5, error="HTTP 503")]
     out = summarize(BenchmarkParams(model="m", requests=3), results, wall_s=2.0)

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from llamaman.core.state import InstanceState
 from llamaman.services import Services
-from llamaman.state import InstanceState
 from llamaman.telemetry.gpu import GpuSampler
 from llamaman.telemetry.gpu_sources import DrmSource, NvidiaSmiSource, SourceUnavailable
 from llamaman.testing import fake_nvml

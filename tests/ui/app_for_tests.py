@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nicegui import app
 
-from llamaman.config import Settings
+from llamaman.core.config import Settings
 from llamaman.telemetry.gpu import GpuSampler
 from llamaman.testing.fake_nvml import FakeNvml
 from llamaman.testing.tiny_gguf import write_tiny_model, write_truncated_model

@@ -9,8 +9,8 @@ import pytest
 from nicegui import ui
 from nicegui.testing import User
 
-from llamaman.launch import LaunchSettings
-from llamaman.state import InstanceState
+from llamaman.core.state import InstanceState
+from llamaman.instances.launch import LaunchSettings
 from tests.ui.conftest import started
 
 pytestmark = pytest.mark.nicegui_main_file("tests/ui/app_for_tests.py")

@@ -1,0 +1,149 @@
+"""Settings: the only reader of the environment.
+
+Names and defaults follow the original LlamaMan so its users can switch without editing their
+environment. CLI flags override the environment (see ``main.py``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_dir(container_path: str, local_name: str) -> Path:
+    # The container image sets LLAMAMAN_CONTAINER=1 and mounts /models and /data; a workstation keeps
+    # folders under the working directory. Not guessed from /.dockerenv: dev sandboxes have one too.
+    if os.environ.get("LLAMAMAN_CONTAINER") == "1":
+        return Path(container_path)
+    return Path.cwd() / local_name
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+
+    models_dir: Path = Field(default_factory=lambda: _default_dir("/models", "models"), alias="MODELS_DIR")
+    data_dir: Path = Field(default_factory=lambda: _default_dir("/data", "data"), alias="DATA_DIR")
+    logs_dir: Path | None = Field(default=None, alias="LOGS_DIR")
+
+    host: str = Field(default="0.0.0.0", alias="LLAMAMAN_HOST")
+    port: int = Field(default=5000, alias="LLAMAMAN_PORT", ge=1, le=65535)
+    proxy_port: int = Field(default=42069, alias="LLAMAMAN_PROXY_PORT", ge=0, le=65535)
+
+    port_range_start: int = Field(default=8000, alias="PORT_RANGE_START", ge=1, le=65535)
+    port_range_end: int = Field(default=8020, alias="PORT_RANGE_END", ge=1, le=65535)
+    internal_port_range_start: int = Field(default=9000, alias="INTERNAL_PORT_RANGE_START", ge=1, le=65535)
+    internal_port_range_end: int = Field(default=9020, alias="INTERNAL_PORT_RANGE_END", ge=1, le=65535)
+
+    max_models: int = Field(default=0, alias="LLAMAMAN_MAX_MODELS", ge=0)
+    # Minutes without a request before an instance started by the proxy is put to sleep; 0 = never.
+    idle_timeout: float = Field(default=0, alias="LLAMAMAN_IDLE_TIMEOUT", ge=0)
+
+    secret_key: str | None = Field(default=None, alias="SECRET_KEY")
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+
+    health_check_timeout: float = Field(default=3, alias="HEALTH_CHECK_TIMEOUT", gt=0)
+    model_load_timeout: float = Field(default=300, alias="MODEL_LOAD_TIMEOUT", gt=0)
+    request_timeout: float = Field(default=300, alias="REQUEST_TIMEOUT", gt=0)
+
+    llama_server_bin: str | None = Field(default=None, alias="LLAMA_SERVER_BIN")
+
+    # Headless bootstrap for containers and automation.
+    admin_user: str | None = Field(default=None, alias="LLAMAMAN_ADMIN_USER")
+    admin_password: str | None = Field(default=None, alias="LLAMAMAN_ADMIN_PASSWORD")
+    api_keys: str | None = Field(default=None, alias="LLAMAMAN_API_KEYS")
+    # Keys with the admin scope (manage LlamaMan, not only use models); a key in both lists is admin.
+    admin_api_keys: str | None = Field(default=None, alias="LLAMAMAN_ADMIN_API_KEYS")
+    # Reverse proxies whose X-Forwarded-For / Forwarded / X-Real-IP name the real client (IPs or
+    # CIDRs, comma-separated). From anyone else those headers are ignored: a client could otherwise
+    # pick a new address per sign-in attempt and never be throttled.
+    trusted_proxies: str = Field(default="", alias="LLAMAMAN_TRUSTED_PROXIES")
+
+    # Hugging Face: token and endpoint (the endpoint is read by huggingface_hub itself too).
+    hf_token: str | None = Field(
+        default=None, validation_alias=AliasChoices("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+    )
+    hf_endpoint: str | None = Field(default=None, alias="HF_ENDPOINT")
+
+    # Seconds between two SIGTERM→SIGKILL escalation steps when stopping a llama-server.
+    stop_grace_seconds: float = Field(default=10, alias="LLAMAMAN_STOP_GRACE", gt=0)
+    # Lines kept in memory per instance for live log tails.
+    log_ring_lines: int = Field(default=2000, alias="LLAMAMAN_LOG_RING", ge=10)
+    # A llama-server log file is rotated past this size, keeping this many older files (name.log.1, ...).
+    llama_log_max_bytes: int = Field(default=10 * 1024 * 1024, alias="LLAMAMAN_LOG_MAX_BYTES", ge=4096)
+    llama_log_backups: int = Field(default=2, alias="LLAMAMAN_LOG_BACKUPS", ge=0, le=100)
+
+    # Lifts the launch-argument policy (llamaman/instances/launch_policy.py) for operators who trust every
+    # caller: any llama-server flag then passes. Only from the environment, never from the API.
+    allow_unsafe_args: bool = Field(default=False, alias="LLAMAMAN_ALLOW_UNSAFE_ARGS")
+    # Whether llama-servers get HF_TOKEN (for -hf downloads, which the policy refuses unless lifted).
+    pass_hf_token: bool = Field(default=False, alias="LLAMAMAN_PASS_HF_TOKEN")
+
+    @field_validator("models_dir", "data_dir", "logs_dir", mode="before")
+    @classmethod
+    def _expand(cls, v: Any) -> Any:
+        if isinstance(v, str) and v:
+            return Path(v).expanduser()
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: str) -> str:
+        for part in (p.strip() for p in v.split(",")):
+            if part:
+                try:
+                    ipaddress.ip_network(part, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"LLAMAMAN_TRUSTED_PROXIES: {part!r} is not an IP address or CIDR"
+                    ) from None
+        return v
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(
+            ipaddress.ip_network(p.strip(), strict=False)
+            for p in self.trusted_proxies.split(",")
+            if p.strip()
+        )
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.port_range_start > self.port_range_end:
+            raise ValueError("PORT_RANGE_START must not exceed PORT_RANGE_END")
+        if self.internal_port_range_start > self.internal_port_range_end:
+            raise ValueError("INTERNAL_PORT_RANGE_START must not exceed INTERNAL_PORT_RANGE_END")
+        self.models_dir = self.models_dir.resolve()
+        self.data_dir = self.data_dir.resolve()
+        self.logs_dir = (self.logs_dir or self.data_dir / "logs").resolve()
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'llamaman.db'}"
+
+    def ensure_dirs(self) -> None:
+        for d in (self.models_dir, self.data_dir, self.logs_dir):
+            assert d is not None
+            d.mkdir(parents=True, exist_ok=True)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as shown to users: secrets redacted."""
+        out = self.model_dump(mode="json")
+        for secret in ("secret_key", "admin_password", "api_keys", "admin_api_keys", "hf_token"):
+            if out.get(secret):
+                out[secret] = "***"
+        if self.database_url and "@" in self.database_url:
+            scheme, rest = self.database_url.split("://", 1)
+            out["database_url"] = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+        return out
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

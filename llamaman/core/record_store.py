@@ -1,0 +1,85 @@
+"""Records of one table written in order by one background task, so callers on the event loop never
+wait for the database and a later state never lands before an earlier one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from sqlmodel import SQLModel, select
+
+from llamaman.core.db import Database
+
+log = logging.getLogger(__name__)
+R = TypeVar("R", bound=SQLModel)
+
+
+class RecordStore(Generic[R]):
+    def __init__(self, db: Database, table: type[R], is_current: Callable[[str], bool]) -> None:
+        self.db = db
+        self.table = table
+        # A write for a record removed meanwhile is dropped, or it would come back to life.
+        self.is_current = is_current
+        self._writes: asyncio.Queue[R | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop())
+
+    async def stop(self) -> None:
+        await self.flush()
+        if self._writer is not None:
+            self._writes.put_nowait(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+
+    def save(self, record: R) -> None:
+        self._writes.put_nowait(record.model_copy())
+
+    async def flush(self) -> None:
+        """Wait until every queued write is in the database."""
+        if self._writer is not None and not self._writer.done():
+            await self._writes.join()
+
+    async def _write_loop(self) -> None:
+        while True:
+            rec = await self._writes.get()
+            try:
+                if rec is None:
+                    return
+                await asyncio.to_thread(self._write, rec)
+            except Exception:
+                log.exception("could not store %s %s", self.table.__name__, getattr(rec, "id", "?"))
+            finally:
+                self._writes.task_done()
+
+    def _write(self, rec: R) -> None:
+        if not self.is_current(rec.id):  # type: ignore[attr-defined]
+            return
+        with self.db.session() as s:
+            s.merge(rec)
+            s.commit()
+
+    async def delete(self, record_id: str) -> None:
+        await self.flush()
+        await asyncio.to_thread(self._delete, record_id)
+
+    def _delete(self, record_id: str) -> None:
+        with self.db.session() as s:
+            row = s.get(self.table, record_id)
+            if row is not None:
+                s.delete(row)
+                s.commit()
+
+    def load_all(self) -> list[R]:
+        """Every record, oldest first (blocking)."""
+        created: Any = self.table.created_at  # type: ignore[attr-defined]
+        with self.db.session() as s:
+            return list(s.exec(select(self.table).order_by(created)))
+
+    async def load(self) -> list[R]:
+        return await asyncio.to_thread(self.load_all)

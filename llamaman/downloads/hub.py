@@ -1,0 +1,251 @@
+"""Hugging Face metadata for downloads: repo listings, file metadata, and safe local paths.
+
+huggingface_hub answers the metadata questions (it knows the Hub's error codes and relative
+redirects); the bytes are streamed by ``llamaman.downloads.transfer`` so that throttling, Range requests and
+the final rename stay under LlamaMan's control. Every function here blocks: call it in a thread.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import httpx
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import build_hf_headers, validate_repo_id
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+PART_RE = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<total>\d{5})\.gguf$", re.IGNORECASE)
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class DownloadError(Exception):
+    """A download that cannot go on; ``status`` is the HTTP status the REST API answers with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class TransientError(Exception):
+    """A failure worth retrying: server errors, dropped connections, a corrupted transfer."""
+
+
+@dataclass
+class RemoteFile:
+    name: str
+    size: int | None = None
+    sha256: str | None = None
+
+
+@dataclass
+class RepoListing:
+    repo_id: str
+    sha: str
+    files: list[RemoteFile] = field(default_factory=list)
+
+    def get(self, name: str) -> RemoteFile | None:
+        return next((f for f in self.files if f.name == name), None)
+
+
+@dataclass
+class FileMeta:
+    size: int | None
+    etag: str | None
+
+    @property
+    def sha256(self) -> str | None:
+        # LFS files carry their sha256 as ETag; small git files carry a sha1, which proves nothing here.
+        etag = (self.etag or "").strip('"').lower()
+        return etag if _SHA256_RE.match(etag) else None
+
+
+def endpoint_of(configured: str | None) -> str:
+    return (configured or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def check_repo_id(repo_id: str) -> str:
+    repo_id = (repo_id or "").strip()
+    if not repo_id:
+        raise DownloadError("repo_id is required (e.g. 'bartowski/Qwen2.5-0.5B-Instruct-GGUF')")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise DownloadError(f"invalid repo id {repo_id!r}: {exc}") from None
+    if any(part in ("", ".", "..") or part.startswith(".") for part in repo_id.split("/")):
+        raise DownloadError(f"invalid repo id {repo_id!r}")
+    return repo_id
+
+
+_UNSAFE_NAME = re.compile(r"[\"'<>\\`\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _shown(name: str) -> str:
+    """A name for an error message, with what makes it unsafe escaped."""
+    return ascii(name[:200])
+
+
+def check_rel_path(name: str, what: str = "file name") -> PurePosixPath:
+    """A repo-relative path that is safe to re-create under MODELS_DIR: relative, no '..', not hidden.
+
+    Hidden components are refused because the library skips them and ``.downloads`` is ours.
+    """
+    if not name or not name.strip():
+        raise DownloadError(f"empty {what}")
+    bad = _UNSAFE_NAME.search(name)
+    if bad is not None:
+        # Names end up in file paths, commands and the UI: markup or a quote in one is never a model.
+        char = bad.group()
+        shown = repr(char) if char.isprintable() else f"U+{ord(char):04X}"
+        raise DownloadError(
+            f"invalid {what} {_shown(name)}: {shown} is not allowed (no quotes, '<', '>', backslashes "
+            "or control characters)"
+        )
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith("/"):
+        raise DownloadError(f"invalid {what} {name!r}: absolute paths are not allowed")
+    if any(p == ".." for p in path.parts):
+        raise DownloadError(f"invalid {what} {name!r}: '..' is not allowed")
+    if any(p.startswith(".") for p in path.parts):
+        raise DownloadError(f"invalid {what} {name!r}: hidden files and folders are not allowed")
+    return path
+
+
+def inside(root: Path, *parts: str) -> Path:
+    """``root/parts...``, refusing anything that would resolve outside ``root``."""
+    target = root.joinpath(*parts)
+    if not target.resolve().is_relative_to(root.resolve()):
+        raise DownloadError(f"'{'/'.join(parts)}' would be written outside the models folder")
+    return target
+
+
+def is_gguf(name: str) -> bool:
+    return name.lower().endswith(".gguf")
+
+
+def is_projector(name: str) -> bool:
+    return "mmproj" in PurePosixPath(name).name.lower()
+
+
+def group_key(name: str) -> str:
+    """The model a file belongs to: a split's parts share one key, any other file is its own."""
+    path = PurePosixPath(name)
+    if m := PART_RE.match(path.name):
+        return str(path.with_name(f"{m['stem']}-of-{m['total']}"))
+    return name
+
+
+def expand_parts(listing: RepoListing, name: str) -> list[str]:
+    """``name`` plus its sibling parts when it is one part of a split GGUF."""
+    path = PurePosixPath(name)
+    m = PART_RE.match(path.name)
+    if m is None:
+        return [name]
+    total = int(m["total"])
+    names = [str(path.with_name(f"{m['stem']}-{n:05d}-of-{total:05d}.gguf")) for n in range(1, total + 1)]
+    by_lower = {f.name.lower(): f.name for f in listing.files}
+    missing = [n for n in names if n.lower() not in by_lower]
+    if missing:
+        raise DownloadError(f"{listing.repo_id} lacks part(s) {', '.join(missing)} of {name}", 404)
+    return [by_lower[n.lower()] for n in names]
+
+
+def pick_files(listing: RepoListing, filename: str | None, *, gguf_only: bool = True) -> list[RemoteFile]:
+    """The files a request means: one file (all parts of a split), or the whole repo."""
+    if filename:
+        check_rel_path(filename)
+        wanted = listing.get(filename) or next(
+            (f for f in listing.files if f.name.lower() == filename.lower()), None
+        )
+        if wanted is None:
+            raise DownloadError(f"{listing.repo_id} has no file {filename!r}", 404)
+        names = expand_parts(listing, wanted.name)
+    else:
+        names = []
+        for f in listing.files:
+            parts = PurePosixPath(f.name).parts
+            if ".." in parts:
+                check_rel_path(f.name)  # refuses, naming the file
+            if (is_gguf(f.name) or not gguf_only) and not any(p.startswith(".") for p in parts):
+                names.append(f.name)
+        if not names:
+            kind = "GGUF files" if gguf_only else "files"
+            raise DownloadError(f"{listing.repo_id} has no {kind} to download", 404)
+    files = [f for n in names if (f := listing.get(n)) is not None]
+    for f in files:
+        check_rel_path(f.name)
+    return files
+
+
+def _hub_error(exc: Exception, repo_id: str, endpoint: str, filename: str | None = None) -> Exception:
+    """Translate huggingface_hub's errors into what a user can act on."""
+    if isinstance(exc, GatedRepoError):
+        return DownloadError(
+            f"{repo_id} is gated: accept its terms on the Hub and give a token that has access", 403
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        return DownloadError(
+            f"repository {repo_id!r} not found on {endpoint} (private repos need a Hugging Face token)", 404
+        )
+    if isinstance(exc, RevisionNotFoundError):
+        return DownloadError(f"{repo_id} has no such revision", 404)
+    if isinstance(exc, EntryNotFoundError):
+        return DownloadError(f"{repo_id} has no file {filename!r}", 404)
+    if isinstance(exc, HFValidationError):
+        return DownloadError(str(exc), 400)
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else 0
+        if status in (401, 403):
+            return DownloadError(f"access to {repo_id} denied (HTTP {status}): check the token", 403)
+        if status == 429 or status >= 500:
+            return TransientError(f"the Hub answered HTTP {status}")
+        return DownloadError(f"the Hub refused the request (HTTP {status}): {exc}", 502)
+    if isinstance(exc, httpx.TransportError | OSError):
+        return TransientError(f"cannot reach {endpoint}: {exc}")
+    return exc
+
+
+def list_repo(endpoint: str, repo_id: str, revision: str, token: str | None) -> RepoListing:
+    """The repo's commit and files (with sizes and LFS hashes) at ``revision``."""
+    api = HfApi(endpoint=endpoint)
+    try:
+        info = api.model_info(repo_id, revision=revision, files_metadata=True, token=token or False)
+    except Exception as exc:
+        err = _hub_error(exc, repo_id, endpoint)
+        if isinstance(err, TransientError):
+            raise DownloadError(f"{err}; try again later", 502) from exc
+        raise err from exc
+    files = [
+        RemoteFile(s.rfilename, s.size if s.lfs is None else s.lfs.size, s.lfs.sha256 if s.lfs else None)
+        for s in info.siblings or []
+    ]
+    return RepoListing(repo_id=repo_id, sha=info.sha or revision, files=files)
+
+
+def file_url(endpoint: str, repo_id: str, name: str, revision: str) -> str:
+    return hf_hub_url(repo_id, name, revision=revision, endpoint=endpoint)
+
+
+def file_metadata(endpoint: str, repo_id: str, name: str, revision: str, token: str | None) -> FileMeta:
+    """Size and ETag of one file (a HEAD request); raises DownloadError or TransientError."""
+    url = file_url(endpoint, repo_id, name, revision)
+    try:
+        meta = get_hf_file_metadata(url, token=token or False, endpoint=endpoint)
+    except Exception as exc:
+        raise _hub_error(exc, repo_id, endpoint, name) from exc
+    return FileMeta(size=meta.size, etag=meta.etag)
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    return build_hf_headers(token=token or False)

@@ -1,0 +1,75 @@
+"""An instance as the rest of LlamaMan sees it: its stored record joined with its live process."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from llamaman.core.redact import redact_argv
+from llamaman.core.state import InstanceState
+from llamaman.core.tables import Instance
+from llamaman.instances.launch import LaunchSettings
+from llamaman.instances.process import LlamaProcess
+
+
+class InstanceError(Exception):
+    """A request about instances that cannot be honoured; carries the HTTP status to answer."""
+
+    def __init__(self, message: str, status_code: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+
+
+class ManagedInstance:
+    """A stored instance record joined with its live process."""
+
+    def __init__(self, record: Instance, settings: LaunchSettings, proc: LlamaProcess) -> None:
+        self.record = record
+        self.settings = settings
+        self.proc = proc
+        self.last_used = time.monotonic()
+        self.listener_active = False
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def state(self) -> InstanceState:
+        return self.proc.state
+
+    @property
+    def upstream_port(self) -> int:
+        """Where llama-server itself listens."""
+        return self.record.internal_port or self.record.port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.upstream_port}"
+
+    def view(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        r, p = self.record, self.proc
+        uptime = time.time() - p.started_at if p.started_at and p.running else 0.0
+        out: dict[str, Any] = {
+            "id": r.id,
+            "model_path": r.model_path,
+            "model_name": r.model_name,
+            "port": r.port,
+            "internal_port": r.internal_port,
+            "status": p.state.value,
+            "pid": p.pid,
+            "exit_code": p.exit_code,
+            "error": p.error,
+            "origin": r.origin,
+            "created_at": r.created_at,
+            "started_at": p.started_at,
+            "uptime_seconds": round(uptime, 1),
+            "load_seconds": p.load_seconds,
+            "command": redact_argv(p.argv),  # what an admin sees: secret values masked
+            "settings": self.settings.model_dump(),
+            **p.resources(),
+        }
+        if extra:
+            out.update(extra)
+        return out

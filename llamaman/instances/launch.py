@@ -1,0 +1,183 @@
+"""Launch settings: what the REST API, presets and the UI accept, validated before anything runs."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from llamaman.instances.launch_policy import Policy, check_args
+
+# Tokens that only mean something to a shell. extra_args never reach a shell, so a user who types
+# them expects shell behaviour they will not get: refuse them with a clear message instead.
+_SHELL_META = re.compile(r"[;&|`<>]|\$\(|\$\{|^\s*\\$|\n")
+
+SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "presence_penalty", "repeat_penalty")
+
+
+class SamplingOverrides(BaseModel):
+    """Sampling values forced onto every request an instance serves."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float | None = Field(default=None, ge=0, le=10)
+    top_k: int | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    repeat_penalty: float | None = Field(default=None, ge=0, le=10)
+
+    def active(self) -> dict[str, float | int]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class LaunchSettings(BaseModel):
+    """Everything needed to launch one llama-server. Field names follow the original LlamaMan."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: str = Field(
+        min_length=1, description="GGUF path, relative to MODELS_DIR (or absolute inside it)"
+    )
+    port: int | None = Field(
+        default=None, description="Public port from the pool; blank picks the next free one"
+    )
+    n_gpu_layers: int = Field(default=-1, ge=-1, description="Layers offloaded to the GPU; -1 = all")
+    ctx_size: int = Field(default=4096, ge=0, le=10_000_000, description="Context size; 0 = the model's own")
+    threads: int | None = Field(
+        default=None, ge=1, le=1024, description="CPU threads; blank = llama.cpp's choice"
+    )
+    parallel: int = Field(default=1, ge=1, le=256, description="Parallel slots (concurrent sequences)")
+    gpu_devices: str | None = Field(
+        default=None, description="CUDA_VISIBLE_DEVICES for this instance, e.g. 0,1"
+    )
+    extra_args: str = Field(default="", max_length=4000, description="More llama-server flags (no shell)")
+    embedding: bool = Field(default=False, description="Serve embeddings (--embeddings)")
+    mmproj: str | None = Field(default=None, description="Multimodal projector, relative to MODELS_DIR")
+    idle_timeout_min: float = Field(
+        default=0, ge=0, description="Sleep after this many idle minutes; 0 = never"
+    )
+    max_concurrent: int = Field(default=0, ge=0, le=1024, description="Requests served at once; 0 = no limit")
+    max_queue_depth: int = Field(
+        default=0, ge=0, le=100_000, description="Requests that may wait; beyond: 429"
+    )
+    share_queue: bool = Field(default=False, description="Replicas of this model share one queue")
+    sampling: SamplingOverrides = Field(default_factory=SamplingOverrides)
+
+    @field_validator("gpu_devices")
+    @classmethod
+    def _devices(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        if not re.fullmatch(r"[0-9A-Za-z\-]+(,[0-9A-Za-z\-]+)*", v):
+            raise ValueError("gpu_devices must be a comma-separated list of GPU indices or UUIDs, e.g. 0,1")
+        return v
+
+    @field_validator("extra_args")
+    @classmethod
+    def _extra(cls, v: str) -> str:
+        parse_extra_args(v)
+        return v.strip()
+
+    def extra_argv(self) -> list[str]:
+        """The extra flags as words (checked when the settings were validated; the supervisor
+        checks them again with its own policy before a server starts)."""
+        return split_extra_args(self.extra_args)
+
+    def request_ctx(self, trained_ctx: int | None) -> int:
+        """Tokens one request can use: llama-server splits -c (0 = the model's trained context)
+        between its parallel slots unless the KV cache is unified."""
+        ctx = self.ctx_size if self.ctx_size > 0 else (trained_ctx or 0)
+        if self.parallel > 1 and not {"-kvu", "--kv-unified"} & set(self.extra_argv()):
+            ctx //= self.parallel
+        return ctx
+
+    def needs_listener(self) -> bool:
+        """Whether requests must pass through LlamaMan's own listener on the public port."""
+        return bool(self.idle_timeout_min or self.max_concurrent or self.sampling.active())
+
+
+def split_extra_args(text: str) -> list[str]:
+    """Split extra llama-server flags like a shell would, but refuse anything only a shell runs."""
+    if not text or not text.strip():
+        return []
+    if _SHELL_META.search(text):
+        raise ValueError(
+            "extra_args may not contain shell syntax (; & | ` < > $( ) ): they are passed to llama-server "
+            "as plain arguments, never through a shell"
+        )
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise ValueError(f"extra_args could not be parsed: {exc}") from None
+
+
+def parse_extra_args(text: str, policy: Policy | None = None) -> list[str]:
+    """Extra flags checked against the launch policy (see ``launch_policy``); file paths come back
+    absolute inside MODELS_DIR."""
+    return check_args(split_extra_args(text), policy)
+
+
+def build_argv(
+    prefix: list[str],
+    *,
+    model_file: str,
+    host: str,
+    port: int,
+    alias: str,
+    settings: LaunchSettings,
+    mmproj_file: str | None,
+    extra: list[str] | None = None,
+) -> list[str]:
+    """The full command line; ``extra`` is the policy-checked form of the extra flags."""
+    argv = [
+        *prefix,
+        "-m", model_file,
+        "--host", host,
+        "--port", str(port),
+        "-c", str(settings.ctx_size),
+        "-ngl", str(settings.n_gpu_layers if settings.n_gpu_layers >= 0 else 999),
+        "-np", str(settings.parallel),
+        "--alias", alias,
+        "--metrics",
+        "--no-webui",
+    ]  # fmt: skip
+    if settings.threads:
+        argv += ["-t", str(settings.threads)]
+    if settings.embedding:
+        argv.append("--embeddings")
+    if mmproj_file:
+        argv += ["--mmproj", mmproj_file]
+    argv += settings.extra_argv() if extra is None else extra
+    return argv
+
+
+def settings_from_record(record: Any) -> LaunchSettings:
+    """Rebuild launch settings from a stored instance row.
+
+    A row whose extra flags the launch policy refuses (stored before it existed, or by hand) still
+    loads, with the flags kept unvalidated: the supervisor checks them again before any spawn and
+    shows the row failed with the reason instead of losing it."""
+    values: dict[str, Any] = {
+        "model_path": record.model_path,
+        "port": record.port,
+        "n_gpu_layers": record.n_gpu_layers,
+        "ctx_size": record.ctx_size,
+        "threads": record.threads,
+        "parallel": record.parallel,
+        "gpu_devices": record.gpu_devices,
+        "embedding": record.embedding,
+        "mmproj": record.mmproj,
+        "idle_timeout_min": record.idle_timeout_min,
+        "max_concurrent": record.max_concurrent,
+        "max_queue_depth": record.max_queue_depth,
+        "share_queue": record.share_queue,
+        "sampling": SamplingOverrides(**(record.sampling or {})),
+    }
+    extra = record.extra_args or ""
+    try:
+        return LaunchSettings(**values, extra_args=extra)
+    except ValidationError:
+        return LaunchSettings(**values).model_copy(update={"extra_args": extra})

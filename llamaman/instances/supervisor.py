@@ -1,0 +1,519 @@
+"""All instances: validate and launch, stop, restart, sleep and wake, restore after a restart.
+
+The supervisor is the one owner of llama-server processes and of both port pools. Others (the REST
+API, the router, the UI) ask it; nobody else spawns or kills a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from llamaman.core.config import Settings
+from llamaman.core.db import Database
+from llamaman.core.events import EventBus
+from llamaman.core.state import ACTIVE_STATES, InstanceState
+from llamaman.core.tables import Instance, new_id
+from llamaman.instances import launch_policy
+from llamaman.instances.instance import InstanceError, ManagedInstance
+from llamaman.instances.launch import LaunchSettings, SamplingOverrides, build_argv, settings_from_record
+from llamaman.instances.launch_policy import LaunchPolicyError, Policy, check_args, child_environment
+from llamaman.instances.llama_bin import LlamaServerBinary, aresolve_llama_server
+from llamaman.instances.ports import PortPool, PortPoolExhausted, port_is_free
+from llamaman.instances.process import ENV_INSTANCE_ID, ENV_OWNER, LlamaProcess, is_our_server, kill_strays
+from llamaman.instances.store import InstanceStore
+from llamaman.library.catalog import LibraryError, ModelLibrary
+
+log = logging.getLogger(__name__)
+S = InstanceState
+
+
+ListenerHook = Callable[[ManagedInstance], Awaitable[None]]
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        events: EventBus,
+        library: ModelLibrary,
+        http: httpx.AsyncClient,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.events = events
+        self.library = library
+        self.http = http
+        self.ports = PortPool(settings.port_range_start, settings.port_range_end, "port")
+        self.internal_ports = PortPool(
+            settings.internal_port_range_start, settings.internal_port_range_end, "internal port"
+        )
+        self.instances: dict[str, ManagedInstance] = {}
+        self.binary: LlamaServerBinary | None = None
+        self.binary_error: str | None = None
+        # Set by the proxy: opens and closes LlamaMan's own listener on an instance's public port.
+        self.open_listener: ListenerHook | None = None
+        self.close_listener: ListenerHook | None = None
+        # When true every instance gets a listener (e.g. because API keys guard instance ports).
+        self.always_listen = False
+        # Called just before a server is told to stop (e.g. to drop kept-alive connections to it).
+        self.on_stopping: list[Callable[[ManagedInstance], None]] = []
+        self._owner = str(settings.data_dir)
+        # The launch-argument policy this LlamaMan applies (also what LaunchSettings validation uses).
+        self.policy = Policy(settings.models_dir.resolve(), settings.allow_unsafe_args)
+        launch_policy.configure(settings.models_dir, settings.allow_unsafe_args)
+        self.store = InstanceStore(db, lambda iid: iid in self.instances)
+        self._lock = asyncio.Lock()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.store.start()
+        await self.resolve_binary()
+        await self.restore()
+
+    async def resolve_binary(self) -> LlamaServerBinary | None:
+        try:
+            self.binary = await aresolve_llama_server(self.settings)
+            self.binary_error = None
+        except Exception as exc:  # a missing binary must not stop the UI from starting
+            self.binary, self.binary_error = None, str(exc)
+            log.warning("%s", exc)
+        return self.binary
+
+    async def shutdown(self) -> None:
+        """Stop every server (they come back at the next start: desired_running is kept)."""
+        await asyncio.gather(*(self._stop_proc(m, S.STOPPED, keep_desired=True) for m in self.list()))
+        for m in self.list():
+            await m.proc.close()
+        await self.store.stop()
+
+    # ---- queries -----------------------------------------------------------------------------
+    def list(self) -> list[ManagedInstance]:
+        return sorted(self.instances.values(), key=lambda m: m.record.created_at)
+
+    def get(self, instance_id: str) -> ManagedInstance:
+        m = self.instances.get(instance_id)
+        if m is None:
+            raise InstanceError(f"instance {instance_id!r} not found", 404)
+        return m
+
+    def next_port(self) -> int:
+        try:
+            return self.ports.next_free()
+        except PortPoolExhausted as exc:
+            raise InstanceError(str(exc), 409) from None
+
+    # ---- launch ------------------------------------------------------------------------------
+    def _resolve_model(self, ls: LaunchSettings) -> tuple[Path, str, str | None]:
+        try:
+            path = self.library.safe_path(ls.model_path)
+        except LibraryError as exc:
+            raise InstanceError(str(exc), 400) from None
+        if not path.is_file():
+            raise InstanceError(f"model file not found: {ls.model_path}", 404)
+        if path.suffix.lower() != ".gguf":
+            raise InstanceError(f"{ls.model_path} is not a GGUF file; llama-server needs .gguf", 400)
+        mmproj = None
+        if ls.mmproj:
+            try:
+                mp = self.library.safe_path(ls.mmproj)
+            except LibraryError as exc:
+                raise InstanceError(f"mmproj: {exc}", 400) from None
+            if not mp.is_file():
+                raise InstanceError(f"mmproj file not found: {ls.mmproj}", 404)
+            mmproj = str(mp)
+        else:
+            entry = self.library.find(self._rel(path))
+            if entry is not None and entry.mmproj:
+                # A projector found beside the model is used only if it, too, stays in the folder.
+                with contextlib.suppress(LibraryError):
+                    mmproj = str(self.library.safe_path(entry.mmproj))
+        return path, self._model_name(path), mmproj
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.library.models_dir).as_posix()
+
+    def _model_name(self, path: Path) -> str:
+        entry = self.library.find(self._rel(path))
+        return entry.name if entry is not None else path.stem
+
+    def _check_port(self, port: int) -> None:
+        if port not in self.ports:
+            raise InstanceError(
+                f"port {port} is outside the pool {self.ports.start}-{self.ports.end} (PORT_RANGE_START/END)",
+                400,
+            )
+        if port in self.ports.taken or not port_is_free(port):
+            raise InstanceError(f"port {port} is already in use; GET /api/next-port suggests a free one", 409)
+
+    async def launch(self, ls: LaunchSettings, origin: str = "manual") -> ManagedInstance:
+        """Validate, store and start a new instance. Invalid settings store and start nothing."""
+        if self.binary is None and await self.resolve_binary() is None:
+            raise InstanceError(self.binary_error or "no llama-server binary found", 503)
+        async with self._lock:
+            path, name, mmproj = self._resolve_model(ls)
+            self.checked_extra(ls)
+            if ls.port is not None:
+                self._check_port(ls.port)
+            iid = new_id()
+            port = self.ports.take(ls.port if ls.port is not None else self.next_port(), iid)
+            internal: int | None = None
+            try:
+                if self.always_listen or ls.needs_listener():
+                    internal = self.internal_ports.take(None, iid)
+            except PortPoolExhausted as exc:
+                self.ports.release(port, iid)
+                raise InstanceError(str(exc), 409) from None
+            stored = ls.model_copy(update={"port": port, "model_path": self._rel(path)})
+            record = Instance(
+                id=iid,
+                model_path=stored.model_path,
+                model_name=name,
+                port=port,
+                internal_port=internal,
+                n_gpu_layers=ls.n_gpu_layers,
+                ctx_size=ls.ctx_size,
+                threads=ls.threads,
+                parallel=ls.parallel,
+                gpu_devices=ls.gpu_devices,
+                extra_args=ls.extra_args,
+                embedding=ls.embedding,
+                mmproj=ls.mmproj,
+                idle_timeout_min=ls.idle_timeout_min,
+                max_concurrent=ls.max_concurrent,
+                max_queue_depth=ls.max_queue_depth,
+                share_queue=ls.share_queue,
+                sampling=ls.sampling.active(),
+                origin=origin,
+                state=S.STOPPED.value,
+                desired_running=True,
+            )
+            m = self._manage(record, stored, mmproj)
+            self._save(record)
+        await self._open_listener(m)
+        await self._start_proc(m)
+        self.events.publish("instance.created", id=m.id)
+        return m
+
+    def checked_extra(self, ls: LaunchSettings) -> list[str]:
+        """The extra flags as this LlamaMan's policy lets them through (paths made absolute)."""
+        try:
+            return check_args(ls.extra_argv(), self.policy)
+        except (LaunchPolicyError, ValueError) as exc:
+            raise InstanceError(str(exc), 422) from None
+
+    def _argv(self, record: Instance, ls: LaunchSettings, mmproj: str | None) -> list[str]:
+        assert self.binary is not None
+        return build_argv(
+            self.binary.argv_prefix,
+            model_file=str(self.settings.models_dir / record.model_path),
+            host="127.0.0.1" if record.internal_port else self.settings.host,
+            port=record.internal_port or record.port,
+            alias=record.model_name,
+            settings=ls,
+            mmproj_file=mmproj,
+            extra=self.checked_extra(ls),
+        )
+
+    def _manage(
+        self, record: Instance, ls: LaunchSettings, mmproj: str | None, state: S = S.STOPPED
+    ) -> ManagedInstance:
+        refused: str | None = None
+        try:
+            argv = self._argv(record, ls, mmproj)
+        except InstanceError as exc:
+            # A record stored before the launch policy existed: kept visible, never run.
+            refused = f"refused by the launch policy: {exc.message}"
+            argv = list(record.command or [])
+        listen_port = record.internal_port or record.port
+        proc = LlamaProcess(
+            record.id,
+            argv,
+            env=self._child_env(record, ls),
+            log_path=self.settings.logs_dir / f"{record.id}.log",  # type: ignore[operator]
+            health_url=f"http://127.0.0.1:{listen_port}/health",
+            http=self.http,
+            load_timeout=self.settings.model_load_timeout,
+            health_timeout=self.settings.health_check_timeout,
+            stop_grace=self.settings.stop_grace_seconds,
+            ring_lines=self.settings.log_ring_lines,
+            on_state=self._on_state,
+            on_line=self._on_line,
+            state=S.FAILED if refused else state,
+            alias=record.model_name,
+            log_max_bytes=self.settings.llama_log_max_bytes,
+            log_backups=self.settings.llama_log_backups,
+        )
+        if refused:
+            proc.error = record.error = refused
+        record.command = argv
+        m = ManagedInstance(record, ls, proc)
+        self.instances[record.id] = m
+        return m
+
+    def _child_env(self, record: Instance, ls: LaunchSettings) -> dict[str, str]:
+        """Only what llama.cpp and the GPU runtimes need, plus the markers that let a later LlamaMan
+        adopt the server (its key is added per run by LlamaProcess)."""
+        extra = {ENV_INSTANCE_ID: record.id, ENV_OWNER: self._owner}
+        if ls.gpu_devices:
+            extra["CUDA_VISIBLE_DEVICES"] = ls.gpu_devices
+        if self.settings.pass_hf_token and self.settings.hf_token:
+            extra["HF_TOKEN"] = self.settings.hf_token
+        return child_environment(os.environ, extra)
+
+    async def _start_proc(self, m: ManagedInstance) -> None:
+        # The policy is checked again right before every spawn: a record or preset stored under an
+        # older (or lifted) policy cannot run what the current one refuses.
+        try:
+            self._rebuild(m)
+        except InstanceError as exc:
+            m.proc.error = m.record.error = f"refused by the launch policy: {exc.message}"
+            m.proc.fail_without_start()
+            self._save(m.record)
+            raise
+        if m.record.internal_port is None and not self.ports.held_by(m.record.port, m.id):
+            self.ports.take(m.record.port, m.id)
+        await m.proc.start()
+
+    async def _open_listener(self, m: ManagedInstance) -> None:
+        if m.record.internal_port and self.open_listener and not m.listener_active:
+            try:
+                await self.open_listener(m)
+                m.listener_active = True
+            except OSError as exc:
+                log.warning("listener on port %s for %s failed: %s", m.record.port, m.id, exc)
+
+    async def _close_listener(self, m: ManagedInstance) -> None:
+        if m.listener_active and self.close_listener:
+            m.listener_active = False
+            await self.close_listener(m)
+
+    # ---- state changes -----------------------------------------------------------------------
+    def _on_state(self, proc: LlamaProcess, old: InstanceState, new: InstanceState) -> None:
+        m = self.instances.get(proc.instance_id)
+        if m is None:
+            return
+        r = m.record
+        r.state = new.value
+        r.pid = proc.pid if new in ACTIVE_STATES else None
+        r.exit_code = proc.exit_code
+        r.error = proc.error
+        if new == S.STARTING:
+            r.started_at = proc.started_at
+        if new in (S.STOPPED, S.FAILED, S.SLEEPING):
+            r.stopped_at = time.time()
+            r.last_log = "\n".join(proc.tail(50))
+        self._save(r)
+        self.events.publish("instance.state", id=r.id, old=old.value, new=new.value, error=proc.error)
+
+    def _on_line(self, proc: LlamaProcess, line: str) -> None:
+        self.events.publish("instance.log", id=proc.instance_id, line=line)
+
+    # ---- actions -----------------------------------------------------------------------------
+    async def stop(self, instance_id: str) -> ManagedInstance:
+        m = self.get(instance_id)
+        await self._stop_proc(m, S.STOPPED)
+        return m
+
+    async def _stop_proc(
+        self, m: ManagedInstance, final: InstanceState, *, keep_desired: bool = False
+    ) -> None:
+        if not keep_desired:
+            m.record.desired_running = final == S.SLEEPING
+        self._before_stop(m)
+        await m.proc.stop(final)
+        if final == S.STOPPED:
+            await self._close_listener(m)
+            self._release_ports(m)
+        self._save(m.record)
+
+    def _release_ports(self, m: ManagedInstance) -> None:
+        """Give the ports back once the server is really gone; one still alive keeps them."""
+        if not m.proc.exited():
+            log.warning("%s: its llama-server has not exited yet; keeping its ports", m.id)
+            return
+        self.ports.release(m.record.port, m.id)
+        self.internal_ports.release(m.record.internal_port, m.id)
+
+    async def sleep(self, instance_id: str) -> ManagedInstance:
+        """Stop the process but keep the port (and its listener) so the next request wakes it."""
+        m = self.get(instance_id)
+        if m.state in (S.HEALTHY, S.STARTING):
+            await self._stop_proc(m, S.SLEEPING)
+        return m
+
+    async def wake(self, instance_id: str) -> ManagedInstance:
+        m = self.get(instance_id)
+        if m.state in (S.SLEEPING, S.STOPPED, S.FAILED):
+            m.record.desired_running = True
+            await self._reserve_ports(m)
+            await self._open_listener(m)
+            await self._start_proc(m)
+        return m
+
+    async def _reserve_ports(self, m: ManagedInstance) -> None:
+        """Hold the instance's ports again before it starts. A port another instance now owns (it
+        was released when this one stopped) is never shared: this instance moves to a free one, so
+        neither its server nor its health probe can reach the other's server."""
+        r = m.record
+        changed = False
+        if not self.ports.held_by(r.port, m.id):
+            if r.port not in self.ports.taken and port_is_free(r.port):
+                self.ports.take(r.port, m.id)
+            elif r.port in self.ports.taken:
+                other = self.ports.owner(r.port)
+                try:
+                    new = self.ports.take(None, m.id)
+                except PortPoolExhausted as exc:
+                    raise InstanceError(str(exc), 409) from None
+                log.info("%s: port %s now belongs to %s; moving to %s", m.id, r.port, other, new)
+                r.port, changed = new, True
+            else:
+                raise InstanceError(f"port {r.port} is now taken by another program", 409)
+        if r.internal_port is not None and not self.internal_ports.held_by(r.internal_port, m.id):
+            if r.internal_port not in self.internal_ports.taken and port_is_free(r.internal_port):
+                self.internal_ports.take(r.internal_port, m.id)
+            else:
+                try:
+                    r.internal_port = self.internal_ports.take(None, m.id)
+                except PortPoolExhausted as exc:
+                    self.ports.release(r.port, m.id)
+                    raise InstanceError(str(exc), 409) from None
+                changed = True
+        if changed:
+            m.settings = m.settings.model_copy(update={"port": r.port})
+            self._rebuild(m)
+
+    def _rebuild(self, m: ManagedInstance) -> None:
+        """Re-derive argv after a port change, keeping the process object (and its log ring)."""
+        m.proc.argv = m.record.command = self._argv(m.record, m.settings, self._mmproj_for(m))
+        m.proc.health_url = f"http://127.0.0.1:{m.upstream_port}/health"
+
+    def _mmproj_for(self, m: ManagedInstance) -> str | None:
+        with contextlib.suppress(InstanceError):
+            return self._resolve_model(m.settings)[2]
+        return None
+
+    def _before_stop(self, m: ManagedInstance) -> None:
+        for hook in self.on_stopping:
+            try:
+                hook(m)
+            except Exception:
+                log.exception("stop hook failed for %s", m.id)
+
+    async def restart(self, instance_id: str) -> ManagedInstance:
+        m = self.get(instance_id)
+        if m.proc.running:
+            self._before_stop(m)
+            await m.proc.stop(S.STOPPED)
+        return await self.wake(instance_id)
+
+    async def remove(self, instance_id: str) -> None:
+        m = self.get(instance_id)
+        await self._stop_proc(m, S.STOPPED)
+        await m.proc.close()
+        del self.instances[instance_id]
+        await self.store.delete(instance_id)
+        self.events.publish("instance.removed", id=instance_id)
+
+    def apply_sampling(self, model_path: str, sampling: dict[str, Any]) -> list[str]:
+        """Force new sampling overrides onto the running instances of a model (a preset was saved):
+        the proxy and the listeners read them per request, so they hold from the next request on."""
+        overrides = SamplingOverrides(**sampling)
+        changed = []
+        for m in self.list():
+            if m.record.model_path != model_path:
+                continue
+            m.settings = m.settings.model_copy(update={"sampling": overrides})
+            m.record.sampling = overrides.active()
+            self._save(m.record)
+            changed.append(m.id)
+        return changed
+
+    def touch(self, m: ManagedInstance) -> None:
+        m.last_used = time.monotonic()
+
+    # ---- restore after a restart -------------------------------------------------------------
+    async def restore(self) -> None:
+        records = await self.store.load()
+        adopted: set[int] = set()
+        for r in records:
+            ls = settings_from_record(r)
+            was = S(r.state) if r.state in S._value2member_map_ else S.STOPPED
+            if self.binary is None:
+                # Without a binary nothing can run; keep the records visible as they were.
+                continue
+            state = S.SLEEPING if was == S.SLEEPING else (S.FAILED if was == S.FAILED else S.STOPPED)
+            try:
+                mmproj = self._resolve_model(ls)[2]
+            except InstanceError as exc:
+                m = self._manage(r, ls, None, state=S.FAILED if was in ACTIVE_STATES else state)
+                m.proc.error = m.record.error = exc.message
+                continue
+            m = self._manage(r, ls, mmproj, state=state)
+            m.proc.error, m.proc.exit_code = r.error, r.exit_code
+            if r.last_log:
+                m.proc.ring.extend(r.last_log.splitlines())
+            if was == S.SLEEPING:
+                with contextlib.suppress(InstanceError):
+                    await self._reserve_ports(m)
+                    await self._open_listener(m)
+                continue
+            # A graceful shutdown leaves records "stopped" with desired_running kept; a crash leaves
+            # them in an active state. Either way they should run again. A user's stop clears
+            # desired_running; a failure stays failed until someone restarts it.
+            if not r.desired_running or was == S.FAILED:
+                continue
+            if r.pid and is_our_server(r.pid, r.id, self._owner):
+                self.ports.claim(r.port, r.id)
+                if r.internal_port:
+                    self.internal_ports.claim(r.internal_port, r.id)
+                await self._open_listener(m)
+                if m.proc.adopt(r.pid):
+                    adopted.add(r.pid)
+                    log.info("adopted llama-server pid %s for %s", r.pid, r.id)
+                    continue
+                # Ours but not adoptable (started before servers had keys): it goes, and its ports
+                # are free again before the new one starts.
+                await asyncio.to_thread(_end_process_group, r.pid)
+            try:
+                await self._reserve_ports(m)
+            except InstanceError as exc:
+                m.proc.error = exc.message
+                m.proc.state = S.FAILED
+                r.state, r.error = S.FAILED.value, exc.message
+                self._save(r)
+                continue
+            await self._open_listener(m)
+            with contextlib.suppress(InstanceError):  # refused: the record shows why
+                await self._start_proc(m)
+        kill_strays(self._owner, keep=adopted | {m.proc.pid for m in self.list() if m.proc.pid})
+
+    # ---- persistence -------------------------------------------------------------------------
+    def _save(self, record: Instance) -> None:
+        self.store.save(record)
+
+    async def flush(self) -> None:
+        """Wait until every queued record write is in the database."""
+        await self.store.flush()
+
+
+def _end_process_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(psutil.Error):
+        psutil.Process(pid).wait(5)
+
+
+__all__ = ["InstanceError", "ManagedInstance", "Supervisor"]

@@ -1,0 +1,83 @@
+"""A request's hold on an instance, and the router's bookkeeping around it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from llamaman.instances.supervisor import ManagedInstance
+from llamaman.library.catalog import ModelEntry
+from llamaman.scheduling.gate import Gate
+
+if TYPE_CHECKING:
+    from llamaman.scheduling.router import Router
+
+
+class ModelNotFound(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model '{name}' not found")
+        self.name = name
+
+
+class ModelUnavailable(Exception):
+    """The model exists but cannot be served now (failed to load, no slot); answered with 503."""
+
+
+@dataclass
+class Slot:
+    """Router bookkeeping for one instance."""
+
+    inflight: int = 0  # leases held, including those still queued at the gate
+    running: int = 0  # leases past the gate
+    draining: bool = False
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    keep_alive_until: float | None = None  # monotonic; None = the idle timeout rules
+    unload_after: bool = False
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+
+@dataclass
+class Waiter:
+    key: str
+    entry: ModelEntry
+    future: asyncio.Future[ManagedInstance]
+    since: float = field(default_factory=time.monotonic)
+
+
+class Lease:
+    """A request's hold on an instance (and on a slot of its gate)."""
+
+    def __init__(self, router: Router, instance: ManagedInstance, gate: Gate, load_ns: int) -> None:
+        self.router = router
+        self.instance = instance
+        self.gate = gate
+        self.load_duration_ns = load_ns
+        self._released = False
+
+    @property
+    def base_url(self) -> str:
+        return self.instance.base_url
+
+    @property
+    def model_name(self) -> str:
+        return self.instance.record.model_name
+
+    def keep_alive(self, seconds: float | None) -> None:
+        self.router.set_keep_alive(self.instance, seconds)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.router.slot(self.instance).running -= 1
+            self.gate.release()
+            self.router._release(self.instance)
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()

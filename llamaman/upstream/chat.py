@@ -1,0 +1,74 @@
+"""An in-process chat over the router and relay (the UI playground), recorded like proxied requests."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from llamaman.scheduling.router import Router
+from llamaman.upstream.relay import Exchange, Relay
+
+
+@dataclass
+class ChatResult:
+    tokens: int = 0
+    ttft_ms: float | None = None
+    tokens_per_s: float | None = None
+    seconds: float = 0.0
+
+
+class ChatStream:
+    """``pieces()`` yields the answer's text as it streams (close it early with ``aclosing`` to stop);
+    ``result`` holds the figures once it is done."""
+
+    def __init__(self, router: Router, relay: Relay, model: str, body: dict[str, Any]) -> None:
+        self.router = router
+        self.relay = relay
+        self.model = model
+        self.body = {**body, "model": model, "stream": True, "stream_options": {"include_usage": True}}
+        self.result = ChatResult()
+
+    async def pieces(self) -> AsyncIterator[str]:
+        t0 = time.monotonic()
+        ex = Exchange(self.model, "/v1/chat/completions (playground)", stream=True)
+        lease = await self.router.acquire(self.model)
+        pieces = 0
+        timings: dict[str, Any] = {}
+        try:
+            upstream = await self.relay.open(
+                lease,
+                "POST",
+                "/v1/chat/completions",
+                content=json.dumps(self.body).encode(),
+                headers={"content-type": "application/json"},
+            )
+            ex.status = upstream.status_code
+            try:
+                if upstream.status_code >= 400:
+                    detail = (await upstream.aread()).decode("utf-8", "replace")
+                    ex.error = f"llama-server answered {upstream.status_code}: {detail[:300]}"
+                    raise RuntimeError(ex.error)
+                async for obj in self.relay.stream_lines(upstream):
+                    ex.absorb_usage(obj)
+                    timings = obj.get("timings") or timings
+                    for choice in obj.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content")
+                        if piece:
+                            if ex.first_byte is None:
+                                ex.first_byte = time.monotonic()
+                            pieces += 1
+                            yield piece
+            finally:
+                await upstream.aclose()
+        finally:
+            lease.release()
+            self.relay.record(ex)
+            end = time.monotonic()
+            tokens = ex.completion_tokens or pieces
+            rate = timings.get("predicted_per_second")
+            if not rate and ex.first_byte and end > ex.first_byte:
+                rate = tokens / (end - ex.first_byte)
+            self.result = ChatResult(tokens, ex.ttft_ms, rate, end - t0)

@@ -1,0 +1,426 @@
+"""Forward a request to an instance's llama-server and relay the answer as it arrives.
+
+Streams are never buffered: each chunk goes to the client as llama-server writes it. The lease on
+the instance is released in a ``finally`` whatever happens (done, client gone, upstream dead), and
+a client that disconnects closes the upstream request so llama-server frees its slot.
+
+Pass-through requests (``forward``) go over the relay's own light HTTP/1.1 client (``upstream.py``);
+the translating surfaces read parsed lines from ``open``, which keeps the shared httpx client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+from starlette.background import BackgroundTask
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
+
+from llamaman.core.identity import Identity, current_identity
+from llamaman.scheduling.router import Lease
+from llamaman.upstream.client import UpstreamClient, UpstreamError, UpstreamResponse
+
+try:
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - orjson comes with NiceGUI
+    _loads = json.loads
+
+log = logging.getLogger(__name__)
+
+ErrorStyle = Literal["openai", "ollama", "anthropic", "raw"]
+
+# Hop-by-hop and length headers are the transport's business, not the payload's.
+_DROP_REQUEST = {
+    "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade",
+    "proxy-authorization", "authorization", "x-api-key", "cookie", "accept-encoding",
+}  # fmt: skip
+_DROP_RESPONSE = {
+    "content-length",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-encoding",
+    "server",
+    "date",
+}
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_DROP_REQUEST_RAW = frozenset(h.encode() for h in _DROP_REQUEST)
+_DROP_RESPONSE_RAW = frozenset(h.encode() for h in _DROP_RESPONSE)
+_STREAM_RAW = [(k.lower().encode(), v.encode()) for k, v in STREAM_HEADERS.items()]
+Headers = Mapping[str, str] | Iterable[tuple[bytes, bytes]]
+
+
+def forward_headers(headers: Any) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in _DROP_REQUEST}
+
+
+def raw_forward_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """``forward_headers`` straight from the ASGI scope (names already lower-case), with no decoding."""
+    return [(k, v) for k, v in scope["headers"] if k not in _DROP_REQUEST_RAW]
+
+
+def response_headers(headers: httpx.Headers) -> dict[str, str]:
+    # llama-server's own CORS answer (it reflects any Origin) must not reach browsers: LlamaMan
+    # decides who may call it, not the server behind it.
+    return {
+        k: v
+        for k, v in headers.items()
+        if k.lower() not in _DROP_RESPONSE and not k.lower().startswith("access-control-")
+    }
+
+
+def _raw_response_headers(upstream: UpstreamResponse) -> list[tuple[bytes, bytes]]:
+    out = []
+    for k, v in upstream.raw_headers:
+        k = k.lower()
+        if k not in _DROP_RESPONSE_RAW and not k.startswith(b"access-control-"):
+            out.append((k, v))
+    return out
+
+
+@dataclass
+class Exchange:
+    """What happened on one proxied request: read by the activity log and the metrics."""
+
+    model: str
+    endpoint: str
+    started: float = field(default_factory=time.monotonic)
+    first_byte: float | None = None
+    finished: float | None = None
+    status: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    stream: bool = False
+    # Who asked (API key or user), taken from the auth middleware's context when the exchange is made.
+    identity: Identity | None = field(default_factory=current_identity)
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return (self.first_byte - self.started) * 1000 if self.first_byte else None
+
+    def absorb_usage(self, obj: dict[str, Any]) -> None:
+        """Pick token counts out of an OpenAI/llama-server response object or stream chunk."""
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            self.prompt_tokens = int(
+                usage.get("prompt_tokens") or usage.get("input_tokens") or self.prompt_tokens
+            )
+            self.completion_tokens = int(
+                usage.get("completion_tokens") or usage.get("output_tokens") or self.completion_tokens
+            )
+        timings = obj.get("timings")
+        if isinstance(timings, dict) and not isinstance(usage, dict):
+            # prompt_n counts only the tokens evaluated now; cache_n the prompt reused from the cache.
+            prompt = int(timings.get("prompt_n") or 0) + int(timings.get("cache_n") or 0)
+            self.prompt_tokens = prompt or self.prompt_tokens
+            self.completion_tokens = int(timings.get("predicted_n") or self.completion_tokens)
+
+
+Observer = Callable[[Exchange], None]
+
+
+class LeasedStream(StreamingResponse):
+    """A streamed answer that gives its lease back and closes upstream however it ends: when the
+    client is gone before the first byte the body generator never starts, so its own ``finally``
+    never runs."""
+
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        lease: Lease,
+        upstream: httpx.Response,
+        *,
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        media_type: str | None = None,
+    ) -> None:
+        super().__init__(body, status_code=status_code, headers=headers, media_type=media_type)
+        self._lease = lease
+        self._upstream = upstream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._lease.release()
+            await self._upstream.aclose()
+
+
+class RelayStream(StreamingResponse):
+    """``LeasedStream`` for the pass-through's own client.
+
+    A client that disconnects aborts the upstream request, which ends the body iterator at once;
+    that costs one watcher task per stream instead of Starlette's task group with cancel scopes.
+    """
+
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        lease: Lease,
+        upstream: UpstreamResponse,
+        *,
+        status_code: int = 200,
+        raw_headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        self.body_iterator = body
+        self.status_code = status_code
+        self.background = None
+        self.raw_headers = raw_headers
+        self._lease = lease
+        self._upstream = upstream
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                self._upstream.abort()
+                return
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher: asyncio.Task[None] | None = None
+        try:
+            await send(
+                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            )
+            watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            closer = getattr(self.body_iterator, "aclose", None)
+            if closer is not None:
+                await closer()
+            self._lease.release()
+            self._upstream.close()
+
+
+class RawResponse(Response):
+    """A buffered answer with headers already in ASGI form (Response's own header building skipped)."""
+
+    def __init__(self, body: bytes, status_code: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.body = body
+        self.status_code = status_code
+        self.background = None
+        raw_headers.append((b"content-length", b"%d" % len(body)))
+        self.raw_headers = raw_headers
+
+
+# llama-server answers 500 when a field of the request fails its parsing (any exception other
+# than std::invalid_argument): the request's doing, so the client hears a 400 with llama-server's
+# own message. Its 501 (a feature the model was not launched with: embeddings, reranking, infill) is
+# something the caller can change too, by asking another model or relaunching this one: a 400.
+_CLIENT_FAULT = re.compile(
+    rb"[Ff]ailed to parse|json\.exception|type must be|[Mm]issing|[Uu]nsupported|[Ii]nvalid|must be|"
+    rb"cannot be|[Ee]xpected|not supported|does not support|out of range|[Uu]nknown|no such|is required"
+)
+
+
+def client_fault_status(status: int, body: bytes) -> int:
+    if status == 501:
+        return 400
+    if status == 500 and _CLIENT_FAULT.search(body[:4096]) is not None:
+        return 400
+    return status
+
+
+def error_payload(style: ErrorStyle, message: str, code: int = 500) -> dict[str, Any]:
+    if style == "ollama":
+        return {"error": message}
+    if style == "anthropic":
+        return {"type": "error", "error": {"type": "api_error", "message": message}}
+    return {"error": {"message": message, "type": "server_error", "code": code}}
+
+
+def stream_error_line(style: ErrorStyle, message: str) -> bytes:
+    """The error object that ends a broken stream, framed the way the client is reading."""
+    payload = json.dumps(error_payload(style, message)).encode()
+    if style == "ollama":
+        return payload + b"\n"
+    if style == "anthropic":
+        return b"event: error\ndata: " + payload + b"\n\n"
+    return b"data: " + payload + b"\n\n"
+
+
+class Relay:
+    """Owner of the shared upstream client; one per app."""
+
+    def __init__(
+        self, http: httpx.AsyncClient, request_timeout: float, observer: Observer | None = None
+    ) -> None:
+        # httpx for ``open`` (the translating surfaces read its lines); the pass-through's own client
+        # for ``forward``, where the proxy's per-request cost is decided.
+        self.http = http
+        self.upstream = UpstreamClient(connect_timeout=5.0)
+        self.request_timeout = request_timeout
+        self.observer = observer
+        # More observers beside ``observer`` (per-key token usage, ...), each told of every exchange.
+        self.observers: list[Observer] = []
+
+    def add_observer(self, observer: Observer) -> None:
+        self.observers.append(observer)
+
+    def record(self, ex: Exchange) -> None:
+        ex.finished = time.monotonic()
+        for observer in (self.observer, *self.observers):
+            if observer is None:
+                continue
+            try:
+                observer(ex)
+            except Exception:
+                log.exception("request observer failed")
+
+    async def open(
+        self,
+        lease: Lease,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None,
+        headers: dict[str, str] | None = None,
+        params: Any = None,
+    ) -> httpx.Response:
+        """Send upstream and return the response with its body not yet read."""
+        url = f"{lease.base_url}{path}"
+        # The server's own key; a caller's Authorization was dropped with the other request headers.
+        headers = {**(headers or {}), **lease.instance.proc.auth_headers}
+        req = self.http.build_request(
+            method, url, content=content, headers=headers, params=params,
+            timeout=httpx.Timeout(self.request_timeout, connect=5.0),
+        )  # fmt: skip
+        return await self.http.send(req, stream=True)
+
+    async def forward(
+        self,
+        lease: Lease,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        headers: Headers | None = None,
+        params: Any = None,
+        style: ErrorStyle = "openai",
+        exchange: Exchange | None = None,
+    ) -> Response:
+        """Pass a request through unchanged and relay the answer (streamed if upstream streams)."""
+        ex = exchange or Exchange(lease.model_name, path)
+        try:
+            upstream = await self.upstream.request(
+                method, lease.base_url, path, headers=headers, content=content, params=params,
+                timeout=self.request_timeout, authorization=lease.instance.proc.auth_header,
+            )  # fmt: skip
+        except UpstreamError as exc:
+            lease.release()
+            ex.status, ex.error = 502, f"upstream unreachable: {exc}"
+            self.record(ex)
+            return JSONResponse(error_payload(style, ex.error, 502), status_code=502)
+        except BaseException:
+            lease.release()
+            raise
+        ex.status = upstream.status_code
+        ctype = upstream.header(b"content-type") or ""
+        if "text/event-stream" not in ctype and "ndjson" not in ctype:
+            try:
+                body = await upstream.aread()
+            except UpstreamError as exc:
+                ex.status, ex.error = 502, f"upstream failed: {exc}"
+                return JSONResponse(error_payload(style, ex.error, 502), status_code=502)
+            finally:
+                upstream.close()
+                lease.release()
+                ex.first_byte = ex.first_byte or time.monotonic()
+                if "json" in ctype and ex.status < 300:
+                    _absorb_json(ex, body)
+                self.record(ex)
+            status = client_fault_status(upstream.status_code, body)
+            return RawResponse(body, status, _raw_response_headers(upstream))
+        ex.stream = True
+        raw = _raw_response_headers(upstream)
+        raw += _STREAM_RAW
+        return RelayStream(
+            self._relay_stream(upstream, lease, style, ex),
+            lease,
+            upstream,
+            status_code=upstream.status_code,
+            raw_headers=raw,
+        )
+
+    async def _relay_stream(
+        self, upstream: UpstreamResponse, lease: Lease, style: ErrorStyle, ex: Exchange
+    ) -> AsyncIterator[bytes]:
+        tail = bytearray()
+        try:
+            async for chunk in upstream.aiter_raw():
+                if ex.first_byte is None:
+                    ex.first_byte = time.monotonic()
+                # Keep the last few KB to read usage from the final events without parsing every chunk.
+                tail += chunk
+                if len(tail) > 32768:
+                    del tail[:-16384]
+                yield chunk
+        except UpstreamError as exc:
+            ex.error = f"upstream stream broke: {exc.__class__.__name__}"
+            log.warning("stream from %s broke: %r", lease.model_name, exc)
+            yield stream_error_line(
+                style, f"llama-server for '{lease.model_name}' stopped mid-stream ({ex.error})"
+            )
+        finally:
+            upstream.close()
+            lease.release()
+            _absorb_sse_tail(ex, bytes(tail[-16384:]))
+            self.record(ex)
+
+    async def stream_lines(self, upstream: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+        """Parsed JSON objects of an SSE or NDJSON upstream stream (for translating surfaces)."""
+        async for line in upstream.aiter_lines():
+            if not line or line.startswith(":") or line.startswith("event:"):
+                continue
+            if line.startswith("data:"):
+                line = line[5:].strip()
+                if line == "[DONE]":
+                    return
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                yield obj
+
+
+def _absorb_json(ex: Exchange, body: bytes) -> None:
+    try:
+        obj = _loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return
+    if isinstance(obj, dict):
+        ex.absorb_usage(obj)
+
+
+def _absorb_sse_tail(ex: Exchange, tail: bytes) -> None:
+    for line in reversed(tail.split(b"\n")):
+        line = line.strip()
+        if line.startswith(b"data:"):
+            line = line[5:].strip()
+        if not line.startswith(b"{") or (b"usage" not in line and b"timings" not in line):
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            ex.absorb_usage(obj)
+            return
+
+
+def release_on_close(lease: Lease) -> BackgroundTask:
+    return BackgroundTask(lease.release)
