@@ -20,12 +20,11 @@ def serve(settings: Settings, *, native: bool = False, show_ui: bool = True) -> 
     from nicegui import app, ui
 
     import pages
-    from llamaman.app import install
+    from llamaman.app import LlamaMan, install
     from llamaman.core.secrets import storage_secret
     from llamaman.gateway.http_protocol import GuardedHttpToolsProtocol
-    from llamaman.services import Services
 
-    services = Services(settings)
+    services = LlamaMan(settings)
     install(app, services)
     app.on_startup(services.start)
     app.on_shutdown(services.stop)

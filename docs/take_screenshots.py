@@ -41,8 +41,9 @@ from llamaman.telemetry import monitor as telemetry
 from llamaman.telemetry.gpu import GpuSampler
 from llamaman.testing.fake_nvml import FakeNvml
 real_init = telemetry.Telemetry.__init__
-def with_fake_gpus(self, services, *, gpu=None):
-    real_init(self, services, gpu=GpuSampler(nvml=FakeNvml(), drm_root=Path("/nonexistent"), cli=False))
+def with_fake_gpus(self, *args, gpu=None, **kwargs):
+    fake = GpuSampler(nvml=FakeNvml(), drm_root=Path("/nonexistent"), cli=False)
+    real_init(self, *args, gpu=fake, **kwargs)
 telemetry.Telemetry.__init__ = with_fake_gpus
 sys.argv = [sys.argv[1]]
 runpy.run_path(sys.argv[0], run_name="__main__")

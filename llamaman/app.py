@@ -1,4 +1,9 @@
-"""The FastAPI surfaces, independent of the UI: used by ``main.py`` (on NiceGUI's app) and by tests."""
+"""Wiring: the one place that knows every package.
+
+``LlamaMan`` is the core services plus the servers that face the network (the proxy port and one
+listener per instance port); ``install`` and ``create_app`` put the REST API and the model endpoints
+on a FastAPI app. Used by ``main.py`` (on NiceGUI's app), the CLI and the tests.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,66 @@ from fastapi import FastAPI
 
 from llamaman import __version__
 from llamaman.api import build_router
+from llamaman.core.config import Settings
 from llamaman.core.redact import install_log_redaction
 from llamaman.core.secrets import secure_data_dir
 from llamaman.gateway.errors import install_error_handlers
 from llamaman.gateway.middleware import wrap_with_auth
-from llamaman.proxy.app import build_proxy_router, install_proxy_error_handler
+from llamaman.proxy.app import ProxyServer, build_proxy_router, create_proxy_app, install_proxy_error_handler
+from llamaman.proxy.listeners import InstanceListeners
 from llamaman.services import Services
+
+
+class LlamaMan(Services):
+    """The services of one LlamaMan process with its proxy server and per-instance listeners."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.proxy_server: ProxyServer | None = None
+        # Every instance gets LlamaMan's listener on its public port (llama-server itself listens on
+        # an internal one), so keys, gates, overrides and wake-on-request hold on instance ports too.
+        self.listeners = InstanceListeners(self)
+        self.listeners.attach()
+        self.listeners.wrap = lambda app: wrap_with_auth(app, self, "instance")
+        self.telemetry.benchmarks.open_proxy = self.benchmark_proxy
+
+    async def start(self) -> None:
+        if self.started:
+            return
+        await super().start()
+        if self.settings.proxy_port:
+            server = ProxyServer(create_proxy_app(self), self.settings.host, self.settings.proxy_port)
+            try:
+                await server.start()
+            except OSError:
+                await self.stop()  # a clear failure beats a LlamaMan whose proxy port is silently dead
+                raise
+            self.proxy_server = server
+
+    async def stop(self) -> None:
+        if not self.started:
+            return
+        if self.proxy_server is not None:
+            await self.proxy_server.stop()
+            self.proxy_server = None
+        await super().stop()  # telemetry after the proxy: its last requests still reach the activity log
+
+    async def stop_listeners(self) -> None:
+        await self.listeners.stop_all()
+
+    @asynccontextmanager
+    async def benchmark_proxy(self) -> AsyncIterator[str]:
+        """The proxy a benchmark runs through: the listening one, or one of its own on a free port."""
+        served = self.proxy_server
+        if served is not None and served.running:
+            yield served.url
+            return
+        server = ProxyServer(create_proxy_app(self), "127.0.0.1", 0)
+        await server.start()
+        try:
+            yield server.url
+        finally:
+            await server.stop()
 
 
 def install(app: FastAPI, services: Services) -> None:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
+import tempfile
 from typing import Any
 
 from pydantic import ValidationError
 
 from llamaman import __version__
+from llamaman.app import LlamaMan
 from llamaman.core.config import Settings
+from llamaman.telemetry.loadtest import BenchError, BenchmarkParams, format_table, run_benchmark
 
 # flag → settings alias (the environment variable of the same meaning)
 _FLAGS: dict[str, tuple[str, type, str]] = {
@@ -70,6 +75,58 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from llamaman.telemetry.loadtest import run_cli
+    """``llamaman bench``: 0 when every request succeeded, 1 when some failed, 2 when it could not run."""
+    try:
+        params = BenchmarkParams(
+            model=args.model,
+            requests=args.requests,
+            concurrency=args.concurrency,
+            prompt_tokens=args.prompt_tokens,
+            max_tokens=args.max_tokens,
+            target=getattr(args, "target", None) or "proxy",
+        )
+    except ValueError as exc:
+        print(f"invalid benchmark settings: {exc}", file=sys.stderr)
+        return 2
+    if args.url:
+        if params.target == "direct":
+            print("--target direct needs the local services; leave out --url", file=sys.stderr)
+            return 2
+        result = asyncio.run(run_benchmark(args.url, params, api_key=args.api_key))
+        where = args.url
+    else:
+        try:
+            result, where = asyncio.run(_run_local(args, params))
+        except BenchError as exc:
+            print(f"llamaman bench: {exc}", file=sys.stderr)
+            return 2
+    print(format_table(params, result, where))
+    return 0 if result["errors"] == 0 else 1
 
-    return run_cli(args)
+
+async def _run_local(args: argparse.Namespace, params: BenchmarkParams) -> tuple[dict[str, Any], str]:
+    """Start LlamaMan's services in this process, with a proxy on an ephemeral port, and run there.
+
+    The database and logs go to a throwaway folder: a LlamaMan already running on the same DATA_DIR
+    keeps its instances (a second supervisor there would adopt and then stop them), and its proxy
+    port stays its own.
+    """
+    with tempfile.TemporaryDirectory(prefix="llamaman-bench-") as tmp:
+        args.data_dir, args.logs_dir, args.database_url = tmp, None, None
+        args.proxy_port = 0  # the run brings its own proxy on a free port, whatever is configured
+        settings = settings_from_args(args)
+        services = LlamaMan(settings)
+        await services.start()
+        try:
+            if services.supervisor.binary is None:
+                raise BenchError(services.supervisor.binary_error or "no llama-server binary found")
+            if services.router.resolve(params.model) is None:
+                raise BenchError(f"model '{params.model}' not found in {settings.models_dir}")
+            async with services.telemetry.benchmarks.target(params, name="llamaman bench") as (
+                url,
+                where,
+                key,
+            ):
+                return await run_benchmark(url, params, api_key=key), where
+        finally:
+            await services.stop()

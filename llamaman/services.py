@@ -1,10 +1,12 @@
-"""The services of one LlamaMan process, built once and shared by the APIs, the proxy and the UI."""
+"""The core services of one LlamaMan process, built once and shared by the APIs, the proxy and the UI.
+
+No HTTP server is started here: ``llamaman.app`` adds the proxy server and the per-instance listeners.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 import httpx
 
@@ -14,7 +16,6 @@ from llamaman.core.db import Database
 from llamaman.core.events import Event, EventBus
 from llamaman.core.runtime import RuntimeConfig
 from llamaman.downloads.manager import DownloadManager
-from llamaman.gateway.middleware import wrap_with_auth
 from llamaman.instances.supervisor import InstanceError, ManagedInstance, Supervisor
 from llamaman.library.catalog import ModelLibrary
 from llamaman.scheduling.aliases import AliasStore
@@ -22,9 +23,6 @@ from llamaman.scheduling.presets import PresetStore
 from llamaman.scheduling.router import Router
 from llamaman.telemetry.monitor import Telemetry
 from llamaman.upstream.relay import Relay
-
-if TYPE_CHECKING:
-    from llamaman.proxy.app import ProxyServer
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +60,15 @@ class Services:
         self.supervisor.on_stopping.append(lambda m: self.relay.upstream.drop_idle(m.base_url))
         # Accounts, sessions and API keys; it counts each key's tokens from the relay's exchanges.
         self.auth = AuthService(settings, self.db, self.runtime)
-        self.relay.add_observer(self.auth.observe)
         # Metrics, activity log, GPU sampling and benchmarks; it observes every proxied request.
-        self.telemetry = Telemetry(self)
-        self.telemetry.attach(self.relay)
+        self.telemetry = Telemetry(
+            settings, self.db, self.runtime, self.events, self.supervisor, self.router, self.auth
+        )
+        self.relay.add_observer(self.telemetry.observe)
+        self.relay.add_observer(self.auth.observe)
         self.downloads = DownloadManager(
             settings, self.db, self.events, self.library, self.runtime, self.aliases, self.supervisor
         )
-        self.proxy_server: ProxyServer | None = None
-        # Imported here: the listener module imports this one.
-        from llamaman.proxy.listeners import InstanceListeners
-
-        # Every instance gets LlamaMan's listener on its public port (llama-server itself listens on
-        # an internal one), so keys, gates, overrides and wake-on-request hold on instance ports too.
-        self.listeners = InstanceListeners(self)
-        self.listeners.attach()
-        self.listeners.wrap = lambda app: wrap_with_auth(app, self, "instance")
         self.started = False
 
     def _on_preset_saved(self, ev: Event) -> None:
@@ -119,30 +110,19 @@ class Services:
         await self.telemetry.start()
         await self.downloads.start()  # resumes downloads a restart interrupted
         self.started = True
-        if self.settings.proxy_port:
-            # Imported here: the proxy's modules import this one.
-            from llamaman.proxy.app import ProxyServer, create_proxy_app
 
-            server = ProxyServer(create_proxy_app(self), self.settings.host, self.settings.proxy_port)
-            try:
-                await server.start()
-            except OSError:
-                await self.stop()  # a clear failure beats a LlamaMan whose proxy port is silently dead
-                raise
-            self.proxy_server = server
+    async def stop_listeners(self) -> None:
+        """Close what listens on instance ports once their instances are down (the app has some)."""
 
     async def stop(self) -> None:
         if not self.started:
             return
         self.started = False
-        if self.proxy_server is not None:
-            await self.proxy_server.stop()
-            self.proxy_server = None
         await self.downloads.stop()  # their records stay active: resumed at the next start
         await self.telemetry.stop()  # after the proxy: its last requests still reach the activity log
         await self.router.stop()
         await self.supervisor.shutdown()
-        await self.listeners.stop_all()
+        await self.stop_listeners()
         await self.auth.stop()  # writes the last token usage and last-used times
         await self.relay.upstream.aclose()
         await self.http.aclose()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from llamaman.services import Services
+from pages import activity, auth, downloads, instances, keys, launch, playground, settings
+from pages.shell import Shell
 
 
 def register(services: Services) -> None:
-    from pages import activity, auth, downloads, instances, keys, launch, playground, settings
-    from pages.shell import Shell
-
     shell = Shell(services)
     for module in (auth, instances, launch, downloads, playground, activity, keys, settings):
         module.register(services, shell)

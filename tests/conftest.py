@@ -106,9 +106,9 @@ def settings(make_settings: Callable[..., Settings], llama_server_bin: str) -> S
 
 @pytest.fixture
 async def services(settings: Settings) -> AsyncIterator[Any]:
-    from llamaman.services import Services
+    from llamaman.app import LlamaMan
 
-    svc = Services(settings)
+    svc = LlamaMan(settings)
     await svc.start()
     try:
         yield svc

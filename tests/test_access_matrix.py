@@ -22,11 +22,11 @@ import httpx
 import pytest
 from starlette.types import ASGIApp, Message
 
+from llamaman.app import LlamaMan
 from llamaman.auth.access import MODEL_SURFACE, Access, Credential, allows, classify, match, table_markdown
 from llamaman.auth.accounts import SESSION_COOKIE
 from llamaman.core.config import Settings
 from llamaman.gateway.middleware import AuthMiddleware
-from llamaman.services import Services
 
 pytestmark = pytest.mark.auth
 
@@ -145,8 +145,8 @@ def expected_status(access: Access, case: str, require_auth: bool, surface: str)
 
 
 @pytest.fixture
-async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[Services, Keys]]:
-    services = Services(make_settings())
+async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[LlamaMan, Keys]]:
+    services = LlamaMan(make_settings())
     await services.start()
     try:
         keys = services.auth.keys
@@ -166,7 +166,7 @@ async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[Ser
         await services.stop()
 
 
-def surfaces(services: Services) -> dict[str, ASGIApp]:
+def surfaces(services: LlamaMan) -> dict[str, ASGIApp]:
     from llamaman.app import create_app
 
     apps: dict[str, ASGIApp] = {"main": create_app(services, manage_lifecycle=False)}
@@ -187,7 +187,7 @@ def surfaces(services: Services) -> dict[str, ASGIApp]:
     return apps
 
 
-def test_every_route_is_classified(box: tuple[Services, Keys]) -> None:
+def test_every_route_is_classified(box: tuple[LlamaMan, Keys]) -> None:
     services, _ = box
     missing = []
     for surface, app in surfaces(services).items():
@@ -199,7 +199,7 @@ def test_every_route_is_classified(box: tuple[Services, Keys]) -> None:
 
 
 @pytest.mark.parametrize("require_auth", [True, False], ids=["auth-on", "auth-off"])
-async def test_access_matrix(box: tuple[Services, Keys], require_auth: bool) -> None:
+async def test_access_matrix(box: tuple[LlamaMan, Keys], require_auth: bool) -> None:
     services, keys = box
     await services.runtime.update({"require_auth": require_auth})  # read per request: no app rebuild
     problems: list[str] = []
@@ -312,7 +312,7 @@ def test_table_decides_the_paths_that_have_no_route_here() -> None:
     assert match("/brand-new-page", "main") is None  # left to the default, which the matrix refuses
 
 
-async def test_browsers_are_sent_to_setup_then_to_sign_in(box: tuple[Services, Keys]) -> None:
+async def test_browsers_are_sent_to_setup_then_to_sign_in(box: tuple[LlamaMan, Keys]) -> None:
     services, _ = box
     app = surfaces(services)["main"]
     html = {"Accept": "text/html,application/xhtml+xml"}
@@ -329,7 +329,7 @@ async def test_browsers_are_sent_to_setup_then_to_sign_in(box: tuple[Services, K
             services.auth._users.update(users)
 
 
-async def test_websockets_to_guarded_paths_are_closed(box: tuple[Services, Keys]) -> None:
+async def test_websockets_to_guarded_paths_are_closed(box: tuple[LlamaMan, Keys]) -> None:
     services, keys = box
     reached: list[str] = []
 

@@ -12,11 +12,11 @@ import httpx
 import pytest
 from sqlmodel import select
 
+from llamaman.app import LlamaMan
 from llamaman.auth.accounts import SESSION_COOKIE
 from llamaman.core.config import Settings
 from llamaman.core.redact import RedactingFilter, install_log_redaction, redact
 from llamaman.core.tables import ApiKey, User
-from llamaman.services import Services
 
 pytestmark = pytest.mark.auth
 
@@ -24,8 +24,8 @@ PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]:
-    services = Services(make_settings())
+async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[LlamaMan]:
+    services = LlamaMan(make_settings())
     await services.start()
     try:
         yield services
@@ -34,7 +34,7 @@ async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]
 
 
 def client(
-    services: Services, ip: str = "10.0.0.1", base_url: str = "http://llamaman.test"
+    services: LlamaMan, ip: str = "10.0.0.1", base_url: str = "http://llamaman.test"
 ) -> httpx.AsyncClient:
     from llamaman.app import create_app
 
@@ -43,12 +43,12 @@ def client(
     return httpx.AsyncClient(transport=transport, base_url=base_url, headers={"Origin": base_url})
 
 
-def rows(services: Services, table: Any) -> list[Any]:
+def rows(services: LlamaMan, table: Any) -> list[Any]:
     with services.db.session() as s:
         return list(s.exec(select(table)).all())
 
 
-async def test_setup_makes_one_admin_then_refuses(box: Services) -> None:
+async def test_setup_makes_one_admin_then_refuses(box: LlamaMan) -> None:
     async with client(box) as c:
         assert (await c.get("/api/instances")).status_code == 401
         r = await c.post("/api/auth/setup", json={"username": "admin", "password": "short"})
@@ -69,7 +69,7 @@ async def test_setup_makes_one_admin_then_refuses(box: Services) -> None:
     assert PASSWORD not in user.password_hash and user.password_hash.startswith("$argon2id$")
 
 
-async def test_login_logout_and_cookie_flags(box: Services) -> None:
+async def test_login_logout_and_cookie_flags(box: LlamaMan) -> None:
     await box.auth.create_first_admin("admin", PASSWORD)
     async with client(box) as c:
         r = await c.post("/api/auth/login", json={"username": "admin", "password": "wrong password"})
@@ -97,7 +97,7 @@ async def test_login_logout_and_cookie_flags(box: Services) -> None:
             assert r.status_code == 200 and "secure" in r.headers["set-cookie"].lower()
 
 
-async def test_repeated_failed_logins_are_throttled_per_client(box: Services) -> None:
+async def test_repeated_failed_logins_are_throttled_per_client(box: LlamaMan) -> None:
     await box.auth.create_first_admin("admin", PASSWORD)
     statuses = []
     async with client(box, ip="10.0.0.66") as c:
@@ -127,7 +127,7 @@ def test_backoff_doubles_and_a_success_forgets() -> None:
     assert t.retry_after("ip", now=131.0) is None
 
 
-async def test_one_time_ticket_sets_the_cookie_for_the_pages(box: Services) -> None:
+async def test_one_time_ticket_sets_the_cookie_for_the_pages(box: LlamaMan) -> None:
     user = await box.auth.create_first_admin("admin", PASSWORD)
     async with client(box) as c:
         url = box.auth.session_url(user, next="/instances")
@@ -143,7 +143,7 @@ async def test_one_time_ticket_sets_the_cookie_for_the_pages(box: Services) -> N
         assert r.headers["location"] == "/"
 
 
-async def test_keys_are_stored_hashed_listed_without_secret_and_revocable(box: Services) -> None:
+async def test_keys_are_stored_hashed_listed_without_secret_and_revocable(box: LlamaMan) -> None:
     await box.auth.create_first_admin("admin", PASSWORD)
     async with client(box) as c:
         await c.post("/api/auth/login", json={"username": "admin", "password": PASSWORD})
@@ -188,7 +188,7 @@ async def test_environment_creates_the_admin_and_its_keys_work(
     env = {"LLAMAMAN_ADMIN_USER": "root", "LLAMAMAN_ADMIN_PASSWORD": "from-the-env",
            "LLAMAMAN_API_KEYS": "first-env-key-123, second-env-key-456",
            "LLAMAMAN_ADMIN_API_KEYS": "second-env-key-456"}  # fmt: skip
-    services = Services(make_settings(**env))
+    services = LlamaMan(make_settings(**env))
     await services.start()
     try:
         assert not services.auth.needs_setup()
@@ -218,7 +218,7 @@ async def test_environment_creates_the_admin_and_its_keys_work(
         await services.stop()
 
     # Only when no account exists: a later start with another password changes nothing.
-    again = Services(make_settings(**{**env, "LLAMAMAN_ADMIN_PASSWORD": "changed-in-env"}))
+    again = LlamaMan(make_settings(**{**env, "LLAMAMAN_ADMIN_PASSWORD": "changed-in-env"}))
     await again.start()
     try:
         assert await again.auth.verify_login("root", "from-the-env", "10.1.1.1") is not None

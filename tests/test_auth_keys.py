@@ -12,11 +12,11 @@ import httpx
 import openai
 import pytest
 
+from llamaman.app import LlamaMan
 from llamaman.core.config import Settings
 from llamaman.core.state import InstanceState
 from llamaman.instances.launch import LaunchSettings
 from llamaman.proxy.app import ProxyServer, create_proxy_app
-from llamaman.services import Services
 
 pytestmark = pytest.mark.auth
 
@@ -24,9 +24,9 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
-async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]:
-    """Services without a llama-server: for refusals, which must never need one."""
-    services = Services(make_settings())
+async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[LlamaMan]:
+    """LlamaMan without a llama-server: for refusals, which must never need one."""
+    services = LlamaMan(make_settings())
     await services.start()
     try:
         yield services
@@ -34,14 +34,14 @@ async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]
         await services.stop()
 
 
-def asgi(services: Services, surface: str = "proxy") -> httpx.AsyncClient:
+def asgi(services: LlamaMan, surface: str = "proxy") -> httpx.AsyncClient:
     from llamaman.app import create_app
 
     app = create_proxy_app(services) if surface == "proxy" else create_app(services, manage_lifecycle=False)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://llamaman.test")
 
 
-async def test_a_key_limited_to_a_model_is_refused_the_others(box: Services) -> None:
+async def test_a_key_limited_to_a_model_is_refused_the_others(box: LlamaMan) -> None:
     _, key = await box.auth.keys.create("only-a", allowed_models=["tiny-a"])
     await box.aliases.put("friendly", "tiny-a")
     await box.aliases.put("sneaky", "tiny-b")
@@ -71,7 +71,7 @@ async def test_a_key_limited_to_a_model_is_refused_the_others(box: Services) -> 
     assert box.supervisor.list() == []  # nothing was started by any of it
 
 
-async def test_allow_lists_are_globs_over_names_and_paths(box: Services) -> None:
+async def test_allow_lists_are_globs_over_names_and_paths(box: LlamaMan) -> None:
     _, tinies = await box.auth.keys.create("tinies", allowed_models=["tiny-*"])
     _, embed = await box.auth.keys.create("embeddings", allowed_models=["embed/*"])
     async with asgi(box) as c:
@@ -83,7 +83,7 @@ async def test_allow_lists_are_globs_over_names_and_paths(box: Services) -> None
             assert r.status_code == status, (model, r.text)
 
 
-async def test_a_key_limited_to_five_requests_a_minute_gets_429_on_the_sixth(box: Services) -> None:
+async def test_a_key_limited_to_five_requests_a_minute_gets_429_on_the_sixth(box: LlamaMan) -> None:
     _, slow = await box.auth.keys.create("slow", rpm_limit=5)
     _, other = await box.auth.keys.create("other")
     async with asgi(box) as c:
@@ -106,7 +106,7 @@ def test_the_window_slides() -> None:
     assert rates.check("k", 2, now=60.5) is None  # the first request left the window
 
 
-async def test_open_webui_openai_connection_with_a_key(services: Services, proxy: ProxyServer) -> None:
+async def test_open_webui_openai_connection_with_a_key(services: LlamaMan, proxy: ProxyServer) -> None:
     assert services.runtime.current.require_auth  # the default
     async with httpx.AsyncClient(base_url=proxy.url, trust_env=False, timeout=60) as c:
         r = await c.get("/v1/models")
@@ -151,7 +151,7 @@ async def test_open_webui_openai_connection_with_a_key(services: Services, proxy
     assert usage["by_model"]["tiny-a"]["requests"] == 3
 
 
-async def key_usage(services: Services, name: str) -> dict[str, Any]:
+async def key_usage(services: LlamaMan, name: str) -> dict[str, Any]:
     async with asgi(services, "main") as c:
         _, admin = await services.auth.keys.create("admin", scope="admin")
         listing = (await c.get("/api/api-keys", headers={"x-api-key": admin})).json()
@@ -160,7 +160,7 @@ async def key_usage(services: Services, name: str) -> dict[str, Any]:
     return entry["usage"]  # type: ignore[no-any-return]
 
 
-async def test_instance_ports_need_a_key_while_the_toggle_is_on(services: Services) -> None:
+async def test_instance_ports_need_a_key_while_the_toggle_is_on(services: LlamaMan) -> None:
     m = await services.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=512))
     assert await m.proc.wait_for({InstanceState.HEALTHY, InstanceState.FAILED}, 30) == InstanceState.HEALTHY
     _, key = await services.auth.keys.create("instance")

@@ -9,16 +9,16 @@ from typing import Any
 import httpx
 import pytest
 
+from llamaman.app import LlamaMan
 from llamaman.core.events import Event
 from llamaman.core.state import InstanceState
 from llamaman.instances.launch import LaunchSettings
 from llamaman.scheduling.router import ModelNotFound
-from llamaman.services import Services
 
 S = InstanceState
 
 
-async def ask(services: Services, model: str, max_tokens: int = 6) -> str:
+async def ask(services: LlamaMan, model: str, max_tokens: int = 6) -> str:
     lease = await services.router.acquire(model)
     try:
         async with httpx.AsyncClient() as c:
@@ -36,7 +36,7 @@ async def ask(services: Services, model: str, max_tokens: int = 6) -> str:
 class LiveCounter:
     """Watches instance state events and remembers the most llama-servers ever alive at once."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: LlamaMan) -> None:
         self.services = services
         self.peak = 0
         services.events.listen(self._on, "instance.state")
@@ -47,12 +47,12 @@ class LiveCounter:
 
 
 @pytest.fixture
-async def one_slot(services: Services) -> Services:
+async def one_slot(services: LlamaMan) -> LlamaMan:
     await services.runtime.update({"max_models": 1})
     return services
 
 
-async def test_first_request_starts_the_model_from_nothing(services: Services) -> None:
+async def test_first_request_starts_the_model_from_nothing(services: LlamaMan) -> None:
     assert services.supervisor.list() == []
     assert (await ask(services, "tiny-a")).startswith("abcdef")
     [m] = services.supervisor.list()
@@ -61,18 +61,18 @@ async def test_first_request_starts_the_model_from_nothing(services: Services) -
     assert len(services.supervisor.list()) == 1
 
 
-async def test_unknown_model_is_not_found(services: Services) -> None:
+async def test_unknown_model_is_not_found(services: LlamaMan) -> None:
     with pytest.raises(ModelNotFound):
         await services.router.acquire("no-such-model")
 
 
-async def test_concurrent_first_requests_share_one_load(services: Services) -> None:
+async def test_concurrent_first_requests_share_one_load(services: LlamaMan) -> None:
     answers = await asyncio.gather(*(ask(services, "tiny-b") for _ in range(6)))
     assert all(a.startswith("zyxw") for a in answers)
     assert len(services.supervisor.list()) == 1
 
 
-async def test_alternating_models_with_one_slot_each_get_their_own_text(one_slot: Services) -> None:
+async def test_alternating_models_with_one_slot_each_get_their_own_text(one_slot: LlamaMan) -> None:
     counter = LiveCounter(one_slot)
     for i in range(6):
         model, text = ("tiny-a", "abc") if i % 2 == 0 else ("tiny-b", "zyx")
@@ -80,7 +80,7 @@ async def test_alternating_models_with_one_slot_each_get_their_own_text(one_slot
     assert counter.peak == 1
 
 
-async def test_eight_clients_alternating_swap_far_less_than_once_per_request(one_slot: Services) -> None:
+async def test_eight_clients_alternating_swap_far_less_than_once_per_request(one_slot: LlamaMan) -> None:
     counter = LiveCounter(one_slot)
     errors: list[BaseException] = []
     wrong = 0
@@ -104,7 +104,7 @@ async def test_eight_clients_alternating_swap_far_less_than_once_per_request(one
     assert swaps <= 12
 
 
-async def test_a_stream_in_progress_finishes_before_its_model_is_swapped_out(one_slot: Services) -> None:
+async def test_a_stream_in_progress_finishes_before_its_model_is_swapped_out(one_slot: LlamaMan) -> None:
     lease_a = await one_slot.router.acquire("tiny-a")
     pieces: list[str] = []
     got_first = asyncio.Event()
@@ -144,7 +144,7 @@ async def test_a_stream_in_progress_finishes_before_its_model_is_swapped_out(one
     assert b_answer.startswith("zyx")
 
 
-async def test_idle_instance_sleeps_and_wakes_on_request(services: Services) -> None:
+async def test_idle_instance_sleeps_and_wakes_on_request(services: LlamaMan) -> None:
     m = await services.supervisor.launch(
         LaunchSettings(model_path="tiny-a.gguf", ctx_size=512, idle_timeout_min=0.01)  # 0.6 s
     )
@@ -156,7 +156,7 @@ async def test_idle_instance_sleeps_and_wakes_on_request(services: Services) -> 
     assert len(services.supervisor.list()) == 1
 
 
-async def test_keep_alive_zero_unloads_right_after_the_reply(services: Services) -> None:
+async def test_keep_alive_zero_unloads_right_after_the_reply(services: LlamaMan) -> None:
     lease = await services.router.acquire("tiny-a")
     lease.keep_alive(0)
     m = lease.instance
@@ -164,7 +164,7 @@ async def test_keep_alive_zero_unloads_right_after_the_reply(services: Services)
     await m.proc.wait_for({S.STOPPED, S.SLEEPING}, timeout=10)
 
 
-async def test_manual_instances_are_not_evicted_by_api_traffic(one_slot: Services) -> None:
+async def test_manual_instances_are_not_evicted_by_api_traffic(one_slot: LlamaMan) -> None:
     m = await one_slot.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=512))
     await m.proc.wait_for({S.HEALTHY}, timeout=30)
     from llamaman.scheduling.router import ModelUnavailable
@@ -177,7 +177,7 @@ async def test_manual_instances_are_not_evicted_by_api_traffic(one_slot: Service
     assert m.state == S.SLEEPING
 
 
-async def test_embedding_instances_neither_count_nor_get_evicted(one_slot: Services) -> None:
+async def test_embedding_instances_neither_count_nor_get_evicted(one_slot: LlamaMan) -> None:
     lease = await one_slot.router.acquire("tiny-embed")
     emb = lease.instance
     lease.release()
@@ -187,7 +187,7 @@ async def test_embedding_instances_neither_count_nor_get_evicted(one_slot: Servi
     assert emb.state == S.HEALTHY
 
 
-async def test_a_failed_load_is_reported_to_every_waiter(services: Services, models_dir: Any) -> None:
+async def test_a_failed_load_is_reported_to_every_waiter(services: LlamaMan, models_dir: Any) -> None:
     from llamaman.scheduling.router import ModelUnavailable
     from llamaman.testing.tiny_gguf import write_tiny_model
 

@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, select
 
+from llamaman.app import LlamaMan
 from llamaman.core.config import Settings
 from llamaman.core.db import MIGRATIONS_DIR, Database
 from llamaman.core.events import EventBus
@@ -45,7 +46,6 @@ from llamaman.core.tables import (
 )
 from llamaman.instances.launch import LaunchSettings
 from llamaman.scheduling.presets import PresetStore
-from llamaman.services import Services
 from llamaman.testing.mariadb import MariaDBServer, mariadb_available, mysql_required
 
 # ---- backends --------------------------------------------------------------------------------
@@ -431,7 +431,7 @@ async def test_services_on_mariadb_store_a_launched_instance_and_bring_it_back(
 ) -> None:
     with fresh_mysql_database(mariadb_server) as url:
         settings = make_settings(LLAMA_SERVER_BIN=llama_server_bin, DATABASE_URL=url)
-        first = Services(settings)
+        first = LlamaMan(settings)
         await first.start()
         try:
             assert first.db.backend == "mysql"
@@ -453,7 +453,7 @@ async def test_services_on_mariadb_store_a_launched_instance_and_bring_it_back(
         finally:
             await first.stop()
 
-        second = Services(settings)
+        second = LlamaMan(settings)
         await second.start()
         try:
             [back] = second.supervisor.list()

@@ -16,19 +16,19 @@ import psutil
 import pytest
 from sqlmodel import select
 
+from llamaman.app import LlamaMan
 from llamaman.core.state import InstanceState
 from llamaman.core.tables import Instance
 from llamaman.instances.launch import LaunchSettings
 from llamaman.instances.process import ENV_INSTANCE_ID, ENV_OWNER
 from llamaman.instances.supervisor import InstanceError
-from llamaman.services import Services
 from tests.helpers import chat, servers_of
 
 S = InstanceState
 
 
 async def test_launched_instance_becomes_healthy_answers_and_stops_without_orphans(
-    services: Services,
+    services: LlamaMan,
 ) -> None:
     sup = services.supervisor
     m = await sup.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=512))
@@ -49,7 +49,7 @@ async def test_launched_instance_becomes_healthy_answers_and_stops_without_orpha
         assert row is not None and row.state == "stopped" and row.pid is None
 
 
-async def test_killed_server_is_marked_failed_with_exit_code_and_last_lines(services: Services) -> None:
+async def test_killed_server_is_marked_failed_with_exit_code_and_last_lines(services: LlamaMan) -> None:
     m = await services.supervisor.launch(LaunchSettings(model_path="tiny-b.gguf", ctx_size=512))
     await m.proc.wait_for({S.HEALTHY}, timeout=30)
     assert m.proc.pid is not None
@@ -68,7 +68,7 @@ async def test_killed_server_is_marked_failed_with_exit_code_and_last_lines(serv
 
 
 async def test_restart_of_the_app_brings_back_running_instances_exactly_once(settings: Any) -> None:
-    first = Services(settings)
+    first = LlamaMan(settings)
     await first.start()
     a = await first.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=512))
     b = await first.supervisor.launch(LaunchSettings(model_path="tiny-b.gguf", ctx_size=512))
@@ -77,7 +77,7 @@ async def test_restart_of_the_app_brings_back_running_instances_exactly_once(set
     await first.stop()
     assert servers_of(str(settings.data_dir)) == []
 
-    second = Services(settings)
+    second = LlamaMan(settings)
     await second.start()
     try:
         ms = second.supervisor.list()
@@ -98,11 +98,11 @@ CRASHING_APP = textwrap.dedent(
     import asyncio, sys
     from llamaman.core.config import Settings
     from llamaman.instances.launch import LaunchSettings
-    from llamaman.services import Services
+    from llamaman.app import LlamaMan
     from llamaman.core.state import InstanceState
 
     async def main():
-        svc = Services(Settings())
+        svc = LlamaMan(Settings())
         await svc.start()
         for name in ("tiny-a.gguf", "tiny-b.gguf"):
             m = await svc.supervisor.launch(LaunchSettings(model_path=name, ctx_size=512))
@@ -147,7 +147,7 @@ async def test_servers_left_by_a_crashed_app_are_adopted_not_duplicated(settings
         if app.poll() is None:
             app.kill()
 
-    svc = Services(settings)
+    svc = LlamaMan(settings)
     await svc.start()
     try:
         for m in svc.supervisor.list():
@@ -171,7 +171,7 @@ async def test_stray_server_without_a_record_is_killed_at_start(settings: Any, t
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    svc = Services(settings)
+    svc = LlamaMan(settings)
     await svc.start()
     try:
         stray.wait(timeout=5)
@@ -182,7 +182,7 @@ async def test_stray_server_without_a_record_is_killed_at_start(settings: Any, t
         await svc.stop()
 
 
-async def test_ports_in_use_are_skipped(services: Services) -> None:
+async def test_ports_in_use_are_skipped(services: LlamaMan) -> None:
     import socket
 
     busy = socket.socket()
@@ -202,7 +202,7 @@ async def test_ports_in_use_are_skipped(services: Services) -> None:
 async def test_server_that_exits_while_loading_fails_at_once(
     make_settings: Any, fake_server_bin: Any
 ) -> None:
-    svc = Services(make_settings(LLAMA_SERVER_BIN=fake_server_bin("exit-during-load")))
+    svc = LlamaMan(make_settings(LLAMA_SERVER_BIN=fake_server_bin("exit-during-load")))
     await svc.start()
     try:
         m = await svc.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf"))
@@ -218,7 +218,7 @@ async def test_server_that_exits_while_loading_fails_at_once(
 async def test_server_ignoring_sigterm_is_killed_after_the_grace_period(
     make_settings: Any, fake_server_bin: Any
 ) -> None:
-    svc = Services(make_settings(LLAMA_SERVER_BIN=fake_server_bin("ignore-sigterm"), LLAMAMAN_STOP_GRACE=0.5))
+    svc = LlamaMan(make_settings(LLAMA_SERVER_BIN=fake_server_bin("ignore-sigterm"), LLAMAMAN_STOP_GRACE=0.5))
     await svc.start()
     try:
         m = await svc.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf"))
@@ -236,7 +236,7 @@ async def test_server_ignoring_sigterm_is_killed_after_the_grace_period(
 async def test_server_that_never_gets_healthy_fails_after_the_load_timeout(
     make_settings: Any, fake_server_bin: Any
 ) -> None:
-    svc = Services(make_settings(LLAMA_SERVER_BIN=fake_server_bin("never-healthy"), MODEL_LOAD_TIMEOUT=1))
+    svc = LlamaMan(make_settings(LLAMA_SERVER_BIN=fake_server_bin("never-healthy"), MODEL_LOAD_TIMEOUT=1))
     await svc.start()
     try:
         m = await svc.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf"))
@@ -247,7 +247,7 @@ async def test_server_that_never_gets_healthy_fails_after_the_load_timeout(
         await svc.stop()
 
 
-async def test_stopped_instance_restarts_on_the_same_port(services: Services) -> None:
+async def test_stopped_instance_restarts_on_the_same_port(services: LlamaMan) -> None:
     m = await services.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=512))
     await m.proc.wait_for({S.HEALTHY}, timeout=30)
     port = m.record.port
@@ -258,7 +258,7 @@ async def test_stopped_instance_restarts_on_the_same_port(services: Services) ->
     assert (await chat(port, headers=m.proc.auth_headers)).startswith("abc")
 
 
-async def test_sleeping_instance_keeps_its_record_and_wakes(services: Services) -> None:
+async def test_sleeping_instance_keeps_its_record_and_wakes(services: LlamaMan) -> None:
     m = await services.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=512))
     await m.proc.wait_for({S.HEALTHY}, timeout=30)
     await services.supervisor.sleep(m.id)
@@ -267,7 +267,7 @@ async def test_sleeping_instance_keeps_its_record_and_wakes(services: Services) 
     assert await m.proc.wait_for({S.HEALTHY}, timeout=30) == S.HEALTHY
 
 
-async def test_records_are_listed_in_the_database(services: Services) -> None:
+async def test_records_are_listed_in_the_database(services: LlamaMan) -> None:
     m = await services.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=512))
     await m.proc.wait_for({S.HEALTHY}, timeout=30)
     await services.supervisor.flush()

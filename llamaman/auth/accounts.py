@@ -52,7 +52,7 @@ from llamaman.core.secrets import storage_secret
 from llamaman.core.tables import User, UserSession
 
 if TYPE_CHECKING:
-    from llamaman.upstream.relay import Exchange
+    from llamaman.core.exchange import Exchange
 
 log = logging.getLogger(__name__)
 

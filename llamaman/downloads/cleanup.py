@@ -2,23 +2,20 @@
 
 ``cleanup_hours`` (runtime settings) is the age after which a record goes; 0 keeps everything.
 Active downloads whose worker died are marked ``interrupted`` (resumable) whatever the setting.
+Each owner forgets its own records: this module only says when, and for what age.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-from llamaman.core.state import InstanceState
-from llamaman.downloads.job import TERMINAL
-
-if TYPE_CHECKING:
-    from llamaman.downloads.manager import DownloadManager
-    from llamaman.instances.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+# Forget the finished records older than the cutoff (epoch seconds); answer their ids.
+Forget = Callable[[float], Awaitable[list[str]]]
 
 
 @dataclass
@@ -29,26 +26,19 @@ class CleanupReport:
 
 
 async def run_cleanup(
-    downloads: DownloadManager,
-    supervisor: Supervisor | None,
+    mark_orphans: Callable[[], list[str]],
+    forget_downloads: Forget,
+    forget_instances: Forget | None,
     hours: float,
     now: float | None = None,
 ) -> CleanupReport:
-    report = CleanupReport(interrupted=downloads.mark_orphans())
+    report = CleanupReport(interrupted=mark_orphans())
     if hours <= 0:
         return report
     cutoff = (now if now is not None else time.time()) - hours * 3600
-    for job in list(downloads.jobs.values()):
-        finished = job.record.finished_at
-        if job.status in TERMINAL and finished is not None and finished < cutoff:
-            await downloads.remove(job.id)
-            report.downloads_removed.append(job.id)
-    if supervisor is not None:
-        for m in supervisor.list():
-            stopped = m.record.stopped_at
-            if m.state == InstanceState.STOPPED and stopped is not None and stopped < cutoff:
-                await supervisor.remove(m.id)
-                report.instances_removed.append(m.id)
+    report.downloads_removed = await forget_downloads(cutoff)
+    if forget_instances is not None:
+        report.instances_removed = await forget_instances(cutoff)
     if report.downloads_removed or report.instances_removed:
         log.info(
             "cleanup: forgot %d download(s) and %d stopped instance(s) older than %g h",

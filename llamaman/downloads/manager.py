@@ -360,7 +360,24 @@ class DownloadManager:
 
     # ---- cleanup -----------------------------------------------------------------------------
     async def cleanup_once(self, now: float | None = None) -> CleanupReport:
-        return await run_cleanup(self, self.supervisor, self.runtime.current.cleanup_hours, now)
+        sup = self.supervisor
+        return await run_cleanup(
+            self.mark_orphans,
+            self.forget_finished,
+            sup.forget_stopped if sup is not None else None,
+            self.runtime.current.cleanup_hours,
+            now,
+        )
+
+    async def forget_finished(self, cutoff: float) -> list[str]:
+        """Remove the finished downloads whose end is older than ``cutoff`` (epoch seconds)."""
+        gone = []
+        for job in list(self.jobs.values()):
+            finished = job.record.finished_at
+            if job.status in TERMINAL and finished is not None and finished < cutoff:
+                await self.remove(job.id)
+                gone.append(job.id)
+        return gone
 
     async def _cleanup_loop(self) -> None:
         while True:

@@ -7,16 +7,20 @@ import logging
 import shutil
 import time
 from functools import partial
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
+import httpx
+
+from llamaman.core.runtime import RuntimeConfig
 from llamaman.core.tables import ModelSource
 from llamaman.downloads import hub
 from llamaman.downloads.hub import DownloadError, TransientError
 from llamaman.downloads.job import FileState, Job
-from llamaman.downloads.transfer import stream_to_part
-
-if TYPE_CHECKING:
-    from llamaman.downloads.manager import DownloadManager
+from llamaman.downloads.store import DownloadStore
+from llamaman.downloads.transfer import TokenBucket, stream_to_part
+from llamaman.library.catalog import ModelLibrary
+from llamaman.scheduling.aliases import AliasStore
 
 log = logging.getLogger(__name__)
 # A failed attempt that still moved this much resets the retry count: long downloads over a flaky
@@ -32,9 +36,37 @@ def human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+class JobOwner(Protocol):
+    """What a worker asks of whoever owns its jobs: their paths, their records and their news.
+
+    The download manager is one; the worker never needs the manager itself.
+    """
+
+    runtime: RuntimeConfig
+    store: DownloadStore
+    library: ModelLibrary
+    aliases: AliasStore | None
+    http: httpx.AsyncClient | None
+    staging: Path
+    backoff_base: float
+    global_bucket: TokenBucket
+
+    @property
+    def endpoint(self) -> str: ...
+    def model_path(self, job: Job) -> str | None: ...
+    def final_path(self, job: Job, name: str) -> Path: ...
+    def part_path(self, job: Job, name: str) -> Path: ...
+    def rel_path(self, job: Job, name: str) -> str: ...
+    def scan_local(self, job: Job) -> None: ...
+    def check_disk(self, job: Job) -> None: ...
+    def log(self, job: Job, message: str) -> None: ...
+    def set_status(self, job: Job, new: str) -> None: ...
+    def publish(self, job: Job, force: bool = False) -> None: ...
+
+
 class Worker:
-    def __init__(self, manager: DownloadManager) -> None:
-        self.m = manager
+    def __init__(self, owner: JobOwner) -> None:
+        self.m = owner
 
     async def run(self, job: Job) -> None:
         m, rec = self.m, job.record

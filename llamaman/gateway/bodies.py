@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamaman.auth.access import Access, Surface, classify
+from llamaman.gateway.dialects import dialect_body
 
 MiB = 1024 * 1024
 # Model endpoints carry images as base64 and long prompts; everything else is small JSON.
@@ -352,8 +353,6 @@ def _check_length(scope: Scope, limit: int) -> None:
 
 
 def refusal(scope: Scope, surface: Surface, status: int, message: str) -> JSONResponse:
-    from llamaman.gateway.middleware import dialect_body  # the one place error dialects are written
-
     path = _path(scope)
     headers = {"Connection": "close"} if status == 413 else None
     return JSONResponse(dialect_body(classify(path, surface), path, status, message), status, headers)

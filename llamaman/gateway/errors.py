@@ -15,7 +15,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llamaman.auth.access import classify
 from llamaman.downloads.hub import DownloadError
+from llamaman.gateway.dialects import dialect_body, route_path
 from llamaman.instances.supervisor import InstanceError
 from llamaman.library.catalog import LibraryError
 
@@ -44,9 +46,6 @@ DATABASE_RETRY_AFTER = 5
 def database_unavailable(scope: Scope, surface: str, exc: BaseException) -> Response:
     """The one answer to a database that cannot be reached or is busy: 503 with Retry-After, in the
     dialect of the endpoint (Ollama, OpenAI, Anthropic or the REST API's)."""
-    from llamaman.auth.access import classify
-    from llamaman.gateway.middleware import dialect_body, route_path
-
     log.warning("database unavailable for %s: %s", scope.get("path"), str(exc).splitlines()[0][:200])
     path = route_path(scope)
     message = "the database is busy or unreachable; try again shortly"

@@ -25,6 +25,8 @@ from llamaman.auth.access import ADMIN_ONLY, MODEL_SURFACE, Access, Surface, cla
 from llamaman.auth.accounts import trusted_peer
 from llamaman.core.identity import CURRENT_IDENTITY, Identity, names_allowed
 from llamaman.gateway.bodies import BodyError, BodyGuard, ensure_body, model_names, parsed_body
+from llamaman.gateway.dialects import dialect_body, route_path
+from llamaman.gateway.errors import DatabaseErrorGuard
 
 if TYPE_CHECKING:
     from llamaman.services import Services
@@ -38,12 +40,6 @@ _VIEWER_MAY = frozenset({"/api/auth/password"})
 _MODEL_MANAGEMENT = frozenset(
     {"/api/delete", "/api/copy", "/api/pull", "/api/push", "/api/create", "/models/load", "/models/unload"}
 )
-_OPENAI_CODES = {401: "invalid_api_key", 403: "permission_denied", 415: "unsupported_media_type",
-                 429: "rate_limit_exceeded"}  # fmt: skip
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    413: "request_too_large", 415: "invalid_request_error", 429: "rate_limit_error",
-}  # fmt: skip
 # Answers that give a request's place in its key's per-minute budget back: it was refused (a model the
 # key may not use, one hidden from it, a quota), so it used nothing.
 _REFUNDED = frozenset({401, 403, 404, 415, 429})
@@ -55,8 +51,6 @@ def wrap_with_auth(
     """Guard ``app``; a Starlette/FastAPI app is guarded in place and returned (its type unchanged)."""
     # The body guard sits inside: credentials are checked before a body is read past its headers.
     # Database errors are caught outside both, so a busy database answers 503 even mid-check.
-    from llamaman.gateway.errors import DatabaseErrorGuard
-
     if isinstance(app, Starlette):
         app.add_middleware(BodyGuard, surface=surface)
         app.add_middleware(AuthMiddleware, services=services, surface=surface, instance_id=instance_id)
@@ -65,14 +59,6 @@ def wrap_with_auth(
     guarded = BodyGuard(app, surface=surface)
     checked = AuthMiddleware(guarded, services=services, surface=surface, instance_id=instance_id)
     return DatabaseErrorGuard(checked, surface=surface)
-
-
-def route_path(scope: Scope) -> str:
-    path: str = scope.get("path") or "/"
-    root: str = scope.get("root_path") or ""
-    if root and path.startswith(root):
-        path = path[len(root) :] or "/"
-    return path
 
 
 class AuthMiddleware:
@@ -332,7 +318,7 @@ class AuthMiddleware:
             return RedirectResponse(f"{root}/login?next={quote(target, safe='')}", status_code=303)
         if status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="LlamaMan"'
-        return JSONResponse(_error_body(_dialect(access, path), status, message), status, headers)
+        return JSONResponse(dialect_body(access, path, status, message), status, headers)
 
     def _wants_page(self, scope: Scope, access: Access, path: str) -> bool:
         """A browser asking for a UI page: send it to sign in rather than show a JSON 401."""
@@ -356,11 +342,6 @@ def _scope_refusal(identity: Identity, access: Access) -> str:
     )
 
 
-def dialect_body(access: Access, path: str, status: int, message: str) -> dict[str, Any]:
-    """An error body in the dialect of the endpoint at ``path`` (Ollama, OpenAI, Anthropic, REST)."""
-    return _error_body(_dialect(access, path), status, message)
-
-
 def _has_body(headers: Headers) -> bool:
     length = headers.get("content-length")
     if length is not None:
@@ -379,25 +360,3 @@ def _netloc(netloc: str, scheme: str) -> str:
     netloc = netloc.strip().lower()
     default = {"http": ":80", "https": ":443"}[scheme]
     return netloc.removesuffix(default)
-
-
-def _dialect(access: Access, path: str) -> str:
-    if access not in MODEL_SURFACE:
-        return "rest"
-    if path.startswith("/api/"):
-        return "ollama"
-    if path.startswith("/v1/messages"):
-        return "anthropic"
-    return "openai"
-
-
-def _error_body(dialect: str, status: int, message: str) -> dict[str, Any]:
-    if dialect == "ollama":
-        return {"error": message}
-    if dialect == "anthropic":
-        kind = _ANTHROPIC_TYPES.get(status, "api_error")
-        return {"type": "error", "error": {"type": kind, "message": message}}
-    if dialect == "openai":
-        kind = "requests" if status == 429 else "invalid_request_error"
-        return {"error": {"message": message, "type": kind, "param": None, "code": _OPENAI_CODES.get(status)}}
-    return {"error": message, "detail": message}

@@ -419,6 +419,16 @@ class Supervisor:
             await m.proc.stop(S.STOPPED)
         return await self.wake(instance_id)
 
+    async def forget_stopped(self, cutoff: float) -> list[str]:
+        """Remove the stopped instances whose stop is older than ``cutoff`` (epoch seconds)."""
+        gone = []
+        for m in self.list():
+            stopped = m.record.stopped_at
+            if m.state == S.STOPPED and stopped is not None and stopped < cutoff:
+                await self.remove(m.id)
+                gone.append(m.id)
+        return gone
+
     async def remove(self, instance_id: str) -> None:
         m = self.get(instance_id)
         await self._stop_proc(m, S.STOPPED)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from llamaman.instances.supervisor import ManagedInstance
 from llamaman.library.catalog import ModelEntry
 from llamaman.scheduling.gate import Gate
-
-if TYPE_CHECKING:
-    from llamaman.scheduling.router import Router
 
 
 class ModelNotFound(Exception):
@@ -51,8 +48,18 @@ class Waiter:
 class Lease:
     """A request's hold on an instance (and on a slot of its gate)."""
 
-    def __init__(self, router: Router, instance: ManagedInstance, gate: Gate, load_ns: int) -> None:
-        self.router = router
+    def __init__(
+        self,
+        instance: ManagedInstance,
+        gate: Gate,
+        load_ns: int,
+        *,
+        release: Callable[[], None],
+        keep_alive: Callable[[float | None], None],
+    ) -> None:
+        # The router hands over what a lease may do to its bookkeeping, so a lease never needs it.
+        self._on_release = release
+        self._on_keep_alive = keep_alive
         self.instance = instance
         self.gate = gate
         self.load_duration_ns = load_ns
@@ -67,14 +74,12 @@ class Lease:
         return self.instance.record.model_name
 
     def keep_alive(self, seconds: float | None) -> None:
-        self.router.set_keep_alive(self.instance, seconds)
+        self._on_keep_alive(seconds)
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self.router.slot(self.instance).running -= 1
-            self.gate.release()
-            self.router._release(self.instance)
+            self._on_release()
 
     async def __aenter__(self) -> Lease:
         return self

@@ -200,7 +200,15 @@ class Router(IdleSleep):
             m = self._hand_to_freest_replica(m)
         self.slot(m).running += 1
         self.sup.touch(m)
-        return Lease(self, m, gate, time.monotonic_ns() - t0 if t0 is not None else 0)
+        return self._new_lease(m, gate, time.monotonic_ns() - t0 if t0 is not None else 0)
+
+    def _new_lease(self, m: ManagedInstance, gate: Gate, load_ns: int) -> Lease:
+        def release() -> None:
+            self.slot(m).running -= 1
+            gate.release()
+            self._release(m)
+
+        return Lease(m, gate, load_ns, release=release, keep_alive=lambda s: self.set_keep_alive(m, s))
 
     def _hand_to_freest_replica(self, m: ManagedInstance) -> ManagedInstance:
         """With a shared queue the request was admitted by the model's gate, not by one replica's:

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from sqlmodel import col, delete, select, update
 
 from llamaman.core.db import Database
+from llamaman.core.exchange import Exchange
 from llamaman.core.identity import Identity, current_identity
 from llamaman.core.runtime import RuntimeConfig
 from llamaman.core.tables import RequestLog
 from llamaman.telemetry.energy import EnergyAttributor, Span
-from llamaman.upstream.relay import Exchange
 
 log = logging.getLogger(__name__)
 

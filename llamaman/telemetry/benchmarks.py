@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from sqlmodel import col, select, update
 
+from llamaman.auth.accounts import AuthService
+from llamaman.core.db import Database
 from llamaman.core.tables import Benchmark
-from llamaman.scheduling.router import ModelNotFound, ModelUnavailable
+from llamaman.scheduling.router import ModelNotFound, ModelUnavailable, Router
 from llamaman.telemetry.loadtest import BenchError, BenchmarkParams, run_benchmark
 
-if TYPE_CHECKING:
-    from llamaman.services import Services
+# Yields the base URL of a proxy to run against, listening while the context is open.
+ProxyOpener = Callable[[], AbstractAsyncContextManager[str]]
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +35,19 @@ def benchmark_dict(b: Benchmark) -> dict[str, Any]:
 
 
 class BenchmarkRuns:
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        # Where the proxy listens when not on services.proxy_server; without either a run starts its own.
-        self.proxy_url: str | None = None
+    def __init__(self, db: Database, router: Router, auth: AuthService) -> None:
+        self.db = db
+        self.router = router
+        self.auth = auth
+        # Set by whoever serves the proxy (the app): telemetry sits below the HTTP surfaces.
+        self.open_proxy: ProxyOpener | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         await asyncio.to_thread(self._mark_interrupted)
 
     def _mark_interrupted(self) -> None:
-        with self.services.db.session() as s:
+        with self.db.session() as s:
             s.exec(
                 update(Benchmark)
                 .where(col(Benchmark.status) == "running")
@@ -90,7 +95,7 @@ class BenchmarkRuns:
         """What to benchmark against, held ready for the run: (base URL, description, API key)."""
         if params.target == "direct":
             # The lease keeps the instance from sleeping or being evicted in the middle of the run.
-            lease = await self.services.router.acquire(params.model)
+            lease = await self.router.acquire(params.model)
             try:
                 # Straight to the server: it answers only to its own key.
                 key = lease.instance.proc.api_key
@@ -99,28 +104,17 @@ class BenchmarkRuns:
                 lease.release()
             return
         async with self._key(params, name) as key:
-            served = getattr(self.services, "proxy_server", None)
-            url = self.proxy_url or (served.url if served is not None and served.running else None)
-            if url:
+            if self.open_proxy is None:
+                raise BenchError("the proxy is not available")
+            async with self.open_proxy() as url:
                 yield url, f"proxy {url}", key
-                return
-            try:
-                from llamaman.proxy.app import ProxyServer, create_proxy_app
-            except ImportError as exc:
-                raise BenchError(f"the proxy is not available: {exc}") from None
-            server = ProxyServer(create_proxy_app(self.services), "127.0.0.1", 0)
-            await server.start()
-            try:
-                yield server.url, f"proxy {server.url}", key
-            finally:
-                await server.stop()
 
     @contextlib.asynccontextmanager
     async def _key(self, params: BenchmarkParams, name: str) -> AsyncIterator[str | None]:
         """A key for the run's own requests when the proxy wants one: limited to the benchmarked model,
         revoked afterwards. Its name marks the run's rows in the activity log."""
-        auth = getattr(self.services, "auth", None)
-        if auth is None or not auth.require_auth:
+        auth = self.auth
+        if not auth.require_auth:
             yield None
             return
         record, key = await auth.keys.create(name, allowed_models=[params.model])
@@ -132,15 +126,15 @@ class BenchmarkRuns:
 
     # ---- storage -----------------------------------------------------------------------------
     def _save(self, row: Benchmark) -> None:
-        with self.services.db.session() as s:
+        with self.db.session() as s:
             s.merge(row)
             s.commit()
 
     def list(self, limit: int = 100) -> list[Benchmark]:
-        with self.services.db.session() as s:
+        with self.db.session() as s:
             stmt = select(Benchmark).order_by(col(Benchmark.created_at).desc()).limit(limit)
             return list(s.exec(stmt))
 
     def get(self, benchmark_id: str) -> Benchmark | None:
-        with self.services.db.session() as s:
+        with self.db.session() as s:
             return s.get(Benchmark, benchmark_id)

@@ -7,12 +7,9 @@ Used by ``llamaman bench`` and by ``POST /api/benchmarks``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import math
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -247,67 +244,5 @@ def format_table(params: BenchmarkParams, result: dict[str, Any], where: str) ->
     return "\n".join(lines)
 
 
-# ---- command line ------------------------------------------------------------------------------
-def run_cli(args: argparse.Namespace) -> int:
-    """``llamaman bench``: 0 when every request succeeded, 1 when some failed, 2 when it could not run."""
-    try:
-        params = BenchmarkParams(
-            model=args.model,
-            requests=args.requests,
-            concurrency=args.concurrency,
-            prompt_tokens=args.prompt_tokens,
-            max_tokens=args.max_tokens,
-            target=getattr(args, "target", None) or "proxy",
-        )
-    except ValueError as exc:
-        print(f"invalid benchmark settings: {exc}", file=sys.stderr)
-        return 2
-    if args.url:
-        if params.target == "direct":
-            print("--target direct needs the local services; leave out --url", file=sys.stderr)
-            return 2
-        result = asyncio.run(run_benchmark(args.url, params, api_key=args.api_key))
-        where = args.url
-    else:
-        try:
-            result, where = asyncio.run(_run_local(args, params))
-        except BenchError as exc:
-            print(f"llamaman bench: {exc}", file=sys.stderr)
-            return 2
-    print(format_table(params, result, where))
-    return 0 if result["errors"] == 0 else 1
-
-
 class BenchError(Exception):
     pass
-
-
-async def _run_local(args: argparse.Namespace, params: BenchmarkParams) -> tuple[dict[str, Any], str]:
-    """Start LlamaMan's services in this process, with a proxy on an ephemeral port, and run there.
-
-    The database and logs go to a throwaway folder: a LlamaMan already running on the same DATA_DIR
-    keeps its instances (a second supervisor there would adopt and then stop them), and its proxy
-    port stays its own.
-    """
-    from llamaman.cli import settings_from_args
-    from llamaman.services import Services
-
-    with tempfile.TemporaryDirectory(prefix="llamaman-bench-") as tmp:
-        args.data_dir, args.logs_dir, args.database_url = tmp, None, None
-        args.proxy_port = 0  # the run brings its own proxy on a free port, whatever is configured
-        settings = settings_from_args(args)
-        services = Services(settings)
-        await services.start()
-        try:
-            if services.supervisor.binary is None:
-                raise BenchError(services.supervisor.binary_error or "no llama-server binary found")
-            if services.router.resolve(params.model) is None:
-                raise BenchError(f"model '{params.model}' not found in {settings.models_dir}")
-            async with services.telemetry.benchmarks.target(params, name="llamaman bench") as (
-                url,
-                where,
-                key,
-            ):
-                return await run_benchmark(url, params, api_key=key), where
-        finally:
-            await services.stop()

@@ -8,17 +8,19 @@ states, GPUs) are read by a collector when Prometheus scrapes, so they cost noth
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from llamaman.core.state import InstanceState
+from llamaman.instances.supervisor import ManagedInstance, Supervisor
+from llamaman.scheduling.router import Router
+from llamaman.telemetry.gpu import GpuSampler
 
 if TYPE_CHECKING:
     from llamaman.telemetry.activity import Finished
-    from llamaman.telemetry.monitor import Telemetry
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -26,8 +28,18 @@ _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _LOAD_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
+class LiveSources(Protocol):
+    """Where live values are read at scrape time (telemetry is one)."""
+
+    supervisor: Supervisor
+    router: Router
+    gpu: GpuSampler
+
+    def instance_extra(self, m: ManagedInstance) -> dict[str, Any]: ...
+
+
 class Metrics:
-    def __init__(self, telemetry: Telemetry) -> None:
+    def __init__(self, telemetry: LiveSources) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -79,7 +91,7 @@ class Metrics:
 class LiveCollector(Collector):
     """Values read at scrape time from the router, the supervisor and the GPU sampler."""
 
-    def __init__(self, telemetry: Telemetry) -> None:
+    def __init__(self, telemetry: LiveSources) -> None:
         self.t = telemetry
 
     def collect(self) -> Iterator[Metric]:
@@ -88,7 +100,7 @@ class LiveCollector(Collector):
         yield from self._gpus()
 
     def _instances(self) -> Iterator[Metric]:
-        services = self.t.services
+        services = self.t
         labels = ["instance", "model"]
         inflight = GaugeMetricFamily("llamaman_instance_inflight", "Requests being served", labels=labels)
         queued = GaugeMetricFamily(
@@ -121,7 +133,7 @@ class LiveCollector(Collector):
         yield from (inflight, queued, state, cpu, rss, vram)
 
     def _router(self) -> Iterator[Metric]:
-        router = self.t.services.router
+        router = self.t.router
         yield CounterMetricFamily(
             "llamaman_evictions", "Models unloaded to make room or on request", value=router.evictions
         )

@@ -15,19 +15,23 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from llamaman.auth.accounts import AuthService
+from llamaman.core.config import Settings
+from llamaman.core.db import Database
+from llamaman.core.exchange import Exchange
+from llamaman.core.runtime import RuntimeConfig
 from llamaman.core.state import InstanceState
-from llamaman.instances.supervisor import ManagedInstance
+from llamaman.instances.supervisor import ManagedInstance, Supervisor
+from llamaman.scheduling.router import Router
 from llamaman.telemetry.activity import ActivityLog
 from llamaman.telemetry.benchmarks import BenchmarkRuns
 from llamaman.telemetry.energy import EnergyAttributor
 from llamaman.telemetry.gpu import GpuSampler
 from llamaman.telemetry.metrics import Metrics
 from llamaman.telemetry.system_info import SystemInfo
-from llamaman.upstream.relay import Exchange, Relay
 
 if TYPE_CHECKING:
-    from llamaman.core.events import Event
-    from llamaman.services import Services
+    from llamaman.core.events import Event, EventBus
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +41,37 @@ CHILDREN_REFRESH_S = 30.0
 
 
 class Telemetry:
-    def __init__(self, services: Services, *, gpu: GpuSampler | None = None) -> None:
-        self.services = services
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        runtime: RuntimeConfig,
+        events: EventBus,
+        supervisor: Supervisor,
+        router: Router,
+        auth: AuthService,
+        *,
+        gpu: GpuSampler | None = None,
+    ) -> None:
+        self.events = events
+        self.supervisor = supervisor
+        self.router = router
         # Replaceable until start(), e.g. by a sampler on a stand-in NVML in tests.
         self.gpu = gpu or GpuSampler()
-        self.system = SystemInfo(services.settings.models_dir)
+        self.system = SystemInfo(settings.models_dir)
         self.energy = EnergyAttributor(
             lambda a, b: self.gpu.energy_between(a, b), lambda: self.gpu.latest_time()
         )
         self.metrics = Metrics(self)
         self.activity = ActivityLog(
-            services.db,
-            services.runtime,
+            db,
+            runtime,
             on_record=self.metrics.record,
             energy=self.energy,
             energy_enabled=lambda: self.gpu.has_power(),
             idle=self._proxy_idle,
         )
-        self.benchmarks = BenchmarkRuns(services)
+        self.benchmarks = BenchmarkRuns(db, router, auth)
         # instance id → {"pids": [...], "cpu_percent": float, "rss_bytes": int}, refreshed in the background
         self._usage: dict[str, dict[str, Any]] = {}
         self._procs: dict[int, psutil.Process] = {}
@@ -67,30 +84,15 @@ class Telemetry:
         """The relay's observer (only queues; see ActivityLog.observe)."""
         self.activity.observe(ex)
 
-    def attach(self, relay: Relay) -> None:
-        """Become the relay's observer, alongside any observer it already has."""
-        prev = relay.observer
-        if prev is None or prev == self.observe:
-            relay.observer = self.observe
-            return
-
-        def both(ex: Exchange) -> None:
-            try:
-                prev(ex)
-            finally:
-                self.observe(ex)
-
-        relay.observer = both
-
     def _proxy_idle(self) -> bool:
-        return all(s.inflight == 0 for s in self.services.router.slots.values())
+        return all(s.inflight == 0 for s in self.router.slots.values())
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         if self.started:
             return
         self.started = True
-        self._unlisten = self.services.events.listen(self._on_state, "instance.state")
+        self._unlisten = self.events.listen(self._on_state, "instance.state")
         await self.activity.start()
         await self.benchmarks.start()
         try:
@@ -116,7 +118,7 @@ class Telemetry:
     def _on_state(self, ev: Event) -> None:
         if ev.data.get("new") != InstanceState.HEALTHY.value:
             return
-        m = self.services.supervisor.instances.get(ev.data.get("id", ""))
+        m = self.supervisor.instances.get(ev.data.get("id", ""))
         if m is not None and m.proc.load_seconds is not None:
             self.metrics.load_seconds.labels(m.record.model_name).observe(m.proc.load_seconds)
 
@@ -130,7 +132,7 @@ class Telemetry:
             await asyncio.sleep(USAGE_INTERVAL)
 
     async def refresh_usage(self) -> None:
-        targets = {m.id: m.proc.pid for m in self.services.supervisor.list() if m.proc.pid}
+        targets = {m.id: m.proc.pid for m in self.supervisor.list() if m.proc.pid}
         self._usage = await asyncio.to_thread(self._sample_usage, targets)
 
     def _sample_usage(self, targets: dict[str, int]) -> dict[str, dict[str, Any]]:
@@ -199,7 +201,7 @@ class Telemetry:
         for instance_id, usage in self._usage.items():
             if pid in usage["pids"]:
                 return instance_id
-        for m in self.services.supervisor.list():
+        for m in self.supervisor.list():
             if m.proc.pid == pid:
                 return m.id
         return None

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from llamaman.core.exchange import Exchange
 from llamaman.scheduling.router import Router
-from llamaman.upstream.relay import Exchange, Relay
+from llamaman.upstream.relay import Relay
 
 
 @dataclass

@@ -15,8 +15,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Literal
 
 import httpx
@@ -24,7 +23,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from llamaman.core.identity import Identity, current_identity
+from llamaman.core.exchange import Exchange, Observer
 from llamaman.scheduling.router import Lease
 from llamaman.upstream.client import UpstreamClient, UpstreamError, UpstreamResponse
 
@@ -84,48 +83,6 @@ def _raw_response_headers(upstream: UpstreamResponse) -> list[tuple[bytes, bytes
         if k not in _DROP_RESPONSE_RAW and not k.startswith(b"access-control-"):
             out.append((k, v))
     return out
-
-
-@dataclass
-class Exchange:
-    """What happened on one proxied request: read by the activity log and the metrics."""
-
-    model: str
-    endpoint: str
-    started: float = field(default_factory=time.monotonic)
-    first_byte: float | None = None
-    finished: float | None = None
-    status: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    error: str | None = None
-    stream: bool = False
-    # Who asked (API key or user), taken from the auth middleware's context when the exchange is made.
-    identity: Identity | None = field(default_factory=current_identity)
-
-    @property
-    def ttft_ms(self) -> float | None:
-        return (self.first_byte - self.started) * 1000 if self.first_byte else None
-
-    def absorb_usage(self, obj: dict[str, Any]) -> None:
-        """Pick token counts out of an OpenAI/llama-server response object or stream chunk."""
-        usage = obj.get("usage")
-        if isinstance(usage, dict):
-            self.prompt_tokens = int(
-                usage.get("prompt_tokens") or usage.get("input_tokens") or self.prompt_tokens
-            )
-            self.completion_tokens = int(
-                usage.get("completion_tokens") or usage.get("output_tokens") or self.completion_tokens
-            )
-        timings = obj.get("timings")
-        if isinstance(timings, dict) and not isinstance(usage, dict):
-            # prompt_n counts only the tokens evaluated now; cache_n the prompt reused from the cache.
-            prompt = int(timings.get("prompt_n") or 0) + int(timings.get("cache_n") or 0)
-            self.prompt_tokens = prompt or self.prompt_tokens
-            self.completion_tokens = int(timings.get("predicted_n") or self.completion_tokens)
-
-
-Observer = Callable[[Exchange], None]
 
 
 class LeasedStream(StreamingResponse):
@@ -255,16 +212,13 @@ def stream_error_line(style: ErrorStyle, message: str) -> bytes:
 class Relay:
     """Owner of the shared upstream client; one per app."""
 
-    def __init__(
-        self, http: httpx.AsyncClient, request_timeout: float, observer: Observer | None = None
-    ) -> None:
+    def __init__(self, http: httpx.AsyncClient, request_timeout: float) -> None:
         # httpx for ``open`` (the translating surfaces read its lines); the pass-through's own client
         # for ``forward``, where the proxy's per-request cost is decided.
         self.http = http
         self.upstream = UpstreamClient(connect_timeout=5.0)
         self.request_timeout = request_timeout
-        self.observer = observer
-        # More observers beside ``observer`` (per-key token usage, ...), each told of every exchange.
+        # Told of every exchange, in order (the activity log, per-key token usage, ...).
         self.observers: list[Observer] = []
 
     def add_observer(self, observer: Observer) -> None:
@@ -272,9 +226,7 @@ class Relay:
 
     def record(self, ex: Exchange) -> None:
         ex.finished = time.monotonic()
-        for observer in (self.observer, *self.observers):
-            if observer is None:
-                continue
+        for observer in self.observers:
             try:
                 observer(ex)
             except Exception:

@@ -20,10 +20,10 @@ import psutil
 import pytest
 from sqlmodel import select
 
+from llamaman.app import LlamaMan
 from llamaman.core.config import Settings
 from llamaman.core.state import InstanceState
 from llamaman.core.tables import Instance
-from llamaman.services import Services
 from llamaman.testing.tiny_gguf import write_tiny_model
 from tests.helpers import api_client, auth_of, chat, servers_of
 
@@ -32,12 +32,12 @@ pytestmark = pytest.mark.llama
 S = InstanceState
 
 
-def stored_instances(services: Services) -> list[Instance]:
+def stored_instances(services: LlamaMan) -> list[Instance]:
     with services.db.session() as s:
         return list(s.exec(select(Instance)))
 
 
-async def launch_healthy(api: httpx.AsyncClient, services: Services, **body: Any) -> dict[str, Any]:
+async def launch_healthy(api: httpx.AsyncClient, services: LlamaMan, **body: Any) -> dict[str, Any]:
     r = await api.post("/api/instances", json={"model_path": "tiny-a.gguf", "ctx_size": 512, **body})
     assert r.status_code == 201, r.text
     created = r.json()
@@ -81,7 +81,7 @@ async def read_log_events(lines: AsyncIterator[str], count: int, timeout: float 
 
 
 async def test_launched_instance_becomes_healthy_answers_and_is_listed_with_its_logs(
-    api: httpx.AsyncClient, services: Services
+    api: httpx.AsyncClient, services: LlamaMan
 ) -> None:
     r = await api.post("/api/instances", json={"model_path": "tiny-a.gguf", "ctx_size": 512})
     assert r.status_code == 201, r.text
@@ -120,7 +120,7 @@ async def test_launched_instance_becomes_healthy_answers_and_is_listed_with_its_
 
 
 async def test_log_stream_sends_existing_lines_then_new_ones(
-    api: httpx.AsyncClient, services: Services
+    api: httpx.AsyncClient, services: LlamaMan
 ) -> None:
     created = await launch_healthy(api, services)
     m = services.supervisor.get(created["id"])
@@ -150,7 +150,7 @@ async def test_log_stream_sends_existing_lines_then_new_ones(
 
 
 async def test_instance_restarts_then_stops_then_is_removed_from_list_and_database(
-    api: httpx.AsyncClient, services: Services
+    api: httpx.AsyncClient, services: LlamaMan
 ) -> None:
     created = await launch_healthy(api, services)
     iid, port = created["id"], created["port"]
@@ -301,7 +301,7 @@ def stack() -> Iterator[ExitStack]:
 
 
 async def test_bad_launch_is_refused_with_a_clear_message_and_nothing_runs_or_is_stored(
-    api: httpx.AsyncClient, services: Services, tmp_path: Path, stack: ExitStack, refusal: Refusal
+    api: httpx.AsyncClient, services: LlamaMan, tmp_path: Path, stack: ExitStack, refusal: Refusal
 ) -> None:
     body = refusal.body(services.settings, tmp_path, stack)
     r = await api.post("/api/instances", json=body)

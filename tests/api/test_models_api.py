@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from llamaman import __version__
+from llamaman.app import LlamaMan
 from llamaman.core.config import Settings
 from llamaman.core.state import InstanceState
-from llamaman.services import Services
 from llamaman.testing.tiny_gguf import write_tiny_model
 
 S = InstanceState
@@ -203,7 +203,7 @@ async def test_deleting_something_that_is_not_a_model_is_answered_with_404(
 
 
 async def test_a_model_in_use_cannot_be_deleted_until_its_instance_stops(
-    api: httpx.AsyncClient, services: Services, models_dir: Path, llama_server_bin: str
+    api: httpx.AsyncClient, services: LlamaMan, models_dir: Path, llama_server_bin: str
 ) -> None:
     r = await api.post("/api/instances", json={"model_path": "tiny-a.gguf", "ctx_size": 512})
     assert r.status_code == 201, r.text

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from sqlmodel import select
 
+from llamaman.app import LlamaMan
 from llamaman.core.config import Settings
 from llamaman.core.tables import AppSetting, Preset
-from llamaman.services import Services
 from tests.helpers import api_client
 
 SECRET_KEY = "session-signing-secret-4711"
@@ -24,12 +24,12 @@ def settings(make_settings: Callable[..., Settings], llama_server_bin: str) -> S
     return make_settings(LLAMA_SERVER_BIN=llama_server_bin, SECRET_KEY=SECRET_KEY, HF_TOKEN=HF_TOKEN)
 
 
-def stored_presets(services: Services) -> list[Preset]:
+def stored_presets(services: LlamaMan) -> list[Preset]:
     with services.db.session() as s:
         return list(s.exec(select(Preset)))
 
 
-def stored_settings(services: Services) -> dict[str, Any]:
+def stored_settings(services: LlamaMan) -> dict[str, Any]:
     with services.db.session() as s:
         return {row.key: row.value for row in s.exec(select(AppSetting))}
 
@@ -38,7 +38,7 @@ def stored_settings(services: Services) -> dict[str, Any]:
 
 
 async def test_preset_for_a_model_in_a_subfolder_is_saved_listed_read_and_deleted(
-    api: httpx.AsyncClient, services: Services
+    api: httpx.AsyncClient, services: LlamaMan
 ) -> None:
     path = "embed/tiny-embed.gguf"
     assert (await api.get("/api/presets")).json() == {}
@@ -81,7 +81,7 @@ async def test_preset_for_a_model_in_a_subfolder_is_saved_listed_read_and_delete
     ids=["negative ctx_size", "zero parallel", "text for number", "shell syntax", "bad sampling", "unknown"],
 )
 async def test_preset_with_invalid_values_is_refused_with_a_message_and_nothing_is_stored(
-    api: httpx.AsyncClient, services: Services, values: dict[str, Any], words: tuple[str, ...]
+    api: httpx.AsyncClient, services: LlamaMan, values: dict[str, Any], words: tuple[str, ...]
 ) -> None:
     r = await api.put("/api/presets/tiny-a.gguf", json=values)
     assert r.status_code == 422, r.text
@@ -97,7 +97,7 @@ async def test_preset_with_invalid_values_is_refused_with_a_message_and_nothing_
     ids=["dot-dot", "dot-dot inside", "absolute outside"],
 )
 async def test_preset_for_a_path_outside_the_models_folder_is_refused(
-    api: httpx.AsyncClient, services: Services, url_path: str
+    api: httpx.AsyncClient, services: LlamaMan, url_path: str
 ) -> None:
     # Percent-encoded dots: the client would otherwise tidy ".." away before sending.
     r = await api.put(f"/api/presets/{url_path}", json={"ctx_size": 512})
@@ -128,7 +128,7 @@ async def test_settings_show_the_llama_server_and_hide_secrets(
 
 
 async def test_changed_max_models_survives_a_restart(settings: Settings) -> None:
-    first = Services(settings)
+    first = LlamaMan(settings)
     await first.start()
     try:
         async with api_client(first) as api:
@@ -140,7 +140,7 @@ async def test_changed_max_models_survives_a_restart(settings: Settings) -> None
     finally:
         await first.stop()
 
-    second = Services(settings)
+    second = LlamaMan(settings)
     await second.start()
     try:
         async with api_client(second) as api:
@@ -160,7 +160,7 @@ async def test_changed_max_models_survives_a_restart(settings: Settings) -> None
 async def test_settings_a_user_never_saved_keep_following_the_environment(
     make_settings: Callable[..., Settings], llama_server_bin: str
 ) -> None:
-    first = Services(make_settings(LLAMA_SERVER_BIN=llama_server_bin, HF_TOKEN=HF_TOKEN))
+    first = LlamaMan(make_settings(LLAMA_SERVER_BIN=llama_server_bin, HF_TOKEN=HF_TOKEN))
     await first.start()
     try:
         async with api_client(first) as api:
@@ -171,7 +171,7 @@ async def test_settings_a_user_never_saved_keep_following_the_environment(
         await first.stop()
 
     # Restarted with a new environment: what the user saved wins, the rest follows the environment.
-    second = Services(
+    second = LlamaMan(
         make_settings(LLAMA_SERVER_BIN=llama_server_bin, HF_TOKEN="hf_rotated", LLAMAMAN_MAX_MODELS=2)
     )
     await second.start()
@@ -193,7 +193,7 @@ async def test_settings_a_user_never_saved_keep_following_the_environment(
     ids=["negative", "text for a number", "unknown key", "valid with unknown key"],
 )
 async def test_invalid_settings_are_refused_and_nothing_changes(
-    api: httpx.AsyncClient, services: Services, changes: dict[str, Any], words: tuple[str, ...]
+    api: httpx.AsyncClient, services: LlamaMan, changes: dict[str, Any], words: tuple[str, ...]
 ) -> None:
     before, stored_before = (await api.get("/api/settings")).json(), stored_settings(services)
     r = await api.post("/api/settings", json=changes)

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from llamaman.app import LlamaMan
 from llamaman.core.config import Settings
 from llamaman.downloads.manager import Job
-from llamaman.services import Services
 from llamaman.testing.fake_hub import FakeHub
 from tests.conftest import find_llama_server
 
@@ -39,15 +39,15 @@ def hub_settings(make_settings: Callable[..., Settings], hub: FakeHub) -> Settin
     return make_settings(**extra)
 
 
-async def start_services(settings: Settings) -> Services:
-    svc = Services(settings)
+async def start_services(settings: Settings) -> LlamaMan:
+    svc = LlamaMan(settings)
     await svc.start()
     svc.downloads.backoff_base = 0.02
     return svc
 
 
 @pytest.fixture
-async def dl(hub_settings: Settings) -> AsyncIterator[Services]:
+async def dl(hub_settings: Settings) -> AsyncIterator[LlamaMan]:
     svc = await start_services(hub_settings)
     try:
         yield svc
@@ -55,7 +55,7 @@ async def dl(hub_settings: Settings) -> AsyncIterator[Services]:
         await svc.stop()
 
 
-async def finished(svc: Services, job: Job, timeout: float = 20) -> Job:
+async def finished(svc: LlamaMan, job: Job, timeout: float = 20) -> Job:
     return await svc.downloads.wait(job.id, timeout)
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from sqlmodel import delete
 
+from llamaman.app import LlamaMan
 from llamaman.core.tables import ModelSource
-from llamaman.services import Services
 from tests.downloads.conftest import finished
 from tests.helpers import api_client
 
 
-async def test_backup_wipe_restore(dl: Services) -> None:
+async def test_backup_wipe_restore(dl: LlamaMan) -> None:
     job = await dl.downloads.create("user/split", "split-Q4_K_M-00001-of-00003.gguf")
     await finished(dl, job)
     downloaded = "user/split/split-Q4_K_M-00001-of-00003.gguf"

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from sqlmodel import select
 
+from llamaman.app import LlamaMan
 from llamaman.core.events import Event
 from llamaman.core.state import InstanceState
 from llamaman.core.tables import Download, ModelSource
 from llamaman.instances.launch import LaunchSettings
-from llamaman.services import Services
 from llamaman.testing.fake_hub import FakeHub
 from tests.downloads.conftest import BIG_SIZE, ask, finished, start_services, until
 from tests.helpers import api_client
@@ -22,12 +22,12 @@ from tests.helpers import api_client
 S = InstanceState
 
 
-def staged(svc: Services, job_id: str) -> Path:
+def staged(svc: LlamaMan, job_id: str) -> Path:
     return svc.downloads.staging / job_id
 
 
 async def test_download_completes_lands_in_library_and_launches(
-    dl: Services, hub: FakeHub, llama_server_bin: str
+    dl: LlamaMan, hub: FakeHub, llama_server_bin: str
 ) -> None:
     progress: list[Event] = []
     dl.events.listen(progress.append, "download.progress")
@@ -67,7 +67,7 @@ async def test_download_completes_lands_in_library_and_launches(
     assert final.exists()  # forgetting a download never deletes its model
 
 
-async def test_speed_limit_per_download_and_global(dl: Services, hub: FakeHub) -> None:
+async def test_speed_limit_per_download_and_global(dl: LlamaMan, hub: FakeHub) -> None:
     limit = 8.0  # Mbps: 1 MB/s, so the 3 MB file takes about 3 s
     job = await dl.downloads.create("user/big", "big-Q4_K_M.gguf", speed_limit_mbps=limit)
     await finished(dl, job)
@@ -88,7 +88,7 @@ async def test_speed_limit_per_download_and_global(dl: Services, hub: FakeHub) -
     assert 12 * 0.8 <= both <= 12 * 1.2, f"{both:.2f} Mbps under a 12 Mbps global limit"
 
 
-async def test_cancel_removes_partial_data(dl: Services, hub: FakeHub) -> None:
+async def test_cancel_removes_partial_data(dl: LlamaMan, hub: FakeHub) -> None:
     hub.throttle_bps = 300_000
     async with api_client(dl) as api:
         r = await api.post("/api/downloads", json={"repo_id": "user/big", "filename": "big-Q4_K_M.gguf"})
@@ -102,7 +102,7 @@ async def test_cancel_removes_partial_data(dl: Services, hub: FakeHub) -> None:
     assert job.bytes_done == 0
 
 
-async def test_server_errors_and_dropped_connections_are_retried(dl: Services, hub: FakeHub) -> None:
+async def test_server_errors_and_dropped_connections_are_retried(dl: LlamaMan, hub: FakeHub) -> None:
     hub.fail_next(2)
     hub.cut_next(200_000)
     job = await dl.downloads.create("user/big", "big-Q4_K_M.gguf")
@@ -117,7 +117,7 @@ async def test_server_errors_and_dropped_connections_are_retried(dl: Services, h
     assert hashlib.sha256(data).hexdigest() == hub.repos["user/big"].sha256("big-Q4_K_M.gguf")
 
 
-async def test_gives_up_after_the_configured_retries(dl: Services, hub: FakeHub) -> None:
+async def test_gives_up_after_the_configured_retries(dl: LlamaMan, hub: FakeHub) -> None:
     await dl.runtime.update({"download_retries": 1})
     hub.fail_next(5, status=503)
     job = await dl.downloads.create("user/repo", "tiny-Q8_0.gguf")
@@ -151,7 +151,7 @@ async def test_restart_resumes_from_the_bytes_on_disk(hub_settings: object, hub:
         await second.stop()
 
 
-async def test_one_part_of_a_split_queues_every_part_and_blank_takes_the_repo(dl: Services) -> None:
+async def test_one_part_of_a_split_queues_every_part_and_blank_takes_the_repo(dl: LlamaMan) -> None:
     async with api_client(dl) as api:
         r = await api.post(
             "/api/downloads", json={"repo_id": "user/split", "filename": "split-Q4_K_M-00002-of-00003.gguf"}
@@ -175,7 +175,7 @@ async def test_one_part_of_a_split_queues_every_part_and_blank_takes_the_repo(dl
     assert not (dl.library.models_dir / "user/repo/README.md").exists()
 
 
-async def test_bad_requests_and_a_full_disk_get_clear_errors(dl: Services, hub: FakeHub) -> None:
+async def test_bad_requests_and_a_full_disk_get_clear_errors(dl: LlamaMan, hub: FakeHub) -> None:
     hub.add_file("user/evil", "../../escape.gguf", b"GGUF")
     async with api_client(dl) as api:
         cases = [
@@ -202,7 +202,7 @@ async def test_bad_requests_and_a_full_disk_get_clear_errors(dl: Services, hub: 
     assert dl.downloads.jobs == {}
 
 
-async def test_log_stream_and_remove(dl: Services, hub: FakeHub) -> None:
+async def test_log_stream_and_remove(dl: LlamaMan, hub: FakeHub) -> None:
     hub.throttle_bps = 400_000
     job = await dl.downloads.create("user/repo", "tiny-Q8_0.gguf")
     seen: list[str] = []
@@ -221,7 +221,7 @@ async def test_log_stream_and_remove(dl: Services, hub: FakeHub) -> None:
         assert s.exec(select(Download)).all() == []
 
 
-async def test_orphaned_download_is_marked_interrupted_and_resumes(dl: Services) -> None:
+async def test_orphaned_download_is_marked_interrupted_and_resumes(dl: LlamaMan) -> None:
     job = await dl.downloads.create("user/repo", "tiny-Q8_0.gguf")
     await finished(dl, job)
     # A worker that vanished leaves an active record behind.
@@ -235,7 +235,7 @@ async def test_orphaned_download_is_marked_interrupted_and_resumes(dl: Services)
     assert job.status == "completed" and (dl.library.models_dir / "user/repo/tiny-Q8_0.gguf").exists()
 
 
-async def test_private_repo_needs_a_token(dl: Services, hub: FakeHub) -> None:
+async def test_private_repo_needs_a_token(dl: LlamaMan, hub: FakeHub) -> None:
     hub.require_token("user/repo", "hf_secret")
     body = {"repo_id": "user/repo", "filename": "tiny-Q8_0.gguf"}
     async with api_client(dl) as api:

@@ -8,16 +8,16 @@ import ollama
 import pytest
 from fastapi import FastAPI
 
+from llamaman.app import LlamaMan
 from llamaman.downloads.hub import RemoteFile, RepoListing
 from llamaman.proxy import pull as pull_module
 from llamaman.proxy.pull import parse_name, pick
-from llamaman.services import Services
 from llamaman.testing.fake_hub import FakeHub
 from tests.downloads.conftest import ask, served
 
 
 @pytest.fixture
-async def client(dl: Services) -> AsyncIterator[ollama.AsyncClient]:
+async def client(dl: LlamaMan) -> AsyncIterator[ollama.AsyncClient]:
     app = FastAPI()
     app.state.services = dl
     app.include_router(pull_module.router)
@@ -26,7 +26,7 @@ async def client(dl: Services) -> AsyncIterator[ollama.AsyncClient]:
 
 
 async def test_pull_streams_progress_then_the_model_answers(
-    dl: Services, hub: FakeHub, client: ollama.AsyncClient, llama_server_bin: str
+    dl: LlamaMan, hub: FakeHub, client: ollama.AsyncClient, llama_server_bin: str
 ) -> None:
     parts = [p async for p in await client.pull("hf.co/user/repo:Q4_K_M", stream=True)]
     statuses = [p.status for p in parts]
@@ -46,7 +46,7 @@ async def test_pull_streams_progress_then_the_model_answers(
         lease.release()
 
 
-async def test_pull_without_stream_and_unknown_names(dl: Services, client: ollama.AsyncClient) -> None:
+async def test_pull_without_stream_and_unknown_names(dl: LlamaMan, client: ollama.AsyncClient) -> None:
     done = await client.pull("user/repo:q8_0", stream=False)
     assert done.status == "success"
     assert dl.aliases.aliases["user/repo:q8_0"] == "user/repo/tiny-Q8_0.gguf"

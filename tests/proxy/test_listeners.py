@@ -12,15 +12,15 @@ from typing import Any
 import httpx
 import pytest
 
+from llamaman.app import LlamaMan
 from llamaman.core.state import InstanceState
 from llamaman.instances.launch import LaunchSettings, SamplingOverrides
 from llamaman.instances.supervisor import ManagedInstance
-from llamaman.services import Services
 
 S = InstanceState
 
 
-async def launch(services: Services, **kw: Any) -> ManagedInstance:
+async def launch(services: LlamaMan, **kw: Any) -> ManagedInstance:
     m = await services.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=2048, **kw))
     assert await m.proc.wait_for({S.HEALTHY, S.FAILED}, timeout=30) == S.HEALTHY
     return m
@@ -37,7 +37,7 @@ def chat_body(model: str | None = "tiny-a", max_tokens: int = 6, **extra: Any) -
     return body
 
 
-async def test_llama_server_listens_internally_and_the_listener_passes_through(services: Services) -> None:
+async def test_llama_server_listens_internally_and_the_listener_passes_through(services: LlamaMan) -> None:
     m = await launch(services)
     assert m.record.internal_port is not None and m.upstream_port != m.record.port
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{m.record.port}", timeout=30) as c:
@@ -50,7 +50,7 @@ async def test_llama_server_listens_internally_and_the_listener_passes_through(s
         assert r.status_code == 200 and r.json()["data"]
 
 
-async def test_mismatched_model_gets_404_without_waking_a_sleeping_instance(services: Services) -> None:
+async def test_mismatched_model_gets_404_without_waking_a_sleeping_instance(services: LlamaMan) -> None:
     m = await launch(services)
     await services.supervisor.sleep(m.id)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{m.record.port}", timeout=30) as c:
@@ -67,7 +67,7 @@ async def test_mismatched_model_gets_404_without_waking_a_sleeping_instance(serv
         assert m.state == S.HEALTHY
 
 
-async def test_sampling_overrides_are_forced_onto_requests(services: Services) -> None:
+async def test_sampling_overrides_are_forced_onto_requests(services: LlamaMan) -> None:
     m = await launch(services, sampling=SamplingOverrides(temperature=0.0, top_k=7))
     async with httpx.AsyncClient(timeout=30) as c:
         r = await c.post(
@@ -80,7 +80,7 @@ async def test_sampling_overrides_are_forced_onto_requests(services: Services) -
     assert params["top_k"] == 7
 
 
-async def test_gate_serves_three_and_refuses_seven_then_counters_return_to_zero(services: Services) -> None:
+async def test_gate_serves_three_and_refuses_seven_then_counters_return_to_zero(services: LlamaMan) -> None:
     m = await launch(services, max_concurrent=1, max_queue_depth=2)
     async with httpx.AsyncClient(timeout=60) as c:
 
@@ -100,7 +100,7 @@ async def test_gate_serves_three_and_refuses_seven_then_counters_return_to_zero(
     assert view["queued_requests"] == 0
 
 
-async def test_client_disconnect_mid_stream_frees_the_slot_and_closes_upstream(services: Services) -> None:
+async def test_client_disconnect_mid_stream_frees_the_slot_and_closes_upstream(services: LlamaMan) -> None:
     m = await launch(services)
     async with httpx.AsyncClient(timeout=30) as c:
         async with c.stream(
@@ -123,7 +123,7 @@ async def test_client_disconnect_mid_stream_frees_the_slot_and_closes_upstream(s
 
 
 async def test_upstream_killed_mid_stream_ends_the_client_stream_with_an_error_within_a_second(
-    services: Services,
+    services: LlamaMan,
 ) -> None:
     m = await launch(services)
     async with httpx.AsyncClient(timeout=30) as c:
@@ -152,7 +152,7 @@ async def test_upstream_killed_mid_stream_ends_the_client_stream_with_an_error_w
 
 
 async def test_saving_a_preset_applies_its_sampling_overrides_to_running_instances(
-    services: Services,
+    services: LlamaMan,
 ) -> None:
     m = await launch(services)
     await services.presets.put("tiny-a.gguf", {"sampling": {"temperature": 0.0, "top_k": 3}})
@@ -167,7 +167,7 @@ async def test_saving_a_preset_applies_its_sampling_overrides_to_running_instanc
     assert m.record.sampling == {"temperature": 0.0, "top_k": 3}
 
 
-async def test_replicas_sharing_a_queue_take_work_as_their_slots_free(services: Services) -> None:
+async def test_replicas_sharing_a_queue_take_work_as_their_slots_free(services: LlamaMan) -> None:
     a = await launch(services, max_concurrent=1, max_queue_depth=8, share_queue=True)
     b = await launch(services, max_concurrent=1, max_queue_depth=8, share_queue=True)
     served: list[str] = []

@@ -16,11 +16,11 @@ import ollama
 import pytest
 from fastapi import FastAPI
 
+from llamaman.app import LlamaMan
 from llamaman.core.state import InstanceState
 from llamaman.instances.supervisor import ManagedInstance
 from llamaman.proxy import ollama as ollama_proxy
 from llamaman.proxy.app import ProxyServer
-from llamaman.services import Services
 
 S = InstanceState
 SHORT = {"num_predict": 12}
@@ -28,7 +28,7 @@ HELLO = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture
-async def base_url(services: Services) -> AsyncIterator[str]:
+async def base_url(services: LlamaMan) -> AsyncIterator[str]:
     """The Ollama routers alone on a real port (no other surface, no auth layer), so the client
     streams over a socket as it would in use."""
     app = FastAPI()
@@ -52,11 +52,11 @@ async def client(base_url: str) -> AsyncIterator[ollama.AsyncClient]:
         await c.close()
 
 
-def instances_of(services: Services, rel_path: str) -> list[ManagedInstance]:
+def instances_of(services: LlamaMan, rel_path: str) -> list[ManagedInstance]:
     return [m for m in services.supervisor.list() if m.record.model_path == rel_path]
 
 
-def healthy(services: Services, rel_path: str) -> list[ManagedInstance]:
+def healthy(services: LlamaMan, rel_path: str) -> list[ManagedInstance]:
     return [m for m in instances_of(services, rel_path) if m.state == S.HEALTHY]
 
 
@@ -111,7 +111,7 @@ async def test_list_show_and_unknown_models(client: ollama.AsyncClient) -> None:
     assert err.value.status_code == 400
 
 
-async def test_chat_plain_streamed_and_ps(services: Services, client: ollama.AsyncClient) -> None:
+async def test_chat_plain_streamed_and_ps(services: LlamaMan, client: ollama.AsyncClient) -> None:
     parts = [part async for part in await client.chat("tiny-a", messages=HELLO, stream=True, options=SHORT)]
     assert "".join(p.message.content or "" for p in parts).startswith("abcdef")
     assert all(not p.done for p in parts[:-1])
@@ -172,7 +172,7 @@ async def test_tools_and_think_still_answer(client: ollama.AsyncClient) -> None:
     assert (thinking.message.content or "").startswith("abcdef")
 
 
-async def test_copy_alias_chat_then_delete(services: Services, client: ollama.AsyncClient) -> None:
+async def test_copy_alias_chat_then_delete(services: LlamaMan, client: ollama.AsyncClient) -> None:
     await client.copy("tiny-b", "my-model")
     names = {m.model for m in (await client.list()).models}
     assert {"my-model:latest", "tiny-b:latest"} <= names
@@ -196,7 +196,7 @@ async def test_copy_alias_chat_then_delete(services: Services, client: ollama.As
     assert err.value.status_code == 404
 
 
-async def test_load_only_and_keep_alive_zero_unloads(services: Services, client: ollama.AsyncClient) -> None:
+async def test_load_only_and_keep_alive_zero_unloads(services: LlamaMan, client: ollama.AsyncClient) -> None:
     loaded = await client.chat("tiny-a", messages=[])
     assert loaded.done and loaded.done_reason == "load" and healthy(services, "tiny-a.gguf")
     unloaded = await client.generate("tiny-a", prompt="", keep_alive=0)
@@ -207,7 +207,7 @@ async def test_load_only_and_keep_alive_zero_unloads(services: Services, client:
     await wait_until(lambda: not healthy(services, "tiny-a.gguf"))
 
 
-async def test_bigger_num_ctx_relaunches_the_model(services: Services, client: ollama.AsyncClient) -> None:
+async def test_bigger_num_ctx_relaunches_the_model(services: LlamaMan, client: ollama.AsyncClient) -> None:
     await services.presets.put("tiny-a.gguf", {"ctx_size": 512})
     await client.chat("tiny-a", messages=HELLO, options=SHORT)
     [m] = healthy(services, "tiny-a.gguf")
@@ -223,7 +223,7 @@ async def test_bigger_num_ctx_relaunches_the_model(services: Services, client: o
 
 
 async def test_upstream_killed_mid_stream_ends_with_an_error_promptly(
-    services: Services, client: ollama.AsyncClient
+    services: LlamaMan, client: ollama.AsyncClient
 ) -> None:
     stream = await client.chat("tiny-a", messages=HELLO, stream=True, options={"num_predict": 3000})
     first = await anext(stream)
@@ -240,7 +240,7 @@ async def test_upstream_killed_mid_stream_ends_with_an_error_promptly(
     await wait_until(lambda: services.router.slot(m).inflight == 0, timeout=2)
 
 
-async def test_client_gone_mid_stream_releases_the_instance(services: Services, base_url: str) -> None:
+async def test_client_gone_mid_stream_releases_the_instance(services: LlamaMan, base_url: str) -> None:
     body = {"model": "tiny-a", "messages": HELLO, "options": {"num_predict": 3000}}
     async with httpx.AsyncClient(base_url=base_url, timeout=10, trust_env=False) as http:
         async with http.stream("POST", "/api/chat", json=body) as r:
@@ -256,7 +256,7 @@ async def test_client_gone_mid_stream_releases_the_instance(services: Services, 
 
 
 async def test_instance_sampling_overrides_win(
-    services: Services, client: ollama.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    services: LlamaMan, client: ollama.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await services.presets.put("tiny-a.gguf", {"sampling": {"temperature": 0.25, "top_k": 7}})
     sent: list[dict[str, Any]] = []

@@ -13,12 +13,12 @@ import httpx
 import openai
 import pytest
 
+from llamaman.app import LlamaMan
 from llamaman.core.config import Settings
 from llamaman.core.state import InstanceState
 from llamaman.instances.launch import LaunchSettings, SamplingOverrides
 from llamaman.proxy.app import ProxyServer, create_proxy_app
 from llamaman.proxy.openai import encode_body
-from llamaman.services import Services
 from llamaman.testing.tiny_gguf import write_tiny_model
 from tests.helpers import admin_headers
 
@@ -258,7 +258,7 @@ async def test_client_leaving_during_a_cold_start_leaks_no_lease(
 async def test_a_model_that_fails_to_load_is_a_503(
     make_settings: Callable[..., Settings], fake_server_bin: Callable[..., str]
 ) -> None:
-    services = Services(make_settings(LLAMA_SERVER_BIN=fake_server_bin("exit-during-load")))
+    services = LlamaMan(make_settings(LLAMA_SERVER_BIN=fake_server_bin("exit-during-load")))
     await services.start()
     server = ProxyServer(create_proxy_app(services), "127.0.0.1", 0)
     await server.start()

@@ -1,4 +1,4 @@
-"""The proxy port as LlamaMan runs it: started and stopped by ``Services`` inside the app's event loop."""
+"""The proxy port as LlamaMan runs it: started and stopped by ``LlamaMan`` inside the app's event loop."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import httpx
 import openai
 import pytest
 
+from llamaman.app import LlamaMan
 from llamaman.core.config import Settings
 from llamaman.proxy.app import ProxyServer, create_proxy_app
-from llamaman.services import Services
 from tests.helpers import admin_headers, servers_of
 
 
@@ -34,7 +34,7 @@ async def test_services_serve_the_proxy_on_its_port(
     make_settings: Callable[..., Settings], llama_server_bin: str
 ) -> None:
     port = _free_port()
-    services = Services(make_settings(LLAMA_SERVER_BIN=llama_server_bin, LLAMAMAN_PROXY_PORT=port))
+    services = LlamaMan(make_settings(LLAMA_SERVER_BIN=llama_server_bin, LLAMAMAN_PROXY_PORT=port))
     await services.start()
     try:
         assert services.proxy_server is not None and services.proxy_server.port == port
@@ -62,7 +62,7 @@ async def test_a_taken_proxy_port_fails_start_clearly_and_leaves_nothing_running
         blocker.bind(("127.0.0.1", 0))
         blocker.listen(1)
         port = blocker.getsockname()[1]
-        services = Services(make_settings(LLAMA_SERVER_BIN=llama_server_bin, LLAMAMAN_PROXY_PORT=port))
+        services = LlamaMan(make_settings(LLAMA_SERVER_BIN=llama_server_bin, LLAMAMAN_PROXY_PORT=port))
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}.*LLAMAMAN_PROXY_PORT"):
             await services.start()
     assert not services.started and services.proxy_server is None

@@ -11,17 +11,17 @@ from typing import Any
 import httpx
 from sqlmodel import select
 
+from llamaman.app import LlamaMan
 from llamaman.auth.accounts import SESSION_COOKIE
 from llamaman.core.config import Settings
 from llamaman.core.tables import ModelAlias
-from llamaman.services import Services
 
 ADMIN, PASSWORD = "admin", "correct horse battery"
 
 
 @dataclass
 class Box:
-    services: Services
+    services: LlamaMan
     main: str  # http://127.0.0.1:<port>
     proxy: str
     instance: str
@@ -47,12 +47,12 @@ def cookie(value: str) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def served(make_settings: Callable[..., Settings], **env: Any) -> AsyncIterator[Box]:
-    """Services with an admin, and each surface on a real uvicorn server on a free loopback port."""
+    """LlamaMan with an admin, and each surface on a real uvicorn server on a free loopback port."""
     from llamaman.app import create_app
     from llamaman.proxy.app import ProxyServer, create_proxy_app
     from llamaman.proxy.listeners import create_instance_app
 
-    services = Services(make_settings(**env))
+    services = LlamaMan(make_settings(**env))
     await services.start()
     servers: list[ProxyServer] = []
     try:

@@ -29,12 +29,11 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from llamaman.app import create_app
+from llamaman.app import LlamaMan, create_app
 from llamaman.core.config import Settings
 from llamaman.core.state import InstanceState
 from llamaman.instances.launch import LaunchSettings
 from llamaman.proxy.app import ProxyServer, create_proxy_app
-from llamaman.services import Services
 from llamaman.testing.fake_hub import FakeHub
 from tests.helpers import admin_headers
 
@@ -78,8 +77,8 @@ def hub() -> Iterator[FakeHub]:
 @pytest.fixture
 async def fuzz_services(
     make_settings: Callable[..., Settings], llama_server_bin: str, hub: FakeHub
-) -> AsyncIterator[Services]:
-    services = Services(
+) -> AsyncIterator[LlamaMan]:
+    services = LlamaMan(
         make_settings(LLAMA_SERVER_BIN=llama_server_bin, HF_ENDPOINT=hub.url, REQUEST_TIMEOUT=60)
     )
     await services.start()
@@ -90,7 +89,7 @@ async def fuzz_services(
 
 
 @pytest.fixture
-async def ports(fuzz_services: Services) -> AsyncIterator[dict[str, int]]:
+async def ports(fuzz_services: LlamaMan) -> AsyncIterator[dict[str, int]]:
     """Real servers: the proxy app, the main app's routes, and one instance's own port."""
     main = ProxyServer(create_app(fuzz_services, manage_lifecycle=False), "127.0.0.1", 0)
     proxy = ProxyServer(create_proxy_app(fuzz_services), "127.0.0.1", 0)
@@ -172,7 +171,7 @@ def _until(make_run: Callable[[], Any], cases: int, tally: Tally) -> None:
         attempt += 1
 
 
-async def test_schema_fuzz(fuzz_services: Services, ports: dict[str, int]) -> None:
+async def test_schema_fuzz(fuzz_services: LlamaMan, ports: dict[str, int]) -> None:
     key = (await admin_headers(fuzz_services))["Authorization"].removeprefix("Bearer ")
     apps = {
         "main": (create_app(fuzz_services, manage_lifecycle=False), ports["main"]),
@@ -344,7 +343,7 @@ def _body_run(ports: dict[str, int], key: str, cases: int, tally: Tally) -> None
         client.close()
 
 
-async def test_body_fuzz(fuzz_services: Services, ports: dict[str, int]) -> None:
+async def test_body_fuzz(fuzz_services: LlamaMan, ports: dict[str, int]) -> None:
     key = (await admin_headers(fuzz_services))["Authorization"].removeprefix("Bearer ")
     tally = Tally()
     started = time.monotonic()

@@ -11,11 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from llamaman.app import create_app
+from llamaman.app import LlamaMan, create_app
 from llamaman.core.config import Settings
 from llamaman.gateway.bodies import BodyError, parse_json
 from llamaman.proxy.app import create_proxy_app
-from llamaman.services import Services
 
 pytestmark = pytest.mark.auth
 
@@ -24,9 +23,9 @@ PATHS = ("/v1/chat/completions", "/api/chat", "/v1/messages", "/completion", "/v
 
 
 @pytest.fixture
-async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]:
-    """Services without a llama-server: a refused request must never need one."""
-    services = Services(make_settings(LLAMA_SERVER_BIN="/nonexistent/llama-server"))
+async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[LlamaMan]:
+    """LlamaMan without a llama-server: a refused request must never need one."""
+    services = LlamaMan(make_settings(LLAMA_SERVER_BIN="/nonexistent/llama-server"))
     await services.start()
     try:
         yield services
@@ -34,14 +33,14 @@ async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]
         await services.stop()
 
 
-def client(services: Services, surface: str) -> httpx.AsyncClient:
+def client(services: LlamaMan, surface: str) -> httpx.AsyncClient:
     app: Any = create_proxy_app(services)
     if surface == "main":
         app = create_app(services, manage_lifecycle=False)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://llamaman.test")
 
 
-async def limited_key(services: Services) -> dict[str, str]:
+async def limited_key(services: LlamaMan) -> dict[str, str]:
     _, key = await services.auth.keys.create("only-a", allowed_models=["tiny-a"])
     return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
@@ -77,7 +76,7 @@ def forbidden_variants() -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("surface", ["proxy", "main"])
-async def test_every_odd_encoding_of_a_forbidden_model_is_refused(box: Services, surface: str) -> None:
+async def test_every_odd_encoding_of_a_forbidden_model_is_refused(box: LlamaMan, surface: str) -> None:
     h = await limited_key(box)
     async with client(box, surface) as c:
         for name, raw in forbidden_variants().items():
@@ -95,7 +94,7 @@ async def test_every_odd_encoding_of_a_forbidden_model_is_refused(box: Services,
 
 
 @pytest.mark.parametrize("surface", ["proxy", "main"])
-async def test_refusals_name_the_problem(box: Services, surface: str) -> None:
+async def test_refusals_name_the_problem(box: LlamaMan, surface: str) -> None:
     h = await limited_key(box)
     v = forbidden_variants()
     async with client(box, surface) as c:
@@ -115,7 +114,7 @@ async def test_refusals_name_the_problem(box: Services, surface: str) -> None:
 
 
 @pytest.mark.parametrize("surface", ["proxy", "main"])
-async def test_an_unrestricted_key_gets_the_same_strict_parse(box: Services, surface: str) -> None:
+async def test_an_unrestricted_key_gets_the_same_strict_parse(box: LlamaMan, surface: str) -> None:
     """The handler sees what the check saw: the same refusals without any allow-list."""
     _, key = await box.auth.keys.create("all")
     h = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
@@ -126,7 +125,7 @@ async def test_an_unrestricted_key_gets_the_same_strict_parse(box: Services, sur
 
 
 @pytest.mark.parametrize("surface", ["proxy", "main"])
-async def test_plain_variants_still_checked(box: Services, surface: str) -> None:
+async def test_plain_variants_still_checked(box: LlamaMan, surface: str) -> None:
     h = await limited_key(box)
     async with client(box, surface) as c:
         for raw in (
@@ -146,7 +145,7 @@ async def test_plain_variants_still_checked(box: Services, surface: str) -> None
                 assert r.status_code in refusals, (raw, ctype, r.status_code, r.text)
 
 
-async def test_rest_bodies_are_parsed_strictly_too(box: Services) -> None:
+async def test_rest_bodies_are_parsed_strictly_too(box: LlamaMan) -> None:
     _, key = await box.auth.keys.create("admin", scope="admin")
     h = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     async with client(box, "main") as c:
@@ -181,7 +180,7 @@ def test_parser_accepts_what_clients_send() -> None:
 @pytest.mark.parametrize(
     "value", ["NaN", "Infinity", "-Infinity", "1e400", "1e30", "99999999999999999999999", "-5", "1.5"]
 )
-async def test_num_ctx_out_of_range_is_refused_naming_it(box: Services, surface: str, value: str) -> None:
+async def test_num_ctx_out_of_range_is_refused_naming_it(box: LlamaMan, surface: str, value: str) -> None:
     _, key = await box.auth.keys.create("all")
     h = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     async with client(box, surface) as c:

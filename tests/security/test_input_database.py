@@ -12,16 +12,15 @@ from typing import Any
 import httpx
 import pytest
 
-from llamaman.app import create_app
+from llamaman.app import LlamaMan, create_app
 from llamaman.core.config import Settings
 from llamaman.proxy.app import create_proxy_app
-from llamaman.services import Services
 from tests.helpers import admin_headers
 
 
 @pytest.fixture
-async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]:
-    services = Services(make_settings(LLAMA_SERVER_BIN="/nonexistent/llama-server"))
+async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[LlamaMan]:
+    services = LlamaMan(make_settings(LLAMA_SERVER_BIN="/nonexistent/llama-server"))
     await services.start()
     try:
         yield services
@@ -30,7 +29,7 @@ async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]
 
 
 @contextmanager
-def locked(services: Services) -> Iterator[None]:
+def locked(services: LlamaMan) -> Iterator[None]:
     """Another process's write transaction holding the SQLite file."""
     conn = sqlite3.connect(services.settings.data_dir / "llamaman.db", timeout=1, isolation_level=None)
     try:
@@ -45,7 +44,7 @@ def client(app: Any, headers: dict[str, str]) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers)
 
 
-async def test_a_locked_database_answers_503_with_retry_after(box: Services) -> None:
+async def test_a_locked_database_answers_503_with_retry_after(box: LlamaMan) -> None:
     headers = await admin_headers(box)
     async with client(create_app(box, manage_lifecycle=False), headers) as main:
         async with client(create_proxy_app(box), headers) as proxy:
@@ -67,7 +66,7 @@ async def test_a_locked_database_answers_503_with_retry_after(box: Services) -> 
             assert r.status_code == 200, r.text
 
 
-async def test_a_database_that_went_away_answers_503(box: Services) -> None:
+async def test_a_database_that_went_away_answers_503(box: LlamaMan) -> None:
     headers = await admin_headers(box)
     async with client(create_app(box, manage_lifecycle=False), headers) as main:
         # The file replaced by a directory: every new connection fails to open it.

@@ -10,9 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from llamaman.app import create_app
+from llamaman.app import LlamaMan, create_app
 from llamaman.proxy.app import create_proxy_app
-from llamaman.services import Services
 from llamaman.testing.fake_hub import FakeHub
 from tests.helpers import admin_headers
 
@@ -39,8 +38,8 @@ def hub() -> Iterator[FakeHub]:
 
 
 @pytest.fixture
-async def dl(make_settings: Any, hub: FakeHub) -> AsyncIterator[Services]:
-    svc = Services(make_settings(HF_ENDPOINT=hub.url, LLAMA_SERVER_BIN="/nonexistent/llama-server"))
+async def dl(make_settings: Any, hub: FakeHub) -> AsyncIterator[LlamaMan]:
+    svc = LlamaMan(make_settings(HF_ENDPOINT=hub.url, LLAMA_SERVER_BIN="/nonexistent/llama-server"))
     await svc.start()
     try:
         yield svc
@@ -48,11 +47,11 @@ async def dl(make_settings: Any, hub: FakeHub) -> AsyncIterator[Services]:
         await svc.stop()
 
 
-def models(svc: Services) -> list[str]:
+def models(svc: LlamaMan) -> list[str]:
     return sorted(p.name for p in svc.settings.models_dir.rglob("*") if p.is_file())
 
 
-async def test_rest_downloads_refuse_unsafe_names(dl: Services) -> None:
+async def test_rest_downloads_refuse_unsafe_names(dl: LlamaMan) -> None:
     before = models(dl)
     headers = await admin_headers(dl)
     app = create_app(dl, manage_lifecycle=False)
@@ -75,7 +74,7 @@ async def test_rest_downloads_refuse_unsafe_names(dl: Services) -> None:
     assert models(dl) == before
 
 
-async def test_ollama_pull_refuses_a_repo_whose_projector_name_is_markup(dl: Services) -> None:
+async def test_ollama_pull_refuses_a_repo_whose_projector_name_is_markup(dl: LlamaMan) -> None:
     app = create_proxy_app(dl)
     headers = await admin_headers(dl)  # pulling changes the box: an admin key, whatever require-auth says
     async with httpx.AsyncClient(

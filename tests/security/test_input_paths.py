@@ -9,10 +9,10 @@ import contextlib
 
 import httpx
 
+from llamaman.app import LlamaMan
 from llamaman.core.state import InstanceState
 from llamaman.instances.launch import LaunchSettings
 from llamaman.proxy.app import ProxyServer
-from llamaman.services import Services
 from llamaman.upstream.client import upstream_path
 
 ODD = [
@@ -55,7 +55,7 @@ async def raw_get(port: int, target: bytes) -> bytes:
     return out
 
 
-async def test_odd_paths_are_relayed_or_refused_never_500(services: Services, proxy: ProxyServer) -> None:
+async def test_odd_paths_are_relayed_or_refused_never_500(services: LlamaMan, proxy: ProxyServer) -> None:
     m = await services.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=512))
     assert (
         await m.proc.wait_for({InstanceState.HEALTHY, InstanceState.FAILED}, timeout=60)
@@ -80,7 +80,7 @@ async def test_odd_paths_are_relayed_or_refused_never_500(services: Services, pr
 
 
 async def test_fields_llama_server_cannot_parse_are_client_errors(
-    services: Services, proxy: ProxyServer
+    services: LlamaMan, proxy: ProxyServer
 ) -> None:
     """llama-server answers 500 for a request field it fails to parse; the client hears 400."""
     async with httpx.AsyncClient(base_url=proxy.url, timeout=60, trust_env=False) as c:

@@ -14,12 +14,12 @@ import httpx
 import psutil
 import pytest
 
+from llamaman.app import LlamaMan
 from llamaman.core.config import Settings
 from llamaman.core.state import InstanceState
 from llamaman.instances.launch import LaunchSettings
 from llamaman.instances.process import LlamaProcess
 from llamaman.proxy.app import ProxyServer
-from llamaman.services import Services
 from tests.helpers import admin_headers
 
 S = InstanceState
@@ -49,19 +49,19 @@ def settings(
 
 
 @pytest.fixture
-async def http(proxy: ProxyServer, services: Services) -> AsyncIterator[httpx.AsyncClient]:
+async def http(proxy: ProxyServer, services: LlamaMan) -> AsyncIterator[httpx.AsyncClient]:
     headers = await admin_headers(services)
     async with httpx.AsyncClient(base_url=proxy.url, headers=headers, timeout=60, trust_env=False) as c:
         yield c
 
 
-async def _healthy(services: Services, model: str = "tiny-a.gguf") -> Any:
+async def _healthy(services: LlamaMan, model: str = "tiny-a.gguf") -> Any:
     m = await services.supervisor.launch(LaunchSettings(model_path=model, ctx_size=512))
     assert await m.proc.wait_for({S.HEALTHY, S.FAILED}, timeout=60) == S.HEALTHY, m.proc.error
     return m
 
 
-async def test_internal_port_refuses_requests_without_the_servers_key(services: Services) -> None:
+async def test_internal_port_refuses_requests_without_the_servers_key(services: LlamaMan) -> None:
     m = await _healthy(services)
     assert m.record.internal_port is not None and m.proc.api_key
     async with httpx.AsyncClient(base_url=m.base_url, trust_env=False, timeout=30) as c:
@@ -81,7 +81,7 @@ async def test_internal_port_refuses_requests_without_the_servers_key(services: 
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].startswith("abc")
 
 
-async def test_the_key_is_new_for_every_run_and_never_on_the_command_line(services: Services) -> None:
+async def test_the_key_is_new_for_every_run_and_never_on_the_command_line(services: LlamaMan) -> None:
     m = await _healthy(services)
     first = m.proc.api_key
     assert first and first not in " ".join(m.proc.argv)
@@ -93,7 +93,7 @@ async def test_the_key_is_new_for_every_run_and_never_on_the_command_line(servic
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 async def test_answers_through_llamaman_without_llama_servers_cors_headers(
-    services: Services, http: httpx.AsyncClient, stream: bool
+    services: LlamaMan, http: httpx.AsyncClient, stream: bool
 ) -> None:
     m = await _healthy(services)
     base = str(http.base_url).rstrip("/")
@@ -118,7 +118,7 @@ async def test_answers_through_llamaman_without_llama_servers_cors_headers(
     assert r.headers.get("access-control-allow-origin") != ORIGIN
 
 
-async def test_a_server_inherits_none_of_llamamans_secrets(services: Services) -> None:
+async def test_a_server_inherits_none_of_llamamans_secrets(services: LlamaMan) -> None:
     m = await _healthy(services)
     env = psutil.Process(m.proc.pid).environ()
     for name, value in SECRETS.items():
@@ -133,11 +133,11 @@ async def test_a_server_inherits_none_of_llamamans_secrets(services: Services) -
 
 
 async def test_a_later_llamaman_adopts_a_running_server_with_its_key(
-    settings: Settings, services: Services
+    settings: Settings, services: LlamaMan
 ) -> None:
     m = await _healthy(services)
     key, pid = m.proc.api_key, m.proc.pid
-    second = Services(settings)
+    second = LlamaMan(settings)
     second.supervisor.settings = settings
     adopted = LlamaProcess(
         m.id,
@@ -167,7 +167,7 @@ async def _ask(http: httpx.AsyncClient, model: str) -> str:
 
 
 async def test_a_model_whose_ports_were_reused_is_answered_by_itself(
-    services: Services, http: httpx.AsyncClient
+    services: LlamaMan, http: httpx.AsyncClient
 ) -> None:
     assert (await _ask(http, "tiny-a")).startswith("abc")
     [a] = services.supervisor.list()
@@ -192,7 +192,7 @@ async def test_a_model_whose_ports_were_reused_is_answered_by_itself(
             assert r.json()["choices"][0]["message"]["content"].startswith(prefix)
 
 
-async def test_the_health_check_does_not_take_another_server_for_ours(services: Services) -> None:
+async def test_the_health_check_does_not_take_another_server_for_ours(services: LlamaMan) -> None:
     a = await _healthy(services, "tiny-a.gguf")
     b = await _healthy(services, "tiny-b.gguf")
     assert await a.proc._is_ours() and await b.proc._is_ours()
@@ -208,7 +208,7 @@ async def test_the_health_check_does_not_take_another_server_for_ours(services: 
 
 
 async def test_a_server_that_cannot_bind_its_port_fails_visibly(
-    services: Services, tmp_path: Path, models_dir: Path
+    services: LlamaMan, tmp_path: Path, models_dir: Path
 ) -> None:
     # Another program (a stand-in llama-server with no key) holds the port our server is told to use.
     from llamaman.testing.netports import free_block

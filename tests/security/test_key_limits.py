@@ -16,12 +16,12 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
+from llamaman.app import LlamaMan
 from llamaman.auth.apikeys import seconds_to_utc_midnight
 from llamaman.core.config import Settings
 from llamaman.core.db import MIGRATIONS_DIR, Database
 from llamaman.core.tables import ApiKey
 from llamaman.proxy.app import ProxyServer, create_proxy_app
-from llamaman.services import Services
 
 pytestmark = pytest.mark.auth
 
@@ -29,9 +29,9 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
-async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]:
-    """Services without a llama-server: every refusal here must come before one is needed."""
-    services = Services(make_settings())
+async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[LlamaMan]:
+    """LlamaMan without a llama-server: every refusal here must come before one is needed."""
+    services = LlamaMan(make_settings())
     await services.start()
     try:
         yield services
@@ -39,14 +39,14 @@ async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]
         await services.stop()
 
 
-def asgi(services: Services, surface: str = "proxy") -> httpx.AsyncClient:
+def asgi(services: LlamaMan, surface: str = "proxy") -> httpx.AsyncClient:
     from llamaman.app import create_app
 
     app = create_proxy_app(services) if surface == "proxy" else create_app(services, manage_lifecycle=False)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://llamaman.test")
 
 
-async def admin(services: Services) -> dict[str, str]:
+async def admin(services: LlamaMan) -> dict[str, str]:
     _, key = await services.auth.keys.create("ops", scope="admin")
     return {"Authorization": f"Bearer {key}"}
 
@@ -54,7 +54,7 @@ async def admin(services: Services) -> dict[str, str]:
 # ---- requests per minute ---------------------------------------------------------------------------
 
 
-async def test_refused_requests_leave_the_rate_budget_untouched(box: Services) -> None:
+async def test_refused_requests_leave_the_rate_budget_untouched(box: LlamaMan) -> None:
     _, key = await box.auth.keys.create("tinies", allowed_models=["tiny-a"], rpm_limit=2)
     h = {"Authorization": f"Bearer {key}"}
     async with asgi(box) as c:
@@ -94,7 +94,7 @@ def test_a_refund_takes_back_exactly_the_refused_request() -> None:
 # ---- expiry ----------------------------------------------------------------------------------------
 
 
-async def test_an_expired_key_is_refused_with_401_in_every_dialect(box: Services) -> None:
+async def test_an_expired_key_is_refused_with_401_in_every_dialect(box: LlamaMan) -> None:
     record, key = await box.auth.keys.create("temp", scope="admin", expires_at=time.time() + 3600)
     h = {"Authorization": f"Bearer {key}"}
     async with asgi(box, "main") as c:
@@ -124,7 +124,7 @@ async def test_an_expired_key_is_refused_with_401_in_every_dialect(box: Services
 # ---- daily token quota -----------------------------------------------------------------------------
 
 
-async def test_a_used_up_quota_answers_429_until_utc_midnight(box: Services) -> None:
+async def test_a_used_up_quota_answers_429_until_utc_midnight(box: LlamaMan) -> None:
     record, key = await box.auth.keys.create("quota", daily_token_quota=100)
     _, other = await box.auth.keys.create("other", daily_token_quota=100)
     h = {"Authorization": f"Bearer {key}"}
@@ -155,14 +155,14 @@ def test_seconds_to_utc_midnight() -> None:
 
 
 async def test_the_days_usage_is_read_back_after_a_restart(make_settings: Callable[..., Settings]) -> None:
-    services = Services(make_settings())
+    services = LlamaMan(make_settings())
     await services.start()
     try:
         record, key = await services.auth.keys.create("quota", daily_token_quota=50)
         services.auth.keys.record_usage(record.id, "tiny-a", 30, 25)
     finally:
         await services.stop()  # writes the pending usage
-    again = Services(make_settings())
+    again = LlamaMan(make_settings())
     await again.start()
     try:
         assert again.auth.keys.tokens_today(record.id) == 55
@@ -174,7 +174,7 @@ async def test_the_days_usage_is_read_back_after_a_restart(make_settings: Callab
 
 
 async def test_a_quota_stops_a_real_client_once_its_tokens_are_spent(
-    services: Services, proxy: ProxyServer
+    services: LlamaMan, proxy: ProxyServer
 ) -> None:
     """The official clients against a real llama-server: the tokens a chat really used count."""
     record, key = await services.auth.keys.create("small", daily_token_quota=10)
@@ -201,7 +201,7 @@ async def test_a_quota_stops_a_real_client_once_its_tokens_are_spent(
 # ---- the key body ----------------------------------------------------------------------------------
 
 
-async def test_key_bodies_are_validated_and_name_the_field(box: Services) -> None:
+async def test_key_bodies_are_validated_and_name_the_field(box: LlamaMan) -> None:
     async with asgi(box, "main") as c:
         h = await admin(box)
         before = len(box.auth.keys.by_id)
@@ -263,7 +263,7 @@ async def test_key_bodies_are_validated_and_name_the_field(box: Services) -> Non
 async def test_limits_of_keys_from_the_environment_cannot_be_changed(
     make_settings: Callable[..., Settings],
 ) -> None:
-    services = Services(make_settings(LLAMAMAN_ADMIN_API_KEYS="env-admin-secret-1"))
+    services = LlamaMan(make_settings(LLAMAMAN_ADMIN_API_KEYS="env-admin-secret-1"))
     await services.start()
     try:
         async with asgi(services, "main") as c:

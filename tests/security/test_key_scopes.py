@@ -14,9 +14,9 @@ import httpx
 import pytest
 from starlette.types import ASGIApp
 
+from llamaman.app import LlamaMan
 from llamaman.auth.accounts import SESSION_COOKIE
 from llamaman.core.config import Settings
-from llamaman.services import Services
 
 pytestmark = pytest.mark.auth
 
@@ -25,7 +25,7 @@ HI = [{"role": "user", "content": "hi"}]
 
 @dataclass
 class Box:
-    services: Services
+    services: LlamaMan
     inference: str
     admin: str
     session: str
@@ -33,7 +33,7 @@ class Box:
 
 @pytest.fixture
 async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Box]:
-    services = Services(make_settings())
+    services = LlamaMan(make_settings())
     await services.start()
     try:
         _, inference = await services.auth.keys.create("open-webui")
@@ -44,7 +44,7 @@ async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Box]:
         await services.stop()
 
 
-def surfaces(services: Services) -> dict[str, ASGIApp]:
+def surfaces(services: LlamaMan) -> dict[str, ASGIApp]:
     """The three kinds of port, each behind its auth layer (the instance port of an instance that
     does not exist: whatever passes the guard there gets 503)."""
     from llamaman.app import create_app
@@ -84,7 +84,7 @@ MANAGEMENT: tuple[tuple[str, str, dict[str, Any] | None], ...] = (
 )
 
 
-def assert_untouched(services: Services) -> None:
+def assert_untouched(services: LlamaMan) -> None:
     assert services.supervisor.list() == []
     assert services.runtime.current.require_auth is True
     assert sorted(r.name for r in services.auth.keys.by_id.values()) == ["open-webui", "ops"]
@@ -204,7 +204,7 @@ async def test_keys_from_the_environment_get_their_scope(make_settings: Callable
         "LLAMAMAN_API_KEYS": "plain-env-key-1, both-env-key-2",
         "LLAMAMAN_ADMIN_API_KEYS": "both-env-key-2",
     }
-    services = Services(make_settings(**env))
+    services = LlamaMan(make_settings(**env))
     await services.start()
     try:
         async with client(surfaces(services)["main"]) as c:
@@ -233,7 +233,7 @@ async def test_a_restricted_key_cannot_be_an_admin_key(box: Box) -> None:
 
 
 async def test_official_clients_chat_with_an_inference_key_but_cannot_change_models(
-    services: Services, proxy: Any
+    services: LlamaMan, proxy: Any
 ) -> None:
     """The openai and ollama clients, as Open WebUI's two connections use them, against a real
     llama-server: chatting works with an inference key, deleting, copying and pulling models does not."""

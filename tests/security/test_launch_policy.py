@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlmodel import select
 
+from llamaman.app import LlamaMan
 from llamaman.core.config import Settings
 from llamaman.core.state import InstanceState
 from llamaman.core.tables import Instance, Preset, new_id
@@ -26,7 +27,6 @@ from llamaman.instances.launch_policy import (
     child_environment,
 )
 from llamaman.instances.llama_server_flags import LLAMA_SERVER_FLAGS
-from llamaman.services import Services
 
 S = InstanceState
 
@@ -144,7 +144,7 @@ def test_the_lift_allows_everything_but_what_llamaman_sets_itself(models_dir: Pa
     ["tools", "tools inline", "path", "webui", "chat template file", "log file", "lora dot-dot", "hf short"],
 )
 async def test_rest_launch_with_a_dangerous_flag_is_refused_and_nothing_runs(
-    api: httpx.AsyncClient, services: Services, case: str
+    api: httpx.AsyncClient, services: LlamaMan, case: str
 ) -> None:
     text, words = ATTACKS[case]
     r = await api.post("/api/instances", json={"model_path": "tiny-a.gguf", "extra_args": text})
@@ -159,7 +159,7 @@ async def test_rest_launch_with_a_dangerous_flag_is_refused_and_nothing_runs(
 
 
 async def test_rest_launch_through_a_symlink_out_of_the_models_folder_is_refused(
-    api: httpx.AsyncClient, services: Services, models_dir: Path
+    api: httpx.AsyncClient, services: LlamaMan, models_dir: Path
 ) -> None:
     (models_dir / "tmpl.jinja").symlink_to("/etc/passwd")
     r = await api.post(
@@ -169,7 +169,7 @@ async def test_rest_launch_through_a_symlink_out_of_the_models_folder_is_refused
     assert services.supervisor.list() == []
 
 
-async def test_preset_with_a_dangerous_flag_is_refused(api: httpx.AsyncClient, services: Services) -> None:
+async def test_preset_with_a_dangerous_flag_is_refused(api: httpx.AsyncClient, services: LlamaMan) -> None:
     for text in ("--tools all", "--path=/", "--log-file /tmp/x", "--chat-template-file /etc/passwd"):
         r = await api.put("/api/presets/tiny-a.gguf", json={"extra_args": text})
         assert r.status_code == 422, r.text
@@ -179,7 +179,7 @@ async def test_preset_with_a_dangerous_flag_is_refused(api: httpx.AsyncClient, s
 
 
 async def test_backup_restore_with_a_dangerous_preset_restores_nothing_of_it(
-    api: httpx.AsyncClient, services: Services
+    api: httpx.AsyncClient, services: LlamaMan
 ) -> None:
     backup = {
         "llamaman_backup": 1,
@@ -205,7 +205,7 @@ async def test_backup_restore_with_a_dangerous_preset_restores_nothing_of_it(
     assert await services.presets.get("embed/tiny-embed.gguf") == {"ctx_size": 1024}
 
 
-def _store(services: Services, **fields: Any) -> Instance:
+def _store(services: LlamaMan, **fields: Any) -> Instance:
     record = Instance(
         id=new_id(),
         model_path="tiny-a.gguf",
@@ -226,14 +226,14 @@ async def test_a_record_stored_before_the_policy_never_runs_its_flags(
     make_settings: Callable[..., Settings], llama_server_bin: str
 ) -> None:
     settings = make_settings(LLAMA_SERVER_BIN=llama_server_bin)
-    first = Services(settings)
+    first = LlamaMan(settings)
     await first.start()
     try:
         # Written straight to the database, as an older LlamaMan (or a tampered row) would have.
         record = _store(first, extra_args="--tools all")
     finally:
         await first.stop()
-    second = Services(settings)
+    second = LlamaMan(settings)
     await second.start()
     try:
         m = second.supervisor.get(record.id)
@@ -249,7 +249,7 @@ async def test_a_record_stored_before_the_policy_never_runs_its_flags(
         await second.stop()
 
 
-async def test_a_preset_stored_before_the_policy_fails_the_load_with_the_reason(services: Services) -> None:
+async def test_a_preset_stored_before_the_policy_fails_the_load_with_the_reason(services: LlamaMan) -> None:
     from llamaman.scheduling.router import ModelUnavailable
 
     with services.db.session() as s:
@@ -260,7 +260,7 @@ async def test_a_preset_stored_before_the_policy_fails_the_load_with_the_reason(
     assert all(m.proc.pid is None for m in services.supervisor.list())
 
 
-async def test_the_ui_validation_path_refuses_too(services: Services) -> None:
+async def test_the_ui_validation_path_refuses_too(services: LlamaMan) -> None:
     # The launch page and the preset form validate through LaunchSettings, as the REST API does.
     from pydantic import ValidationError
 
@@ -278,7 +278,7 @@ async def test_the_operator_lift_lets_a_flag_through(
 
     settings = make_settings(LLAMA_SERVER_BIN=llama_server_bin, LLAMAMAN_ALLOW_UNSAFE_ARGS="1")
     assert settings.allow_unsafe_args
-    svc = Services(settings)
+    svc = LlamaMan(settings)
     await svc.start()
     try:
         app = create_app(svc, manage_lifecycle=False)
@@ -301,7 +301,7 @@ async def test_the_operator_lift_lets_a_flag_through(
         await svc.stop()
 
 
-async def test_runtime_settings_cannot_lift_the_policy(api: httpx.AsyncClient, services: Services) -> None:
+async def test_runtime_settings_cannot_lift_the_policy(api: httpx.AsyncClient, services: LlamaMan) -> None:
     r = await api.post("/api/settings", json={"allow_unsafe_args": True})
     assert r.status_code in (200, 422), r.text
     r = await api.post("/api/instances", json={"model_path": "tiny-a.gguf", "extra_args": "--tools all"})
@@ -344,7 +344,7 @@ def test_child_environment_keeps_runtime_variables_and_drops_the_rest() -> None:
 
 
 async def test_model_and_projector_settings_through_symlinks_out_of_the_folder_are_refused(
-    api: httpx.AsyncClient, services: Services, models_dir: Path, tmp_path: Path
+    api: httpx.AsyncClient, services: LlamaMan, models_dir: Path, tmp_path: Path
 ) -> None:
     from llamaman.testing.tiny_gguf import write_tiny_model
 
@@ -365,7 +365,7 @@ async def test_model_and_projector_settings_through_symlinks_out_of_the_folder_a
 
 
 async def test_a_projector_found_beside_a_model_is_not_used_when_it_leads_outside(
-    services: Services, models_dir: Path, tmp_path: Path
+    services: LlamaMan, models_dir: Path, tmp_path: Path
 ) -> None:
     from llamaman.testing.tiny_gguf import write_tiny_model
 

@@ -18,12 +18,11 @@ import httpx
 import psutil
 import pytest
 
-from llamaman.app import create_app
+from llamaman.app import LlamaMan, create_app
 from llamaman.core.config import Settings
 from llamaman.gateway.http_protocol import GuardedHttpToolsProtocol
 from llamaman.proxy.app import ProxyServer, create_proxy_app
 from llamaman.proxy.listeners import create_instance_app
-from llamaman.services import Services
 from tests.helpers import admin_headers
 
 pytestmark = pytest.mark.auth
@@ -31,8 +30,8 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]:
-    services = Services(make_settings(LLAMA_SERVER_BIN="/nonexistent/llama-server"))
+async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[LlamaMan]:
+    services = LlamaMan(make_settings(LLAMA_SERVER_BIN="/nonexistent/llama-server"))
     await services.start()
     try:
         yield services
@@ -47,7 +46,7 @@ def short_header_timeout(monkeypatch: pytest.MonkeyPatch) -> float:
 
 
 @pytest.fixture(params=["proxy", "instance", "main-app"])
-async def port(request: pytest.FixtureRequest, box: Services) -> AsyncIterator[tuple[str, int]]:
+async def port(request: pytest.FixtureRequest, box: LlamaMan) -> AsyncIterator[tuple[str, int]]:
     """(surface, port) of a real server: the proxy app, an instance listener's app, and the main
     app's routes served the way the proxy serves them (the main port itself is tested below)."""
     if request.param == "proxy":
@@ -152,7 +151,7 @@ async def test_kept_alive_connections_are_not_cut_between_requests(
         assert (await c.get("/health")).status_code in (200, 503)
 
 
-async def test_bodies_over_the_limit_are_refused_early(port: tuple[str, int], box: Services) -> None:
+async def test_bodies_over_the_limit_are_refused_early(port: tuple[str, int], box: LlamaMan) -> None:
     surface, p = port
     headers = await admin_headers(box)
     auth = b"Authorization: " + headers["Authorization"].encode() + b"\r\n"
@@ -188,7 +187,7 @@ async def test_bodies_over_the_limit_are_refused_early(port: tuple[str, int], bo
         assert status_of(answer) in (413, 401, 404), answer[:300]
 
 
-async def test_body_limits_by_endpoint(box: Services) -> None:
+async def test_body_limits_by_endpoint(box: LlamaMan) -> None:
     app = create_app(box, manage_lifecycle=False)
     headers = await admin_headers(box)
     async with httpx.AsyncClient(

@@ -13,14 +13,13 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from llamaman.app import create_app
+from llamaman.app import LlamaMan, create_app
 from llamaman.auth.accounts import SESSION_COOKIE
 from llamaman.core.redact import redact_argv
 from llamaman.core.state import InstanceState
 from llamaman.instances.launch import LaunchSettings
 from llamaman.instances.supervisor import ManagedInstance
 from llamaman.proxy.app import ProxyServer
-from llamaman.services import Services
 
 pytestmark = pytest.mark.auth
 
@@ -30,7 +29,7 @@ LISTINGS = ("/api/tags", "/api/ps", "/v1/models", "/models")
 
 @dataclass
 class Box:
-    services: Services
+    services: LlamaMan
     proxy: ProxyServer
     a: ManagedInstance
     b: ManagedInstance
@@ -40,7 +39,7 @@ class Box:
     session: str
 
 
-async def _launch(services: Services, model: str, extra_args: str = "") -> ManagedInstance:
+async def _launch(services: LlamaMan, model: str, extra_args: str = "") -> ManagedInstance:
     m = await services.supervisor.launch(
         LaunchSettings(model_path=model, ctx_size=512, extra_args=extra_args)
     )
@@ -49,7 +48,7 @@ async def _launch(services: Services, model: str, extra_args: str = "") -> Manag
 
 
 @pytest.fixture
-async def box(services: Services, proxy: ProxyServer) -> AsyncIterator[Box]:
+async def box(services: LlamaMan, proxy: ProxyServer) -> AsyncIterator[Box]:
     try:
         a = await _launch(services, "tiny-a.gguf", f"--hf-token {SECRET}")
     except (ValidationError, ValueError):

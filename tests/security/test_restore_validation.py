@@ -13,18 +13,17 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from llamaman.app import create_app
+from llamaman.app import LlamaMan, create_app
 from llamaman.core.config import Settings
 from llamaman.core.tables import ModelAlias, ModelSource, Preset
-from llamaman.services import Services
 from tests.helpers import admin_headers
 
 SRC = {"model_path": "new/x.gguf", "repo_id": "org/repo", "filename": "x.gguf", "revision": "main"}
 
 
 @pytest.fixture
-async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]:
-    services = Services(make_settings(LLAMA_SERVER_BIN="/nonexistent/llama-server"))
+async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[LlamaMan]:
+    services = LlamaMan(make_settings(LLAMA_SERVER_BIN="/nonexistent/llama-server"))
     await services.start()
     try:
         yield services
@@ -33,7 +32,7 @@ async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]
 
 
 @pytest.fixture
-async def api(box: Services) -> AsyncIterator[httpx.AsyncClient]:
+async def api(box: LlamaMan) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(box, manage_lifecycle=False)
     headers = await admin_headers(box)
     async with httpx.AsyncClient(
@@ -42,7 +41,7 @@ async def api(box: Services) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-def stored(services: Services) -> tuple[list[str], list[str], list[str]]:
+def stored(services: LlamaMan) -> tuple[list[str], list[str], list[str]]:
     with services.db.session() as s:
         return (
             sorted(p.model_path for p in s.exec(select(Preset))),
@@ -89,7 +88,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("case", "body", "field"), BAD, ids=[b[0] for b in BAD])
 async def test_a_bad_backup_is_refused_whole(
-    api: httpx.AsyncClient, box: Services, case: str, body: dict[str, Any], field: str
+    api: httpx.AsyncClient, box: LlamaMan, case: str, body: dict[str, Any], field: str
 ) -> None:
     before = stored(box)
     r = await api.post("/api/restore", json=body)
@@ -99,7 +98,7 @@ async def test_a_bad_backup_is_refused_whole(
     assert "friendly" not in box.aliases.aliases
 
 
-async def test_a_good_backup_still_restores(api: httpx.AsyncClient, box: Services) -> None:
+async def test_a_good_backup_still_restores(api: httpx.AsyncClient, box: LlamaMan) -> None:
     r = await api.post("/api/restore", json=backup(models=[{"path": "tiny-a.gguf"}]))
     assert r.status_code == 200, r.text
     assert r.json()["presets_restored"] == ["tiny-a.gguf"] and r.json()["aliases_restored"] == ["friendly"]
@@ -129,7 +128,7 @@ async def test_restore_refuses_what_is_not_a_backup(api: httpx.AsyncClient, body
     ],
 )
 async def test_settings_refuse_numbers_out_of_range(
-    api: httpx.AsyncClient, box: Services, changes: bytes, field: str | None
+    api: httpx.AsyncClient, box: LlamaMan, changes: bytes, field: str | None
 ) -> None:
     before = box.runtime.current
     r = await api.post("/api/settings", content=changes, headers={"Content-Type": "application/json"})
@@ -139,7 +138,7 @@ async def test_settings_refuse_numbers_out_of_range(
     assert box.runtime.current == before
 
 
-async def test_data_files_are_private(box: Services) -> None:
+async def test_data_files_are_private(box: LlamaMan) -> None:
     create_app(box, manage_lifecycle=False)
     data = box.settings.data_dir
     assert box.settings.logs_dir is not None

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from sqlmodel import select
 
+from llamaman.app import LlamaMan
 from llamaman.auth.accounts import SESSION_COOKIE, SESSION_IDLE_S, SESSION_MAX_AGE
 from llamaman.core.config import Settings
 from llamaman.core.tables import UserSession
-from llamaman.services import Services
 from tests.security.signin_support import ADMIN, PASSWORD, Box, cookie, served
 
 pytestmark = pytest.mark.auth
@@ -246,7 +246,7 @@ async def test_sessions_are_stored_hashed_and_outlive_a_restart(
             stored = [r.id for r in s.exec(select(UserSession)).all()]
         assert len(stored) == 1 and kept not in str(stored) and len(stored[0]) == 64
 
-    again = Services(settings)
+    again = LlamaMan(settings)
     await again.start()
     try:
         assert again.auth.user_from_session(kept) is not None

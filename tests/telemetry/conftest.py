@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
+from llamaman.app import LlamaMan
 from llamaman.core.config import Settings
 from llamaman.proxy.app import ProxyServer
-from llamaman.services import Services
 from llamaman.telemetry.gpu import GpuSampler
 from llamaman.testing.fake_nvml import FakeNvml
 from tests.helpers import admin_headers
@@ -28,8 +28,8 @@ def fake_sampler(nvml: FakeNvml, tmp_path: Path, interval: float = 0.05) -> GpuS
 
 
 @pytest.fixture
-async def gpu_services(settings: Settings, fake_nvml: FakeNvml, tmp_path: Path) -> AsyncIterator[Services]:
-    svc = Services(settings)
+async def gpu_services(settings: Settings, fake_nvml: FakeNvml, tmp_path: Path) -> AsyncIterator[LlamaMan]:
+    svc = LlamaMan(settings)
     svc.telemetry.gpu = fake_sampler(fake_nvml, tmp_path)
     await svc.start()
     try:
@@ -39,7 +39,7 @@ async def gpu_services(settings: Settings, fake_nvml: FakeNvml, tmp_path: Path) 
 
 
 @pytest.fixture
-async def gpu_api(gpu_services: Services) -> AsyncIterator[httpx.AsyncClient]:
+async def gpu_api(gpu_services: LlamaMan) -> AsyncIterator[httpx.AsyncClient]:
     from llamaman.app import create_app
 
     app = create_app(gpu_services, manage_lifecycle=False)

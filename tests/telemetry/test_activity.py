@@ -14,16 +14,16 @@ import httpx
 import pytest
 from sqlmodel import select
 
+from llamaman.app import LlamaMan
 from llamaman.core.config import Settings
 from llamaman.core.db import Database
 from llamaman.core.events import EventBus
+from llamaman.core.exchange import Exchange
 from llamaman.core.runtime import RuntimeConfig
 from llamaman.core.tables import RequestLog
 from llamaman.proxy.app import ProxyServer, create_proxy_app
-from llamaman.services import Services
 from llamaman.telemetry.activity import ActivityLog
 from llamaman.telemetry.energy import EnergyAttributor, Span
-from llamaman.upstream.relay import Exchange
 from tests.helpers import admin_headers
 
 HI = [{"role": "user", "content": "hi"}]
@@ -43,7 +43,7 @@ async def chat(http: httpx.AsyncClient, model: str = "tiny-a", *, stream: bool =
 
 @pytest.mark.llama
 async def test_rows_filters_and_csv(
-    services: Services, http: httpx.AsyncClient, api: httpx.AsyncClient
+    services: LlamaMan, http: httpx.AsyncClient, api: httpx.AsyncClient
 ) -> None:
     t0 = time.time()
     await chat(http, n=5)
@@ -169,7 +169,7 @@ def test_energy_is_split_among_concurrent_requests() -> None:
 
 @pytest.mark.llama
 async def test_energy_per_request_and_per_1k_tokens(
-    gpu_services: Services, gpu_api: httpx.AsyncClient
+    gpu_services: LlamaMan, gpu_api: httpx.AsyncClient
 ) -> None:
     server = ProxyServer(create_proxy_app(gpu_services), "127.0.0.1", 0)
     await server.start()

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from sqlmodel import select
 
+from llamaman.app import LlamaMan
 from llamaman.core.tables import ApiKey, Benchmark
-from llamaman.services import Services
 from llamaman.telemetry.loadtest import BenchmarkParams, build_prompt, percentile, summarize
 from tests.conftest import port_block
 
@@ -84,7 +84,7 @@ def test_cli_bench_starts_everything_runs_and_prints_percentiles(
 @pytest.mark.llama
 @pytest.mark.auth  # require-auth on: a proxy run brings its own key
 async def test_rest_benchmark_runs_in_the_background_and_is_stored(
-    services: Services, api: httpx.AsyncClient
+    services: LlamaMan, api: httpx.AsyncClient
 ) -> None:
     params = {"model": "tiny-a", "requests": 12, "concurrency": 3, "prompt_tokens": 40, "max_tokens": 8}
     results: dict[str, Any] = {}

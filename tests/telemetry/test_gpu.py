@@ -12,8 +12,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from llamaman.app import LlamaMan
 from llamaman.core.state import InstanceState
-from llamaman.services import Services
 from llamaman.telemetry.gpu import GpuSampler
 from llamaman.telemetry.gpu_sources import DrmSource, NvidiaSmiSource, SourceUnavailable
 from llamaman.testing import fake_nvml
@@ -161,7 +161,7 @@ def _metric_samples(text: str) -> dict[str, list[Any]]:
 
 
 async def test_instance_gpu_memory_and_gpu_gauges(
-    gpu_services: Services, gpu_api: httpx.AsyncClient, fake_nvml: FakeNvml
+    gpu_services: LlamaMan, gpu_api: httpx.AsyncClient, fake_nvml: FakeNvml
 ) -> None:
     r = await gpu_api.post("/api/instances", json={"model_path": "tiny-a.gguf", "ctx_size": 256})
     assert r.status_code == 201, r.text

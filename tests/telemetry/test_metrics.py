@@ -8,7 +8,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llamaman.services import Services
+from llamaman.app import LlamaMan
 
 pytestmark = pytest.mark.llama
 
@@ -30,7 +30,7 @@ def value(fams: dict[str, Any], family: str, sample: str, **labels: str) -> floa
 
 
 async def test_request_and_token_counters_match_llama_server_usage(
-    services: Services, http: httpx.AsyncClient, api: httpx.AsyncClient
+    services: LlamaMan, http: httpx.AsyncClient, api: httpx.AsyncClient
 ) -> None:
     prompt = completion = 0
     for n in range(5):
@@ -77,7 +77,7 @@ async def test_request_and_token_counters_match_llama_server_usage(
 
 
 async def test_failed_requests_are_counted_by_status(
-    services: Services, http: httpx.AsyncClient, api: httpx.AsyncClient
+    services: LlamaMan, http: httpx.AsyncClient, api: httpx.AsyncClient
 ) -> None:
     # llama-server refuses a malformed body; the refusal passes through the proxy and is counted.
     r = await http.post("/v1/chat/completions", json={"model": "tiny-a", "messages": "not a list"})
@@ -90,8 +90,8 @@ async def test_failed_requests_are_counted_by_status(
     assert fams["llamaman_ttft_seconds"].samples == []  # a refusal has no first token
 
 
-async def test_metrics_registries_are_per_services(services: Services, make_settings: Any) -> None:
-    other = Services(make_settings(LLAMA_SERVER_BIN="unused"))
+async def test_metrics_registries_are_per_services(services: LlamaMan, make_settings: Any) -> None:
+    other = LlamaMan(make_settings(LLAMA_SERVER_BIN="unused"))
     assert other.telemetry.metrics.registry is not services.telemetry.metrics.registry
     other.telemetry.metrics.requests.labels("x", "/v1/chat/completions", "200").inc()
     assert b'model="x"' not in services.telemetry.metrics.render()
