@@ -17,7 +17,7 @@ from nicegui import app, ui
 
 from components.frame import FrameInfo, frame
 from components.gauges import GpuReading, SystemReading
-from llamaman.auth.accounts import SESSION_COOKIE
+from llamaman.auth.sessions import SESSION_COOKIE
 from llamaman.core.identity import Identity
 from llamaman.services import Services
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import psutil
 
-from llamaman.instances.process import ENV_INSTANCE_ID, ENV_OWNER
+from llamaman.instances.ownership import ENV_INSTANCE_ID, ENV_OWNER
 
 
 def servers_of(owner: str) -> list[psutil.Process]:

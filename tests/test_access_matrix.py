@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message
 
 from llamaman.app import LlamaMan
 from llamaman.auth.access import MODEL_SURFACE, Access, Credential, allows, classify, match, table_markdown
-from llamaman.auth.accounts import SESSION_COOKIE
+from llamaman.auth.sessions import SESSION_COOKIE
 from llamaman.core.config import Settings
 from llamaman.gateway.middleware import AuthMiddleware
 

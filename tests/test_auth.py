@@ -13,7 +13,7 @@ import pytest
 from sqlmodel import select
 
 from llamaman.app import LlamaMan
-from llamaman.auth.accounts import SESSION_COOKIE
+from llamaman.auth.sessions import SESSION_COOKIE
 from llamaman.core.config import Settings
 from llamaman.core.redact import RedactingFilter, install_log_redaction, redact
 from llamaman.core.tables import ApiKey, User
@@ -115,7 +115,7 @@ async def test_repeated_failed_logins_are_throttled_per_client(box: LlamaMan) ->
 
 
 def test_backoff_doubles_and_a_success_forgets() -> None:
-    from llamaman.auth.accounts import LoginThrottle
+    from llamaman.auth.clients import LoginThrottle
 
     t = LoginThrottle()
     for _ in range(5):

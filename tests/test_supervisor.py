@@ -20,7 +20,7 @@ from llamaman.app import LlamaMan
 from llamaman.core.state import InstanceState
 from llamaman.core.tables import Instance
 from llamaman.instances.launch import LaunchSettings
-from llamaman.instances.process import ENV_INSTANCE_ID, ENV_OWNER
+from llamaman.instances.ownership import ENV_INSTANCE_ID, ENV_OWNER
 from llamaman.instances.supervisor import InstanceError
 from tests.helpers import chat, servers_of
 

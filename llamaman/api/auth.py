@@ -12,14 +12,13 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from llamaman.api.deps import ServicesDep
 from llamaman.auth.accounts import (
     MIN_PASSWORD,
-    SESSION_COOKIE,
     AccountError,
     AuthService,
     LoginThrottled,
     SetupClosed,
-    safe_next,
     user_view,
 )
+from llamaman.auth.sessions import SESSION_COOKIE, safe_next
 from llamaman.core.identity import Identity, Role
 
 _auth = APIRouter(prefix="/api/auth", tags=["auth"])

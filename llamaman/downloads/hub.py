@@ -182,7 +182,7 @@ def pick_files(listing: RepoListing, filename: str | None, *, gguf_only: bool = 
         if not names:
             kind = "GGUF files" if gguf_only else "files"
             raise DownloadError(f"{listing.repo_id} has no {kind} to download", 404)
-    files = [f for n in names if (f := listing.get(n)) is not None]
+    files = [found for n in names if (found := listing.get(n)) is not None]
     for f in files:
         check_rel_path(f.name)
     return files

@@ -8,6 +8,7 @@ The database record and the part files are all a download needs to resume after 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import shutil
@@ -152,7 +153,7 @@ class DownloadManager:
         gguf_only: bool = True,
         dest_dir: str | None = None,
         alias: str | None = None,
-        files: list[str] | None = None,
+        files: builtins.list[str] | None = None,
         listing: RepoListing | None = None,
         attach: bool = False,
     ) -> Job:
@@ -260,7 +261,7 @@ class DownloadManager:
             await asyncio.wait([job.task])
         await asyncio.to_thread(shutil.rmtree, self.staging / job.id, True)
 
-    def mark_orphans(self) -> list[str]:
+    def mark_orphans(self) -> builtins.list[str]:
         """Active records with no worker behind them (it died) become ``interrupted``."""
         marked = []
         for job in self.jobs.values():
@@ -304,7 +305,7 @@ class DownloadManager:
     def rel_path(self, job: Job, name: str) -> str:
         return self.final_path(job, name).relative_to(self.models_dir).as_posix()
 
-    def targets(self, job: Job) -> list[Path]:
+    def targets(self, job: Job) -> builtins.list[Path]:
         return [self.final_path(job, f.name) for f in job.files]
 
     def scan_local(self, job: Job) -> None:
@@ -369,7 +370,7 @@ class DownloadManager:
             now,
         )
 
-    async def forget_finished(self, cutoff: float) -> list[str]:
+    async def forget_finished(self, cutoff: float) -> builtins.list[str]:
         """Remove the finished downloads whose end is older than ``cutoff`` (epoch seconds)."""
         gone = []
         for job in list(self.jobs.values()):
@@ -393,5 +394,5 @@ class DownloadManager:
                 if d.name not in self.jobs:
                     shutil.rmtree(d, ignore_errors=True)
 
-    def views(self) -> list[dict[str, Any]]:
+    def views(self) -> builtins.list[dict[str, Any]]:
         return [j.view() for j in self.list()]

@@ -287,9 +287,9 @@ def parsed_body(scope: Scope, surface: Surface) -> Any:
             raise
         if surface != "instance" and classify(path, surface) is Access.MODEL:
             if type(obj) is not dict:
-                exc = BodyError(400, "request body must be a JSON object")
-                state[_ERROR] = exc
-                raise exc
+                refusal = BodyError(400, "request body must be a JSON object")
+                state[_ERROR] = refusal
+                raise refusal
             check_model_fields(obj, OLLAMA_MODEL_FIELDS if path.startswith("/api/") else MODEL_FIELDS)
     state[_JSON] = obj
     return obj

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamaman.auth.access import ADMIN_ONLY, MODEL_SURFACE, Access, Surface, classify
-from llamaman.auth.accounts import trusted_peer
+from llamaman.auth.clients import trusted_peer
 from llamaman.core.identity import CURRENT_IDENTITY, Identity, names_allowed
 from llamaman.gateway.bodies import BodyError, BodyGuard, ensure_body, model_names, parsed_body
 from llamaman.gateway.dialects import dialect_body, route_path

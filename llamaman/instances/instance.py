@@ -10,6 +10,7 @@ from llamaman.core.state import InstanceState
 from llamaman.core.tables import Instance
 from llamaman.instances.launch import LaunchSettings
 from llamaman.instances.process import LlamaProcess
+from llamaman.instances.server_log import group_usage
 
 
 class InstanceError(Exception):
@@ -68,7 +69,7 @@ class ManagedInstance:
             "load_seconds": p.load_seconds,
             "command": redact_argv(p.argv),  # what an admin sees: secret values masked
             "settings": self.settings.model_dump(),
-            **p.resources(),
+            **group_usage(p.pid),
         }
         if extra:
             out.update(extra)

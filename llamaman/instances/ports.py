@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+
+from llamaman.core.config import Settings
+from llamaman.core.tables import Instance
+from llamaman.instances.instance import InstanceError
+
+log = logging.getLogger(__name__)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -76,3 +83,63 @@ class PortPool:
         if owner is not None and self._owners[port] not in (owner, None):
             return
         del self._owners[port]
+
+
+class PortClaims:
+    """The two pools of one supervisor, and how an instance holds its ports in them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.ports = PortPool(settings.port_range_start, settings.port_range_end, "port")
+        self.internal_ports = PortPool(
+            settings.internal_port_range_start, settings.internal_port_range_end, "internal port"
+        )
+
+    def next_port(self) -> int:
+        try:
+            return self.ports.next_free()
+        except PortPoolExhausted as exc:
+            raise InstanceError(str(exc), 409) from None
+
+    def check(self, port: int) -> None:
+        """A port a user asked for: inside the pool and free, or InstanceError."""
+        if port not in self.ports:
+            raise InstanceError(
+                f"port {port} is outside the pool {self.ports.start}-{self.ports.end} (PORT_RANGE_START/END)",
+                400,
+            )
+        if port in self.ports.taken or not port_is_free(port):
+            raise InstanceError(f"port {port} is already in use; GET /api/next-port suggests a free one", 409)
+
+    def reserve(self, r: Instance) -> bool:
+        """Hold the instance's ports again before it starts. A port another instance now owns (it
+        was released when this one stopped) is never shared: this instance moves to a free one, so
+        neither its server nor its health probe can reach the other's server. True when a port changed."""
+        changed = False
+        if not self.ports.held_by(r.port, r.id):
+            if r.port not in self.ports.taken and port_is_free(r.port):
+                self.ports.take(r.port, r.id)
+            elif r.port in self.ports.taken:
+                other = self.ports.owner(r.port)
+                try:
+                    new = self.ports.take(None, r.id)
+                except PortPoolExhausted as exc:
+                    raise InstanceError(str(exc), 409) from None
+                log.info("%s: port %s now belongs to %s; moving to %s", r.id, r.port, other, new)
+                r.port, changed = new, True
+            else:
+                raise InstanceError(f"port {r.port} is now taken by another program", 409)
+        if r.internal_port is not None and not self.internal_ports.held_by(r.internal_port, r.id):
+            if r.internal_port not in self.internal_ports.taken and port_is_free(r.internal_port):
+                self.internal_ports.take(r.internal_port, r.id)
+            else:
+                try:
+                    r.internal_port = self.internal_ports.take(None, r.id)
+                except PortPoolExhausted as exc:
+                    self.ports.release(r.port, r.id)
+                    raise InstanceError(str(exc), 409) from None
+                changed = True
+        return changed
+
+    def release(self, r: Instance) -> None:
+        self.ports.release(r.port, r.id)
+        self.internal_ports.release(r.internal_port, r.id)

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import time
 from collections import deque
@@ -25,13 +24,13 @@ import psutil
 
 from llamaman.core.state import ACTIVE_STATES, InstanceState, check_transition
 from llamaman.instances.launch_policy import ENV_API_KEY, new_server_key
+from llamaman.instances.server_log import copy_truncate, shift_backups
 
 log = logging.getLogger(__name__)
 S = InstanceState
 
 # Environment markers that let a later LlamaMan find the servers it started (adopt or kill them).
-ENV_INSTANCE_ID = "LLAMAMAN_INSTANCE_ID"
-ENV_OWNER = "LLAMAMAN_OWNER"
+
 
 _CLOSE = {"Connection": "close"}
 
@@ -151,7 +150,7 @@ class LlamaProcess:
             self._set_state(S.STARTING)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             if self.log_path.exists() and self.log_path.stat().st_size >= self.log_max_bytes:
-                self._shift_backups()
+                shift_backups(self.log_path, self.log_backups)
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             self._set_key(new_server_key())
             assert self.api_key is not None
@@ -304,7 +303,8 @@ class LlamaProcess:
             if self._adopted is not proc:
                 return
             try:
-                if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+                # psutil has no type hints: the identity check above leaves mypy a needless None.
+                if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:  # type: ignore[union-attr]
                     break
             except psutil.Error:
                 break
@@ -406,50 +406,15 @@ class LlamaProcess:
                 # Fast while loading (its log tells how far it got), relaxed once it serves.
                 await asyncio.sleep(0.05 if self.state == S.STARTING else 0.5)
             elif self._tail_offset >= self.log_max_bytes:
-                rest = await asyncio.to_thread(self._rotate)
+                rest = await asyncio.to_thread(
+                    copy_truncate, self.log_path, self.log_backups, self._tail_offset
+                )
+                if rest is not None:
+                    self._tail_offset = 0
                 if rest:
                     *lines, self._tail_buf = (self._tail_buf + rest).split(b"\n")
                     for raw in lines:
                         self._line(raw.decode("utf-8", "replace").rstrip("\r"))
-
-    def _shift_backups(self) -> None:
-        """name.log.N-1 → name.log.N, ..., name.log → name.log.1 (no server holds the file)."""
-        if self.log_backups <= 0:
-            with contextlib.suppress(OSError):
-                self.log_path.unlink()
-            return
-        for n in range(self.log_backups, 1, -1):
-            older = self.log_path.with_name(f"{self.log_path.name}.{n - 1}")
-            if older.exists():
-                os.replace(older, self.log_path.with_name(f"{self.log_path.name}.{n}"))
-        if self.log_path.exists():
-            os.replace(self.log_path, self.log_path.with_name(f"{self.log_path.name}.1"))
-
-    def _rotate(self) -> bytes:
-        """Cap the log of a running server: the server keeps its file open in append mode, so the
-        file is copied to name.log.1 and emptied in place; the server's next write lands at the start.
-        Lines it writes between the copy and the truncation are lost (as with logrotate's copytruncate)."""
-        first = self.log_path.with_name(f"{self.log_path.name}.1")
-        try:
-            for n in range(self.log_backups, 1, -1):
-                older = self.log_path.with_name(f"{self.log_path.name}.{n - 1}")
-                if older.exists():
-                    os.replace(older, self.log_path.with_name(f"{self.log_path.name}.{n}"))
-            if self.log_backups > 0:
-                shutil.copyfile(self.log_path, first)
-            with open(self.log_path, "r+b") as fh:
-                fh.truncate(0)
-        except OSError as exc:
-            log.warning("could not rotate %s: %s", self.log_path, exc)
-            return b""
-        # What the server wrote after our last read went into the copy: the ring gets it too.
-        rest = b""
-        if self.log_backups > 0:
-            with contextlib.suppress(OSError), open(first, "rb") as fh:
-                fh.seek(self._tail_offset)
-                rest = fh.read()
-        self._tail_offset = 0
-        return rest
 
     async def _drain_tail(self) -> None:
         """Stop tailing and read what the log file still holds so the last lines are in the ring."""
@@ -474,51 +439,9 @@ class LlamaProcess:
         return list(self.ring)[-lines:]
 
     # ---- resources ---------------------------------------------------------------------------
-    def resources(self) -> dict[str, float]:
-        """CPU % and RSS of the whole process group (the server and any children)."""
-        pid = self.pid
-        if pid is None:
-            return {"cpu_percent": 0.0, "rss_bytes": 0}
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-            return {
-                "cpu_percent": sum(p.cpu_percent(None) for p in procs),
-                "rss_bytes": sum(p.memory_info().rss for p in procs),
-            }
-        except psutil.Error:
-            return {"cpu_percent": 0.0, "rss_bytes": 0}
-
     async def close(self) -> None:
         """Forget background work (used at shutdown after stop)."""
         if self._tail_task is not None:
             self._tail_task.cancel()
         for t in list(self._tasks):
             t.cancel()
-
-
-def is_our_server(pid: int, instance_id: str, owner: str) -> bool:
-    """Whether ``pid`` is the llama-server this LlamaMan (``owner``) started for ``instance_id``."""
-    try:
-        env = psutil.Process(pid).environ()
-    except psutil.Error:
-        return False
-    return env.get(ENV_INSTANCE_ID) == instance_id and env.get(ENV_OWNER) == owner
-
-
-def kill_strays(owner: str, keep: set[int | None]) -> None:
-    """Kill servers an earlier run of this LlamaMan left behind that no record claims."""
-    for p in psutil.process_iter(["pid"]):
-        if p.pid in keep or p.pid == os.getpid():
-            continue
-        try:
-            env = p.environ()
-        except psutil.Error:
-            continue
-        if env.get(ENV_OWNER) != owner or ENV_INSTANCE_ID not in env:
-            continue
-        log.warning("killing stray llama-server pid %s (instance %s)", p.pid, env.get(ENV_INSTANCE_ID))
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(p.pid, signal.SIGKILL)

@@ -7,17 +7,15 @@ API, the router, the UI) ask it; nobody else spawns or kills a server.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 from llamaman.core.config import Settings
 from llamaman.core.db import Database
@@ -27,12 +25,14 @@ from llamaman.core.tables import Instance, new_id
 from llamaman.instances import launch_policy
 from llamaman.instances.instance import InstanceError, ManagedInstance
 from llamaman.instances.launch import LaunchSettings, SamplingOverrides, build_argv, settings_from_record
-from llamaman.instances.launch_policy import LaunchPolicyError, Policy, check_args, child_environment
+from llamaman.instances.launch_policy import LaunchPolicyError, Policy, check_args
 from llamaman.instances.llama_bin import LlamaServerBinary, aresolve_llama_server
-from llamaman.instances.ports import PortPool, PortPoolExhausted, port_is_free
-from llamaman.instances.process import ENV_INSTANCE_ID, ENV_OWNER, LlamaProcess, is_our_server, kill_strays
+from llamaman.instances.model_files import relative_to, resolve_model
+from llamaman.instances.ownership import end_process_group, is_our_server, kill_strays, server_environment
+from llamaman.instances.ports import PortClaims, PortPoolExhausted
+from llamaman.instances.process import LlamaProcess
 from llamaman.instances.store import InstanceStore
-from llamaman.library.catalog import LibraryError, ModelLibrary
+from llamaman.library.catalog import ModelLibrary
 
 log = logging.getLogger(__name__)
 S = InstanceState
@@ -55,10 +55,8 @@ class Supervisor:
         self.events = events
         self.library = library
         self.http = http
-        self.ports = PortPool(settings.port_range_start, settings.port_range_end, "port")
-        self.internal_ports = PortPool(
-            settings.internal_port_range_start, settings.internal_port_range_end, "internal port"
-        )
+        self.claims = PortClaims(settings)
+        self.ports, self.internal_ports = self.claims.ports, self.claims.internal_ports
         self.instances: dict[str, ManagedInstance] = {}
         self.binary: LlamaServerBinary | None = None
         self.binary_error: str | None = None
@@ -109,63 +107,18 @@ class Supervisor:
         return m
 
     def next_port(self) -> int:
-        try:
-            return self.ports.next_free()
-        except PortPoolExhausted as exc:
-            raise InstanceError(str(exc), 409) from None
+        return self.claims.next_port()
 
     # ---- launch ------------------------------------------------------------------------------
-    def _resolve_model(self, ls: LaunchSettings) -> tuple[Path, str, str | None]:
-        try:
-            path = self.library.safe_path(ls.model_path)
-        except LibraryError as exc:
-            raise InstanceError(str(exc), 400) from None
-        if not path.is_file():
-            raise InstanceError(f"model file not found: {ls.model_path}", 404)
-        if path.suffix.lower() != ".gguf":
-            raise InstanceError(f"{ls.model_path} is not a GGUF file; llama-server needs .gguf", 400)
-        mmproj = None
-        if ls.mmproj:
-            try:
-                mp = self.library.safe_path(ls.mmproj)
-            except LibraryError as exc:
-                raise InstanceError(f"mmproj: {exc}", 400) from None
-            if not mp.is_file():
-                raise InstanceError(f"mmproj file not found: {ls.mmproj}", 404)
-            mmproj = str(mp)
-        else:
-            entry = self.library.find(self._rel(path))
-            if entry is not None and entry.mmproj:
-                # A projector found beside the model is used only if it, too, stays in the folder.
-                with contextlib.suppress(LibraryError):
-                    mmproj = str(self.library.safe_path(entry.mmproj))
-        return path, self._model_name(path), mmproj
-
-    def _rel(self, path: Path) -> str:
-        return path.relative_to(self.library.models_dir).as_posix()
-
-    def _model_name(self, path: Path) -> str:
-        entry = self.library.find(self._rel(path))
-        return entry.name if entry is not None else path.stem
-
-    def _check_port(self, port: int) -> None:
-        if port not in self.ports:
-            raise InstanceError(
-                f"port {port} is outside the pool {self.ports.start}-{self.ports.end} (PORT_RANGE_START/END)",
-                400,
-            )
-        if port in self.ports.taken or not port_is_free(port):
-            raise InstanceError(f"port {port} is already in use; GET /api/next-port suggests a free one", 409)
-
     async def launch(self, ls: LaunchSettings, origin: str = "manual") -> ManagedInstance:
         """Validate, store and start a new instance. Invalid settings store and start nothing."""
         if self.binary is None and await self.resolve_binary() is None:
             raise InstanceError(self.binary_error or "no llama-server binary found", 503)
         async with self._lock:
-            path, name, mmproj = self._resolve_model(ls)
+            path, name, mmproj = resolve_model(self.library, ls)
             self.checked_extra(ls)
             if ls.port is not None:
-                self._check_port(ls.port)
+                self.claims.check(ls.port)
             iid = new_id()
             port = self.ports.take(ls.port if ls.port is not None else self.next_port(), iid)
             internal: int | None = None
@@ -175,7 +128,7 @@ class Supervisor:
             except PortPoolExhausted as exc:
                 self.ports.release(port, iid)
                 raise InstanceError(str(exc), 409) from None
-            stored = ls.model_copy(update={"port": port, "model_path": self._rel(path)})
+            stored = ls.model_copy(update={"port": port, "model_path": relative_to(self.library, path)})
             record = Instance(
                 id=iid,
                 model_path=stored.model_path,
@@ -206,14 +159,14 @@ class Supervisor:
         self.events.publish("instance.created", id=m.id)
         return m
 
-    def checked_extra(self, ls: LaunchSettings) -> list[str]:
+    def checked_extra(self, ls: LaunchSettings) -> builtins.list[str]:
         """The extra flags as this LlamaMan's policy lets them through (paths made absolute)."""
         try:
             return check_args(ls.extra_argv(), self.policy)
         except (LaunchPolicyError, ValueError) as exc:
             raise InstanceError(str(exc), 422) from None
 
-    def _argv(self, record: Instance, ls: LaunchSettings, mmproj: str | None) -> list[str]:
+    def _argv(self, record: Instance, ls: LaunchSettings, mmproj: str | None) -> builtins.list[str]:
         assert self.binary is not None
         return build_argv(
             self.binary.argv_prefix,
@@ -263,14 +216,12 @@ class Supervisor:
         return m
 
     def _child_env(self, record: Instance, ls: LaunchSettings) -> dict[str, str]:
-        """Only what llama.cpp and the GPU runtimes need, plus the markers that let a later LlamaMan
-        adopt the server (its key is added per run by LlamaProcess)."""
-        extra = {ENV_INSTANCE_ID: record.id, ENV_OWNER: self._owner}
+        extra = {}
         if ls.gpu_devices:
             extra["CUDA_VISIBLE_DEVICES"] = ls.gpu_devices
         if self.settings.pass_hf_token and self.settings.hf_token:
             extra["HF_TOKEN"] = self.settings.hf_token
-        return child_environment(os.environ, extra)
+        return server_environment(record.id, self._owner, os.environ, extra)
 
     async def _start_proc(self, m: ManagedInstance) -> None:
         # The policy is checked again right before every spawn: a record or preset stored under an
@@ -343,8 +294,7 @@ class Supervisor:
         if not m.proc.exited():
             log.warning("%s: its llama-server has not exited yet; keeping its ports", m.id)
             return
-        self.ports.release(m.record.port, m.id)
-        self.internal_ports.release(m.record.internal_port, m.id)
+        self.claims.release(m.record)
 
     async def sleep(self, instance_id: str) -> ManagedInstance:
         """Stop the process but keep the port (and its listener) so the next request wakes it."""
@@ -363,36 +313,8 @@ class Supervisor:
         return m
 
     async def _reserve_ports(self, m: ManagedInstance) -> None:
-        """Hold the instance's ports again before it starts. A port another instance now owns (it
-        was released when this one stopped) is never shared: this instance moves to a free one, so
-        neither its server nor its health probe can reach the other's server."""
-        r = m.record
-        changed = False
-        if not self.ports.held_by(r.port, m.id):
-            if r.port not in self.ports.taken and port_is_free(r.port):
-                self.ports.take(r.port, m.id)
-            elif r.port in self.ports.taken:
-                other = self.ports.owner(r.port)
-                try:
-                    new = self.ports.take(None, m.id)
-                except PortPoolExhausted as exc:
-                    raise InstanceError(str(exc), 409) from None
-                log.info("%s: port %s now belongs to %s; moving to %s", m.id, r.port, other, new)
-                r.port, changed = new, True
-            else:
-                raise InstanceError(f"port {r.port} is now taken by another program", 409)
-        if r.internal_port is not None and not self.internal_ports.held_by(r.internal_port, m.id):
-            if r.internal_port not in self.internal_ports.taken and port_is_free(r.internal_port):
-                self.internal_ports.take(r.internal_port, m.id)
-            else:
-                try:
-                    r.internal_port = self.internal_ports.take(None, m.id)
-                except PortPoolExhausted as exc:
-                    self.ports.release(r.port, m.id)
-                    raise InstanceError(str(exc), 409) from None
-                changed = True
-        if changed:
-            m.settings = m.settings.model_copy(update={"port": r.port})
+        if self.claims.reserve(m.record):
+            m.settings = m.settings.model_copy(update={"port": m.record.port})
             self._rebuild(m)
 
     def _rebuild(self, m: ManagedInstance) -> None:
@@ -402,7 +324,7 @@ class Supervisor:
 
     def _mmproj_for(self, m: ManagedInstance) -> str | None:
         with contextlib.suppress(InstanceError):
-            return self._resolve_model(m.settings)[2]
+            return resolve_model(self.library, m.settings)[2]
         return None
 
     def _before_stop(self, m: ManagedInstance) -> None:
@@ -412,6 +334,14 @@ class Supervisor:
             except Exception:
                 log.exception("stop hook failed for %s", m.id)
 
+    async def relaunch_with_context(self, m: ManagedInstance, ctx_size: int) -> None:
+        """Stop ``m`` and start it again with a larger context (a request asked for more)."""
+        await self.stop(m.id)
+        m.settings = m.settings.model_copy(update={"ctx_size": ctx_size})
+        m.record.ctx_size = ctx_size
+        self._rebuild(m)
+        await self.wake(m.id)
+
     async def restart(self, instance_id: str) -> ManagedInstance:
         m = self.get(instance_id)
         if m.proc.running:
@@ -419,7 +349,7 @@ class Supervisor:
             await m.proc.stop(S.STOPPED)
         return await self.wake(instance_id)
 
-    async def forget_stopped(self, cutoff: float) -> list[str]:
+    async def forget_stopped(self, cutoff: float) -> builtins.list[str]:
         """Remove the stopped instances whose stop is older than ``cutoff`` (epoch seconds)."""
         gone = []
         for m in self.list():
@@ -437,7 +367,7 @@ class Supervisor:
         await self.store.delete(instance_id)
         self.events.publish("instance.removed", id=instance_id)
 
-    def apply_sampling(self, model_path: str, sampling: dict[str, Any]) -> list[str]:
+    def apply_sampling(self, model_path: str, sampling: dict[str, Any]) -> builtins.list[str]:
         """Force new sampling overrides onto the running instances of a model (a preset was saved):
         the proxy and the listeners read them per request, so they hold from the next request on."""
         overrides = SamplingOverrides(**sampling)
@@ -466,7 +396,7 @@ class Supervisor:
                 continue
             state = S.SLEEPING if was == S.SLEEPING else (S.FAILED if was == S.FAILED else S.STOPPED)
             try:
-                mmproj = self._resolve_model(ls)[2]
+                mmproj = resolve_model(self.library, ls)[2]
             except InstanceError as exc:
                 m = self._manage(r, ls, None, state=S.FAILED if was in ACTIVE_STATES else state)
                 m.proc.error = m.record.error = exc.message
@@ -496,7 +426,7 @@ class Supervisor:
                     continue
                 # Ours but not adoptable (started before servers had keys): it goes, and its ports
                 # are free again before the new one starts.
-                await asyncio.to_thread(_end_process_group, r.pid)
+                await asyncio.to_thread(end_process_group, r.pid)
             try:
                 await self._reserve_ports(m)
             except InstanceError as exc:
@@ -517,13 +447,3 @@ class Supervisor:
     async def flush(self) -> None:
         """Wait until every queued record write is in the database."""
         await self.store.flush()
-
-
-def _end_process_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    with contextlib.suppress(psutil.Error):
-        psutil.Process(pid).wait(5)
-
-
-__all__ = ["InstanceError", "ManagedInstance", "Supervisor"]

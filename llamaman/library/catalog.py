@@ -229,7 +229,8 @@ class ModelLibrary:
             entry.error = f"unreadable config.json ({e})"
             return entry
         # Multimodal configs nest the language model's numbers under text_config.
-        text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+        nested = config.get("text_config")
+        text: dict[str, Any] = nested if isinstance(nested, dict) else {}
 
         def pick(key: str) -> Any:
             value = config.get(key, text.get(key))

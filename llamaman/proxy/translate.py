@@ -270,9 +270,9 @@ def _convert_messages(messages: Any) -> list[dict[str, Any]]:
                 item["reasoning_content"] = msg["thinking"]
         elif role == "tool":
             tool_name = msg.get("tool_name")
-            call_id = msg.get("tool_call_id") or _claim_call_id(pending, tool_name)
-            if call_id:
-                item["tool_call_id"] = call_id
+            answers = msg.get("tool_call_id") or _claim_call_id(pending, tool_name)
+            if answers:
+                item["tool_call_id"] = answers
             if tool_name:
                 item["name"] = tool_name
         out.append(item)

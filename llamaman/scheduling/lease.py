@@ -36,6 +36,31 @@ class Slot:
     def __post_init__(self) -> None:
         self.idle.set()
 
+    # The counters change only here, so "idle" is set exactly when no lease is left.
+    def enter(self) -> None:
+        """A lease is wanted: it counts from now, queued at the gate or not."""
+        self.inflight += 1
+        self.idle.clear()
+
+    def leave(self) -> bool:
+        """A lease is gone; True when none is left."""
+        self.inflight = max(0, self.inflight - 1)
+        if self.inflight == 0:
+            self.idle.set()
+        return self.inflight == 0
+
+    def move_to(self, other: Slot) -> None:
+        """A queued lease goes to another replica's slot."""
+        self.leave()
+        other.enter()
+
+    def begin(self) -> None:
+        """A lease passed the gate: its request runs."""
+        self.running += 1
+
+    def end(self) -> None:
+        self.running -= 1
+
 
 @dataclass
 class Waiter:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from llamaman.library.catalog import ModelEntry, ModelLibrary
 
 _MISSING = object()
@@ -24,7 +26,7 @@ class ModelNames:
         models = self.library.models
         if self._found_in is not models or len(self._found) > 4096:
             self._found_in, self._found = models, {}
-        entry = self._found.get(target, _MISSING)
+        entry: Any = self._found.get(target, _MISSING)
         if entry is _MISSING:
             entry = self._found[target] = self.library.find(target)
         return entry if entry is not None and entry.launchable else None  # type: ignore[return-value]

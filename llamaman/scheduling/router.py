@@ -178,8 +178,7 @@ class Router(IdleSleep):
                     w.future.cancel()
                 raise
         else:
-            self.slot(m).inflight += 1
-            self.slot(m).idle.clear()
+            self.slot(m).enter()
         try:
             if min_ctx and m.record.origin == "proxy" and m.settings.request_ctx(_trained(entry)) < min_ctx:
                 m = await self._relaunch_with_ctx(m, entry, min_ctx)
@@ -198,13 +197,13 @@ class Router(IdleSleep):
         await gate.acquire()
         if m.settings.share_queue:
             m = self._hand_to_freest_replica(m)
-        self.slot(m).running += 1
+        self.slot(m).begin()
         self.sup.touch(m)
         return self._new_lease(m, gate, time.monotonic_ns() - t0 if t0 is not None else 0)
 
     def _new_lease(self, m: ManagedInstance, gate: Gate, load_ns: int) -> Lease:
         def release() -> None:
-            self.slot(m).running -= 1
+            self.slot(m).end()
             gate.release()
             self._release(m)
 
@@ -220,19 +219,14 @@ class Router(IdleSleep):
         ]
         best = min(replicas, key=lambda r: self.slot(r).running, default=m)
         if best is not m:
-            self.slot(m).inflight -= 1
-            self.slot(best).inflight += 1
-            self.slot(best).idle.clear()
-            if self.slot(m).inflight == 0:
-                self.slot(m).idle.set()
+            self.slot(m).move_to(self.slot(best))
         return best
 
     async def acquire_instance(self, m: ManagedInstance) -> Lease:
         """A lease on one given instance (its own listener port), waking it if it sleeps."""
         t0 = time.monotonic_ns() if m.state != S.HEALTHY else None
         slot = self.slot(m)
-        slot.inflight += 1
-        slot.idle.clear()
+        slot.enter()
         try:
             if m.state in (S.SLEEPING, S.STOPPED, S.FAILED):
                 await self.sup.wake(m.id)
@@ -259,10 +253,9 @@ class Router(IdleSleep):
 
     def _release(self, m: ManagedInstance) -> None:
         s = self.slot(m)
-        s.inflight = max(0, s.inflight - 1)
+        idle = s.leave()
         self.sup.touch(m)
-        if s.inflight == 0:
-            s.idle.set()
+        if idle:
             if s.unload_after and not s.draining:
                 s.unload_after = False
                 s.draining = True
@@ -327,9 +320,7 @@ class Router(IdleSleep):
         if w in self.waiting:
             self.waiting.remove(w)
         if not w.future.done():
-            s = self.slot(m)
-            s.inflight += 1
-            s.idle.clear()
+            self.slot(m).enter()
             w.future.set_result(m)
 
     def _fail(self, key: str, exc: Exception) -> None:
@@ -399,23 +390,15 @@ class Router(IdleSleep):
     async def _relaunch_with_ctx(self, m: ManagedInstance, entry: ModelEntry, ctx: int) -> ManagedInstance:
         """Ollama relaunches a model whose running context is smaller than a request's num_ctx."""
         s = self.slot(m)
-        s.inflight -= 1  # our own lease must not block the drain
         s.draining = True
+        s.leave()  # our own lease must not block the drain
         try:
-            if s.inflight == 0:
-                s.idle.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(s.idle.wait(), self.request_timeout)
-            await self.sup.stop(m.id)
-            total = ctx * max(1, m.settings.parallel)
-            m.settings = m.settings.model_copy(update={"ctx_size": total})
-            m.record.ctx_size = total
-            self.sup._rebuild(m)
-            await self.sup.wake(m.id)
+            await self.sup.relaunch_with_context(m, ctx * max(1, m.settings.parallel))
         finally:
             s.draining = False
-            s.inflight += 1
-            s.idle.clear()
+            s.enter()
         return m
 
     async def unload(self, name: str) -> list[str]:

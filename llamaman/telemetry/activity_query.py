@@ -162,7 +162,7 @@ def summary(db: Database, filters: ActivityFilters) -> list[dict[str, Any]]:
     r = RequestLog
     tokens = col(r.prompt_tokens) + col(r.completion_tokens)
     stmt = (
-        select(
+        select(  # type: ignore[call-overload]  # sqlmodel types select() for at most four columns
             r.model,
             func.count(),
             func.sum(case((col(r.status) >= 400, 1), else_=0)),
@@ -172,7 +172,7 @@ def summary(db: Database, filters: ActivityFilters) -> list[dict[str, Any]]:
             func.avg(r.duration_ms),
             func.avg(r.tokens_per_s),
             func.sum(r.energy_j),
-            func.count(r.energy_j),
+            func.count(col(r.energy_j)),
             func.sum(case((col(r.energy_j).is_not(None), tokens), else_=0)),
         )
         .where(*filters.clauses())

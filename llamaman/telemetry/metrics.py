@@ -147,7 +147,7 @@ class LiveCollector(Collector):
     def _gpus(self) -> Iterator[Metric]:
         gpu = self.t.gpu
         labels = ["gpu", "name", "uuid"]
-        fams = {
+        fams: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "used": GaugeMetricFamily("llamaman_gpu_memory_used_bytes", "GPU memory in use", labels=labels),
             "total": GaugeMetricFamily("llamaman_gpu_memory_total_bytes", "GPU memory", labels=labels),
             "util": GaugeMetricFamily("llamaman_gpu_utilization_percent", "GPU busy percent", labels=labels),

@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ def _chain(base: Path, rel: str) -> list[Path]:
     return [d for d in dirs if d.is_dir()] or [base]
 
 
-def _min(values: list[int | float | None]) -> Any:
+def _min(values: Sequence[int | float | None]) -> Any:
     present = [v for v in values if v is not None]
     return min(present) if present else None
 

@@ -113,7 +113,7 @@ class FakeHub:
     def url(self) -> str:
         assert self._server is not None, "FakeHub.start() first"
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> str:
         hub = self

@@ -12,7 +12,7 @@ import httpx
 from sqlmodel import select
 
 from llamaman.app import LlamaMan
-from llamaman.auth.accounts import SESSION_COOKIE
+from llamaman.auth.sessions import SESSION_COOKIE
 from llamaman.core.config import Settings
 from llamaman.core.tables import ModelAlias
 

@@ -15,7 +15,7 @@ import pytest
 from starlette.types import ASGIApp
 
 from llamaman.app import LlamaMan
-from llamaman.auth.accounts import SESSION_COOKIE
+from llamaman.auth.sessions import SESSION_COOKIE
 from llamaman.core.config import Settings
 
 pytestmark = pytest.mark.auth

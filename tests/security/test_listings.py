@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from llamaman.app import LlamaMan, create_app
-from llamaman.auth.accounts import SESSION_COOKIE
+from llamaman.auth.sessions import SESSION_COOKIE
 from llamaman.core.redact import redact_argv
 from llamaman.core.state import InstanceState
 from llamaman.instances.launch import LaunchSettings

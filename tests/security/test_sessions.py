@@ -12,7 +12,7 @@ import pytest
 from sqlmodel import select
 
 from llamaman.app import LlamaMan
-from llamaman.auth.accounts import SESSION_COOKIE, SESSION_IDLE_S, SESSION_MAX_AGE
+from llamaman.auth.sessions import SESSION_COOKIE, SESSION_IDLE_S, SESSION_MAX_AGE
 from llamaman.core.config import Settings
 from llamaman.core.tables import UserSession
 from tests.security.signin_support import ADMIN, PASSWORD, Box, cookie, served

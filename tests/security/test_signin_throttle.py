@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from llamaman.auth.accounts import THROTTLE_AFTER, THROTTLE_USER_AFTER, client_address
+from llamaman.auth.clients import THROTTLE_AFTER, THROTTLE_USER_AFTER, client_address
 from llamaman.core.config import Settings
 from tests.security.signin_support import ADMIN, PASSWORD, Box, served
 
