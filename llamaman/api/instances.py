@@ -10,13 +10,15 @@ from fastapi.responses import StreamingResponse
 from llamaman.api.deps import ServicesDep
 from llamaman.api.sse import object_events, sse
 from llamaman.core.events import Event
+from llamaman.instances.instance import ManagedInstance
 from llamaman.instances.launch import LaunchSettings
+from llamaman.services import Services
 
 router = APIRouter(prefix="/api", tags=["instances"])
 
 
-def _view(services: Any, m: Any) -> dict[str, Any]:
-    return m.view(services.instance_extra(m) if hasattr(services, "instance_extra") else None)
+def _view(services: Services, m: ManagedInstance) -> dict[str, Any]:
+    return m.view(services.instance_extra(m))
 
 
 @router.get("/instances")

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from llamaman import __version__
 from llamaman.api.deps import ServicesDep
+from llamaman.services import Services
 
 router = APIRouter(tags=["system"])
 
@@ -23,7 +24,7 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "version": __version__})
 
 
-def _settings_view(services: Any) -> dict[str, Any]:
+def _settings_view(services: Services) -> dict[str, Any]:
     binary = services.supervisor.binary
     return {
         **services.runtime.current.public(),

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from starlette.responses import Response
 
 from llamaman.api.deps import ServicesDep
+from llamaman.services import Services
 from llamaman.telemetry.activity_query import (
     ACTIVITY_COLUMNS,
     SUMMARY_COLUMNS,
@@ -89,7 +90,7 @@ Filters = Annotated[ActivityFilters, Depends(activity_filters)]
 
 
 async def _rows(
-    services: Any, filters: ActivityFilters, limit: int | None, offset: int
+    services: Services, filters: ActivityFilters, limit: int | None, offset: int
 ) -> tuple[list[dict[str, Any]], int]:
     activity = services.telemetry.activity
     await activity.flush()  # what was just proxied shows at once
@@ -120,7 +121,7 @@ async def activity_csv(
     return _csv(to_csv(items, ACTIVITY_COLUMNS), "activity.csv")
 
 
-async def _summary(services: Any, filters: ActivityFilters) -> list[dict[str, Any]]:
+async def _summary(services: Services, filters: ActivityFilters) -> list[dict[str, Any]]:
     activity = services.telemetry.activity
     await activity.flush()
     return await asyncio.to_thread(summary, activity.db, filters)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from llamaman.core.events import EventBus
+from llamaman.core.events import Event, EventBus
 from llamaman.core.runtime import RuntimeConfig
 from llamaman.core.state import InstanceState
 from llamaman.instances.launch import LaunchSettings
@@ -60,13 +60,23 @@ class Router(IdleSleep):
         self.evictions = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idle_task: asyncio.Task[None] | None = None
-        self.on_evict: Callable[[ManagedInstance], None] | None = None
+        self._unlisten: Callable[[], None] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self._idle_task = asyncio.create_task(self._idle_loop())
+        self._unlisten = self.events.listen(self._forget, "instance.removed")
+
+    def _forget(self, ev: Event) -> None:
+        """A removed instance takes its bookkeeping with it (a shared gate stays with its model)."""
+        instance_id = ev.data.get("id", "")
+        self.slots.pop(instance_id, None)
+        self.gates.pop(instance_id, None)
 
     async def stop(self) -> None:
+        if self._unlisten:
+            self._unlisten()
+            self._unlisten = None
         if self._idle_task:
             self._idle_task.cancel()
         for t in list(self._tasks):
@@ -373,8 +383,6 @@ class Router(IdleSleep):
                 await asyncio.wait_for(s.idle.wait(), self.request_timeout)
             log.info("unloading %s (%s)", m.record.model_name, reason)
             self.evictions += 1
-            if self.on_evict:
-                self.on_evict(m)
             self.events.publish("router.unload", model=m.record.model_name, instance=m.id, reason=reason)
             # A manual instance sleeps (its owner may want it back); a proxy-started one stops and
             # keeps its record, which the next load reuses.

@@ -18,7 +18,7 @@ from llamaman.instances.llama_bin import parse_version_output
 from llamaman.instances.xllama_launcher import LaunchError, build_params, parse_flags
 from llamaman.testing.tiny_gguf import expected_text, write_tiny_model
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = [sys.executable, "-m", "llamaman.instances.xllama_launcher"]
 
 xl: Any = pytest.importorskip("xllamacpp")

@@ -199,3 +199,12 @@ async def test_a_failed_load_is_reported_to_every_waiter(services: LlamaMan, mod
         *(services.router.acquire("tiny-c") for _ in range(3)), return_exceptions=True
     )
     assert all(isinstance(r, ModelUnavailable) for r in results), results
+
+
+async def test_a_removed_instance_takes_its_slot_and_gate_with_it(services: LlamaMan) -> None:
+    m = await services.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf"))
+    lease = await services.router.acquire_instance(m)
+    lease.release()
+    assert m.id in services.router.slots and m.id in services.router.gates
+    await services.supervisor.remove(m.id)
+    assert m.id not in services.router.slots and m.id not in services.router.gates
