@@ -210,6 +210,11 @@ def _hub_error(exc: Exception, repo_id: str, endpoint: str, filename: str | None
             return DownloadError(f"access to {repo_id} denied (HTTP {status}): check the token", 403)
         if status == 429 or status >= 500:
             return TransientError(f"the Hub answered HTTP {status}")
+        if status == 404:
+            # A mirror (or a hub without huggingface.co's error headers) says only "404".
+            if filename:
+                return DownloadError(f"{repo_id} has no file {filename!r} on {endpoint}", 404)
+            return DownloadError(f"repository {repo_id!r} not found on {endpoint}", 404)
         return DownloadError(f"the Hub refused the request (HTTP {status}): {exc}", 502)
     if isinstance(exc, httpx.TransportError | OSError):
         return TransientError(f"cannot reach {endpoint}: {exc}")

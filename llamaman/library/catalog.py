@@ -34,6 +34,11 @@ _PART_RE = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<total>\d{5})\.gguf$",
 _WEIGHT_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth")
 
 
+# Linux's limits for a whole path and for one name in it.
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+
+
 @dataclass
 class HFInfo:
     architectures: list[str] = field(default_factory=list)
@@ -323,6 +328,11 @@ class ModelLibrary:
         if "\x00" in p:
             raise LibraryError("invalid path (NUL byte)")
         raw = Path(p.strip())
+        # Names the file system cannot hold would fail later as OSError (ENAMETOOLONG); say so here.
+        if len(p.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES or any(
+            len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for part in raw.parts
+        ):
+            raise LibraryError("path too long")
         if ".." in raw.parts:
             raise LibraryError(f"'{p}': '..' is not allowed in model paths")
         base, root = self.models_dir, self.root

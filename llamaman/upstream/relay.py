@@ -179,7 +179,8 @@ class RawResponse(Response):
 # something the caller can change too, by asking another model or relaunching this one: a 400.
 _CLIENT_FAULT = re.compile(
     rb"[Ff]ailed to parse|json\.exception|type must be|[Mm]issing|[Uu]nsupported|[Ii]nvalid|must be|"
-    rb"cannot be|[Ee]xpected|not supported|does not support|out of range|[Uu]nknown|no such|is required"
+    rb"cannot be|[Ee]xpected|not supported|does not support|out of range|range_check|[Uu]nknown|no such|"
+    rb"is required"
 )
 
 

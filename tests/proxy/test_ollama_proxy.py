@@ -250,9 +250,16 @@ async def test_client_gone_mid_stream_releases_the_instance(services: LlamaMan, 
                 break
     [m] = healthy(services, "tiny-a.gguf")
     await wait_until(lambda: services.router.slot(m).inflight == 0, timeout=2)
-    # Closing upstream too frees llama-server's slot instead of generating for nobody.
-    slots = (await services.http.get(f"{m.base_url}/slots", headers=m.proc.auth_headers)).json()
-    assert not any(s.get("is_processing") for s in slots)
+    # Closing upstream too frees llama-server's slot instead of generating for nobody. llama-server
+    # notices the closed connection at its next token, so the slot is polled briefly: well under the
+    # time the 3000 tokens take (about 1.5 s on an idle machine, far more under load).
+    deadline = time.monotonic() + 1.0
+    while True:
+        slots = (await services.http.get(f"{m.base_url}/slots", headers=m.proc.auth_headers)).json()
+        if not any(s.get("is_processing") for s in slots):
+            break
+        assert time.monotonic() < deadline, f"llama-server still generates for a client that left: {slots}"
+        await asyncio.sleep(0.02)
 
 
 async def test_instance_sampling_overrides_win(

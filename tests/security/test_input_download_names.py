@@ -92,3 +92,16 @@ async def test_ollama_pull_refuses_a_repo_whose_projector_name_is_markup(dl: Lla
     for job in dl.downloads.list():
         assert not set(EVIL) & {f.name for f in job.files}
     assert not any(n in EVIL or n.endswith('x=".gguf') for n in models(dl))
+
+
+async def test_a_repo_the_hub_does_not_know_is_a_404_not_a_gateway_error(dl: Services) -> None:
+    """A hub (or mirror) that answers a bare 404 means the repo is not there: the caller's 404."""
+    headers = await admin_headers(dl)
+    app = create_app(dl, manage_lifecycle=False)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers
+    ) as c:
+        for repo in ("then", "user/no-such-repo"):
+            r = await c.post("/api/downloads", json={"repo_id": repo})
+            assert r.status_code == 404 and "not found" in r.json()["detail"], (repo, r.text)
+    assert dl.downloads.list() == []

@@ -91,3 +91,24 @@ async def test_fields_llama_server_cannot_parse_are_client_errors(
         assert r.status_code == 400 and "tool" in r.json()["error"], r.text
         r = await c.post("/v1/chat/completions", json={"model": "tiny-a", "messages": hi, "max_tokens": 2})
         assert r.status_code == 200, r.text
+        # A token id beyond the vocabulary: llama-server's range check fails with a 500.
+        r = await c.post("/detokenize", json={"model": "tiny-a", "tokens": [44136]})
+        assert r.status_code == 400 and "range" in r.text, r.text
+        # A feature the model was not launched with (llama-server's 501) is the caller's to change.
+        r = await c.post("/v1/embeddings", json={"model": "tiny-a", "input": "hi"})
+        assert r.status_code == 400 and "embeddings" in r.text, r.text
+
+
+async def test_a_model_path_longer_than_the_file_system_allows_is_a_400(services: Services) -> None:
+    from llamaman.app import create_app
+    from tests.helpers import admin_headers
+
+    app = create_app(services, manage_lifecycle=False)
+    headers = await admin_headers(services)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers
+    ) as c:
+        for path in ("a" * 5000, "a/" * 3000, "x" * 256 + ".gguf"):
+            for route in ("/api/model-layers", "/api/model-memory"):
+                r = await c.get(route, params={"path": path})
+                assert 400 <= r.status_code < 500, (route, len(path), r.text)

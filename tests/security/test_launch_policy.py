@@ -198,7 +198,7 @@ async def test_backup_restore_with_a_dangerous_preset_restores_nothing_of_it(
     assert await services.presets.get("embed/tiny-embed.gguf") is None
     del backup["presets"]["tiny-a.gguf"]
     r = await api.post("/api/restore", json=backup)
-    assert r.status_code == 400 and "--path" in r.json()["detail"], r.text
+    assert r.status_code == 400 and "--webui" in r.json()["detail"], r.text
     del backup["presets"]["tiny-b.gguf"]
     r = await api.post("/api/restore", json=backup)
     assert r.status_code == 200, r.text

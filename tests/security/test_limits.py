@@ -209,7 +209,9 @@ async def test_body_limits_by_endpoint(box: LlamaMan) -> None:
         assert r.status_code == 413
         r = await c.post("/api/chat", content=b'{"model":"tiny-a","x":"' + b"a" * (3 * MiB) + b'"}')
         assert r.status_code != 413  # images travel in model bodies as base64
-        r = await c.post("/api/chat", content=b"x", headers={"Content-Length": "nope"})
+        r = await c.post(
+            "/api/chat", content=b"x", headers={"Content-Length": "nope", "Content-Type": "application/json"}
+        )
         assert r.status_code == 400
 
 
