@@ -94,7 +94,7 @@ async def test_ollama_pull_refuses_a_repo_whose_projector_name_is_markup(dl: Lla
     assert not any(n in EVIL or n.endswith('x=".gguf') for n in models(dl))
 
 
-async def test_a_repo_the_hub_does_not_know_is_a_404_not_a_gateway_error(dl: Services) -> None:
+async def test_a_repo_the_hub_does_not_know_is_a_404_not_a_gateway_error(dl: LlamaMan) -> None:
     """A hub (or mirror) that answers a bare 404 means the repo is not there: the caller's 404."""
     headers = await admin_headers(dl)
     app = create_app(dl, manage_lifecycle=False)

@@ -99,7 +99,7 @@ async def test_fields_llama_server_cannot_parse_are_client_errors(
         assert r.status_code == 400 and "embeddings" in r.text, r.text
 
 
-async def test_a_model_path_longer_than_the_file_system_allows_is_a_400(services: Services) -> None:
+async def test_a_model_path_longer_than_the_file_system_allows_is_a_400(services: LlamaMan) -> None:
     from llamaman.app import create_app
     from tests.helpers import admin_headers
 
