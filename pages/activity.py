@@ -13,7 +13,7 @@ from nicegui import ui
 from components import fmt
 from components.tables import table
 from llamaman.services import Services
-from pages.shell import Shell, fail, unavailable
+from pages.shell import Shell, fail
 
 RECENT = [
     ("when", "Time"), ("model", "Model"), ("endpoint", "Endpoint"), ("key_name", "Key"), ("status", "Status"),
@@ -113,10 +113,6 @@ def register(services: Services, shell: Shell) -> None:
         if redirect is not None:
             return redirect
         with shell.frame("/activity", user=user):
-            activity = shell.optional("activity")
-            if activity is None:
-                unavailable("The activity log", "Request logging is not part of this build yet.")
-            else:
-                panel = ActivityPanel(services, activity)
-                await panel.refresh()
+            panel = ActivityPanel(services, services.telemetry.activity)
+            await panel.refresh()
         return None

@@ -33,12 +33,7 @@ def _card(title: str, subtitle: str) -> ui.card:
 def register(services: Services, shell: Shell) -> None:
     @ui.page("/setup")
     async def setup_page(request: Request) -> Any:
-        auth = shell.optional("auth")
-        if auth is None:
-            with _card("Setup", ""):
-                ui.label("Accounts are unavailable in this build: there is nothing to set up.")
-                ui.link("Go to LlamaMan", "/")
-            return None
+        auth = services.auth
         if not auth.needs_setup():
             return RedirectResponse("/login", status_code=303)
         with _card("Create the first admin", "This account manages LlamaMan. You can add API keys later."):
@@ -71,12 +66,7 @@ def register(services: Services, shell: Shell) -> None:
 
     @ui.page("/login")
     async def login_page(request: Request, next: str = "/") -> Any:
-        auth = shell.optional("auth")
-        if auth is None:
-            with _card("Sign in", ""):
-                ui.label("Sign-in is unavailable in this build; LlamaMan is open.")
-                ui.link("Go to LlamaMan", "/")
-            return None
+        auth = services.auth
         if auth.needs_setup():
             return RedirectResponse("/setup", status_code=303)
         ip = auth.client_address(request)

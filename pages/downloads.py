@@ -10,7 +10,7 @@ from nicegui import ui
 
 from components.downloads import DownloadCard, DownloadForm, DownloadRequest
 from llamaman.services import Services
-from pages.shell import Shell, fail, subscribe, unavailable
+from pages.shell import Shell, fail, subscribe
 
 
 def _message(exc: Exception) -> str:
@@ -139,9 +139,5 @@ def register(services: Services, shell: Shell) -> None:
         if redirect is not None:
             return redirect
         with shell.frame("/downloads", user=user):
-            manager = shell.optional("downloads")
-            if manager is None:
-                unavailable("Downloading", "The download service is not part of this build yet.")
-            else:
-                DownloadsPanel(services, manager)
+            DownloadsPanel(services, services.downloads)
         return None

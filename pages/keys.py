@@ -16,7 +16,7 @@ from components import fmt
 from components.dialogs import confirm
 from components.tables import table
 from llamaman.services import Services
-from pages.shell import Shell, fail, unavailable
+from pages.shell import Shell, fail
 
 COLUMNS = [
     ("name", "Name"), ("prefix_shown", "Key"), ("scope", "Scope"), ("models", "Models"),
@@ -254,10 +254,6 @@ def register(services: Services, shell: Shell) -> None:
         if redirect is not None:
             return redirect
         with shell.frame("/keys", user=user):
-            auth = shell.optional("auth")
-            if auth is None:
-                unavailable("API keys", "Accounts and keys are not part of this build yet.")
-            else:
-                panel = KeysPanel(services, auth)
-                await panel.refresh()
+            panel = KeysPanel(services, services.auth)
+            await panel.refresh()
         return None

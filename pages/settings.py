@@ -127,24 +127,18 @@ def _environment(services: Services) -> None:
 
 
 async def _system(shell: Shell) -> None:
-    sysinfo, sampler = shell.optional("system"), shell.optional("gpu")
+    telemetry = shell.services.telemetry
     with ui.card().props("flat bordered").classes("w-full q-pa-md gap-2"):
         ui.label("System").classes("text-h6")
-        if sysinfo is None:
-            ui.label("System information is unavailable in this build.").classes("text-sm opacity-75")
-        else:
-            try:
-                data = await asyncio.to_thread(sysinfo.collect)
-            except Exception as exc:
-                ui.label(f"could not read system information: {exc}").classes("text-negative")
-                data = None
-            if data:
-                _kv(_system_rows(data))
+        try:
+            data = await asyncio.to_thread(telemetry.system.collect)
+        except Exception as exc:
+            ui.label(f"could not read system information: {exc}").classes("text-negative")
+            data = None
+        if data:
+            _kv(_system_rows(data))
         ui.label("GPUs").classes("text-subtitle1")
-        if sampler is None:
-            ui.label("GPU monitoring is unavailable in this build.").classes("text-sm opacity-75")
-            return
-        info = sampler.info()
+        info = telemetry.gpu.info()
         if not info.get("gpus"):
             ui.label(info.get("reason") or "no GPU found").classes("text-sm opacity-75")
             return
@@ -170,8 +164,8 @@ def register(services: Services, shell: Shell) -> None:
             return redirect
         identity = shell.identity(request)
         with shell.frame("/settings", user=user):
-            auth = shell.optional("auth")
-            if auth is not None and identity is not None and identity.kind == "user":
+            auth = services.auth
+            if identity is not None and identity.kind == "user":
                 with ui.element("div").classes("w-full grid grid-cols-1 lg:grid-cols-2 gap-3"):
                     with viewer_may(ui.column().classes("gap-3")):  # one's own password is a viewer's too
                         AccountCard(auth, identity)

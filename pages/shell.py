@@ -1,5 +1,5 @@
-"""What every page shares: the frame filled from the services, the signed-in user, and lookups of the
-optional services (auth, downloads, telemetry) so a page can say a feature is unavailable."""
+"""What every page shares: the frame filled from the services, the signed-in user and their session,
+and signing out."""
 
 from __future__ import annotations
 
@@ -22,35 +22,6 @@ from llamaman.core.identity import Identity
 from llamaman.services import Services
 
 log = logging.getLogger(__name__)
-
-# Where the services that a build may lack live on Services; a page whose service is missing says
-# the feature is unavailable instead of failing.
-OPTIONAL: dict[str, tuple[str, ...]] = {
-    "auth": ("auth",),
-    "downloads": ("downloads",),
-    "telemetry": ("telemetry",),
-    "gpu": ("telemetry", "gpu"),
-    "system": ("telemetry", "system"),
-    "activity": ("telemetry", "activity"),
-}
-
-
-def optional(services: Services, kind: str) -> Any | None:
-    """The service of ``kind`` when this build has it, else None."""
-    found: Any = services
-    for attr in OPTIONAL[kind]:
-        found = getattr(found, attr, None)
-        if found is None:
-            return None
-    return found
-
-
-def unavailable(feature: str, detail: str) -> None:
-    with ui.card().props("flat bordered").classes("w-full items-center q-pa-lg"):
-        ui.icon("block", size="2rem").classes("opacity-60")
-        ui.label(f"{feature} is unavailable").classes("text-h6")
-        ui.label(detail).classes("text-sm opacity-75 text-center")
-
 
 VIEWER_REFUSAL = "This account is a viewer: it can look but not change anything."
 
@@ -94,33 +65,26 @@ class _SystemCache:
 
 
 def _read_system(services: Services) -> SystemReading | None:
-    sysinfo, sampler = optional(services, "system"), optional(services, "gpu")
-    if sysinfo is None and sampler is None:
-        return None
+    telemetry = services.telemetry
     reading = SystemReading(gpus=[])
-    if sysinfo is not None:
-        data = sysinfo.collect()
-        cpu, mem = data.get("cpu", {}), data.get("memory", {})
-        reading.cpu_percent = cpu.get("effective_percent", cpu.get("percent"))
-        reading.ram_used = mem.get("effective_used_bytes")
-        reading.ram_total = mem.get("effective_total_bytes")
-    if sampler is not None:
-        telemetry = optional(services, "telemetry")
-        info = telemetry.gpu_info() if hasattr(telemetry, "gpu_info") else sampler.info()
-        reading.gpus = [
-            GpuReading(
-                name=f"GPU{g['index']} {g['name']}",
-                mem_used=g.get("memory_used_bytes"),
-                mem_total=g.get("memory_total_bytes"),
-                util_percent=g.get("utilization_percent"),
-                temp_c=g.get("temperature_c"),
-            )
-            for g in info.get("gpus", [])
-        ]
-        if not reading.gpus:
-            reading.note = info.get("reason") or "no GPU"
-    else:
-        reading.note = "GPU monitoring unavailable"
+    data = telemetry.system.collect()
+    cpu, mem = data.get("cpu", {}), data.get("memory", {})
+    reading.cpu_percent = cpu.get("effective_percent", cpu.get("percent"))
+    reading.ram_used = mem.get("effective_used_bytes")
+    reading.ram_total = mem.get("effective_total_bytes")
+    info = telemetry.gpu_info()
+    reading.gpus = [
+        GpuReading(
+            name=f"GPU{g['index']} {g['name']}",
+            mem_used=g.get("memory_used_bytes"),
+            mem_total=g.get("memory_total_bytes"),
+            util_percent=g.get("utilization_percent"),
+            temp_c=g.get("temperature_c"),
+        )
+        for g in info.get("gpus", [])
+    ]
+    if not reading.gpus:
+        reading.note = info.get("reason") or "no GPU"
     return reading
 
 
@@ -140,18 +104,13 @@ class Shell:
         self.latest_system: SystemReading | None = None
         self._system = _SystemCache()
 
-    def optional(self, kind: str) -> Any | None:
-        return optional(self.services, kind)
-
     async def system_reading(self) -> SystemReading | None:
         self.latest_system = await self._system.get(self.services)
         return self.latest_system
 
     def identity(self, request: Request | None = None) -> Identity | None:
-        """Who the current page belongs to (None without accounts, or for nobody)."""
-        auth = self.optional("auth")
-        if auth is None:
-            return None
+        """Who the current page belongs to (None for nobody)."""
+        auth = self.services.auth
         if request is None:
             try:
                 request = ui.context.client.request
@@ -167,9 +126,7 @@ class Shell:
 
     def guard(self, request: Request) -> tuple[str | None, Response | None]:
         """(who is signed in, None) or (None, a redirect to setup or sign-in)."""
-        auth = self.optional("auth")
-        if auth is None:
-            return None, None
+        auth = self.services.auth
         if auth.needs_setup():
             return None, RedirectResponse("/setup", status_code=303)
         identity = auth.identity_of(request)
@@ -199,7 +156,7 @@ class Shell:
             active,
             info,
             read_system=self._reader(token),
-            on_logout=self.logout if self.optional("auth") is not None else None,
+            on_logout=self.logout,
             on_dark=set_dark,
             drawer=drawer,
         ) as content:
@@ -212,12 +169,10 @@ class Shell:
     def _session_of(self, client: Any) -> tuple[str | None, bool]:
         """The page's session cookie (None when it came with an API key or without accounts) and
         whether its user is a viewer."""
-        auth = self.optional("auth")
+        auth = self.services.auth
         try:
             request = client.request
         except (RuntimeError, AttributeError):
-            return None, False
-        if auth is None:
             return None, False
         identity = auth.identity_of(request)
         token = (
@@ -228,10 +183,10 @@ class Shell:
     def _reader(self, token: str | None) -> Callable[[], Any]:
         """The header's 2-second tick, which also sends an open page to sign in once its session
         has ended (signed out elsewhere, password changed, account removed, expired)."""
-        auth = self.optional("auth")
+        auth = self.services.auth
 
         async def read() -> SystemReading | None:
-            if token is not None and auth is not None and not auth.session_alive(token):
+            if token is not None and not auth.session_alive(token):
                 ui.navigate.to("/login")
                 return self.latest_system
             return await self.system_reading()
@@ -242,8 +197,8 @@ class Shell:
         """Refuse a page's events once its session has ended, and a viewer's events outside what
         ``viewer_may`` marked (the header: navigation, theme, user menu; one's own account): pages
         change things through their event handlers, which never pass the HTTP middleware."""
-        auth = self.optional("auth")
-        if auth is None or (token is None and not read_only):
+        auth = self.services.auth
+        if token is None and not read_only:
             return
         original = client.handle_event
 

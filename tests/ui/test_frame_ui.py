@@ -44,15 +44,3 @@ async def test_theme_toggle_is_remembered(admin: User) -> None:
     assert dark.value is True  # kept for this browser
     admin.find(marker="theme").click()
     assert dark.value is False
-
-
-async def test_unavailable_feature_is_said_not_faked(admin: User) -> None:
-    services = await started(admin)
-    telemetry, services.telemetry = services.telemetry, None  # a build without telemetry
-    try:
-        await admin.open("/activity")
-        await admin.should_see("The activity log is unavailable")
-        await admin.open("/settings")
-        await admin.should_see("GPU monitoring is unavailable in this build.")
-    finally:
-        services.telemetry = telemetry
