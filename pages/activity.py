@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from nicegui import ui
 
 from components import fmt
-from components.tables import table
+from components.data_table import table
 from llamaman.services import Services
 from pages.shell import Shell, fail
 

@@ -13,8 +13,8 @@ from fastapi.responses import Response
 from nicegui import ui
 
 from components import fmt
+from components.data_table import table
 from components.dialogs import confirm
-from components.tables import table
 from llamaman.services import Services
 from pages.shell import Shell, fail
 

@@ -12,8 +12,8 @@ from nicegui import ui
 from pydantic import ValidationError
 
 from components import fmt
+from components.data_table import table
 from components.model_form import ModelForm
-from components.tables import table
 from llamaman import __version__
 from llamaman.core.runtime import RuntimeSettings
 from llamaman.services import Services
