@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from llamaman.core.tables import LaunchBase
+from llamaman.core.tables import Instance, LaunchBase
 from llamaman.instances.launch_policy import Policy, check_args
 
 # Tokens that only mean something to a shell. extra_args never reach a shell, so a user who types
@@ -140,7 +140,7 @@ def build_argv(
 _STORED_FIELDS = (set(LaunchBase.model_fields) - {"extra_args"}) | {"port"}
 
 
-def settings_from_record(record: Any) -> LaunchSettings:
+def settings_from_record(record: Instance) -> LaunchSettings:
     """Rebuild launch settings from a stored instance row.
 
     A row whose extra flags the launch policy refuses (stored before it existed, or by hand) still
