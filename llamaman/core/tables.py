@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, Double, Text
 from sqlmodel import Field, SQLModel
+from sqlmodel.sql.sqltypes import AutoString
 
 
 def new_id() -> str:
@@ -23,26 +24,61 @@ def now() -> float:
     return time.time()
 
 
-class Instance(SQLModel, table=True):
-    """One supervised llama-server and how it was launched."""
+class LaunchBase(SQLModel):
+    """How one llama-server is launched: the fields the REST API accepts and the instance table stores.
+
+    Declared once here so the create model (``instances.launch.LaunchSettings``) and the table cannot
+    drift apart. Field constraints hold for both; validators that need the launch policy live on the
+    create model, above this layer (see ``LaunchSettings``). Column lengths use ``sa_type`` rather
+    than ``max_length`` so the database's VARCHAR sizes do not become new API limits.
+    """
+
+    model_path: str = Field(
+        min_length=1,
+        sa_type=AutoString(length=1024),
+        description="GGUF path, relative to MODELS_DIR (or absolute inside it)",
+    )
+    n_gpu_layers: int = Field(default=-1, ge=-1, description="Layers offloaded to the GPU; -1 = all")
+    ctx_size: int = Field(default=4096, ge=0, le=10_000_000, description="Context size; 0 = the model's own")
+    threads: int | None = Field(
+        default=None, ge=1, le=1024, description="CPU threads; blank = llama.cpp's choice"
+    )
+    parallel: int = Field(default=1, ge=1, le=256, description="Parallel slots (concurrent sequences)")
+    gpu_devices: str | None = Field(
+        default=None,
+        sa_type=AutoString(length=255),
+        description="CUDA_VISIBLE_DEVICES for this instance, e.g. 0,1",
+    )
+    extra_args: str = Field(
+        default="", max_length=4000, sa_type=Text, description="More llama-server flags (no shell)"
+    )
+    embedding: bool = Field(default=False, description="Serve embeddings (--embeddings)")
+    mmproj: str | None = Field(
+        default=None,
+        sa_type=AutoString(length=1024),
+        description="Multimodal projector, relative to MODELS_DIR",
+    )
+    idle_timeout_min: float = Field(
+        default=0, ge=0, sa_type=Double, description="Sleep after this many idle minutes; 0 = never"
+    )
+    max_concurrent: int = Field(default=0, ge=0, le=1024, description="Requests served at once; 0 = no limit")
+    max_queue_depth: int = Field(
+        default=0, ge=0, le=100_000, description="Requests that may wait; beyond: 429"
+    )
+    share_queue: bool = Field(default=False, description="Replicas of this model share one queue")
+
+
+class Instance(LaunchBase, table=True):
+    """One supervised llama-server and how it was launched.
+
+    ``port`` and ``sampling`` are not in ``LaunchBase``: the API accepts no port (the pool picks one)
+    while a stored instance always has one, and the API's typed sampling overrides are stored as the
+    plain JSON of the active values."""
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
-    model_path: str = Field(max_length=1024)
     model_name: str = Field(max_length=255, index=True)
     port: int
     internal_port: int | None = None
-    n_gpu_layers: int = -1
-    ctx_size: int = 0
-    threads: int | None = None
-    parallel: int = 1
-    gpu_devices: str | None = Field(default=None, max_length=255)
-    extra_args: str = Field(default="", sa_type=Text)
-    embedding: bool = False
-    mmproj: str | None = Field(default=None, max_length=1024)
-    idle_timeout_min: float = Field(default=0, sa_type=Double)
-    max_concurrent: int = 0
-    max_queue_depth: int = 0
-    share_queue: bool = False
     sampling: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     # "manual" instances were launched by a person; "proxy" ones were started on demand.
     origin: str = Field(default="manual", max_length=16)

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from llamaman.core.tables import Instance, LaunchBase
 from llamaman.instances.launch_policy import Policy, check_args
 
 # Tokens that only mean something to a shell. extra_args never reach a shell, so a user who types
@@ -32,37 +33,18 @@ class SamplingOverrides(BaseModel):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
-class LaunchSettings(BaseModel):
-    """Everything needed to launch one llama-server. Field names follow the original LlamaMan."""
+class LaunchSettings(LaunchBase):
+    """Everything needed to launch one llama-server (the create model; the fields are ``LaunchBase``'s).
 
-    model_config = ConfigDict(extra="forbid")
+    The validators live here, not on the shared base: the extra flags are checked by the launch
+    policy, which sits above the tables' layer, and a stored row must load even when today's policy
+    refuses it (see ``settings_from_record``)."""
 
-    model_path: str = Field(
-        min_length=1, description="GGUF path, relative to MODELS_DIR (or absolute inside it)"
-    )
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
     port: int | None = Field(
         default=None, description="Public port from the pool; blank picks the next free one"
     )
-    n_gpu_layers: int = Field(default=-1, ge=-1, description="Layers offloaded to the GPU; -1 = all")
-    ctx_size: int = Field(default=4096, ge=0, le=10_000_000, description="Context size; 0 = the model's own")
-    threads: int | None = Field(
-        default=None, ge=1, le=1024, description="CPU threads; blank = llama.cpp's choice"
-    )
-    parallel: int = Field(default=1, ge=1, le=256, description="Parallel slots (concurrent sequences)")
-    gpu_devices: str | None = Field(
-        default=None, description="CUDA_VISIBLE_DEVICES for this instance, e.g. 0,1"
-    )
-    extra_args: str = Field(default="", max_length=4000, description="More llama-server flags (no shell)")
-    embedding: bool = Field(default=False, description="Serve embeddings (--embeddings)")
-    mmproj: str | None = Field(default=None, description="Multimodal projector, relative to MODELS_DIR")
-    idle_timeout_min: float = Field(
-        default=0, ge=0, description="Sleep after this many idle minutes; 0 = never"
-    )
-    max_concurrent: int = Field(default=0, ge=0, le=1024, description="Requests served at once; 0 = no limit")
-    max_queue_depth: int = Field(
-        default=0, ge=0, le=100_000, description="Requests that may wait; beyond: 429"
-    )
-    share_queue: bool = Field(default=False, description="Replicas of this model share one queue")
     sampling: SamplingOverrides = Field(default_factory=SamplingOverrides)
 
     @field_validator("gpu_devices")
@@ -154,28 +136,18 @@ def build_argv(
     return argv
 
 
-def settings_from_record(record: Any) -> LaunchSettings:
+# What an instance row and launch settings have in common: the shared fields plus the port.
+_STORED_FIELDS = (set(LaunchBase.model_fields) - {"extra_args"}) | {"port"}
+
+
+def settings_from_record(record: Instance) -> LaunchSettings:
     """Rebuild launch settings from a stored instance row.
 
     A row whose extra flags the launch policy refuses (stored before it existed, or by hand) still
     loads, with the flags kept unvalidated: the supervisor checks them again before any spawn and
     shows the row failed with the reason instead of losing it."""
-    values: dict[str, Any] = {
-        "model_path": record.model_path,
-        "port": record.port,
-        "n_gpu_layers": record.n_gpu_layers,
-        "ctx_size": record.ctx_size,
-        "threads": record.threads,
-        "parallel": record.parallel,
-        "gpu_devices": record.gpu_devices,
-        "embedding": record.embedding,
-        "mmproj": record.mmproj,
-        "idle_timeout_min": record.idle_timeout_min,
-        "max_concurrent": record.max_concurrent,
-        "max_queue_depth": record.max_queue_depth,
-        "share_queue": record.share_queue,
-        "sampling": SamplingOverrides(**(record.sampling or {})),
-    }
+    values: dict[str, Any] = record.model_dump(include=_STORED_FIELDS)
+    values["sampling"] = SamplingOverrides(**(record.sampling or {}))
     extra = record.extra_args or ""
     try:
         return LaunchSettings(**values, extra_args=extra)

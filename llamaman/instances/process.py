@@ -217,7 +217,9 @@ class LlamaProcess:
         self.started_at = proc.create_time()
         offset = max(0, self.log_path.stat().st_size - 64_000) if self.log_path.exists() else 0
         self._start_tail(offset)
-        self.state = S.STARTING
+        # Through the table like any start: the record learns its pid and start time now, not only
+        # once the server answers its health check.
+        self._set_state(S.STARTING)
         self._spawn(self._watch_adopted(proc))
         self._spawn(self._wait_healthy())
         return True

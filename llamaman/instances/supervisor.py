@@ -130,24 +130,11 @@ class Supervisor:
                 raise InstanceError(str(exc), 409) from None
             stored = ls.model_copy(update={"port": port, "model_path": relative_to(self.library, path)})
             record = Instance(
+                **stored.model_dump(exclude={"sampling"}),
                 id=iid,
-                model_path=stored.model_path,
                 model_name=name,
-                port=port,
                 internal_port=internal,
-                n_gpu_layers=ls.n_gpu_layers,
-                ctx_size=ls.ctx_size,
-                threads=ls.threads,
-                parallel=ls.parallel,
-                gpu_devices=ls.gpu_devices,
-                extra_args=ls.extra_args,
-                embedding=ls.embedding,
-                mmproj=ls.mmproj,
-                idle_timeout_min=ls.idle_timeout_min,
-                max_concurrent=ls.max_concurrent,
-                max_queue_depth=ls.max_queue_depth,
-                share_queue=ls.share_queue,
-                sampling=ls.sampling.active(),
+                sampling=stored.sampling.active(),
                 origin=origin,
                 state=S.STOPPED.value,
                 desired_running=True,
@@ -430,10 +417,11 @@ class Supervisor:
             try:
                 await self._reserve_ports(m)
             except InstanceError as exc:
+                # The table has no stopped → failed: a failure belongs to a start. This is one,
+                # refused before any process ran (its port is taken), reported like a start the
+                # launch policy refuses; the state callback stores the record with the reason.
                 m.proc.error = exc.message
-                m.proc.state = S.FAILED
-                r.state, r.error = S.FAILED.value, exc.message
-                self._save(r)
+                m.proc.fail_without_start()
                 continue
             await self._open_listener(m)
             with contextlib.suppress(InstanceError):  # refused: the record shows why
