@@ -19,8 +19,10 @@ from typing import Any, BinaryIO
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType, LlamaFileType
 
+from llamaman.core.errors import Invalid
 
-class LibraryError(ValueError):
+
+class LibraryError(Invalid, ValueError):
     """A user-facing problem with a model path or file; the message is shown as is."""
 
 
