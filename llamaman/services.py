@@ -16,7 +16,8 @@ from llamaman.core.db import Database
 from llamaman.core.events import Event, EventBus
 from llamaman.core.runtime import RuntimeConfig
 from llamaman.downloads.manager import DownloadManager
-from llamaman.instances.supervisor import InstanceError, ManagedInstance, Supervisor
+from llamaman.instances.instance import InstanceConflict
+from llamaman.instances.supervisor import ManagedInstance, Supervisor
 from llamaman.library.catalog import ModelLibrary
 from llamaman.scheduling.aliases import AliasStore
 from llamaman.scheduling.presets import PresetStore
@@ -84,8 +85,8 @@ class Services:
         paths = {rel, *(entry.parts if entry else ())}
         busy = [m.id for m in self.supervisor.list() if m.record.model_path in paths and m.proc.running]
         if busy:
-            raise InstanceError(
-                f"{rel} is in use by running instance(s) {', '.join(busy)}; stop them first", 409
+            raise InstanceConflict(
+                f"{rel} is in use by running instance(s) {', '.join(busy)}; stop them first"
             )
         removed = await asyncio.to_thread(self.library.delete, path)
         await self.library.ascan()

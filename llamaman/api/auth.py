@@ -20,6 +20,7 @@ from llamaman.auth.accounts import (
 )
 from llamaman.auth.sessions import SESSION_COOKIE, safe_next
 from llamaman.core.identity import Identity, Role
+from llamaman.gateway.dialects import rest_status, retry_headers
 
 _auth = APIRouter(prefix="/api/auth", tags=["auth"])
 _users = APIRouter(prefix="/api/users", tags=["users"])
@@ -53,11 +54,11 @@ def client_ip(request: Request) -> str:
 
 
 def _throttled(exc: LoginThrottled) -> HTTPException:
-    return HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)})
+    return HTTPException(rest_status(exc), str(exc), headers=retry_headers(exc))
 
 
 def _account_error(exc: AccountError | ValueError) -> HTTPException:
-    return HTTPException(exc.status if isinstance(exc, AccountError) else 422, str(exc))
+    return HTTPException(rest_status(exc) if isinstance(exc, AccountError) else 422, str(exc))
 
 
 @_auth.post("/setup", status_code=201)
@@ -66,7 +67,7 @@ async def setup(body: Credentials, request: Request, services: ServicesDep) -> R
     try:
         user = await services.auth.create_first_admin(body.username, body.password)
     except SetupClosed as exc:
-        raise HTTPException(403, str(exc)) from None
+        raise HTTPException(rest_status(exc), str(exc)) from None
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     response = JSONResponse({"user": user_view(user)}, status_code=201)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Body, HTTPException
+from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse
 
-from llamaman.api.backup_bundle import BackupError, export_backup, restore_backup
+from llamaman.api.backup_bundle import export_backup, restore_backup
 from llamaman.api.deps import ServicesDep
 
 router = APIRouter(prefix="/api", tags=["backup"])
@@ -24,7 +24,5 @@ async def backup(services: ServicesDep) -> JSONResponse:
 
 @router.post("/restore")
 async def restore(services: ServicesDep, body: Any = Body(...)) -> dict[str, Any]:
-    try:
-        return await restore_backup(services, body)
-    except BackupError as exc:
-        raise HTTPException(exc.status, exc.message) from None
+    # A BackupError is an Invalid: the REST API's error handler answers it.
+    return await restore_backup(services, body)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from sqlmodel import select
 
+from llamaman.core.errors import Invalid, NotFound
 from llamaman.core.tables import ModelSource
 from llamaman.downloads.hub import DownloadError
 from llamaman.gateway.errors import describe_validation
@@ -28,11 +29,8 @@ if TYPE_CHECKING:
 BACKUP_FORMAT = 1
 
 
-class BackupError(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
+class BackupError(Invalid):
+    """A backup this LlamaMan cannot read."""
 
 
 def _load_sources(services: Services) -> dict[str, ModelSource]:
@@ -287,7 +285,7 @@ async def _queue_missing(
                 break
             except DownloadError as exc:
                 # The pinned commit may be gone from a rewritten history; the branch head may still do.
-                if exc.status == 404 and rev != "main":
+                if isinstance(exc, NotFound) and rev != "main":
                     continue
                 report["not_restorable"].append({"path": path, "reason": exc.message})
                 break

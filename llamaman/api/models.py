@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from llamaman.api.deps import ServicesDep
+from llamaman.gateway.dialects import rest_status
 from llamaman.library.catalog import LibraryError, estimate_memory
 
 router = APIRouter(prefix="/api", tags=["models"])
@@ -29,7 +30,7 @@ async def delete_model(body: DeleteModel, services: ServicesDep) -> dict[str, An
     try:
         removed = await services.delete_model(body.path)
     except LibraryError as exc:
-        raise HTTPException(404 if "not found" in str(exc) else 400, str(exc)) from None
+        raise HTTPException(rest_status(exc), str(exc)) from None
     return {"deleted": removed}
 
 
@@ -38,7 +39,7 @@ async def model_layers(services: ServicesDep, path: str = Query(min_length=1)) -
     try:
         layers = await asyncio.to_thread(services.library.layers, path)
     except LibraryError as exc:
-        raise HTTPException(404 if "not found" in str(exc) else 400, str(exc)) from None
+        raise HTTPException(rest_status(exc), str(exc)) from None
     except FileNotFoundError:
         raise HTTPException(404, f"model not found: {path}") from None
     return {"path": path, "layers": layers}

@@ -42,6 +42,7 @@ from llamaman.auth.clients import THROTTLE_USER_AFTER, LoginThrottle, client_add
 from llamaman.auth.sessions import SESSION_COOKIE, SessionBook
 from llamaman.core.config import Settings
 from llamaman.core.db import Database
+from llamaman.core.errors import Conflict, Forbidden, LlamaManError, NotFound, Throttled
 from llamaman.core.identity import ROLES, Identity, Role, current_identity
 from llamaman.core.redact import add_secrets
 from llamaman.core.runtime import RuntimeConfig
@@ -56,22 +57,30 @@ log = logging.getLogger(__name__)
 MIN_PASSWORD = 8
 
 
-class LoginThrottled(Exception):
+class LoginThrottled(Throttled):
     def __init__(self, retry_after: int) -> None:
-        super().__init__(f"too many failed sign-ins; try again in {retry_after} s")
-        self.retry_after = retry_after
+        super().__init__(f"too many failed sign-ins; try again in {retry_after} s", retry_after=retry_after)
+        self.retry_after: int = retry_after
 
 
-class SetupClosed(Exception):
+class SetupClosed(Forbidden):
     """The first admin exists already."""
 
 
-class AccountError(Exception):
-    """A refused account change; ``status`` is the HTTP status that says why."""
+class AccountError(LlamaManError):
+    """A refused account change; raised as one of the kinds below."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+
+class AccountForbidden(AccountError, Forbidden):
+    pass
+
+
+class AccountNotFound(AccountError, NotFound):
+    pass
+
+
+class AccountConflict(AccountError, Conflict):
+    pass
 
 
 @dataclass
@@ -189,7 +198,7 @@ class AuthService(SessionBook):
             return user
 
     async def create_user(self, username: str, password: str, role: Role = "viewer") -> User:
-        """Another account (by an admin). AccountError 409 when the name is taken, ValueError on bad
+        """Another account (by an admin). AccountConflict when the name is taken, ValueError on bad
         input."""
         if role not in ROLES:
             raise ValueError(f"the role must be one of {', '.join(ROLES)}")
@@ -197,7 +206,7 @@ class AuthService(SessionBook):
         hashed = await asyncio.to_thread(self.hasher.hash, password)
         async with self._accounts_lock:
             if self.user_by_name(username) is not None:
-                raise AccountError(409, f"an account named '{username}' exists already")
+                raise AccountConflict(f"an account named '{username}' exists already")
             user = User(username=username, password_hash=hashed, is_admin=role == "admin")
             user = await asyncio.to_thread(self._insert_user, user, False)
             assert user.id is not None
@@ -210,7 +219,7 @@ class AuthService(SessionBook):
             if first and s.exec(select(User)).first() is not None:  # another process got there first
                 raise SetupClosed("LlamaMan is set up already; sign in instead")
             if s.exec(select(User).where(User.username == user.username)).first() is not None:
-                raise AccountError(409, f"an account named '{user.username}' exists already")
+                raise AccountConflict(f"an account named '{user.username}' exists already")
             s.add(user)
             s.commit()
             s.refresh(user)
@@ -219,7 +228,7 @@ class AuthService(SessionBook):
     def _existing(self, username: str) -> User:
         user = self.user_by_name(username)
         if user is None:
-            raise AccountError(404, f"no account named '{username}'")
+            raise AccountNotFound(f"no account named '{username}'")
         return user
 
     async def remove_user(self, username: str) -> None:
@@ -227,7 +236,7 @@ class AuthService(SessionBook):
         async with self._accounts_lock:
             user = self._existing(username)
             if user.is_admin and len(self._admins()) == 1:
-                raise AccountError(409, "the last admin cannot be removed; make another account admin first")
+                raise AccountConflict("the last admin cannot be removed; make another account admin first")
             assert user.id is not None
             # Out of memory first: the account counts for nothing from here on, even mid-write.
             self._users.pop(user.id, None)
@@ -251,8 +260,8 @@ class AuthService(SessionBook):
         async with self._accounts_lock:
             user = self._existing(username)
             if user.is_admin and role != "admin" and len(self._admins()) == 1:
-                raise AccountError(
-                    409, "the last admin cannot become a viewer; make another account admin first"
+                raise AccountConflict(
+                    "the last admin cannot become a viewer; make another account admin first"
                 )
             user.is_admin = role == "admin"
             await asyncio.to_thread(self._update_user, user)
@@ -280,7 +289,7 @@ class AuthService(SessionBook):
                 raise LoginThrottled(wait)
             self.user_throttle.failed(key)  # reserved now; forgotten below when it was right
             if not await asyncio.to_thread(self._check_password, user, current):
-                raise AccountError(403, "the current password is wrong")
+                raise AccountForbidden("the current password is wrong")
             self.user_throttle.succeeded(key)
         hashed = await asyncio.to_thread(self.hasher.hash, new)
         async with self._accounts_lock:

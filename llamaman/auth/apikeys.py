@@ -26,6 +26,7 @@ from typing import Any
 from sqlmodel import select
 
 from llamaman.core.db import Database
+from llamaman.core.errors import NotFound
 from llamaman.core.identity import Identity, KeyScope
 from llamaman.core.tables import ApiKey, KeyUsage
 
@@ -108,8 +109,8 @@ class KeyRecord:
         )
 
 
-class UnknownKey(LookupError):
-    """No such key (a 404 for the REST API)."""
+class UnknownKey(NotFound, LookupError):
+    """No such key; the message is the key's id."""
 
 
 def expiry_text(expires_at: float) -> str:

@@ -24,18 +24,47 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import build_hf_headers, validate_repo_id
 
+from llamaman.core.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    LlamaManError,
+    NotFound,
+    StorageFull,
+    UpstreamFailed,
+)
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 PART_RE = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<total>\d{5})\.gguf$", re.IGNORECASE)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-class DownloadError(Exception):
-    """A download that cannot go on; ``status`` is the HTTP status the REST API answers with."""
+class DownloadError(LlamaManError):
+    """A download that cannot go on; raised as one of the kinds below."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
+
+class DownloadInvalid(DownloadError, Invalid):
+    pass
+
+
+class DownloadForbidden(DownloadError, Forbidden):
+    pass
+
+
+class DownloadNotFound(DownloadError, NotFound):
+    pass
+
+
+class DownloadConflict(DownloadError, Conflict):
+    pass
+
+
+class DownloadUpstreamFailed(DownloadError, UpstreamFailed):
+    pass
+
+
+class DownloadStorageFull(DownloadError, StorageFull):
+    pass
 
 
 class TransientError(Exception):
@@ -78,13 +107,13 @@ def endpoint_of(configured: str | None) -> str:
 def check_repo_id(repo_id: str) -> str:
     repo_id = (repo_id or "").strip()
     if not repo_id:
-        raise DownloadError("repo_id is required (e.g. 'bartowski/Qwen2.5-0.5B-Instruct-GGUF')")
+        raise DownloadInvalid("repo_id is required (e.g. 'bartowski/Qwen2.5-0.5B-Instruct-GGUF')")
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
-        raise DownloadError(f"invalid repo id {repo_id!r}: {exc}") from None
+        raise DownloadInvalid(f"invalid repo id {repo_id!r}: {exc}") from None
     if any(part in ("", ".", "..") or part.startswith(".") for part in repo_id.split("/")):
-        raise DownloadError(f"invalid repo id {repo_id!r}")
+        raise DownloadInvalid(f"invalid repo id {repo_id!r}")
     return repo_id
 
 
@@ -102,23 +131,23 @@ def check_rel_path(name: str, what: str = "file name") -> PurePosixPath:
     Hidden components are refused because the library skips them and ``.downloads`` is ours.
     """
     if not name or not name.strip():
-        raise DownloadError(f"empty {what}")
+        raise DownloadInvalid(f"empty {what}")
     bad = _UNSAFE_NAME.search(name)
     if bad is not None:
         # Names end up in file paths, commands and the UI: markup or a quote in one is never a model.
         char = bad.group()
         shown = repr(char) if char.isprintable() else f"U+{ord(char):04X}"
-        raise DownloadError(
+        raise DownloadInvalid(
             f"invalid {what} {_shown(name)}: {shown} is not allowed (no quotes, '<', '>', backslashes "
             "or control characters)"
         )
     path = PurePosixPath(name)
     if path.is_absolute() or name.startswith("/"):
-        raise DownloadError(f"invalid {what} {name!r}: absolute paths are not allowed")
+        raise DownloadInvalid(f"invalid {what} {name!r}: absolute paths are not allowed")
     if any(p == ".." for p in path.parts):
-        raise DownloadError(f"invalid {what} {name!r}: '..' is not allowed")
+        raise DownloadInvalid(f"invalid {what} {name!r}: '..' is not allowed")
     if any(p.startswith(".") for p in path.parts):
-        raise DownloadError(f"invalid {what} {name!r}: hidden files and folders are not allowed")
+        raise DownloadInvalid(f"invalid {what} {name!r}: hidden files and folders are not allowed")
     return path
 
 
@@ -126,7 +155,7 @@ def inside(root: Path, *parts: str) -> Path:
     """``root/parts...``, refusing anything that would resolve outside ``root``."""
     target = root.joinpath(*parts)
     if not target.resolve().is_relative_to(root.resolve()):
-        raise DownloadError(f"'{'/'.join(parts)}' would be written outside the models folder")
+        raise DownloadInvalid(f"'{'/'.join(parts)}' would be written outside the models folder")
     return target
 
 
@@ -157,7 +186,7 @@ def expand_parts(listing: RepoListing, name: str) -> list[str]:
     by_lower = {f.name.lower(): f.name for f in listing.files}
     missing = [n for n in names if n.lower() not in by_lower]
     if missing:
-        raise DownloadError(f"{listing.repo_id} lacks part(s) {', '.join(missing)} of {name}", 404)
+        raise DownloadNotFound(f"{listing.repo_id} lacks part(s) {', '.join(missing)} of {name}")
     return [by_lower[n.lower()] for n in names]
 
 
@@ -169,7 +198,7 @@ def pick_files(listing: RepoListing, filename: str | None, *, gguf_only: bool = 
             (f for f in listing.files if f.name.lower() == filename.lower()), None
         )
         if wanted is None:
-            raise DownloadError(f"{listing.repo_id} has no file {filename!r}", 404)
+            raise DownloadNotFound(f"{listing.repo_id} has no file {filename!r}")
         names = expand_parts(listing, wanted.name)
     else:
         names = []
@@ -181,7 +210,7 @@ def pick_files(listing: RepoListing, filename: str | None, *, gguf_only: bool = 
                 names.append(f.name)
         if not names:
             kind = "GGUF files" if gguf_only else "files"
-            raise DownloadError(f"{listing.repo_id} has no {kind} to download", 404)
+            raise DownloadNotFound(f"{listing.repo_id} has no {kind} to download")
     files = [found for n in names if (found := listing.get(n)) is not None]
     for f in files:
         check_rel_path(f.name)
@@ -191,31 +220,31 @@ def pick_files(listing: RepoListing, filename: str | None, *, gguf_only: bool = 
 def _hub_error(exc: Exception, repo_id: str, endpoint: str, filename: str | None = None) -> Exception:
     """Translate huggingface_hub's errors into what a user can act on."""
     if isinstance(exc, GatedRepoError):
-        return DownloadError(
-            f"{repo_id} is gated: accept its terms on the Hub and give a token that has access", 403
+        return DownloadForbidden(
+            f"{repo_id} is gated: accept its terms on the Hub and give a token that has access"
         )
     if isinstance(exc, RepositoryNotFoundError):
-        return DownloadError(
-            f"repository {repo_id!r} not found on {endpoint} (private repos need a Hugging Face token)", 404
+        return DownloadNotFound(
+            f"repository {repo_id!r} not found on {endpoint} (private repos need a Hugging Face token)"
         )
     if isinstance(exc, RevisionNotFoundError):
-        return DownloadError(f"{repo_id} has no such revision", 404)
+        return DownloadNotFound(f"{repo_id} has no such revision")
     if isinstance(exc, EntryNotFoundError):
-        return DownloadError(f"{repo_id} has no file {filename!r}", 404)
+        return DownloadNotFound(f"{repo_id} has no file {filename!r}")
     if isinstance(exc, HFValidationError):
-        return DownloadError(str(exc), 400)
+        return DownloadInvalid(str(exc))
     if isinstance(exc, HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else 0
         if status in (401, 403):
-            return DownloadError(f"access to {repo_id} denied (HTTP {status}): check the token", 403)
+            return DownloadForbidden(f"access to {repo_id} denied (HTTP {status}): check the token")
         if status == 429 or status >= 500:
             return TransientError(f"the Hub answered HTTP {status}")
         if status == 404:
             # A mirror (or a hub without huggingface.co's error headers) says only "404".
             if filename:
-                return DownloadError(f"{repo_id} has no file {filename!r} on {endpoint}", 404)
-            return DownloadError(f"repository {repo_id!r} not found on {endpoint}", 404)
-        return DownloadError(f"the Hub refused the request (HTTP {status}): {exc}", 502)
+                return DownloadNotFound(f"{repo_id} has no file {filename!r} on {endpoint}")
+            return DownloadNotFound(f"repository {repo_id!r} not found on {endpoint}")
+        return DownloadUpstreamFailed(f"the Hub refused the request (HTTP {status}): {exc}")
     if isinstance(exc, httpx.TransportError | OSError):
         return TransientError(f"cannot reach {endpoint}: {exc}")
     return exc
@@ -229,7 +258,7 @@ def list_repo(endpoint: str, repo_id: str, revision: str, token: str | None) -> 
     except Exception as exc:
         err = _hub_error(exc, repo_id, endpoint)
         if isinstance(err, TransientError):
-            raise DownloadError(f"{err}; try again later", 502) from exc
+            raise DownloadUpstreamFailed(f"{err}; try again later") from exc
         raise err from exc
     files = [
         RemoteFile(s.rfilename, s.size if s.lfs is None else s.lfs.size, s.lfs.sha256 if s.lfs else None)

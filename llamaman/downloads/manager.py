@@ -27,7 +27,14 @@ from llamaman.core.runtime import RuntimeConfig
 from llamaman.core.tables import Download
 from llamaman.downloads import hub
 from llamaman.downloads.cleanup import CleanupReport, run_cleanup
-from llamaman.downloads.hub import DownloadError, RepoListing
+from llamaman.downloads.hub import (
+    DownloadConflict,
+    DownloadError,
+    DownloadInvalid,
+    DownloadNotFound,
+    DownloadStorageFull,
+    RepoListing,
+)
 from llamaman.downloads.job import RESUMABLE, TERMINAL, FileState, Job
 from llamaman.downloads.store import DownloadStore
 from llamaman.downloads.transfer import TokenBucket, mbps_to_bytes
@@ -125,7 +132,7 @@ class DownloadManager:
     def get(self, download_id: str) -> Job:
         job = self.jobs.get(download_id)
         if job is None:
-            raise DownloadError(f"download {download_id!r} not found", 404)
+            raise DownloadNotFound(f"download {download_id!r} not found")
         return job
 
     def list(self) -> list[Job]:
@@ -157,7 +164,7 @@ class DownloadManager:
         listing: RepoListing | None = None,
         attach: bool = False,
     ) -> Job:
-        """Queue a download; raises DownloadError (with an HTTP status) when it cannot be done.
+        """Queue a download; raises a DownloadError (of the kind that says why) when it cannot be done.
 
         ``files`` names the repo files explicitly (an Ollama pull's pick); otherwise ``filename``
         picks one file (every part of a split) and no filename the whole repo. With ``attach`` a
@@ -165,7 +172,7 @@ class DownloadManager:
         """
         repo_id = hub.check_repo_id(repo_id)
         if speed_limit_mbps < 0:
-            raise DownloadError("speed_limit_mbps must not be negative")
+            raise DownloadInvalid("speed_limit_mbps must not be negative")
         if filename:
             hub.check_rel_path(filename)
         dest = dest_dir.strip("/") if dest_dir else repo_id
@@ -177,7 +184,7 @@ class DownloadManager:
             for name in files:
                 f = listing.get(name)
                 if f is None:
-                    raise DownloadError(f"{repo_id} has no file {name!r}", 404)
+                    raise DownloadNotFound(f"{repo_id} has no file {name!r}")
                 remote.append(f)
         else:
             remote = hub.pick_files(listing, filename, gguf_only=gguf_only)
@@ -189,7 +196,7 @@ class DownloadManager:
             if job.active and targets & set(self.targets(job)):
                 if attach:
                     return job
-                raise DownloadError(f"these files are already being downloaded (download {job.id})", 409)
+                raise DownloadConflict(f"these files are already being downloaded (download {job.id})")
         states = [FileState(f.name, f.size, f.sha256) for f in remote]
         record = Download(
             repo_id=repo_id,
@@ -234,7 +241,7 @@ class DownloadManager:
         if job.active:
             return job
         if job.status == "completed":
-            raise DownloadError("this download is already complete", 409)
+            raise DownloadConflict("this download is already complete")
         job.record.error = None
         job.record.attempts = 0
         job.record.finished_at = None
@@ -327,10 +334,9 @@ class DownloadManager:
         free = self.disk_free(self.models_dir)
         if need and need + others > free:
             queued = f" plus {human(others)} for downloads already queued" if others else ""
-            raise DownloadError(
+            raise DownloadStorageFull(
                 f"not enough disk space in {self.models_dir}: this download needs {human(need)}{queued}, "
-                f"but only {human(free)} is free",
-                507,
+                f"but only {human(free)} is free"
             )
 
     def log(self, job: Job, message: str) -> None:

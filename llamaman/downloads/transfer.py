@@ -17,7 +17,13 @@ from typing import Any, TypeVar
 
 import httpx
 
-from llamaman.downloads.hub import DownloadError, TransientError
+from llamaman.downloads.hub import (
+    DownloadForbidden,
+    DownloadNotFound,
+    DownloadStorageFull,
+    DownloadUpstreamFailed,
+    TransientError,
+)
 
 T = TypeVar("T")
 _FLUSH_BYTES = 256 * 1024
@@ -129,10 +135,10 @@ def _classify(status: int, url: str) -> Exception:
     if status == 429 or status >= 500:
         return TransientError(f"HTTP {status} from {host}")
     if status in (401, 403):
-        return DownloadError(f"access denied by {host} (HTTP {status}): check the Hugging Face token", 403)
+        return DownloadForbidden(f"access denied by {host} (HTTP {status}): check the Hugging Face token")
     if status == 404:
-        return DownloadError(f"file not found on {host} (HTTP 404)", 404)
-    return DownloadError(f"{host} refused the download (HTTP {status})", 502)
+        return DownloadNotFound(f"file not found on {host} (HTTP 404)")
+    return DownloadUpstreamFailed(f"{host} refused the download (HTTP {status})")
 
 
 async def stream_to_part(
@@ -203,7 +209,7 @@ async def stream_to_part(
     except httpx.TransportError as exc:
         raise TransientError(f"connection lost: {exc or type(exc).__name__}") from exc
     except OSError as exc:
-        raise DownloadError(f"cannot write {part.name}: {exc.strerror or exc}", 507) from exc
+        raise DownloadStorageFull(f"cannot write {part.name}: {exc.strerror or exc}") from exc
     if size is not None and done != size:
         raise TransientError(f"the connection ended after {done} of {size} bytes")
     return str(hasher.hexdigest())

@@ -15,7 +15,7 @@ import httpx
 from llamaman.core.runtime import RuntimeConfig
 from llamaman.core.tables import ModelSource
 from llamaman.downloads import hub
-from llamaman.downloads.hub import DownloadError, TransientError
+from llamaman.downloads.hub import DownloadError, DownloadUpstreamFailed, TransientError
 from llamaman.downloads.job import FileState, Job
 from llamaman.downloads.store import DownloadStore
 from llamaman.downloads.transfer import TokenBucket, stream_to_part
@@ -137,7 +137,9 @@ class Worker:
                 rec.attempts += 1
                 retries = m.runtime.current.download_retries
                 if failures > retries:
-                    raise DownloadError(f"{f.name}: {exc} (gave up after {retries} retries)", 502) from None
+                    raise DownloadUpstreamFailed(
+                        f"{f.name}: {exc} (gave up after {retries} retries)"
+                    ) from None
                 delay = min(60.0, m.backoff_base * 2 ** (failures - 1))
                 m.log(job, f"{f.name}: {exc}; retry {failures} of {retries} in {delay:.1f}s")
                 m.publish(job, force=True)

@@ -10,6 +10,33 @@ from typing import Any
 from starlette.types import Scope
 
 from llamaman.auth.access import MODEL_SURFACE, Access
+from llamaman.core import errors as e
+
+# The one place domain errors become statuses: the REST API's, and the model endpoints' (Ollama,
+# OpenAI, Anthropic; the body is then written in the endpoint's dialect by ``error_in``).
+REST_STATUS: dict[type[e.LlamaManError], int] = {
+    e.LlamaManError: 400, e.Invalid: 400, e.Rejected: 422, e.Forbidden: 403, e.NotFound: 404,
+    e.Conflict: 409, e.Throttled: 429, e.UpstreamFailed: 502, e.Unavailable: 503, e.StorageFull: 507,
+}  # fmt: skip
+MODEL_STATUS: dict[type[e.LlamaManError], int] = {
+    e.LlamaManError: 400, e.Invalid: 400, e.Rejected: 422, e.Forbidden: 403, e.NotFound: 404,
+    e.Conflict: 409, e.Throttled: 429, e.UpstreamFailed: 502, e.Unavailable: 503, e.StorageFull: 507,
+}  # fmt: skip
+
+
+def rest_status(exc: e.LlamaManError) -> int:
+    return REST_STATUS[e.kind_of(exc)]
+
+
+def model_status(exc: e.LlamaManError) -> int:
+    return MODEL_STATUS[e.kind_of(exc)]
+
+
+def retry_headers(exc: e.LlamaManError) -> dict[str, str]:
+    return {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+
+
+e.use_status_source(rest_status)
 
 _OPENAI_CODES = {401: "invalid_api_key", 403: "permission_denied", 415: "unsupported_media_type",
                  429: "rate_limit_exceeded"}  # fmt: skip

@@ -16,10 +16,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamaman.auth.access import classify
-from llamaman.downloads.hub import DownloadError
-from llamaman.gateway.dialects import dialect_body, route_path
-from llamaman.instances.supervisor import InstanceError
-from llamaman.library.catalog import LibraryError
+from llamaman.core.errors import LlamaManError
+from llamaman.gateway.dialects import dialect_body, rest_status, retry_headers, route_path
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +79,9 @@ class DatabaseErrorGuard:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(InstanceError)
-    async def _instance(_: Request, exc: InstanceError) -> JSONResponse:
-        return JSONResponse(error_body(exc.message), status_code=exc.status_code)
-
-    @app.exception_handler(DownloadError)
-    async def _download(_: Request, exc: DownloadError) -> JSONResponse:
-        return JSONResponse(error_body(exc.message), status_code=exc.status)
-
-    @app.exception_handler(LibraryError)
-    async def _library(_: Request, exc: LibraryError) -> JSONResponse:
-        return JSONResponse(error_body(str(exc)), status_code=400)
+    @app.exception_handler(LlamaManError)
+    async def _domain(_: Request, exc: LlamaManError) -> JSONResponse:
+        return JSONResponse(error_body(exc.message), status_code=rest_status(exc), headers=retry_headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:

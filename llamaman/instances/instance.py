@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from llamaman.core.errors import Conflict, Invalid, LlamaManError, NotFound, Rejected, Unavailable
 from llamaman.core.redact import redact_argv
 from llamaman.core.state import InstanceState
 from llamaman.core.tables import Instance
@@ -13,13 +14,28 @@ from llamaman.instances.process import LlamaProcess
 from llamaman.instances.server_log import group_usage
 
 
-class InstanceError(Exception):
-    """A request about instances that cannot be honoured; carries the HTTP status to answer."""
+class InstanceError(LlamaManError):
+    """A request about instances that cannot be honoured; raised as one of the kinds below."""
 
-    def __init__(self, message: str, status_code: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
+
+class InstanceInvalid(InstanceError, Invalid):
+    pass
+
+
+class InstanceNotFound(InstanceError, NotFound):
+    pass
+
+
+class InstanceConflict(InstanceError, Conflict):
+    pass
+
+
+class InstanceRejected(InstanceError, Rejected):
+    pass
+
+
+class InstanceUnavailable(InstanceError, Unavailable):
+    pass
 
 
 class ManagedInstance:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from llamaman.instances.instance import InstanceError
+from llamaman.instances.instance import InstanceInvalid, InstanceNotFound
 from llamaman.instances.launch import LaunchSettings
 from llamaman.library.catalog import LibraryError, ModelLibrary
 
@@ -15,19 +15,19 @@ def resolve_model(library: ModelLibrary, ls: LaunchSettings) -> tuple[Path, str,
     try:
         path = library.safe_path(ls.model_path)
     except LibraryError as exc:
-        raise InstanceError(str(exc), 400) from None
+        raise InstanceInvalid(str(exc)) from None
     if not path.is_file():
-        raise InstanceError(f"model file not found: {ls.model_path}", 404)
+        raise InstanceNotFound(f"model file not found: {ls.model_path}")
     if path.suffix.lower() != ".gguf":
-        raise InstanceError(f"{ls.model_path} is not a GGUF file; llama-server needs .gguf", 400)
+        raise InstanceInvalid(f"{ls.model_path} is not a GGUF file; llama-server needs .gguf")
     mmproj = None
     if ls.mmproj:
         try:
             mp = library.safe_path(ls.mmproj)
         except LibraryError as exc:
-            raise InstanceError(f"mmproj: {exc}", 400) from None
+            raise InstanceInvalid(f"mmproj: {exc}") from None
         if not mp.is_file():
-            raise InstanceError(f"mmproj file not found: {ls.mmproj}", 404)
+            raise InstanceNotFound(f"mmproj file not found: {ls.mmproj}")
         mmproj = str(mp)
     else:
         entry = library.find(relative_to(library, path))

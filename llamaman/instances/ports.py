@@ -7,7 +7,7 @@ import socket
 
 from llamaman.core.config import Settings
 from llamaman.core.tables import Instance
-from llamaman.instances.instance import InstanceError
+from llamaman.instances.instance import InstanceConflict, InstanceInvalid
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +98,16 @@ class PortClaims:
         try:
             return self.ports.next_free()
         except PortPoolExhausted as exc:
-            raise InstanceError(str(exc), 409) from None
+            raise InstanceConflict(str(exc)) from None
 
     def check(self, port: int) -> None:
         """A port a user asked for: inside the pool and free, or InstanceError."""
         if port not in self.ports:
-            raise InstanceError(
-                f"port {port} is outside the pool {self.ports.start}-{self.ports.end} (PORT_RANGE_START/END)",
-                400,
+            raise InstanceInvalid(
+                f"port {port} is outside the pool {self.ports.start}-{self.ports.end} (PORT_RANGE_START/END)"
             )
         if port in self.ports.taken or not port_is_free(port):
-            raise InstanceError(f"port {port} is already in use; GET /api/next-port suggests a free one", 409)
+            raise InstanceConflict(f"port {port} is already in use; GET /api/next-port suggests a free one")
 
     def reserve(self, r: Instance) -> bool:
         """Hold the instance's ports again before it starts. A port another instance now owns (it
@@ -123,11 +122,11 @@ class PortClaims:
                 try:
                     new = self.ports.take(None, r.id)
                 except PortPoolExhausted as exc:
-                    raise InstanceError(str(exc), 409) from None
+                    raise InstanceConflict(str(exc)) from None
                 log.info("%s: port %s now belongs to %s; moving to %s", r.id, r.port, other, new)
                 r.port, changed = new, True
             else:
-                raise InstanceError(f"port {r.port} is now taken by another program", 409)
+                raise InstanceConflict(f"port {r.port} is now taken by another program")
         if r.internal_port is not None and not self.internal_ports.held_by(r.internal_port, r.id):
             if r.internal_port not in self.internal_ports.taken and port_is_free(r.internal_port):
                 self.internal_ports.take(r.internal_port, r.id)
@@ -136,7 +135,7 @@ class PortClaims:
                     r.internal_port = self.internal_ports.take(None, r.id)
                 except PortPoolExhausted as exc:
                     self.ports.release(r.port, r.id)
-                    raise InstanceError(str(exc), 409) from None
+                    raise InstanceConflict(str(exc)) from None
                 changed = True
         return changed
 

@@ -22,6 +22,7 @@ from llamaman.core.db import Database
 from llamaman.core.events import EventBus
 from llamaman.core.state import ACTIVE_STATES, InstanceState
 from llamaman.core.tables import Instance, new_id
+from llamaman.instances import instance as kinds
 from llamaman.instances import launch_policy
 from llamaman.instances.instance import InstanceError, ManagedInstance
 from llamaman.instances.launch import LaunchSettings, SamplingOverrides, build_argv, settings_from_record
@@ -103,7 +104,7 @@ class Supervisor:
     def get(self, instance_id: str) -> ManagedInstance:
         m = self.instances.get(instance_id)
         if m is None:
-            raise InstanceError(f"instance {instance_id!r} not found", 404)
+            raise kinds.InstanceNotFound(f"instance {instance_id!r} not found")
         return m
 
     def next_port(self) -> int:
@@ -113,7 +114,7 @@ class Supervisor:
     async def launch(self, ls: LaunchSettings, origin: str = "manual") -> ManagedInstance:
         """Validate, store and start a new instance. Invalid settings store and start nothing."""
         if self.binary is None and await self.resolve_binary() is None:
-            raise InstanceError(self.binary_error or "no llama-server binary found", 503)
+            raise kinds.InstanceUnavailable(self.binary_error or "no llama-server binary found")
         async with self._lock:
             path, name, mmproj = resolve_model(self.library, ls)
             self.checked_extra(ls)
@@ -127,7 +128,7 @@ class Supervisor:
                     internal = self.internal_ports.take(None, iid)
             except PortPoolExhausted as exc:
                 self.ports.release(port, iid)
-                raise InstanceError(str(exc), 409) from None
+                raise kinds.InstanceConflict(str(exc)) from None
             stored = ls.model_copy(update={"port": port, "model_path": relative_to(self.library, path)})
             record = Instance(
                 **stored.model_dump(exclude={"sampling"}),
@@ -151,7 +152,7 @@ class Supervisor:
         try:
             return check_args(ls.extra_argv(), self.policy)
         except (LaunchPolicyError, ValueError) as exc:
-            raise InstanceError(str(exc), 422) from None
+            raise kinds.InstanceRejected(str(exc)) from None
 
     def _argv(self, record: Instance, ls: LaunchSettings, mmproj: str | None) -> builtins.list[str]:
         assert self.binary is not None

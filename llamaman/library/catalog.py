@@ -17,7 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamaman.library.gguf_meta import GGUFInfo, LibraryError, info_from_header, merge_parts, read_header
+from llamaman.library.gguf_meta import (
+    GGUFInfo,
+    LibraryError,
+    NotInLibrary,
+    info_from_header,
+    merge_parts,
+    read_header,
+)
 from llamaman.library.memory_estimate import MemoryEstimate, estimate_memory
 
 __all__ = [
@@ -363,7 +370,7 @@ class ModelLibrary:
             self.scan()
             entry = self._entry_for(target)
         if entry is None:
-            raise LibraryError(f"'{rel_path}' not found in the model library")
+            raise NotInLibrary(f"'{rel_path}' not found in the model library")
         removed: list[str] = []
         if entry.kind == "hf":
             shutil.rmtree(entry.path)
@@ -404,7 +411,7 @@ class ModelLibrary:
         if entry is None and not target.exists():
             entry = self.find(p)
             if entry is None:
-                raise LibraryError(f"'{p}' not found in the models folder")
+                raise NotInLibrary(f"'{p}' not found in the models folder")
         if entry is not None and entry.kind == "hf":
             if entry.hf and entry.hf.num_hidden_layers:
                 return entry.hf.num_hidden_layers

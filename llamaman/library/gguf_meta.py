@@ -19,9 +19,15 @@ from typing import Any, BinaryIO
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType, LlamaFileType
 
+from llamaman.core.errors import Invalid, NotFound
 
-class LibraryError(ValueError):
+
+class LibraryError(Invalid, ValueError):
     """A user-facing problem with a model path or file; the message is shown as is."""
+
+
+class NotInLibrary(NotFound, LibraryError):
+    """A path that names no model file or folder."""
 
 
 # Arrays longer than this (token lists, merges, scores) are summarised as None, as Ollama's

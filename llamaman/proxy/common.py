@@ -8,7 +8,9 @@ from typing import Any
 from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
+from llamaman.core.errors import LlamaManError
 from llamaman.gateway.bodies import BodyError, cached_body, parsed_body, remember_body
+from llamaman.gateway.dialects import model_status, retry_headers
 from llamaman.scheduling.gate import QueueFull
 from llamaman.scheduling.router import Lease, ModelNotFound, ModelUnavailable
 from llamaman.services import Services
@@ -23,6 +25,11 @@ class ProxyError(Exception):
         self.status = status
         self.message = message
         self.headers = headers or {}
+
+    @classmethod
+    def of(cls, exc: LlamaManError, message: str | None = None) -> ProxyError:
+        """A domain error as the model endpoints answer it (``MODEL_STATUS``), optionally reworded."""
+        return cls(model_status(exc), exc.message if message is None else message, retry_headers(exc))
 
     def response(self, style: ErrorStyle) -> Response:
         body = error_payload(style, self.message, self.status)
@@ -71,12 +78,10 @@ async def lease_for(services: Services, model: str, *, min_ctx: int | None = Non
     """A lease on an instance serving ``model``; router failures become ProxyErrors."""
     try:
         return await services.router.acquire(model, min_ctx=min_ctx)
-    except ModelNotFound:
-        raise ProxyError(404, f"model '{model}' not found") from None
-    except QueueFull as exc:
-        raise ProxyError(429, exc.message, {"Retry-After": str(exc.retry_after)}) from None
-    except ModelUnavailable as exc:
-        raise ProxyError(503, str(exc)) from None
+    except ModelNotFound as exc:
+        raise ProxyError.of(exc, f"model '{model}' not found") from None
+    except (QueueFull, ModelUnavailable) as exc:
+        raise ProxyError.of(exc) from None
     except TimeoutError:
         raise ProxyError(504, f"model '{model}' was not ready within REQUEST_TIMEOUT") from None
 

@@ -81,9 +81,10 @@ def create_instance_app(services: Services, instance_id: str) -> FastAPI:
         try:
             lease = await services.router.acquire_instance(m)
         except QueueFull as exc:
-            return ProxyError(429, exc.message, {"Retry-After": str(exc.retry_after)}).response("openai")
+            return ProxyError.of(exc).response("openai")
         except (ModelUnavailable, InstanceError) as exc:
-            return ProxyError(503, str(exc)).response("openai")
+            # Whatever kept the instance from starting, this port cannot serve now.
+            return ProxyError.of(ModelUnavailable(exc.message)).response("openai")
         except TimeoutError:
             return ProxyError(504, "the instance was not ready within REQUEST_TIMEOUT").response("openai")
         forced = m.settings.sampling.active()

@@ -217,8 +217,8 @@ async def _load_or_unload(
     if keep_alive is not None and keep_alive <= 0:
         try:
             await services.router.unload(model)
-        except ModelNotFound:
-            raise ProxyError(404, f"model '{model}' not found") from None
+        except ModelNotFound as exc:
+            raise ProxyError.of(exc, f"model '{model}' not found") from None
         return "unload"
     lease = await lease_for(services, model, min_ctx=min_ctx)
     try:

@@ -39,8 +39,8 @@ async def resolve(services: Services, name: str) -> ModelEntry:
     """The launchable model (or alias target) a client names; 404 in Ollama's words otherwise."""
     try:
         return await services.router.aresolve(name)
-    except ModelNotFound:
-        raise ProxyError(404, f"model '{name}' not found") from None
+    except ModelNotFound as exc:
+        raise ProxyError.of(exc, f"model '{name}' not found") from None
 
 
 # -- naming -----------------------------------------------------------------------------------------

@@ -69,8 +69,8 @@ async def check_autoload(services: Services, request: Request, model: str) -> No
 async def resolve_or_404(services: Services, model: str) -> ModelEntry:
     try:
         return await services.router.aresolve(model)
-    except ModelNotFound:
-        raise ProxyError(404, f"model '{model}' not found") from None
+    except ModelNotFound as exc:
+        raise ProxyError.of(exc, f"model '{model}' not found") from None
 
 
 def encode_body(body: dict[str, Any], raw: bytes, lease: Lease, *, sampling: bool, changed: bool) -> bytes:

@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from llamaman.core.errors import NotFound
 from llamaman.downloads.hub import DownloadError, RemoteFile, RepoListing, group_key, is_gguf, is_projector
 from llamaman.downloads.job import Job
 from llamaman.proxy.common import ProxyError, read_json, services_of
@@ -162,7 +163,7 @@ async def pull(request: Request) -> Response:
                 ref.repo_id, files=files, listing=listing, alias=ref.name, attach=True
             )
         except DownloadError as exc:
-            raise ProxyError(exc.status, NOT_FOUND if exc.status == 404 else exc.message) from None
+            raise ProxyError.of(exc, NOT_FOUND if isinstance(exc, NotFound) else None) from None
     except ProxyError as exc:
         return exc.response("ollama")
 

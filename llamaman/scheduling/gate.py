@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import collections
 
+from llamaman.core.errors import Throttled
 
-class QueueFull(Exception):
+
+class QueueFull(Throttled):
     def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after: int = retry_after
 
 
 class Gate:

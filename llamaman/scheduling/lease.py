@@ -7,19 +7,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from llamaman.core.errors import NotFound, Unavailable
 from llamaman.instances.supervisor import ManagedInstance
 from llamaman.library.catalog import ModelEntry
 from llamaman.scheduling.gate import Gate
 
 
-class ModelNotFound(Exception):
+class ModelNotFound(NotFound):
     def __init__(self, name: str) -> None:
         super().__init__(f"model '{name}' not found")
         self.name = name
 
 
-class ModelUnavailable(Exception):
-    """The model exists but cannot be served now (failed to load, no slot); answered with 503."""
+class ModelUnavailable(Unavailable):
+    """The model exists but cannot be served now (failed to load, no slot); worth retrying later."""
 
 
 @dataclass

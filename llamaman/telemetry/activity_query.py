@@ -13,11 +13,12 @@ from sqlalchemy import case, func
 from sqlmodel import col, select
 
 from llamaman.core.db import Database
+from llamaman.core.errors import Invalid
 from llamaman.core.tables import RequestLog
 
 
-class FilterError(ValueError):
-    """A filter value that cannot be understood (answered with 400)."""
+class FilterError(Invalid, ValueError):
+    """A filter value that cannot be understood."""
 
 
 def parse_time(value: str | float | None, name: str) -> float | None:

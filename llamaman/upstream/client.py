@@ -21,11 +21,13 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import httptools
 
+from llamaman.core.errors import UpstreamFailed
+
 # Pause reading from llama-server while this much of its answer waits for a slow client.
 _HIGH_WATER = 256 * 1024
 
 
-class UpstreamError(Exception):
+class UpstreamError(UpstreamFailed):
     """The upstream request failed: refused, reset, timed out or answered with garbage."""
 
 
