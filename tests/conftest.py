@@ -117,6 +117,20 @@ async def services(settings: Settings) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
+async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[Any]:
+    """LlamaMan started with the default settings, for tests that only need the services (refusals,
+    stores); test files that need something else define their own ``box``."""
+    from llamaman.app import LlamaMan
+
+    services = LlamaMan(make_settings())
+    await services.start()
+    try:
+        yield services
+    finally:
+        await services.stop()
+
+
+@pytest.fixture
 async def api(services: Any) -> AsyncIterator[httpx.AsyncClient]:
     from llamaman.app import create_app
     from tests.helpers import admin_headers

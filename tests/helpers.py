@@ -162,3 +162,12 @@ async def inference_headers(services: Any) -> dict[str, str]:
     """Credentials of a model client (Open WebUI, an SDK): an inference key, the default scope."""
     _, key = await services.auth.keys.create("client")
     return {"Authorization": f"Bearer {key}"}
+
+
+def asgi(services: Any, surface: str = "proxy") -> httpx.AsyncClient:
+    """A client for the proxy app (or the main app) over ASGI, without a listening socket."""
+    from llamaman.app import create_app
+    from llamaman.proxy.app import create_proxy_app
+
+    app = create_proxy_app(services) if surface == "proxy" else create_app(services, manage_lifecycle=False)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://llamaman.test")

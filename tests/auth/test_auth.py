@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -21,16 +21,6 @@ from llamaman.core.tables import ApiKey, User
 pytestmark = pytest.mark.auth
 
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture
-async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[LlamaMan]:
-    services = LlamaMan(make_settings())
-    await services.start()
-    try:
-        yield services
-    finally:
-        await services.stop()
 
 
 def client(

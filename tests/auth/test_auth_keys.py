@@ -4,7 +4,6 @@ the way Open WebUI's OpenAI connection is, against real llama-servers behind the
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,32 +12,14 @@ import openai
 import pytest
 
 from llamaman.app import LlamaMan
-from llamaman.core.config import Settings
 from llamaman.core.state import InstanceState
 from llamaman.instances.launch import LaunchSettings
-from llamaman.proxy.app import ProxyServer, create_proxy_app
+from llamaman.proxy.app import ProxyServer
+from tests.helpers import asgi
 
 pytestmark = pytest.mark.auth
 
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[LlamaMan]:
-    """LlamaMan without a llama-server: for refusals, which must never need one."""
-    services = LlamaMan(make_settings())
-    await services.start()
-    try:
-        yield services
-    finally:
-        await services.stop()
-
-
-def asgi(services: LlamaMan, surface: str = "proxy") -> httpx.AsyncClient:
-    from llamaman.app import create_app
-
-    app = create_proxy_app(services) if surface == "proxy" else create_app(services, manage_lifecycle=False)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://llamaman.test")
 
 
 async def test_a_key_limited_to_a_model_is_refused_the_others(box: LlamaMan) -> None:

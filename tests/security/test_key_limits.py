@@ -4,11 +4,10 @@ not use up, expiry, a daily token quota, and key bodies that refuse what they do
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import ollama
 import openai
 import pytest
@@ -21,29 +20,12 @@ from llamaman.auth.apikeys import seconds_to_utc_midnight
 from llamaman.core.config import Settings
 from llamaman.core.db import MIGRATIONS_DIR, Database
 from llamaman.core.tables import ApiKey
-from llamaman.proxy.app import ProxyServer, create_proxy_app
+from llamaman.proxy.app import ProxyServer
+from tests.helpers import asgi
 
 pytestmark = pytest.mark.auth
 
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-async def box(make_settings: Callable[..., Settings]) -> AsyncIterator[LlamaMan]:
-    """LlamaMan without a llama-server: every refusal here must come before one is needed."""
-    services = LlamaMan(make_settings())
-    await services.start()
-    try:
-        yield services
-    finally:
-        await services.stop()
-
-
-def asgi(services: LlamaMan, surface: str = "proxy") -> httpx.AsyncClient:
-    from llamaman.app import create_app
-
-    app = create_proxy_app(services) if surface == "proxy" else create_app(services, manage_lifecycle=False)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://llamaman.test")
 
 
 async def admin(services: LlamaMan) -> dict[str, str]:
