@@ -97,10 +97,10 @@ def _rel_path(value: Any, where: str, services: Services, *, limit: int = _MAX_P
         raise _refuse(where, f"is longer than {limit} characters")
     if any(ord(c) < 32 or ord(c) == 127 for c in value) or "\\" in value:
         raise _refuse(where, "may not contain control characters or backslashes")
-    path = PurePosixPath(value)
-    if path.is_absolute() or ".." in path.parts:
-        raise _refuse(where, f"'{value}' must be relative to the models folder, without '..'")
+    if PurePosixPath(value).is_absolute():
+        raise _refuse(where, f"'{value}' must be relative to the models folder")
     try:
+        # The library's own check: no '..', nothing that resolves outside the models folder.
         services.library.safe_path(value)
     except (LibraryError, ValueError, OSError) as exc:
         raise _refuse(where, str(exc)) from None
