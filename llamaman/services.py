@@ -20,6 +20,7 @@ from llamaman.instances.instance import InstanceConflict
 from llamaman.instances.supervisor import ManagedInstance, Supervisor
 from llamaman.library.catalog import ModelLibrary
 from llamaman.scheduling.aliases import AliasStore
+from llamaman.scheduling.devices import Reading
 from llamaman.scheduling.presets import PresetStore
 from llamaman.scheduling.router import Router
 from llamaman.telemetry.monitor import Telemetry
@@ -53,7 +54,13 @@ class Services:
         self.supervisor = Supervisor(settings, self.db, self.events, self.library, self.http)
         self.aliases = AliasStore(self.db)
         self.router = Router(
-            self.supervisor, self.library, self.presets, self.runtime, self.events, settings.request_timeout
+            self.supervisor,
+            self.library,
+            self.presets,
+            self.runtime,
+            self.events,
+            settings.request_timeout,
+            memory_reserve=settings.memory_reserve,
         )
         # The router reads aliases from the store's dict, so /api/copy takes effect at once.
         self.router.aliases = self.aliases.aliases
@@ -66,11 +73,22 @@ class Services:
             settings, self.db, self.runtime, self.events, self.supervisor, self.router, self.auth
         )
         self.relay.add_observer(self.telemetry.observe)
+        # The scheduler sits below telemetry: it gets GPU memory readings through this reader.
+        self.router.gpu_reader = self._gpu_memory
+
         self.relay.add_observer(self.auth.observe)
         self.downloads = DownloadManager(
             settings, self.db, self.events, self.library, self.runtime, self.aliases, self.supervisor
         )
         self.started = False
+
+    def _gpu_memory(self) -> list[Reading]:
+        """Each GPU's memory from the sampler's latest sample, numbered as the scheduler names them."""
+        readings = [r for r in self.telemetry.gpu.readings if r.memory_total]
+        return [
+            Reading(f"gpu{i}", r.memory_total or 0, (r.memory_total or 0) - (r.memory_used or 0), r.name)
+            for i, r in enumerate(readings)
+        ]
 
     def _on_preset_saved(self, ev: Event) -> None:
         sampling = (ev.data.get("settings") or {}).get("sampling")

@@ -15,6 +15,8 @@ from typing import Any
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llamaman.core.memory_limit import parse_memory_limit
+
 
 def _default_dir(container_path: str, local_name: str) -> Path:
     # The container image sets LLAMAMAN_CONTAINER=1 and mounts /models and /data; a workstation keeps
@@ -41,6 +43,9 @@ class Settings(BaseSettings):
     internal_port_range_end: int = Field(default=9020, alias="INTERNAL_PORT_RANGE_END", ge=1, le=65535)
 
     max_models: int = Field(default=0, alias="LLAMAMAN_MAX_MODELS", ge=0)
+    # Memory models may use per device (cpu=48GiB,gpu0=22GiB); unset = free at start less the reserve.
+    memory_limit: str | None = Field(default=None, alias="LLAMAMAN_MEMORY_LIMIT")
+    memory_reserve: str | None = Field(default=None, alias="LLAMAMAN_MEMORY_RESERVE")
     # Minutes without a request before an instance started by the proxy is put to sleep; 0 = never.
     idle_timeout: float = Field(default=0, alias="LLAMAMAN_IDLE_TIMEOUT", ge=0)
 
@@ -90,6 +95,14 @@ class Settings(BaseSettings):
         if isinstance(v, str) and v:
             return Path(v).expanduser()
         return v
+
+    @field_validator("memory_limit", "memory_reserve")
+    @classmethod
+    def _memory(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        parse_memory_limit(v)  # fails start-up with the reason, not the first request
+        return v.strip()
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llamaman.core.config import Settings
 from llamaman.core.db import Database
 from llamaman.core.events import EventBus
+from llamaman.core.memory_limit import parse_memory_limit
 from llamaman.core.tables import AppSetting
 
 _KEY = "runtime"
@@ -26,6 +27,11 @@ class RuntimeSettings(BaseModel):
     require_auth: bool = Field(default=True, strict=True, description="Model endpoints need an API key")
     max_models: int = Field(
         default=0, ge=0, le=1000, description="Models the proxy keeps loaded; 0 = no limit"
+    )
+    memory_limit: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Memory models may use per device, e.g. cpu=48GiB,gpu0=22GiB; empty = free at start",
     )
     idle_timeout_min: float = Field(
         default=0, ge=0, le=525_600, description="Proxy-started models sleep after this; 0 = never"
@@ -52,6 +58,14 @@ class RuntimeSettings(BaseModel):
         default=10000, ge=100, le=100_000_000, description="Request-log rows kept"
     )
 
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_limit(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        parse_memory_limit(v)  # a ValueError names what is wrong; pydantic answers it as 422
+        return v.strip()
+
     def public(self) -> dict[str, Any]:
         out = self.model_dump()
         if out.get("hf_token"):
@@ -67,6 +81,7 @@ class RuntimeConfig:
         self.events = events
         self.defaults = RuntimeSettings(
             max_models=settings.max_models,
+            memory_limit=settings.memory_limit,
             idle_timeout_min=settings.idle_timeout,
             hf_token=settings.hf_token,
         )

@@ -260,7 +260,9 @@ class Supervisor:
         self.events.publish("instance.log", id=proc.instance_id, line=line)
 
     # ---- actions -----------------------------------------------------------------------------
-    async def stop(self, instance_id: str) -> ManagedInstance:
+    async def stop(self, instance_id: str, *, keep_prompt_cache: bool = False) -> ManagedInstance:
+        # keep_prompt_cache: the caller will want this model back (an eviction); saving the slots'
+        # prompt caches before stopping belongs to the stop path and is accepted here ahead of it.
         m = self.get(instance_id)
         await self._stop_proc(m, S.STOPPED)
         return m

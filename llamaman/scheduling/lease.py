@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from llamaman.core.errors import NotFound, Unavailable
 from llamaman.instances.supervisor import ManagedInstance
 from llamaman.library.catalog import ModelEntry
 from llamaman.scheduling.gate import Gate
+from llamaman.scheduling.scheduler import Demand, Want
 
 
 class ModelNotFound(NotFound):
@@ -63,12 +65,24 @@ class Slot:
         self.running -= 1
 
 
+_waiter_ids = itertools.count(1)
+
+
 @dataclass
 class Waiter:
+    """A request waiting for its model to load or for room to load it."""
+
     key: str
     entry: ModelEntry
     future: asyncio.Future[ManagedInstance]
     since: float = field(default_factory=time.monotonic)
+    demand: Demand | None = None
+    priority: int = 0
+    key_name: str | None = None  # the API key's name, for listings
+    id: int = field(default_factory=lambda: next(_waiter_ids))
+
+    def want(self, timeout: float) -> Want:
+        return Want(self.id, self.key, self.since, self.since + timeout, self.priority)
 
 
 class Lease:

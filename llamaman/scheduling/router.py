@@ -26,7 +26,9 @@ from llamaman.library.catalog import ModelEntry, ModelLibrary
 from llamaman.scheduling.gate import Gate, QueueFull
 from llamaman.scheduling.idle import IdleSleep
 from llamaman.scheduling.lease import Lease, ModelNotFound, ModelUnavailable, Slot, Waiter
+from llamaman.scheduling.memory import MemoryPlanner, ModelTooLarge, apply_placement, describe_placement
 from llamaman.scheduling.names import ModelNames
+from llamaman.scheduling.placement import Placement
 from llamaman.scheduling.presets import PresetStore
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ S = InstanceState
 LIVE = (S.STARTING, S.HEALTHY)
 
 
-class Router(IdleSleep):
+class Router(IdleSleep, MemoryPlanner):
     def __init__(
         self,
         supervisor: Supervisor,
@@ -43,6 +45,8 @@ class Router(IdleSleep):
         runtime: RuntimeConfig,
         events: EventBus,
         request_timeout: float,
+        *,
+        memory_reserve: str | None = None,
     ) -> None:
         self.sup = supervisor
         self.library = library
@@ -61,9 +65,11 @@ class Router(IdleSleep):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idle_task: asyncio.Task[None] | None = None
         self._unlisten: Callable[[], None] | None = None
+        self._init_memory(memory_reserve)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        self.refresh_devices(force=True)  # "free at start" is measured now, before any model loads
         self._idle_task = asyncio.create_task(self._idle_loop())
         self._unlisten = self.events.listen(self._forget, "instance.removed")
 
@@ -72,6 +78,7 @@ class Router(IdleSleep):
         instance_id = ev.data.get("id", "")
         self.slots.pop(instance_id, None)
         self.gates.pop(instance_id, None)
+        self.usage.pop(instance_id, None)
 
     async def stop(self) -> None:
         if self._unlisten:
@@ -166,15 +173,28 @@ class Router(IdleSleep):
         return m.record.origin == "proxy" or self.runtime.current.evict_manual
 
     # ---- acquire -----------------------------------------------------------------------------
-    async def acquire(self, name: str, *, min_ctx: int | None = None) -> Lease:
-        """A lease on a running instance of ``name``, starting or swapping one in if needed."""
+    async def acquire(
+        self, name: str, *, min_ctx: int | None = None, priority: int = 0, key_name: str | None = None
+    ) -> Lease:
+        """A lease on a running instance of ``name``, starting or swapping one in if needed.
+
+        Cancelling the awaiting task takes the request out of the queue (and a load nobody waits
+        for any more is abandoned if it has not started)."""
         entry = await self.aresolve(name)
         t0 = time.monotonic_ns()
         m = self._admissible(entry)
         waited = m is None or m.state != S.HEALTHY
         if m is None:
+            settings, policy = await self._launch_settings(entry)
             loop = asyncio.get_running_loop()
-            w = Waiter(entry.rel_path, entry, loop.create_future())
+            w = Waiter(
+                entry.rel_path,
+                entry,
+                loop.create_future(),
+                demand=self.demand(entry, settings, policy),
+                priority=priority,
+                key_name=key_name,
+            )
             self.waiting.append(w)
             self._kick()
             try:
@@ -186,6 +206,7 @@ class Router(IdleSleep):
                     self._release(w.future.result())  # granted as we gave up
                 else:
                     w.future.cancel()
+                    self._kick()  # what it held back (a swap, a queue position) is free for others
                 raise
         else:
             self.slot(m).enter()
@@ -272,60 +293,7 @@ class Router(IdleSleep):
                 self._spawn(self._unload(m, reason="keep_alive 0"))
         self._kick()
 
-    # ---- scheduling --------------------------------------------------------------------------
-    def _kick(self) -> None:
-        """Serve the waiting requests in arrival order: grant, wake, start or evict as needed."""
-        if not self.waiting:
-            return
-        cap = self.runtime.current.max_models
-        for w in list(self.waiting):
-            if w not in self.waiting:
-                continue  # granted along with an earlier waiter for the same model
-            if w.future.done():
-                self.waiting.remove(w)
-                continue
-            m = self._admissible(w.entry)
-            if m is not None:
-                self._grant(w, m)
-                # Everyone else waiting for this model rides on the same instance.
-                for other in list(self.waiting):
-                    if other.key == w.key and not other.future.done():
-                        self._grant(other, m)
-                continue
-            if w.key in self.loading:
-                continue
-            embedding = "embedding" in w.entry.capabilities and "completion" not in w.entry.capabilities
-            if embedding or cap <= 0 or self._slots_used() < cap:
-                self.loading[w.key] = not embedding
-                self._spawn(self._bring_up(w.entry))
-                continue
-            # Full: drain the least recently used model no earlier waiter still wants.
-            if self.loading or any(self.slot(m).draining for m in self.sup.list() if self._counts(m)):
-                continue  # a swap is already on its way; it kicks again when done
-            wanted = {x.key for x in self.waiting if not x.future.done()}
-            candidates = [
-                m for m in self.sup.list() if self._evictable(m) and m.record.model_path not in wanted
-            ] or [m for m in self.sup.list() if self._evictable(m) and m.record.model_path != w.key]
-            if not candidates:
-                if not any(self._evictable(m) for m in self.sup.list()):
-                    self._fail(
-                        w.key,
-                        ModelUnavailable(
-                            f"all {cap} model slot(s) (LLAMAMAN_MAX_MODELS) are held by manually launched "
-                            "instances; stop one, or allow evicting them in settings"
-                        ),
-                    )
-                continue
-            victim = min(candidates, key=lambda m: m.last_used)
-            self.slot(victim).draining = True
-            self._spawn(self._unload(victim, reason=f"make room for {w.entry.name}"))
-
-    def _slots_used(self) -> int:
-        """Model slots taken: counted instances plus loads not yet visible as instances."""
-        counted = [m for m in self.sup.list() if self._counts(m)]
-        paths = {m.record.model_path for m in counted}
-        return len(counted) + sum(1 for k, takes in self.loading.items() if takes and k not in paths)
-
+    # ---- scheduling (the decision is scheduling/scheduler.py, carried out by memory.py) ------
     def _grant(self, w: Waiter, m: ManagedInstance) -> None:
         if w in self.waiting:
             self.waiting.remove(w)
@@ -340,40 +308,65 @@ class Router(IdleSleep):
                 if not w.future.done():
                     w.future.set_exception(exc)
 
-    async def _bring_up(self, entry: ModelEntry) -> None:
-        """Wake a sleeping instance of the model, or launch one from its preset."""
+    async def _bring_up(self, entry: ModelEntry, placement: Placement | None = None) -> None:
+        """Wake a sleeping instance of the model, or launch one from its preset where placed."""
+        t0 = time.monotonic()
         try:
             existing = [
                 m
                 for m in self._instances_of(entry.rel_path)
                 if m.state == S.SLEEPING or (m.record.origin == "proxy" and m.state in (S.STOPPED, S.FAILED))
             ]
+            if not self.still_wanted(entry.rel_path):
+                return  # every client that asked has gone: nothing to load for
             if existing:
                 m = existing[0]
                 self.slot(m).draining = False
                 await self.sup.wake(m.id)
             else:
-                m = await self.sup.launch(await self._launch_settings(entry), origin="proxy")
+                settings, _ = await self._launch_settings(entry, placement=placement)
+                if not self.still_wanted(entry.rel_path):
+                    return
+                m = await self.sup.launch(settings, origin="proxy")
+            if placement is not None:
+                self.usage[m.id] = dict(placement.device_bytes)
             self.swaps += 1
+            where = f" on {describe_placement(placement)}" if placement is not None else ""
+            log.info("loading %s%s", entry.name, where)
             self.events.publish("router.load", model=entry.name, instance=m.id)
+            self._spawn(self._after_load(m, t0))
         except (InstanceError, OSError, ValueError) as exc:  # ValueError: a preset the policy refuses
             msg = exc.message if isinstance(exc, InstanceError) else str(exc)
             self._fail(entry.rel_path, ModelUnavailable(f"could not start '{entry.name}': {msg}"))
         finally:
             self.loading.pop(entry.rel_path, None)
+            self.loading_usage.pop(entry.rel_path, None)
             self._kick()
 
-    async def _launch_settings(self, entry: ModelEntry, **overrides: Any) -> LaunchSettings:
+    async def _after_load(self, m: ManagedInstance, t0: float) -> None:
+        """Remember how long the load took (eviction weighs it) and what it really holds."""
+        state = await m.proc.wait_for({S.HEALTHY, S.FAILED, S.STOPPED, S.SLEEPING}, self.request_timeout)
+        if state == S.HEALTHY:
+            self.load_seconds[m.id] = time.monotonic() - t0
+            await self.calibrate(m)
+            self._kick()
+
+    async def _launch_settings(
+        self, entry: ModelEntry, placement: Placement | None = None, **overrides: Any
+    ) -> tuple[LaunchSettings, str | None]:
+        """The model's launch settings from its preset, and the preset's placement policy."""
         preset = await self.presets.get(entry.rel_path) or {}
         values: dict[str, Any] = {k: v for k, v in preset.items() if k not in ("port", "model_path")}
+        policy = values.pop("placement", None)
         if (
             "embedding" not in values
             and "embedding" in entry.capabilities
             and "completion" not in entry.capabilities
         ):
             values["embedding"] = True
+        apply_placement(values, placement, self.devices.has_gpu())
         values.update(overrides)
-        return LaunchSettings(model_path=entry.rel_path, **values)
+        return LaunchSettings(model_path=entry.rel_path, **values), policy
 
     async def _unload(self, m: ManagedInstance, *, reason: str) -> None:
         """Wait for in-flight requests to finish (bounded by REQUEST_TIMEOUT), then stop."""
@@ -387,7 +380,7 @@ class Router(IdleSleep):
             # A manual instance sleeps (its owner may want it back); a proxy-started one stops and
             # keeps its record, which the next load reuses.
             if m.record.origin == "proxy":
-                await self.sup.stop(m.id)
+                await self.sup.stop(m.id, keep_prompt_cache=reason.startswith("evicted"))
             else:
                 await self.sup.sleep(m.id)
         finally:
@@ -441,4 +434,4 @@ def _trained(entry: ModelEntry) -> int | None:
     return entry.info.context_length if entry.info else None
 
 
-__all__ = ["Lease", "ModelNotFound", "ModelUnavailable", "QueueFull", "Router"]
+__all__ = ["Lease", "ModelNotFound", "ModelTooLarge", "ModelUnavailable", "QueueFull", "Router"]
