@@ -18,7 +18,7 @@ from typing import Any
 from llamaman.core.identity import Identity
 from llamaman.core.state import InstanceState
 from llamaman.instances.supervisor import ManagedInstance
-from llamaman.library.catalog import ModelEntry, estimate_memory
+from llamaman.library.catalog import ModelEntry
 from llamaman.library.gguf_meta import LibraryError
 from llamaman.proxy.common import ProxyError
 from llamaman.proxy.openai import may_list
@@ -118,40 +118,10 @@ def effective_ctx(m: ManagedInstance, entry: ModelEntry | None) -> int:
     return m.settings.request_ctx(entry.info.context_length if entry and entry.info else None)
 
 
-def _flag_value(argv: list[str], flags: tuple[str, ...], default: str) -> str:
-    for i, arg in enumerate(argv):
-        name, _, inline = arg.partition("=")
-        if name in flags:
-            return inline or (argv[i + 1] if i + 1 < len(argv) else default)
-    return default
-
-
-def _uses_gpu(services: Services, m: ManagedInstance) -> bool:
-    if m.settings.n_gpu_layers == 0:
-        return False
-    binary = services.supervisor.binary
-    # The embedded xllamacpp build is CPU-only; the others offload when a GPU is there.
-    if binary is not None and binary.source == "xllamacpp":
-        return False
-    return services.telemetry.gpu.available
-
-
 def _memory(services: Services, m: ManagedInstance, entry: ModelEntry) -> tuple[int, int]:
-    """(total, VRAM) bytes the instance holds, estimated from the GGUF as Ollama's ps reports them."""
-    ls = m.settings
-    argv = ls.extra_argv()
-    try:
-        est = estimate_memory(
-            entry,
-            ls.ctx_size,
-            ls.n_gpu_layers,
-            _flag_value(argv, ("-ctk", "--cache-type-k"), "f16"),
-            _flag_value(argv, ("-ctv", "--cache-type-v"), "f16"),
-            ls.parallel,
-        )
-    except LibraryError:
-        return entry.size_bytes, 0
-    return est.total_bytes, est.gpu_bytes if _uses_gpu(services, m) else 0
+    """(total, VRAM) bytes the instance holds: what the scheduler accounts it (its footprint)."""
+    usage = services.router.usage_of(m)
+    return sum(usage.values()), sum(b for d, b in usage.items() if d != "cpu")
 
 
 def _expires_at(services: Services, m: ManagedInstance) -> float:
