@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from nicegui import ui
 
 from components.instance_card import InstanceCard
+from components.memory_bar import MemoryBars
 from llamaman.instances.supervisor import InstanceError
 from llamaman.services import Services
 from pages.library import library_drawer
@@ -30,6 +31,8 @@ class InstancesPanel:
             self.summary = ui.label("").classes("text-sm opacity-75")
             ui.space()
             ui.button("Launch", icon="rocket_launch", on_click=lambda: ui.navigate.to("/launch"))
+        self.memory = MemoryBars()
+        self.memory.update(services.router.placement_view()["devices"])
         self.empty = ui.label(
             "Nothing running. Pick a model in the library (left) or open Launch; models requested "
             "through the proxy appear here too."
@@ -105,6 +108,7 @@ class InstancesPanel:
             self._counts()
 
     def tick(self) -> None:
+        self.memory.update(self.services.router.placement_view()["devices"])
         cpus, ram = self._totals()
         for instance_id, card in list(self.cards.items()):
             m = self.services.supervisor.instances.get(instance_id)
