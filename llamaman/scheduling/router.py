@@ -374,6 +374,9 @@ class Router(IdleSleep, MemoryPlanner):
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(s.idle.wait(), self.request_timeout)
+            if reason.startswith("evicted") and not any(not w.future.done() for w in self.waiting):
+                log.info("kept %s: nobody waits any more for the model it made room for", m.record.model_name)
+                return
             log.info("unloading %s (%s)", m.record.model_name, reason)
             self.evictions += 1
             self.events.publish("router.unload", model=m.record.model_name, instance=m.id, reason=reason)
