@@ -61,6 +61,7 @@ class Services:
             self.events,
             settings.request_timeout,
             memory_reserve=settings.memory_reserve,
+            db=self.db,
         )
         # The router reads aliases from the store's dict, so /api/copy takes effect at once.
         self.router.aliases = self.aliases.aliases

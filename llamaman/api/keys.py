@@ -18,6 +18,7 @@ router = APIRouter(prefix="/api", tags=["api keys"])
 
 _EXPIRES = "When the key stops working: ISO-8601 (UTC unless it says otherwise) or Unix seconds; null = never"
 _QUOTA = "Prompt plus completion tokens per UTC day; 0 = no limit"
+_PRIORITY = "Served first when requests wait for models to swap in: higher first (-100..100, default 0)"
 
 
 def _future_timestamp(value: datetime | None) -> float | None:
@@ -45,6 +46,7 @@ class NewKey(BaseModel):
     rpm_limit: int = Field(default=0, ge=0, description="Requests per minute; 0 = no limit")
     expires_at: datetime | None = Field(default=None, description=_EXPIRES)
     daily_token_quota: int = Field(default=0, ge=0, le=2**62, description=_QUOTA)
+    priority: int = Field(default=0, ge=-100, le=100, description=_PRIORITY)
 
     @field_validator("name")
     @classmethod
@@ -75,6 +77,7 @@ class KeyChanges(BaseModel):
     rpm_limit: int | None = Field(default=None, ge=0, description="Requests per minute; 0 = no limit")
     expires_at: datetime | None = Field(default=None, description=_EXPIRES)
     daily_token_quota: int | None = Field(default=None, ge=0, le=2**62, description=_QUOTA)
+    priority: int | None = Field(default=None, ge=-100, le=100, description=_PRIORITY)
 
     @field_validator("expires_at")
     @classmethod
@@ -82,7 +85,7 @@ class KeyChanges(BaseModel):
         _future_timestamp(v)
         return v
 
-    @field_validator("rpm_limit", "daily_token_quota")
+    @field_validator("rpm_limit", "daily_token_quota", "priority")
     @classmethod
     def _not_null(cls, v: int | None) -> int:
         if v is None:
@@ -103,6 +106,7 @@ async def create_key(body: NewKey, services: ServicesDep) -> dict[str, Any]:
         record, secret = await services.auth.keys.create(
             body.name, patterns, body.rpm_limit, scope=body.scope,
             expires_at=_future_timestamp(body.expires_at), daily_token_quota=body.daily_token_quota,
+            priority=body.priority,
         )  # fmt: skip
     except ValueError as exc:
         raise HTTPException(422, f"allowed_models: {exc}") from None

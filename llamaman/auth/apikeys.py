@@ -78,6 +78,7 @@ class KeyRecord:
     scope: KeyScope = "inference"
     expires_at: float | None = None
     daily_token_quota: int = 0
+    priority: int = 0
 
     def identity(self) -> Identity:
         return Identity(
@@ -89,6 +90,7 @@ class KeyRecord:
             scope=self.scope,
             expires_at=self.expires_at,
             daily_token_quota=self.daily_token_quota,
+            priority=self.priority,
         )
 
     @classmethod
@@ -106,6 +108,7 @@ class KeyRecord:
             scope="admin" if row.scope == "admin" else "inference",
             expires_at=row.expires_at,
             daily_token_quota=max(0, row.daily_token_quota or 0),
+            priority=row.priority or 0,
         )
 
 
@@ -265,6 +268,7 @@ class KeyStore:
         scope: KeyScope = "inference",
         expires_at: float | None = None,
         daily_token_quota: int = 0,
+        priority: int = 0,
     ) -> tuple[KeyRecord, str]:
         """A new key; the secret is returned here and never again."""
         allowed = [m for m in (allowed_models or []) if m]
@@ -282,6 +286,7 @@ class KeyStore:
             scope=scope,
             expires_at=expires_at,
             daily_token_quota=daily_token_quota,
+            priority=priority,
         )
         await asyncio.to_thread(self._save, row)
         record = KeyRecord.of(row)
@@ -302,7 +307,7 @@ class KeyStore:
             raise UnknownKey(key_id)
         if record.source == "env":
             raise ValueError(f"{record.name} comes from the environment: its limits cannot be changed")
-        allowed = {"expires_at", "daily_token_quota", "rpm_limit"}
+        allowed = {"expires_at", "daily_token_quota", "rpm_limit", "priority"}
         changes = {k: v for k, v in changes.items() if k in allowed}
         await asyncio.to_thread(self._write_changes, key_id, changes)
         changed = replace(record, **changes)
@@ -382,6 +387,7 @@ class KeyStore:
             "expires_at": record.expires_at,
             "expired": record.expires_at is not None and time.time() >= record.expires_at,
             "daily_token_quota": record.daily_token_quota,
+            "priority": record.priority,
             "tokens_today": self.tokens_today(record.id),
             "usage": {**totals, "by_model": by_model, "by_day": days},
         }

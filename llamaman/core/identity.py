@@ -40,6 +40,7 @@ class Identity:
     expires_at: float | None = None
     daily_token_quota: int = 0
     role: Role | None = None
+    priority: int = 0  # keys only: who is served first when models must swap; higher first
 
     @property
     def read_only(self) -> bool:
@@ -77,6 +78,7 @@ class Identity:
             "expires_at": self.expires_at,
             "daily_token_quota": self.daily_token_quota,
             "role": self.role,
+            "priority": self.priority,
         }
 
 

@@ -178,6 +178,20 @@ class ApiKey(SQLModel, table=True):
     expires_at: float | None = Field(default=None, sa_type=Double)
     # Prompt plus completion tokens the key may use per UTC day; 0 = no limit.
     daily_token_quota: int = Field(default=0, sa_type=BigInteger)
+    # Who goes first when requests wait for models to swap in: higher first.
+    priority: int = 0
+
+
+class ModelFootprint(SQLModel, table=True):
+    """What a model measured to hold after a load, per model and launch settings."""
+
+    key: str = Field(primary_key=True, sa_type=AutoString(length=512))
+    model_path: str = Field(sa_type=AutoString(length=512))
+    cpu_only: int = Field(sa_type=BigInteger)
+    gpu_full: int = Field(sa_type=BigInteger)
+    host_full: int = Field(sa_type=BigInteger)
+    slots: int = 1
+    updated_at: float = Field(default_factory=now, sa_type=Double)
 
 
 class KeyUsage(SQLModel, table=True):

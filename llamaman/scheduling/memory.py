@@ -23,6 +23,7 @@ from llamaman.library.catalog import ModelEntry
 from llamaman.library.gguf_meta import LibraryError
 from llamaman.scheduling.devices import DeviceInventory, Reading
 from llamaman.scheduling.footprint import Footprint, estimate_footprint, flat_footprint, settings_key
+from llamaman.scheduling.footprint_store import FootprintStore
 from llamaman.scheduling.lease import ModelUnavailable, Waiter
 from llamaman.scheduling.placement import CPU, Placement, Policy, place
 from llamaman.scheduling.scheduler import Admit, Demand, Effect, Refuse, Resident, Start, Stop, World, plan
@@ -62,6 +63,7 @@ class MemoryPlanner:
     usage: dict[str, dict[str, int]]  # instance id → bytes accounted per device
     loading_usage: dict[str, dict[str, int]]  # model key → bytes reserved while it starts
     load_seconds: dict[str, float]  # instance id → how long its last load took
+    store: FootprintStore
 
     if TYPE_CHECKING:  # provided by the router
 
@@ -73,7 +75,8 @@ class MemoryPlanner:
         async def _bring_up(self, entry: ModelEntry, placement: Placement | None = None) -> None: ...
         async def _unload(self, m: ManagedInstance, *, reason: str) -> None: ...
 
-    def _init_memory(self, env_reserve: str | None) -> None:
+    def _init_memory(self, env_reserve: str | None, store: FootprintStore) -> None:
+        self.store = store
         self.devices = DeviceInventory(env_reserve=env_reserve)
         self.gpu_reader = None
         self.footprints = {}
@@ -138,6 +141,17 @@ class MemoryPlanner:
         g, h = fp.partial(m.settings.n_gpu_layers)
         return {gpu: g, CPU: h}
 
+    async def _load_footprints(self) -> None:
+        self.footprints.update(await self.store.load())
+
+    async def _after_load(self, m: ManagedInstance, t0: float) -> None:
+        """Remember how long the load took (eviction weighs it) and what it really holds."""
+        state = await m.proc.wait_for({S.HEALTHY, S.FAILED, S.STOPPED, S.SLEEPING}, self.request_timeout)
+        if state == S.HEALTHY:
+            self.load_seconds[m.id] = time.monotonic() - t0
+            await self.calibrate(m)
+            self._kick()
+
     async def calibrate(self, m: ManagedInstance) -> None:
         """After a load: what the server really holds replaces the estimate for its settings."""
         pid = m.proc.pid
@@ -147,9 +161,12 @@ class MemoryPlanner:
             rss = await asyncio.to_thread(lambda: psutil.Process(pid).memory_info().rss)
         except (psutil.Error, OSError):
             return
+        # Estimate, not the last measurement, as the base: calibrating twice must not compound.
+        self.footprints.pop(key := settings_key(m.settings.model_path, m.settings), None)
         fp = self.footprint(_entry(self, m), m.settings).calibrated(host=int(rss))
-        self.footprints[settings_key(m.settings.model_path, m.settings)] = fp
+        self.footprints[key] = fp
         self.usage[m.id] = {CPU: fp.cpu_only}
+        await self.store.save(key, m.settings.model_path, fp)
 
     # ---- the decision ------------------------------------------------------------------------
     def _world(self) -> World:

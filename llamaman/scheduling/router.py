@@ -17,12 +17,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from llamaman.core.db import Database
 from llamaman.core.events import Event, EventBus
+from llamaman.core.identity import current_identity
 from llamaman.core.runtime import RuntimeConfig
 from llamaman.core.state import InstanceState
 from llamaman.instances.launch import LaunchSettings
 from llamaman.instances.supervisor import InstanceError, ManagedInstance, Supervisor
 from llamaman.library.catalog import ModelEntry, ModelLibrary
+from llamaman.scheduling.footprint_store import FootprintStore
 from llamaman.scheduling.gate import Gate, QueueFull
 from llamaman.scheduling.idle import IdleSleep
 from llamaman.scheduling.lease import Lease, ModelNotFound, ModelUnavailable, Slot, Waiter
@@ -47,6 +50,7 @@ class Router(IdleSleep, MemoryPlanner):
         request_timeout: float,
         *,
         memory_reserve: str | None = None,
+        db: Database | None = None,
     ) -> None:
         self.sup = supervisor
         self.library = library
@@ -65,11 +69,12 @@ class Router(IdleSleep, MemoryPlanner):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idle_task: asyncio.Task[None] | None = None
         self._unlisten: Callable[[], None] | None = None
-        self._init_memory(memory_reserve)
+        self._init_memory(memory_reserve, FootprintStore(db))
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self.refresh_devices(force=True)  # "free at start" is measured now, before any model loads
+        self._spawn(self._load_footprints())
         self._idle_task = asyncio.create_task(self._idle_loop())
         self._unlisten = self.events.listen(self._forget, "instance.removed")
 
@@ -174,7 +179,12 @@ class Router(IdleSleep, MemoryPlanner):
 
     # ---- acquire -----------------------------------------------------------------------------
     async def acquire(
-        self, name: str, *, min_ctx: int | None = None, priority: int = 0, key_name: str | None = None
+        self,
+        name: str,
+        *,
+        min_ctx: int | None = None,
+        priority: int | None = None,
+        key_name: str | None = None,
     ) -> Lease:
         """A lease on a running instance of ``name``, starting or swapping one in if needed.
 
@@ -185,6 +195,11 @@ class Router(IdleSleep, MemoryPlanner):
         m = self._admissible(entry)
         waited = m is None or m.state != S.HEALTHY
         if m is None:
+            caller = current_identity()  # set by the auth middleware for this request
+            if priority is None:
+                priority = caller.priority if caller is not None else 0
+            if key_name is None and caller is not None:
+                key_name = caller.name
             settings, policy = await self._launch_settings(entry)
             loop = asyncio.get_running_loop()
             w = Waiter(
@@ -341,14 +356,6 @@ class Router(IdleSleep, MemoryPlanner):
         finally:
             self.loading.pop(entry.rel_path, None)
             self.loading_usage.pop(entry.rel_path, None)
-            self._kick()
-
-    async def _after_load(self, m: ManagedInstance, t0: float) -> None:
-        """Remember how long the load took (eviction weighs it) and what it really holds."""
-        state = await m.proc.wait_for({S.HEALTHY, S.FAILED, S.STOPPED, S.SLEEPING}, self.request_timeout)
-        if state == S.HEALTHY:
-            self.load_seconds[m.id] = time.monotonic() - t0
-            await self.calibrate(m)
             self._kick()
 
     async def _launch_settings(

@@ -38,6 +38,7 @@ from llamaman.core.tables import (
     Instance,
     KeyUsage,
     ModelAlias,
+    ModelFootprint,
     ModelSource,
     Preset,
     RequestLog,
@@ -283,6 +284,16 @@ TABLE_ROWS: dict[str, Callable[[], SQLModel]] = {
         revoked=True,
         created_at=TS,
         last_used_at=TS + 5,
+        priority=-7,
+    ),
+    "modelfootprint": lambda: ModelFootprint(
+        key="tiny-a.gguf|4096|1|-1||",
+        model_path="tiny-a.gguf",
+        cpu_only=9 * 2**40,  # past 32 bits: the columns are BIGINT
+        gpu_full=3 * 2**33,
+        host_full=123,
+        slots=29,
+        updated_at=TS,
     ),
     "keyusage": lambda: KeyUsage(
         key_id="k1", day="2026-11-22", model="tiny-a", requests=3, prompt_tokens=120, completion_tokens=48

@@ -4,6 +4,9 @@ that can never fit refused with its footprint and the limit, /api/ps reporting t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import httpx
 
 from llamaman.app import LlamaMan
@@ -61,3 +64,33 @@ async def test_a_model_that_can_never_fit_is_refused_with_its_size_and_the_limit
         r = await proxy.post("/api/chat", json={"model": "tiny-a", "messages": HI, "stream": False})
         assert r.status_code == 422 and "never be loaded" in r.json()["error"]
     assert services.supervisor.list() == []
+
+
+async def test_a_keys_priority_is_kept_and_orders_its_waiting_requests(
+    api: httpx.AsyncClient, services: LlamaMan
+) -> None:
+    r = await api.post("/api/api-keys", json={"name": "batch", "priority": 101})
+    assert r.status_code == 422 and "priority" in r.text
+    r = await api.post("/api/api-keys", json={"name": "urgent", "priority": 3})
+    assert r.status_code == 201 and r.json()["priority"] == 3
+    key, key_id = r.json()["key"], r.json()["id"]
+    assert (await api.patch(f"/api/api-keys/{key_id}", json={"priority": 4})).json()["priority"] == 4
+
+    await services.runtime.update({"max_models": 1})
+    held = await services.router.acquire("tiny-a")
+    async with asgi(services) as proxy:
+        body = {"model": "tiny-b", "messages": HI, "max_tokens": 3}
+        request = asyncio.create_task(
+            proxy.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+        )
+        async with asyncio.timeout(30):
+            while not services.router.queued():
+                await asyncio.sleep(0.02)
+        [queued] = services.router.queued()
+        assert (queued["model"], queued["key"], queued["priority"]) == ("tiny-b", "urgent", 4)
+        # The client goes away: its request leaves the queue.
+        request.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        assert services.router.queued() == []
+    held.release()
