@@ -5,8 +5,12 @@ the output layer), the highest N slots go to the GPU, so ``-ngl 1`` offloads onl
 and ``-ngl n_layers + 1`` (or -1) offloads everything. Token embeddings always stay on the host.
 Each block's KV cache lives where the block lives.
 
-The numbers exclude the backend's own context (a few hundred MiB on CUDA) and treat sliding-window
-layers as full-context ones, so they err on the high side.
+Sliding-window layers keep only ``n_swa + n_ubatch`` cells (rounded up to 256) when the
+architecture's layer pattern is known, as llama.cpp sizes them; otherwise they count as full-context
+layers. The compute buffer follows the feed-forward and embedding widths of one micro-batch, at twice
+what the graph's largest tensors need, and the numbers exclude the backend's own context (a few
+hundred MiB on CUDA), so they err on the high side. Checked against llama-server's own buffer report
+on gemma-3-270m (tests/scheduling/test_footprint_real.py).
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ KV_BYTES_PER_ELEMENT: dict[str, float] = {
 COMPUTE_UBATCH = 512
 # Context used when neither the launch nor the file names one (llama.cpp's historical default).
 FALLBACK_CTX = 4096
+# Sliding-window layer patterns llama.cpp hard-codes per architecture: of every N layers, the
+# first N - 1 use the window and the last attends to the whole context.
+SWA_PATTERNS: dict[str, int] = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "gpt-oss": 2}
 
 
 @dataclass
@@ -98,7 +105,8 @@ def estimate_memory(
     v_len = info.value_length or (info.embedding_length or 0) // head_count
     kv_heads = info.head_count_kv_layers or [info.head_count_kv or info.head_count or 0] * n_layers
     kv_heads = kv_heads[:n_layers] + [0] * max(n_layers - len(kv_heads), 0)
-    kv_layer = [round(ctx * h * (k_len * bpe_k + v_len * bpe_v)) for h in kv_heads]
+    cells = _kv_cells(info, n_layers, ctx, parallel)
+    kv_layer = [round(c * h * (k_len * bpe_k + v_len * bpe_v)) for c, h in zip(cells, kv_heads, strict=True)]
 
     gpu = cpu = 0
     for i in range(n_layers):
@@ -118,7 +126,8 @@ def estimate_memory(
         cpu += output_bytes
 
     vocab = info.vocab_size or 0
-    compute = 4 * COMPUTE_UBATCH * (vocab + 4 * (info.embedding_length or 0))
+    embd = info.embedding_length or 0
+    compute = 8 * COMPUTE_UBATCH * (2 * _ff_length(info, embd) + 4 * embd)
     logits = 4 * vocab * max(parallel, 1)
     if slots > 0:
         gpu += compute
@@ -139,3 +148,28 @@ def estimate_memory(
         output_on_gpu=output_on_gpu,
         ctx_size=ctx,
     )
+
+
+def _meta(info: GGUFInfo, key: str) -> Any:
+    arch = info.architecture
+    return info.metadata.get(f"{arch}.{key}") if arch else None
+
+
+def _ff_length(info: GGUFInfo, embd: int) -> int:
+    ff = _meta(info, "feed_forward_length")
+    if isinstance(ff, list):
+        ff = max((int(x) for x in ff), default=0)
+    return int(ff) if isinstance(ff, int | float) and ff > 0 else 4 * embd
+
+
+def _kv_cells(info: GGUFInfo, n_layers: int, ctx: int, parallel: int) -> list[int]:
+    """KV cells per layer: the whole context, or the window for sliding-window layers."""
+    window = _meta(info, "attention.sliding_window")
+    pattern = _meta(info, "attention.sliding_window_pattern")
+    if not isinstance(pattern, int):
+        pattern = SWA_PATTERNS.get(info.architecture or "")
+    if not isinstance(window, int) or window <= 0 or not pattern or pattern < 2:
+        return [ctx] * n_layers
+    # llama.cpp: n_swa per sequence plus one micro-batch, padded to 256 cells, never above the context.
+    swa = min(ctx, -(-(window * max(parallel, 1) + COMPUTE_UBATCH) // 256) * 256)
+    return [swa if i % pattern < pattern - 1 else ctx for i in range(n_layers)]

@@ -391,7 +391,8 @@ BLOCK = 64 * 4 + 16 * 64 * 4  # attn_norm + ffn_down, f32 = 4352
 EMBD = 100 * 64 * 4  # token_embd = 25600, stays on the host
 OUTPUT = 64 * 4 + 100 * 64 * 4  # output_norm + output = 25856
 KV_F16_LAYER = 1024 * 2 * (16 * 2 + 16 * 2)  # ctx 1024 * 2 KV heads * (K 16 dims + V 16 dims) * 2 B = 131072
-COMPUTE = 4 * 512 * (100 + 4 * 64)  # 729088
+# Twice one micro-batch's feed-forward (no length in the file: 4 * n_embd) and embedding widths.
+COMPUTE = 8 * 512 * (2 * 4 * 64 + 4 * 64)  # 3145728
 LOGITS = 4 * 100  # one slot
 
 
