@@ -1,4 +1,4 @@
-"""Every benchmark in one run: P1-P6 side by side (LlamaMan, a direct llama-server, llama.cpp's router
+"""Every benchmark in one run: P1-P7 side by side (LlamaMan, a direct llama-server, llama.cpp's router
 mode), a table on stdout, and the figures written into docs/PERFORMANCE.md between its bench markers.
 
 Run: python bench/run_all.py [--quick] [--only P1,P5] [--json out.json] [--before before.json]
@@ -20,10 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.client import raise_fd_limit
 from bench.harness import ROOT, auth_headers, direct_server, llamaman, machine, make_models, router_mode
 from bench.load import p5_thousand_streams, p6_idle
+from bench.memory import p4_mixed_burst, p7_packing
 from bench.report import render_markdown, render_table, write_doc
-from bench.scenarios import Target, p1_latency, p2_streams, p3_cold_start, p4_swap, prepare_llamaman
+from bench.scenarios import Target, p1_latency, p2_streams, p3_cold_start, prepare_llamaman
 
-ALL = ("P1", "P2", "P3", "P4", "P5", "P6")
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7")
 
 
 def _log(msg: str) -> None:
@@ -72,11 +73,8 @@ def run(only: tuple[str, ...], quick: bool) -> dict[str, Any]:
             out["P2"] = p2_streams(targets, rounds=2 if quick else 4)
 
     if "P4" in only:
-        _log("P4: swap thrash")
-        log = Path(tempfile.mkdtemp(prefix="bench-router-")) / "router.log"
-        with router_mode(models, 1, log=log) as router, llamaman(models, max_models=1) as lm:
-            prepare_llamaman(lm, ctx=2048, parallel=1)
-            out["P4"] = p4_swap(lm, Target("router", router.url, {}), log)
+        _log("P4: mixed burst on three copies of gemma-3-270m, room for one")
+        out["P4"] = p4_mixed_burst(quick)
 
     if "P5" in only:
         _log("P5: 1,000 concurrent streams (fake upstream)")
@@ -85,6 +83,10 @@ def run(only: tuple[str, ...], quick: bool) -> dict[str, Any]:
     if "P6" in only:
         _log("P6: idle manager with UI")
         out["P6"] = p6_idle(models, seconds=10 if quick else 30)
+
+    if "P7" in only:
+        _log("P7: packing four gemma sizes under a memory limit")
+        out["P7"] = p7_packing(quick)
     return out
 
 

@@ -1,4 +1,4 @@
-"""P1-P4: latency, throughput, cold start and swap thrash on real llama-servers (tiny models), LlamaMan
+"""P1-P3: latency, throughput and cold start on real llama-servers (tiny models), LlamaMan
 beside a direct llama-server and llama.cpp's router mode, with the same llama-server settings for all.
 Requests to the targets are interleaved so drift on the shared 2 cores hits every target alike."""
 
@@ -191,7 +191,7 @@ def p3_cold_start(lm: LlamaManProc, router: Target, model_file: Path, repeats: i
     return out
 
 
-# ---- P4: swap thrash ----------------------------------------------------------------------------
+# ---- load counters (P4 and P7 in bench/memory.py) -----------------------------------------------
 def llamaman_loads(lm: LlamaManProc) -> int:
     text = httpx.get(f"{lm.url}/metrics", headers=auth_headers(), timeout=10).text
     m = re.search(r"^llamaman_model_loads(?:_total)? (\S+)$", text, re.M)
@@ -204,40 +204,6 @@ def router_loads(log: Path) -> int:
         for line in log.read_text(errors="replace").splitlines()
         if "spawning server instance with name" in line
     )
-
-
-async def _thrash(t: Target, clients: int, per_client: int) -> tuple[float, list[str]]:
-    models = ("tiny-a", "tiny-b")
-    async with session(keep_alive=False) as s:
-
-        async def client(k: int) -> list[Result]:
-            out = []
-            for j in range(per_client):
-                m = models[(k + j) % 2]
-                out.append(await chat(s, t.url, m, 8, headers=t.headers, check=expected(m, 8)))
-            return out
-
-        t0 = time.perf_counter()
-        done = await asyncio.gather(*(client(k) for k in range(clients)))
-        wall = time.perf_counter() - t0
-    return wall, [e for rs in done for e in _errors(rs)]
-
-
-def p4_swap(
-    lm: LlamaManProc, router: Target, router_log: Path, clients: int = 8, total: int = 80
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    lm_t = Target("llamaman", lm.url, auth_headers())
-    for name, t, loads in (
-        ("llamaman", lm_t, lambda: llamaman_loads(lm)),
-        ("router", router, lambda: router_loads(router_log)),
-    ):
-        before = loads()
-        wall, errors = asyncio.run(_thrash(t, clients, total // clients))
-        time.sleep(0.5)
-        out[name] = {"wall_s": wall, "swaps": loads() - before, "errors": errors}
-    out["ratio"] = out["llamaman"]["wall_s"] / out["router"]["wall_s"]
-    return out
 
 
 def prepare_llamaman(lm: LlamaManProc, ctx: int, parallel: int) -> None:
