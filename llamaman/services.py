@@ -76,6 +76,7 @@ class Services:
         self.relay.add_observer(self.telemetry.observe)
         # The scheduler sits below telemetry: it gets GPU memory readings through this reader.
         self.router.gpu_reader = self._gpu_memory
+        self.router.can_offload = self._can_offload
 
         self.relay.add_observer(self.auth.observe)
         self.downloads = DownloadManager(
@@ -90,6 +91,11 @@ class Services:
             Reading(f"gpu{i}", r.memory_total or 0, (r.memory_total or 0) - (r.memory_used or 0), r.name)
             for i, r in enumerate(readings)
         ]
+
+    def _can_offload(self) -> bool:
+        # The embedded xllamacpp build is CPU-only; the others offload when a GPU is there.
+        binary = self.supervisor.binary
+        return binary is None or binary.source != "xllamacpp"
 
     def _on_preset_saved(self, ev: Event) -> None:
         sampling = (ev.data.get("settings") or {}).get("sampling")

@@ -59,6 +59,7 @@ class MemoryPlanner:
     evictions: int
     devices: DeviceInventory
     gpu_reader: Callable[[], list[Reading]] | None
+    can_offload: Callable[[], bool]  # False when the llama-server build runs on the CPU only
     footprints: dict[str, Footprint]  # settings key → measured footprint
     usage: dict[str, dict[str, int]]  # instance id → bytes accounted per device
     loading_usage: dict[str, dict[str, int]]  # model key → bytes reserved while it starts
@@ -79,6 +80,7 @@ class MemoryPlanner:
         self.store = store
         self.devices = DeviceInventory(env_reserve=env_reserve)
         self.gpu_reader = None
+        self.can_offload = lambda: True
         self.footprints = {}
         self.usage = {}
         self.loading_usage = {}
@@ -121,7 +123,7 @@ class MemoryPlanner:
         embedding = settings.embedding
         pinned = _pinned(settings)
         chosen = Policy(policy or Policy.AUTO)
-        if settings.n_gpu_layers == 0:
+        if settings.n_gpu_layers == 0 or not self.can_offload():
             chosen = Policy.CPU_ONLY
         return Demand(self.footprint(entry, settings), chosen, pinned, not embedding, entry.name)
 
@@ -132,7 +134,7 @@ class MemoryPlanner:
             return got
         fp = self.footprint(_entry(self, m), m.settings)
         gpus = [d for d in self.devices.devices if d != CPU]
-        if not gpus or m.settings.n_gpu_layers == 0:
+        if not gpus or m.settings.n_gpu_layers == 0 or not self.can_offload():
             return {CPU: fp.cpu_only}
         pinned = _pinned(m.settings)
         gpu = pinned[0] if pinned else gpus[0]

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 
 import httpx
 
 from llamaman.app import LlamaMan
+from llamaman.telemetry.gpu import GpuSampler
+from llamaman.testing.fake_nvml import GIB, FakeNvml
 from tests.helpers import asgi
 
 HI = [{"role": "user", "content": "hi"}]
@@ -94,3 +97,31 @@ async def test_a_keys_priority_is_kept_and_orders_its_waiting_requests(
             await request
         assert services.router.queued() == []
     held.release()
+
+
+async def test_gpus_from_the_sampler_get_limits_and_a_model_is_placed_on_the_roomiest(
+    api: httpx.AsyncClient, services: LlamaMan, tmp_path: Path
+) -> None:
+    # Two stand-in NVIDIA GPUs (80 GiB with 2 used, 24 GiB with 1 used): there is no GPU here.
+    services.telemetry.gpu = GpuSampler(nvml=FakeNvml(), drm_root=tmp_path / "no-drm", cli=False)
+    await asyncio.to_thread(services.telemetry.gpu.sample)
+    services.router.refresh_devices(force=True)
+    # The embedded CPU-only build stands in for one that offloads.
+    services.router.can_offload = lambda: True
+    r = await api.post("/api/settings", json={"memory_limit": "gpu1=10GiB"})
+    assert r.status_code == 200
+    devices = {d["id"]: d for d in (await api.get("/api/placement")).json()["devices"]}
+    assert sorted(devices) == ["cpu", "gpu0", "gpu1"]
+    assert devices["gpu0"]["limit"] == 78 * GIB - 512 * 1024**2  # free at start less the reserve
+    assert devices["gpu1"]["limit"] == 10 * GIB
+    assert devices["gpu0"]["used_by_others"] == 2 * GIB
+
+    lease = await services.router.acquire("tiny-a")
+    lease.release()
+    assert (lease.instance.settings.n_gpu_layers, lease.instance.settings.gpu_devices) == (-1, "0")
+    devices = {d["id"]: d for d in (await api.get("/api/placement")).json()["devices"]}
+    [on_gpu] = devices["gpu0"]["models"]
+    assert on_gpu["model"] == "tiny-a" and on_gpu["bytes"] > 0 and devices["gpu1"]["models"] == []
+    async with asgi(services) as proxy:
+        [ps] = (await proxy.get("/api/ps")).json()["models"]
+    assert ps["size_vram"] == on_gpu["bytes"] and ps["size"] > ps["size_vram"]
