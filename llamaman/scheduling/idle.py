@@ -26,6 +26,7 @@ S = InstanceState
 
 class IdleSleep:
     sup: Supervisor
+    slots: dict[str, Slot]
     runtime: RuntimeConfig
     events: EventBus
 
@@ -45,6 +46,22 @@ class IdleSleep:
         else:
             s.unload_after = False
             s.keep_alive_until = math.inf if math.isinf(seconds) else time.monotonic() + seconds
+
+    def counters(self, m: ManagedInstance) -> dict[str, Any]:
+        s = self.slots.get(m.id)
+        expires = None
+        if s is not None and s.keep_alive_until is not None:
+            # keep_alive -1 (forever) has no expiry at all.
+            if math.isfinite(s.keep_alive_until):
+                expires = time.time() + (s.keep_alive_until - time.monotonic())
+        elif m.state == S.HEALTHY and (t := self.idle_timeout(m)):
+            expires = time.time() + t - (time.monotonic() - m.last_used)
+        return {
+            "active_requests": s.running if s else 0,
+            "queued_requests": s.inflight - s.running if s else 0,
+            "inflight": s.inflight if s else 0,
+            "expires_at": expires,
+        }
 
     def idle_timeout(self, m: ManagedInstance) -> float:
         """Seconds of idleness after which ``m`` sleeps; 0 = never."""

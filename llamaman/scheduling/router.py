@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -149,22 +148,6 @@ class Router(IdleSleep, MemoryPlanner):
             gate.configure(m.settings.max_concurrent, m.settings.max_queue_depth)
         return gate
 
-    def counters(self, m: ManagedInstance) -> dict[str, Any]:
-        s = self.slots.get(m.id)
-        expires = None
-        if s is not None and s.keep_alive_until is not None:
-            # keep_alive -1 (forever) has no expiry at all.
-            if math.isfinite(s.keep_alive_until):
-                expires = time.time() + (s.keep_alive_until - time.monotonic())
-        elif m.state == S.HEALTHY and (t := self.idle_timeout(m)):
-            expires = time.time() + t - (time.monotonic() - m.last_used)
-        return {
-            "active_requests": s.running if s else 0,
-            "queued_requests": s.inflight - s.running if s else 0,
-            "inflight": s.inflight if s else 0,
-            "expires_at": expires,
-        }
-
     def _instances_of(self, model_path: str) -> list[ManagedInstance]:
         return [m for m in self.sup.list() if m.record.model_path == model_path]
 
@@ -200,7 +183,10 @@ class Router(IdleSleep, MemoryPlanner):
                 priority = caller.priority if caller is not None else 0
             if key_name is None and caller is not None:
                 key_name = caller.name
-            settings, policy = await self._launch_settings(entry)
+            try:
+                settings, policy = await self._launch_settings(entry)
+            except ValueError as exc:  # a preset the policy refuses: the load would fail the same way
+                raise ModelUnavailable(f"could not start '{entry.name}': {exc}") from None
             loop = asyncio.get_running_loop()
             w = Waiter(
                 entry.rel_path,
