@@ -23,6 +23,7 @@ from pages.users import AccountCard, UsersCard
 LABELS = {
     "require_auth": "Require an API key for model endpoints",
     "max_models": "Models kept loaded",
+    "memory_limit": "Memory limit per device (cpu=48GiB,gpu0=22GiB; empty = free at start)",
     "idle_timeout_min": "Idle timeout (min)",
     "evict_manual": "API traffic may evict manually launched instances",
     "cleanup_hours": "Clean up records after (hours)",
