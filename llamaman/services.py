@@ -95,7 +95,9 @@ class Services:
     def _can_offload(self) -> bool:
         # The embedded xllamacpp build is CPU-only; the others offload when a GPU is there.
         binary = self.supervisor.binary
-        return binary is None or binary.source != "xllamacpp"
+        if binary is None:
+            return True
+        return binary.source != "xllamacpp" and not (binary.version or "").startswith("xllamacpp")
 
     def _on_preset_saved(self, ev: Event) -> None:
         sampling = (ev.data.get("settings") or {}).get("sampling")

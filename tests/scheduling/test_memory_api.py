@@ -125,3 +125,21 @@ async def test_gpus_from_the_sampler_get_limits_and_a_model_is_placed_on_the_roo
     async with asgi(services) as proxy:
         [ps] = (await proxy.get("/api/ps")).json()["models"]
     assert ps["size_vram"] == on_gpu["bytes"] and ps["size"] > ps["size_vram"]
+
+
+async def test_a_cpu_only_build_keeps_models_in_ram_beside_gpus(
+    api: httpx.AsyncClient, services: LlamaMan, tmp_path: Path
+) -> None:
+    services.telemetry.gpu = GpuSampler(nvml=FakeNvml(), drm_root=tmp_path / "no-drm", cli=False)
+    await asyncio.to_thread(services.telemetry.gpu.sample)
+    services.router.refresh_devices(force=True)
+    # The tests' llama-server is the embedded xllamacpp build, which runs on the CPU only.
+    assert services.supervisor.binary is not None and "xllamacpp" in (
+        services.supervisor.binary.version or ""
+    )
+    lease = await services.router.acquire("tiny-a")
+    lease.release()
+    assert lease.instance.settings.n_gpu_layers == 0
+    devices = {d["id"]: d for d in (await api.get("/api/placement")).json()["devices"]}
+    assert [m["model"] for m in devices["cpu"]["models"]] == ["tiny-a"]
+    assert devices["gpu0"]["models"] == devices["gpu1"]["models"] == []
