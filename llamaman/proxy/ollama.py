@@ -243,7 +243,7 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         return JSONResponse(_load_reply(model, reason, generate=generate))
     if generate:
         path, payload = ollama_generate_to_openai(body, templated=generate_extra.is_templated(entry))
-        generate_extra.sent_context(body)  # refused before a model is loaded for it
+        generate_extra.check(body)  # refused before a model is loaded for it
     else:
         path, payload = _CHAT_PATH, ollama_chat_to_openai(body)
 
@@ -301,7 +301,7 @@ async def _generation(request: Request, *, generate: bool) -> Response:
             reply, model, generate=generate, load_duration_ns=lease.load_duration_ns, started_ns=started
         )
     if generate:
-        generate_extra.settle_context(obj, context)
+        generate_extra.finish(obj, context, body, reply)
     if "error" in obj:
         ex.status, ex.error = 500, str(obj["error"])
     services.relay.record(ex)

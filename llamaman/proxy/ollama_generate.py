@@ -45,6 +45,68 @@ def sent_context(body: Mapping[str, Any]) -> list[int]:
     return context
 
 
+_MAX_TOP_LOGPROBS = 20  # Ollama's bound
+
+
+def requested_logprobs(body: Mapping[str, Any]) -> int | None:
+    """How many alternatives per token ``logprobs`` asks for (0: only the chosen token's), or None."""
+    if body.get("logprobs") in (None, False):
+        return None
+    if body.get("logprobs") is not True:
+        raise TranslateError("logprobs must be true or false")
+    top = body.get("top_logprobs") or 0
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= _MAX_TOP_LOGPROBS:
+        raise TranslateError(f"top_logprobs must be a whole number from 0 to {_MAX_TOP_LOGPROBS}")
+    return top
+
+
+def check(body: Mapping[str, Any]) -> None:
+    """Refuse a malformed ``context`` or ``logprobs`` before a model is loaded for the request."""
+    sent_context(body)
+    requested_logprobs(body)
+
+
+def _ask_logprobs(body: Mapping[str, Any], path: str, payload: dict[str, Any]) -> None:
+    top = requested_logprobs(body)
+    if top is None or body.get("stream", True) is not False:
+        return  # streamed replies carry no logprobs here
+    if path == _CHAT_PATH:
+        payload.update(logprobs=True, top_logprobs=top)
+    else:
+        # Each entry carries the chosen token's own logprob; at least one alternative is needed
+        # for llama-server to report any.
+        payload["n_probs"] = max(1, top)
+
+
+def _logprob(entry: Mapping[str, Any]) -> dict[str, Any]:
+    out = {"token": str(entry.get("token", "")), "logprob": float(entry.get("logprob") or 0.0)}
+    if isinstance(entry.get("bytes"), list):
+        out["bytes"] = entry["bytes"]
+    return out
+
+
+def reply_logprobs(body: Mapping[str, Any], reply: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """Ollama's ``logprobs`` from a native or chat reply, when the request asked for them."""
+    top = requested_logprobs(body)
+    if top is None:
+        return None
+    entries = reply.get("completion_probabilities")
+    if not isinstance(entries, list):
+        choices = reply.get("choices") or [{}]
+        logprobs = choices[0].get("logprobs") if isinstance(choices[0], Mapping) else None
+        entries = logprobs.get("content") if isinstance(logprobs, Mapping) else None
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, Mapping):
+            continue
+        item = _logprob(entry)
+        alternatives = [_logprob(a) for a in entry.get("top_logprobs") or [] if isinstance(a, Mapping)]
+        if top and alternatives:
+            item["top_logprobs"] = alternatives[:top]
+        out.append(item)
+    return out
+
+
 async def _call(services: Services, lease: Lease, path: str, payload: dict[str, Any]) -> dict[str, Any]:
     """One small JSON request to the leased llama-server (tokenize, detokenize, apply-template)."""
     try:
@@ -79,6 +141,19 @@ async def prepare(
     """The upstream path and body once a sent ``context`` is laid in front of the prompt, and the
     prompt text the model will see (for the reply's ``context``)."""
     context = sent_context(body)
+    path, payload, prompt = await _with_context(services, lease, body, path, payload, context)
+    _ask_logprobs(body, path, payload)
+    return path, payload, prompt
+
+
+async def _with_context(
+    services: Services,
+    lease: Lease,
+    body: dict[str, Any],
+    path: str,
+    payload: dict[str, Any],
+    context: list[int],
+) -> tuple[str, dict[str, Any], str]:
     if path == _CHAT_PATH:
         if not context and not wants_context(body):
             return path, payload, ""
@@ -133,6 +208,16 @@ def settle_context(obj: dict[str, Any], context: list[int] | None) -> None:
         obj.pop("context", None)
     else:
         obj["context"] = context
+
+
+def finish(
+    obj: dict[str, Any], context: list[int] | None, body: Mapping[str, Any], reply: Mapping[str, Any]
+) -> None:
+    """The final non-streamed generate object as Ollama gives it: ``context`` and ``logprobs``."""
+    settle_context(obj, context)
+    logprobs = reply_logprobs(body, reply) if "error" not in obj else None
+    if logprobs is not None:
+        obj["logprobs"] = logprobs
 
 
 async def with_context(

@@ -80,6 +80,26 @@ async def test_context_sent_back_puts_the_earlier_turn_in_front_of_the_prompt(
     assert bad.status_code == 400 and "context must be a list of token ids" in bad.json()["error"]
 
 
+async def test_logprobs_of_each_generated_token_templated_or_raw(client: ollama.AsyncClient) -> None:
+    for raw in (False, True):
+        reply = await client.generate(
+            "tiny-a", prompt="abc", raw=raw, options={"num_predict": 5}, logprobs=True, top_logprobs=2
+        )
+        assert reply.logprobs is not None and len(reply.logprobs) == reply.eval_count == 5, raw
+        assert "".join(p.token for p in reply.logprobs) == reply.response
+        for p in reply.logprobs:
+            assert p.logprob <= 0 and p.top_logprobs is not None and len(p.top_logprobs) == 2
+    plain = await client.generate("tiny-a", prompt="abc", options={"num_predict": 3})
+    assert plain.logprobs is None
+
+    bad = await client._client.post(
+        "/api/generate", json={"model": "tiny-a", "prompt": "x", "logprobs": True, "top_logprobs": 50}
+    )
+    assert (
+        bad.status_code == 400 and "top_logprobs must be a whole number from 0 to 20" in bad.json()["error"]
+    )
+
+
 def test_context_must_be_token_ids() -> None:
     from llamaman.proxy.ollama_generate import sent_context
 
