@@ -15,6 +15,7 @@ from llamaman.core.config import Settings
 from llamaman.downloads import hub
 from llamaman.downloads.hub import RemoteFile, RepoListing, TransientError
 from llamaman.proxy.app import create_proxy_app
+from llamaman.testing.fake_hub import FakeHub
 from tests.downloads.conftest import finished, start_services
 from tests.helpers import admin_headers, api_client
 
@@ -106,3 +107,17 @@ def test_offline_mode_names_the_switch() -> None:
     offline_mode = pytest.importorskip("huggingface_hub.errors").OfflineModeIsEnabled
     err = hub._hub_error(offline_mode("offline"), "user/repo", OFFLINE)
     assert isinstance(err, hub.DownloadUpstreamFailed) and "HF_HUB_OFFLINE" in err.message
+
+
+async def test_a_pull_whose_download_fails_answers_with_the_failure_s_kind_not_500(
+    dl: LlamaMan, hub: FakeHub
+) -> None:
+    hub.fail_next(50, 503)  # every file GET: the download gives up after its retries
+    app = create_proxy_app(dl)
+    client = ollama.AsyncClient(
+        host="http://llamaman.test", transport=httpx.ASGITransport(app), headers=await admin_headers(dl)
+    )
+    with pytest.raises(ollama.ResponseError) as err:
+        await client.pull("hf.co/user/repo:Q4_K_M", stream=False)
+    assert err.value.status_code == 502
+    assert "HTTP 503" in err.value.error and "gave up after" in err.value.error

@@ -138,5 +138,7 @@ async def test_the_real_base_model_continues_a_raw_prompt(
             assert reply.context and len(reply.context) >= reply.eval_count
             raw = await client.generate("gemma-3-270m", prompt=prompt, options=greedy, raw=True)
             assert raw.response == reply.response and raw.context is None
+            shown = await client.show("gemma-3-270m")
+            assert shown.capabilities == ["completion"] and not shown.template  # a base model
     finally:
         await services.stop()
