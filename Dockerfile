@@ -28,12 +28,12 @@ ENV PATH=/opt/llamaman/bin:$PATH
 
 # Only what the package needs: a checkout's models/, data/ or .venv never enter the image.
 WORKDIR /opt/llamaman/src
-COPY pyproject.toml README.md main.py ./
+COPY pyproject.toml README.md main.py constraints.txt ./
 COPY llamaman ./llamaman
 COPY pages ./pages
 COPY components ./components
 # No [server] extra: the base image already has the matching llama-server.
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir -c constraints.txt .
 
 # /app/llama-server is where the llama.cpp images keep their binary (next to its backend libraries).
 # Its LLAMA_ARG_HOST=0.0.0.0 stays harmless: LlamaMan passes --host to every instance it starts.

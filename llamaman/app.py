@@ -17,6 +17,7 @@ from llamaman.api import build_router
 from llamaman.core.config import Settings
 from llamaman.core.redact import install_log_redaction
 from llamaman.core.secrets import secure_data_dir
+from llamaman.gateway.api_docs import install_api_docs
 from llamaman.gateway.errors import install_error_handlers
 from llamaman.gateway.middleware import wrap_with_auth
 from llamaman.proxy.app import ProxyServer, build_proxy_router, create_proxy_app, install_proxy_error_handler
@@ -82,6 +83,7 @@ def install(app: FastAPI, services: Services) -> None:
     secure_data_dir(services.settings)
     install_error_handlers(app)
     install_proxy_error_handler(app)
+    install_api_docs(app)
     app.include_router(build_router())
     # The model endpoints answer on the UI port too; its "/" stays the UI's.
     app.include_router(build_proxy_router(include_root=False))

@@ -67,8 +67,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         for name, (env, _, _) in _FLAGS.items()
         if getattr(args, name, None) is not None
     }
+    flags = {name for name, (env, _, _) in _FLAGS.items() if env in overrides}
     try:
-        return Settings(**overrides)
+        return Settings(**overrides).mark_flags(flags)
     except ValidationError as exc:
         lines = [f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()]
         raise SystemExit("invalid settings:\n" + "\n".join(lines)) from None

@@ -28,6 +28,9 @@ def _settings_view(services: Services) -> dict[str, Any]:
     binary = services.supervisor.binary
     return {
         **services.runtime.current.public(),
+        # Per setting: "flag" or "env" (pinned: changes are refused), "saved" or "default".
+        "sources": services.runtime.sources(),
+        "pinned_by": services.runtime.pinned_by(),
         "environment": services.settings.public_dict(),
         "llama_server": binary.to_dict() if binary else None,
         "llama_server_error": services.supervisor.binary_error,

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llamaman.core.memory_limit import parse_memory_limit
@@ -89,6 +89,19 @@ class Settings(BaseSettings):
     # Whether llama-servers get HF_TOKEN (for -hf downloads, which the policy refuses unless lifted).
     pass_hf_token: bool = Field(default=False, alias="LLAMAMAN_PASS_HF_TOKEN")
 
+    # Runtime settings (``core/runtime.py``) an operator may pin from the environment; unset (None)
+    # leaves them to what a user saves. max_models, idle_timeout and hf_token above pin theirs too.
+    require_auth: bool | None = Field(default=None, alias="LLAMAMAN_REQUIRE_AUTH")
+    evict_manual: bool | None = Field(default=None, alias="LLAMAMAN_EVICT_MANUAL")
+    cleanup_hours: float | None = Field(default=None, alias="LLAMAMAN_CLEANUP_HOURS")
+    download_retries: int | None = Field(default=None, alias="LLAMAMAN_DOWNLOAD_RETRIES")
+    download_speed_limit_mbps: float | None = Field(default=None, alias="LLAMAMAN_DOWNLOAD_SPEED_LIMIT_MBPS")
+    activity_retention: int | None = Field(default=None, alias="LLAMAMAN_ACTIVITY_RETENTION")
+
+    # Fields given as command-line flags (``cli.py``); every other explicitly set field came from
+    # the environment (or, in code and tests, from keyword arguments, which mean the same).
+    _flags: set[str] = PrivateAttr(default_factory=set)
+
     @field_validator("models_dir", "data_dir", "logs_dir", mode="before")
     @classmethod
     def _expand(cls, v: Any) -> Any:
@@ -135,6 +148,25 @@ class Settings(BaseSettings):
         self.data_dir = self.data_dir.resolve()
         self.logs_dir = (self.logs_dir or self.data_dir / "logs").resolve()
         return self
+
+    def mark_flags(self, names: set[str]) -> Settings:
+        """Record which fields came from command-line flags (their source then reads ``flag``)."""
+        self._flags = set(names) & set(self.model_fields_set)
+        return self
+
+    def explicit(self, name: str) -> tuple[Any, str] | None:
+        """``(value, "flag" | "env")`` when field ``name`` was set on purpose, else None."""
+        if name not in self.model_fields_set:
+            return None
+        return getattr(self, name), "flag" if name in self._flags else "env"
+
+    @staticmethod
+    def env_name(name: str) -> str:
+        field = Settings.model_fields[name]
+        if field.alias:
+            return field.alias
+        choices = getattr(field.validation_alias, "choices", None)
+        return str(choices[0]) if choices else name.upper()
 
     @property
     def effective_database_url(self) -> str:

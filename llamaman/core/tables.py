@@ -225,6 +225,8 @@ class RequestLog(SQLModel, table=True):
     duration_ms: float = Field(default=0, sa_type=Double)
     tokens_per_s: float | None = Field(default=None, sa_type=Double)
     energy_j: float | None = Field(default=None, sa_type=Double)
+    # Why it was refused or failed (the message its client got); empty for answered requests.
+    error: str | None = Field(default=None, sa_type=Text)
 
 
 class Benchmark(SQLModel, table=True):

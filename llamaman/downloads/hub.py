@@ -7,6 +7,7 @@ the final rename stay under LlamaMan's control. Every function here blocks: call
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 import httpx
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+from huggingface_hub import errors as hf_errors
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -217,8 +219,53 @@ def pick_files(listing: RepoListing, filename: str | None, *, gguf_only: bool = 
     return files
 
 
+def _optional(module: str, name: str) -> type[BaseException] | None:
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+    return found if isinstance(found, type) and issubclass(found, BaseException) else None
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection failures as each huggingface_hub generation raises them: 0.x through requests,
+    1.x through httpx, 2.x through httpx2 (whose classes are not httpx's)."""
+    found: list[type[BaseException]] = [httpx.TransportError]
+    for module, name in (
+        ("httpx2", "TransportError"),
+        ("requests.exceptions", "ConnectionError"),
+        ("requests.exceptions", "Timeout"),
+    ):
+        if (kind := _optional(module, name)) is not None:
+            found.append(kind)
+    return tuple(found)
+
+
+TRANSPORT_ERRORS = _transport_errors()
+# Not in every release: absent ones match nothing.
+_OFFLINE_MODE: tuple[type[BaseException], ...] = tuple(
+    k for k in (getattr(hf_errors, "OfflineModeIsEnabled", None),) if isinstance(k, type)
+)
+_DISABLED_REPO: tuple[type[BaseException], ...] = tuple(
+    k for k in (getattr(hf_errors, "DisabledRepoError", None),) if isinstance(k, type)
+)
+
+
+def unreachable(endpoint: str, detail: object = None) -> str:
+    """The one message for a hub that cannot be reached, naming the setting that points at it."""
+    why = f" ({detail})" if detail else ""
+    return f"cannot reach the Hugging Face hub at {endpoint}{why} — check the network or HF_ENDPOINT"
+
+
 def _hub_error(exc: Exception, repo_id: str, endpoint: str, filename: str | None = None) -> Exception:
     """Translate huggingface_hub's errors into what a user can act on."""
+    if isinstance(exc, _OFFLINE_MODE):
+        return DownloadUpstreamFailed(
+            f"the Hugging Face hub is switched off here (HF_HUB_OFFLINE is set): unset it to "
+            f"download {repo_id}"
+        )
+    if isinstance(exc, _DISABLED_REPO):
+        return DownloadForbidden(f"{repo_id} has been disabled on {endpoint}")
     if isinstance(exc, GatedRepoError):
         return DownloadForbidden(
             f"{repo_id} is gated: accept its terms on the Hub and give a token that has access"
@@ -245,9 +292,18 @@ def _hub_error(exc: Exception, repo_id: str, endpoint: str, filename: str | None
                 return DownloadNotFound(f"{repo_id} has no file {filename!r} on {endpoint}")
             return DownloadNotFound(f"repository {repo_id!r} not found on {endpoint}")
         return DownloadUpstreamFailed(f"the Hub refused the request (HTTP {status}): {exc}")
-    if isinstance(exc, httpx.TransportError | OSError):
-        return TransientError(f"cannot reach {endpoint}: {exc}")
+    if isinstance(exc, TRANSPORT_ERRORS):
+        return TransientError(unreachable(endpoint, _reason(exc)))
+    if isinstance(exc, OSError):
+        # huggingface_hub's own OSErrors (FileMetadataError: a HEAD answer without size or ETag).
+        return TransientError(f"the Hub at {endpoint} gave an unusable answer: {exc}")
     return exc
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a transport error, without the library's wrapping."""
+    text = str(exc).strip()
+    return text or type(exc).__name__
 
 
 def list_repo(endpoint: str, repo_id: str, revision: str, token: str | None) -> RepoListing:
@@ -258,7 +314,7 @@ def list_repo(endpoint: str, repo_id: str, revision: str, token: str | None) -> 
     except Exception as exc:
         err = _hub_error(exc, repo_id, endpoint)
         if isinstance(err, TransientError):
-            raise DownloadUpstreamFailed(f"{err}; try again later") from exc
+            raise DownloadUpstreamFailed(str(err)) from None
         raise err from exc
     files = [
         RemoteFile(s.rfilename, s.size if s.lfs is None else s.lfs.size, s.lfs.sha256 if s.lfs else None)

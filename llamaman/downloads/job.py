@@ -8,6 +8,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from llamaman.core.errors import LlamaManError
 from llamaman.core.tables import Download
 from llamaman.downloads.transfer import SpeedMeter, TokenBucket, mbps_to_bytes
 
@@ -42,6 +43,8 @@ class Job:
         self.last_persist = 0.0
         self.finished = asyncio.Event()
         self.started_at: float | None = None
+        # Why it failed, as a kind a surface can answer with (the record keeps only the message).
+        self.failure: LlamaManError | None = None
 
     @property
     def id(self) -> str:

@@ -22,6 +22,7 @@ import httpx
 
 from llamaman.core.config import Settings
 from llamaman.core.db import Database
+from llamaman.core.errors import UpstreamFailed
 from llamaman.core.events import EventBus
 from llamaman.core.runtime import RuntimeConfig
 from llamaman.core.tables import Download
@@ -178,7 +179,11 @@ class DownloadManager:
         dest = dest_dir.strip("/") if dest_dir else repo_id
         hub.check_rel_path(dest, "destination folder")
         if listing is None:
-            listing = await self.listing(repo_id, revision or "main", hf_token)
+            try:
+                listing = await self.listing(repo_id, revision or "main", hf_token)
+            except DownloadError as exc:
+                self.record_failure(repo_id, exc, filename=filename, revision=revision, alias=alias)
+                raise
         if files is not None:
             remote = []
             for name in files:
@@ -222,6 +227,39 @@ class DownloadManager:
         self._pump()
         return job
 
+    def record_failure(
+        self,
+        repo_id: str,
+        exc: DownloadError,
+        *,
+        filename: str | None = None,
+        revision: str = "main",
+        alias: str | None = None,
+    ) -> Job | None:
+        """Keep a download the hub failed before any file was chosen (unreachable, erroring) as a
+        failed row, so the reason stays on the downloads list, not only in the answer to one
+        request. A request the hub answered (no such repo, no access) leaves no row: that answer
+        is the whole story, and a typo should not linger in the list."""
+        if not isinstance(exc, UpstreamFailed):
+            return None
+        record = Download(
+            repo_id=repo_id,
+            filename=filename or None,
+            revision=(revision or "main")[:64],
+            status="failed",
+            error=exc.message,
+            finished_at=time.time(),
+            alias=alias,
+        )
+        job = Job(record, [])
+        job.failure = exc
+        job.finished.set()
+        self.jobs[record.id] = job
+        self.log(job, f"failed: {exc.message}")
+        self.store.save(record)
+        self.events.publish("download.state", old=None, new="failed", **job.progress())
+        return job
+
     # ---- control -----------------------------------------------------------------------------
     async def cancel(self, download_id: str) -> Job:
         """Stop a download and delete its partial data (files already in place are kept)."""
@@ -242,6 +280,10 @@ class DownloadManager:
             return job
         if job.status == "completed":
             raise DownloadConflict("this download is already complete")
+        if not job.files:
+            raise DownloadConflict(
+                "this download failed before any file was chosen: start it again from the repo"
+            )
         job.record.error = None
         job.record.attempts = 0
         job.record.finished_at = None

@@ -72,6 +72,7 @@ class Worker:
         m, rec = self.m, job.record
         job.started_at = time.time()
         job.meter.reset()
+        job.failure = None
         m.set_status(job, "downloading")
         try:
             m.scan_local(job)
@@ -88,6 +89,7 @@ class Worker:
             m.store.save(rec)
             raise
         except DownloadError as exc:
+            job.failure = exc
             self.fail(job, exc.message)
         except Exception as exc:
             log.exception("download %s failed", job.id)

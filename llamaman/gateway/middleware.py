@@ -27,6 +27,7 @@ from llamaman.core.identity import CURRENT_IDENTITY, Identity, names_allowed
 from llamaman.gateway.bodies import BodyError, BodyGuard, ensure_body, model_names, parsed_body
 from llamaman.gateway.dialects import dialect_body, route_path
 from llamaman.gateway.errors import DatabaseErrorGuard
+from llamaman.gateway.refusals import RefusalRecorder
 
 if TYPE_CHECKING:
     from llamaman.services import Services
@@ -51,14 +52,17 @@ def wrap_with_auth(
     """Guard ``app``; a Starlette/FastAPI app is guarded in place and returned (its type unchanged)."""
     # The body guard sits inside: credentials are checked before a body is read past its headers.
     # Database errors are caught outside both, so a busy database answers 503 even mid-check.
+    # Refusals of model requests (here or in a route) are recorded by the layer around the auth.
     if isinstance(app, Starlette):
         app.add_middleware(BodyGuard, surface=surface)
         app.add_middleware(AuthMiddleware, services=services, surface=surface, instance_id=instance_id)
+        app.add_middleware(RefusalRecorder, services=services, surface=surface)
         app.add_middleware(DatabaseErrorGuard, surface=surface)
         return app
     guarded = BodyGuard(app, surface=surface)
     checked = AuthMiddleware(guarded, services=services, surface=surface, instance_id=instance_id)
-    return DatabaseErrorGuard(checked, surface=surface)
+    recorded = RefusalRecorder(checked, services=services, surface=surface)
+    return DatabaseErrorGuard(recorded, surface=surface)
 
 
 class AuthMiddleware:
@@ -84,6 +88,8 @@ class AuthMiddleware:
         # port of the same host is same-site and would have the browser send it along.
         credential = auth.authenticate(Headers(scope=scope), cookie=self.surface == "main")
         identity = credential.identity
+        # Known before any refusal below, so the activity log names the key a refusal was for.
+        scope.setdefault("state", {})["identity"] = identity
         if identity is None:
             if access in ADMIN_ONLY or auth.require_auth:
                 message = credential.problem or self._hint(access)

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from llamaman.library.catalog import ModelEntry
+from llamaman.proxy import ollama_generate as generate_extra
 from llamaman.proxy import ollama_models
 from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
 from llamaman.proxy.openai import listing_identity
@@ -241,14 +242,18 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         reason = await _load_or_unload(services, model, keep_alive, min_ctx)
         return JSONResponse(_load_reply(model, reason, generate=generate))
     if generate:
-        path, payload = ollama_generate_to_openai(body)
+        path, payload = ollama_generate_to_openai(body, templated=generate_extra.is_templated(entry))
+        generate_extra.check(body)  # refused before a model is loaded for it
     else:
         path, payload = _CHAT_PATH, ollama_chat_to_openai(body)
 
     started = time.monotonic_ns()
     lease = await lease_for(services, model, min_ctx=min_ctx)
     ex = Exchange(model, "/api/generate" if generate else "/api/chat", stream=bool(payload["stream"]))
+    prompt = ""
     try:
+        if generate:
+            path, payload, prompt = await generate_extra.prepare(services, lease, body, path, payload)
         apply_sampling(payload, lease)
         lease.keep_alive(keep_alive)
         upstream = await _open(services, lease, path, payload)
@@ -264,8 +269,11 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         model, generate=generate, load_duration_ns=lease.load_duration_ns, started_ns=started
     )
     if payload["stream"]:
+        lines = _stream(services, lease, upstream, state, native=native, ex=ex)
+        if generate:
+            lines = generate_extra.with_context(services, lease, lines, body, prompt)
         return LeasedStream(
-            _stream(services, lease, upstream, state, native=native, ex=ex),
+            lines,
             lease,
             upstream,
             headers=STREAM_HEADERS,
@@ -273,6 +281,9 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         )
     try:
         reply = await _read_json_reply(upstream, model)
+        context = (
+            await generate_extra.reply_context(services, lease, body, reply, prompt) if generate else None
+        )
     except ProxyError as exc:
         ex.status, ex.error = exc.status, exc.message
         services.relay.record(ex)
@@ -289,6 +300,8 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         obj = openai_chat_response_to_ollama(
             reply, model, generate=generate, load_duration_ns=lease.load_duration_ns, started_ns=started
         )
+    if generate:
+        generate_extra.finish(obj, context, body, reply)
     if "error" in obj:
         ex.status, ex.error = 500, str(obj["error"])
     services.relay.record(ex)

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from llamaman.core.errors import NotFound
 from llamaman.downloads.hub import DownloadError, RemoteFile, RepoListing, group_key, is_gguf, is_projector
 from llamaman.downloads.job import Job
+from llamaman.gateway.dialects import model_status
 from llamaman.proxy.common import ProxyError, read_json, services_of
 from llamaman.services import Services
 
@@ -145,6 +146,14 @@ async def _progress(services: Services, job: Job, name: str) -> AsyncIterator[di
     yield {"status": "success"}
 
 
+def _failure_status(job: Job) -> int:
+    """The status of a pull whose download failed: its kind (hub unreachable 502, gone 404, no room
+    507...), or 409 when it was cancelled; 500 only for a failure nobody foresaw."""
+    if job.failure is not None:
+        return model_status(job.failure)
+    return 409 if job.status == "cancelled" else 500
+
+
 @router.post("/api/pull")
 async def pull(request: Request) -> Response:
     services = services_of(request)
@@ -155,7 +164,11 @@ async def pull(request: Request) -> Response:
             raise ProxyError(400, "the request needs a 'model' field naming the model to pull")
         ref = parse_name(raw)
         try:
-            listing = await services.downloads.listing(ref.repo_id)
+            try:
+                listing = await services.downloads.listing(ref.repo_id)
+            except DownloadError as exc:
+                services.downloads.record_failure(ref.repo_id, exc, alias=ref.name)
+                raise
             files = pick(listing, ref.tag)
             if files is None:
                 raise ProxyError(404, NOT_FOUND)
@@ -172,7 +185,9 @@ async def pull(request: Request) -> Response:
         last: dict[str, Any] = {}
         async for line in lines:
             last = line
-        return JSONResponse(last, status_code=500 if "error" in last else 200)
+        if "error" in last:
+            return JSONResponse(last, status_code=_failure_status(job))
+        return JSONResponse(last)
 
     async def ndjson() -> AsyncIterator[bytes]:
         async for line in lines:

@@ -349,13 +349,14 @@ def ollama_chat_to_openai(body: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def ollama_generate_to_openai(body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def ollama_generate_to_openai(
+    body: Mapping[str, Any], *, templated: bool = True
+) -> tuple[str, dict[str, Any]]:
     """An Ollama ``/api/generate`` body as ``(llama-server path, body)``.
 
-    ``template`` is ignored: llama-server applies the model's own chat template. ``context`` is
-    ignored too: it holds token ids from an earlier Ollama reply, and llama-server's prompt cache
-    already reuses a repeated prefix, so replaying it would gain nothing.
-    """
+    Raw prompts, and all prompts of a model without a chat template (``templated`` false), go to
+    the native ``/completion`` as they are, not through llama-server's ChatML fallback. The route
+    lays ``context`` in front (``proxy/ollama_generate.py``); ``template`` is ignored."""
     model = _model(body)
     prompt = body.get("prompt") or ""
     if not isinstance(prompt, str):
@@ -363,7 +364,7 @@ def ollama_generate_to_openai(body: Mapping[str, Any]) -> tuple[str, dict[str, A
     suffix = body.get("suffix")
     if suffix is not None and not isinstance(suffix, str):
         raise TranslateError("suffix must be a string")
-    if suffix or body.get("raw"):
+    if suffix or body.get("raw") or not templated:
         native: dict[str, Any] = {"model": model, "stream": _stream(body)}
         if suffix:
             path = "/infill"

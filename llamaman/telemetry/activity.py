@@ -23,6 +23,7 @@ from llamaman.core.exchange import Exchange
 from llamaman.core.identity import Identity, current_identity
 from llamaman.core.runtime import RuntimeConfig
 from llamaman.core.tables import RequestLog
+from llamaman.telemetry.activity_query import ERROR_CHARS, model_label
 from llamaman.telemetry.energy import EnergyAttributor, Span
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class Finished:
     def row(self) -> RequestLog:
         return RequestLog(
             ts=self.ts,
-            model=self.model[:255],
+            model=model_label(self.model)[:255],
             endpoint=self.endpoint[:255],
             key_name=self.key_name,
             status=self.status,
@@ -61,6 +62,7 @@ class Finished:
             ttft_ms=_round(self.ttft_ms),
             duration_ms=round(self.duration_ms, 3),
             tokens_per_s=_round(self.tokens_per_s),
+            error=self.error[:ERROR_CHARS] if self.error else None,
         )
 
 

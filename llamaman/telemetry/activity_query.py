@@ -54,7 +54,7 @@ class ActivityFilters:
     def clauses(self) -> list[Any]:
         out: list[Any] = []
         if self.model:
-            out.append(col(RequestLog.model) == self.model)
+            out.append(col(RequestLog.model) == model_label(self.model))
         if self.endpoint:
             out.append(col(RequestLog.endpoint) == self.endpoint)
         if self.key_name:
@@ -82,6 +82,18 @@ def _status_clauses(s: str) -> list[Any]:
     raise FilterError(f"status: expected a code (200), a class (5xx), 'ok' or 'error', got {s!r}")
 
 
+# A refusal's or failure's message as kept on its row.
+ERROR_CHARS = 1000
+
+
+def model_label(name: str) -> str:
+    """One name per model in the log: the playground names a file (``name.gguf``), clients name the
+    model (``name``, ``name:latest``); all of them are logged and filtered as ``name``."""
+    name = name.strip()
+    name = name.removesuffix(":latest")
+    return name[: -len(".gguf")] if name.lower().endswith(".gguf") else name
+
+
 def row_dict(r: RequestLog) -> dict[str, Any]:
     return {
         "id": r.id,
@@ -97,6 +109,7 @@ def row_dict(r: RequestLog) -> dict[str, Any]:
         "duration_ms": r.duration_ms,
         "tokens_per_s": r.tokens_per_s,
         "energy_j": r.energy_j,
+        "error": r.error,
     }
 
 
@@ -114,6 +127,7 @@ ACTIVITY_COLUMNS = [
     "duration_ms",
     "tokens_per_s",
     "energy_j",
+    "error",
 ]
 SUMMARY_COLUMNS = [
     "model",

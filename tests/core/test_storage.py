@@ -391,9 +391,9 @@ def test_request_log_ids_count_up(db: Database) -> None:
 async def test_runtime_settings_are_stored_and_loaded_again(
     db: Database, make_settings: Callable[..., Settings]
 ) -> None:
-    settings = make_settings(LLAMAMAN_MAX_MODELS=1)
+    settings = make_settings()
     runtime = RuntimeConfig(settings, db, EventBus())
-    assert (await runtime.load()).max_models == 1
+    assert (await runtime.load()).max_models == 0
     await runtime.update({"max_models": 2, "evict_manual": True})
     with pytest.raises(ValidationError):
         await runtime.update({"max_models": -3})
@@ -401,6 +401,9 @@ async def test_runtime_settings_are_stored_and_loaded_again(
     again = RuntimeConfig(settings, db, EventBus())
     loaded = await again.load()
     assert (loaded.max_models, loaded.evict_manual) == (2, True)
+    # An environment variable set on purpose outranks the saved value.
+    pinned = await RuntimeConfig(make_settings(LLAMAMAN_MAX_MODELS=1), db, EventBus()).load()
+    assert (pinned.max_models, pinned.evict_manual) == (1, True)
 
 
 async def test_presets_are_saved_merged_listed_and_deleted(db: Database) -> None:
