@@ -9,6 +9,7 @@ from typing import Any
 from nicegui import ui
 
 from components import fmt
+from components.a11y import named
 from components.dialogs import confirm
 from components.gauges import UsageBar
 from components.log_view import LogView
@@ -57,13 +58,13 @@ class InstanceCard:
                     with self.sub:
                         self.sub_tip = ui.tooltip("")
                 self.stop_btn = ui.button(icon="stop_circle", on_click=lambda: on_stop(self.id))
-                self.stop_btn.props("flat round dense color=warning").mark("stop").tooltip("Stop")
+                named(self.stop_btn.props("flat round dense color=warning").mark("stop"), "Stop")
                 restart = ui.button(icon="restart_alt", on_click=lambda: on_restart(self.id))
-                restart.props("flat round dense color=primary").mark("restart").tooltip("Restart")
+                named(restart.props("flat round dense color=primary").mark("restart"), "Restart")
                 remove = ui.button(icon="delete", on_click=self._confirm_remove)
-                remove.props("flat round dense color=negative").mark("remove").tooltip("Remove")
+                named(remove.props("flat round dense color=negative").mark("remove"), "Remove")
             self.progress = ui.linear_progress(show_value=False, size="4px").props(
-                "indeterminate color=orange"
+                'indeterminate color=orange aria-label="Loading the model"'
             )
             self.error = ui.label("").classes("text-sm text-negative lm-mono").style("white-space: pre-wrap")
             with ui.row().classes("w-full items-center gap-x-4 gap-y-1"):

@@ -8,11 +8,13 @@ from typing import Any
 from nicegui import ui
 
 from components import fmt
+from components.a11y import named
 from components.dialogs import confirm
 
 SORTS = {"name": "Name", "size": "Size", "newest": "Newest", "params": "Parameters"}
 FILTERS = {"all": "All", "chat": "Chat", "embedding": "Embedding", "vision": "Vision"}
-CAP_COLORS = {"chat": "indigo", "embedding": "teal", "vision": "purple", "tools": "orange"}
+# Dark shades: outline badges show their colour as text, which must reach 4.5:1 on white.
+CAP_COLORS = {"chat": "indigo-9", "embedding": "teal-9", "vision": "purple-9", "tools": "orange-10"}
 
 
 def capabilities(entry: Any) -> list[str]:
@@ -56,9 +58,9 @@ class ModelLibraryView:
                 ui.space()
                 self.count = ui.label("").classes("text-xs opacity-70")
                 rescan = ui.button(icon="refresh", on_click=on_rescan).props("flat round dense")
-                rescan.tooltip("Rescan MODELS_DIR")
+                named(rescan, "Rescan MODELS_DIR")
             ui.input(placeholder="Search models", on_change=self._set_query).props(
-                "dense outlined clearable debounce=150"
+                'dense outlined clearable debounce=150 type=search aria-label="Search models"'
             ).classes("w-full").mark("library-search")
             with ui.row().classes("w-full no-wrap gap-2"):
                 ui.select(SORTS, value="name", label="Sort", on_change=self._set_sort).props(
@@ -137,17 +139,17 @@ class ModelLibraryView:
                 if m.launchable:
                     go = ui.button(icon="rocket_launch", on_click=lambda m=m: self.on_launch(m))
                     go.props("flat round dense color=primary").mark(f"launch-{m.rel_path}")
-                    go.tooltip(f"Launch {m.name}")
+                    named(go, f"Launch {m.name}")
                 rm = ui.button(icon="delete", on_click=lambda m=m: self._confirm_delete(m))
                 rm.props("flat round dense color=negative").mark(f"delete-{m.rel_path}")
-                rm.tooltip(f"Delete {m.name}")
+                named(rm, f"Delete {m.name}")
             with ui.row().classes("gap-1"):
                 for cap in capabilities(m):
-                    ui.badge(cap, color=CAP_COLORS.get(cap, "grey")).props("outline")
+                    ui.badge(cap, color=CAP_COLORS.get(cap, "grey-8")).props("outline")
                 if m.mmproj:
-                    ui.badge("mmproj", color="purple").props("outline").tooltip(m.mmproj)
+                    ui.badge("mmproj", color="purple-9").props("outline").tooltip(m.mmproj)
                 if m.parts:
-                    ui.badge(f"{len(m.parts)} parts", color="grey").props("outline")
+                    ui.badge(f"{len(m.parts)} parts", color="grey-8").props("outline")
             if m.error:
                 ui.label(m.error).classes("text-xs text-negative")
 

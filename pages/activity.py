@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from nicegui import ui
 
 from components import fmt
+from components.a11y import named
 from components.data_table import table
 from llamaman.services import Services
 from pages.shell import Shell, fail
@@ -71,7 +72,7 @@ class ActivityPanel:
             self.model = ui.input("Model").props("dense outlined clearable debounce=300").classes("w-48")
             self.status = ui.select(STATUS, value="", label="Status").props("dense outlined").classes("w-32")
             self.auto = ui.switch("Live", value=True)
-            ui.button(icon="refresh", on_click=self.refresh).props("flat round")
+            named(ui.button(icon="refresh", on_click=self.refresh).props("flat round"), "Refresh")
         self.model.on_value_change(self.refresh)
         self.status.on_value_change(self.refresh)
         ui.label("Per model").classes("text-subtitle1")

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from nicegui import ui
 
 from components import fmt
+from components.a11y import named
 from components.data_table import table
 from components.dialogs import confirm
 from llamaman.services import Services
@@ -119,10 +120,11 @@ class KeysPanel:
                        :color="{active: 'positive', revoked: 'grey', expired: 'orange'}[props.value]
                                || 'blue-grey'" />
               <q-btn v-if="props.value == 'active' || props.value == 'expired'" flat dense round size="sm"
-                     icon="tune" @click="() => $parent.$emit('limits', props.row)">
+                     icon="tune" aria-label="Change limits" @click="() => $parent.$emit('limits', props.row)">
                 <q-tooltip>Change limits</q-tooltip></q-btn>
               <q-btn v-if="props.value == 'active'" flat dense round size="sm" icon="block" color="negative"
-                     @click="() => $parent.$emit('revoke', props.row)"><q-tooltip>Revoke</q-tooltip></q-btn>
+                     aria-label="Revoke" @click="() => $parent.$emit('revoke', props.row)">
+                <q-tooltip>Revoke</q-tooltip></q-btn>
             </q-td>
             """,
         )
@@ -178,7 +180,7 @@ class KeysPanel:
                     ui.clipboard.write(secret)
                     ui.notify("Copied", type="positive")
 
-                ui.button(icon="content_copy", on_click=copy).props("flat round").tooltip("Copy")
+                named(ui.button(icon="content_copy", on_click=copy).props("flat round"), "Copy the key")
             with ui.row().classes("w-full justify-end"):
                 ui.button("Done", on_click=dialog.close)
         dialog.on("hide", dialog.delete)

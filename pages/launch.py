@@ -12,6 +12,7 @@ from nicegui import ui
 from pydantic import ValidationError
 
 from components import fmt
+from components.a11y import named
 from components.model_form import ModelForm
 from llamaman.instances.launch import LaunchSettings, build_argv
 from llamaman.instances.supervisor import InstanceError
@@ -82,6 +83,8 @@ class LaunchPanel:
                     ui.label("Command").classes("text-subtitle2")
                     self.command = ui.code("", language="bash").classes("w-full text-xs lm-wrap")
                     self.command.mark("command")
+                    if getattr(self.command, "copy_button", None) is not None:
+                        named(self.command.copy_button, "Copy the command")
             with ui.row().classes("w-full justify-end gap-2"):
                 ui.button("Reset", icon="undo", on_click=self._reset).props("flat")
                 ui.button("Load preset", icon="file_open", on_click=self._load_preset).props("outline")

@@ -9,6 +9,7 @@ from typing import Any
 
 from nicegui import ui
 
+from components.a11y import named
 from components.dialogs import confirm
 from llamaman.auth.accounts import AccountError, AuthService, LoginThrottled, role_of
 from llamaman.core.identity import ROLES, Identity
@@ -108,12 +109,11 @@ class UsersCard:
             async def set_role(e: Any, name: str = name) -> None:
                 await self._guarded(self.auth.set_role(name, e.value), f"{name} is now {e.value}")
 
-            ui.select(list(ROLES), value=role, on_change=set_role).props("dense outlined").classes(
-                "w-28"
-            ).mark(f"role-{name}")
-            ui.button(icon="delete", on_click=lambda name=name: self.remove(name)).props(
-                "flat round dense color=negative"
-            ).mark(f"remove-{name}")
+            role_select = ui.select(list(ROLES), value=role, on_change=set_role)
+            role_select.props("dense outlined").classes("w-28").mark(f"role-{name}")
+            role_select.props["aria-label"] = f"Role of {name}"
+            remove = ui.button(icon="delete", on_click=lambda name=name: self.remove(name))
+            named(remove.props("flat round dense color=negative").mark(f"remove-{name}"), f"Remove {name}")
 
     async def _guarded(self, change: Any, done: str) -> None:
         try:
