@@ -13,11 +13,12 @@ from fastapi import Request
 from fastapi.responses import Response
 from nicegui import ui
 
+from components.connection import ConnectionPanel
 from components.instance_card import InstanceCard
 from llamaman.instances.supervisor import InstanceError
 from llamaman.services import Services
 from pages.library import library_drawer
-from pages.shell import Shell, fail, subscribe
+from pages.shell import Shell, client_endpoint, fail, subscribe
 
 
 class InstancesPanel:
@@ -138,5 +139,15 @@ def register(services: Services, shell: Shell) -> None:
         if redirect is not None:
             return redirect
         with shell.frame("/", user=user, drawer=library_drawer(services)):
+            with (
+                ui.expansion("Connect a client", icon="cable")
+                .classes("w-full")
+                .props("dense header-class=text-subtitle1")
+            ):
+                ConnectionPanel(
+                    client_endpoint(services, request),
+                    note="Point Ollama or OpenAI clients here; model endpoints need an API key "
+                    "(API keys page) while require-auth is on.",
+                )
             InstancesPanel(services, shell)
         return None
