@@ -37,6 +37,7 @@ class InstanceCard:
         on_remove: Action,
         cpu_count: int,
         ram_total: int | None,
+        on_edit: Callable[[str], None] | None = None,
     ) -> None:
         self.id: str = view["id"]
         self.cpu_count = max(cpu_count, 1)
@@ -61,6 +62,9 @@ class InstanceCard:
                 named(self.stop_btn.props("flat round dense color=warning").mark("stop"), "Stop")
                 restart = ui.button(icon="restart_alt", on_click=lambda: on_restart(self.id))
                 named(restart.props("flat round dense color=primary").mark("restart"), "Restart")
+                if on_edit is not None:
+                    edit = ui.button(icon="edit", on_click=lambda: on_edit(self.id))
+                    named(edit.props("flat round dense color=primary").mark("edit"), "Edit and relaunch")
                 remove = ui.button(icon="delete", on_click=self._confirm_remove)
                 named(remove.props("flat round dense color=negative").mark("remove"), "Remove")
             self.progress = ui.linear_progress(show_value=False, size="4px").props(

@@ -14,7 +14,13 @@ from components.dialogs import confirm
 SORTS = {"name": "Name", "size": "Size", "newest": "Newest", "params": "Parameters"}
 FILTERS = {"all": "All", "chat": "Chat", "embedding": "Embedding", "vision": "Vision"}
 # Dark shades: outline badges show their colour as text, which must reach 4.5:1 on white.
-CAP_COLORS = {"chat": "indigo-9", "embedding": "teal-9", "vision": "purple-9", "tools": "orange-10"}
+# What the library says about a model's instances (the worst-first pick is made by the page).
+RUN_STATES = {
+    "healthy": ("loaded", "green-9"),
+    "starting": ("loading", "deep-orange-10"),
+    "sleeping": ("sleeping", "blue-grey-8"),
+}
+CAP_COLORS = {"chat": "indigo-9", "embedding": "teal-9", "vision": "purple-9", "tools": "deep-orange-10"}
 
 
 def capabilities(entry: Any) -> list[str]:
@@ -44,7 +50,13 @@ class ModelLibraryView:
         on_delete: Callable[[Any], Awaitable[None]],
         on_rescan: Callable[[], Awaitable[None]],
         selected: str | None = None,
+        on_load: Callable[[Any], Awaitable[None]] | None = None,
+        on_unload: Callable[[Any], Awaitable[None]] | None = None,
+        states: dict[str, str] | None = None,
     ) -> None:
+        self.on_load = on_load
+        self.on_unload = on_unload
+        self.states: dict[str, str] = states or {}
         self.models = models
         self.on_launch = on_launch
         self.on_delete = on_delete
@@ -83,6 +95,12 @@ class ModelLibraryView:
     def _set_filter(self, e: Any) -> None:
         self.filter = e.value
         self.render()
+
+    def set_states(self, states: dict[str, str]) -> None:
+        """Instance states by model path (``healthy``, ``starting``, ``sleeping``)."""
+        if states != self.states:
+            self.states = dict(states)
+            self.render()
 
     def set_models(self, models: list[Any]) -> None:
         self.models = models
@@ -136,14 +154,30 @@ class ModelLibraryView:
                     ui.label(f"{layers or fmt.DASH} layers · ctx {fmt.count(ctx)}").classes(
                         "text-xs opacity-80"
                     )
+                state = self.states.get(m.rel_path)
+                if state in RUN_STATES and self.on_unload is not None:
+                    off = ui.button(icon="eject", on_click=lambda m=m: self.on_unload(m))  # type: ignore[misc]
+                    named(
+                        off.props("flat round dense color=warning").mark(f"unload-{m.rel_path}"),
+                        f"Unload {m.name}",
+                    )
+                elif m.launchable and self.on_load is not None:
+                    on = ui.button(icon="play_arrow", on_click=lambda m=m: self.on_load(m))  # type: ignore[misc]
+                    named(
+                        on.props("flat round dense color=positive").mark(f"load-{m.rel_path}"),
+                        f"Load {m.name} (its preset or defaults)",
+                    )
                 if m.launchable:
                     go = ui.button(icon="rocket_launch", on_click=lambda m=m: self.on_launch(m))
                     go.props("flat round dense color=primary").mark(f"launch-{m.rel_path}")
-                    named(go, f"Launch {m.name}")
+                    named(go, f"Launch {m.name} with chosen settings")
                 rm = ui.button(icon="delete", on_click=lambda m=m: self._confirm_delete(m))
                 rm.props("flat round dense color=negative").mark(f"delete-{m.rel_path}")
                 named(rm, f"Delete {m.name}")
             with ui.row().classes("gap-1"):
+                if state in RUN_STATES:
+                    text, color = RUN_STATES[state]
+                    ui.badge(text, color=color).mark(f"state-{m.rel_path}")
                 for cap in capabilities(m):
                     ui.badge(cap, color=CAP_COLORS.get(cap, "grey-8")).props("outline")
                 if m.mmproj:

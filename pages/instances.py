@@ -6,6 +6,7 @@ that change continuously (uptime, CPU, RAM, request counters).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -14,10 +15,11 @@ from fastapi.responses import Response
 from nicegui import ui
 
 from components.connection import ConnectionPanel
+from components.dialogs import confirm
 from components.instance_card import InstanceCard
 from llamaman.instances.supervisor import InstanceError
 from llamaman.services import Services
-from pages.library import library_drawer
+from pages.library import LIVE, launch_url, library_drawer
 from pages.shell import Shell, client_endpoint, fail, subscribe
 
 
@@ -30,6 +32,8 @@ class InstancesPanel:
             ui.label("Instances").classes("text-h6")
             self.summary = ui.label("").classes("text-sm opacity-75")
             ui.space()
+            self.stop_all_btn = ui.button("Stop all", icon="stop_circle", on_click=self.confirm_stop_all)
+            self.stop_all_btn.props("outline color=warning").mark("stop-all")
             ui.button("Launch", icon="rocket_launch", on_click=lambda: ui.navigate.to("/launch"))
         self.empty = ui.label(
             "Nothing running. Pick a model in the library (left) or open Launch; models requested "
@@ -56,6 +60,7 @@ class InstancesPanel:
                 on_stop=self.stop,
                 on_restart=self.restart,
                 on_remove=self.remove,
+                on_edit=self.edit,
                 cpu_count=cpus,
                 ram_total=ram,
             )
@@ -69,6 +74,7 @@ class InstancesPanel:
         states = [m.state.value for m in self.services.supervisor.list()]
         self.empty.visible = not states
         healthy = states.count("healthy")
+        self.stop_all_btn.enabled = any(s in LIVE for s in states)
         self.summary.text = f"{len(states)} in all, {healthy} healthy" if states else ""
 
     def sync(self) -> None:
@@ -121,6 +127,29 @@ class InstancesPanel:
             fail(f"{what.capitalize()} failed: {exc.message}")
         except Exception as exc:
             fail(f"{what.capitalize()} failed: {exc}")
+
+    def confirm_stop_all(self) -> None:
+        live = [m for m in self.services.supervisor.list() if m.state.value in LIVE]
+        if not live:
+            ui.notify("Nothing is running", type="info")
+            return
+        confirm(
+            f"Stop all {len(live)} running instance(s)?",
+            [f"{m.record.model_name} on port {m.record.port}" for m in live],
+            "Stop all",
+            self.stop_all,
+            color="warning",
+        )
+
+    async def stop_all(self) -> None:
+        live = [m for m in self.services.supervisor.list() if m.state.value in LIVE]
+        await asyncio.gather(*(self._act("stop", m.id) for m in live))
+        ui.notify(f"Stopped {len(live)} instance(s)", type="positive")
+
+    def edit(self, instance_id: str) -> None:
+        m = self.services.supervisor.instances.get(instance_id)
+        if m is not None:
+            ui.navigate.to(f"{launch_url(m.record.model_path)}&instance={instance_id}")
 
     async def stop(self, instance_id: str) -> None:
         await self._act("stop", instance_id)
