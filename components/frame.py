@@ -20,6 +20,7 @@ NAV: list[tuple[str, str, str]] = [
     ("/activity", "Activity", "timeline"),
     ("/keys", "API keys", "key"),
     ("/settings", "Settings", "settings"),
+    ("/system", "System", "build"),
 ]
 
 

@@ -38,6 +38,7 @@ class InstanceCard:
         cpu_count: int,
         ram_total: int | None,
         on_edit: Callable[[str], None] | None = None,
+        on_download_log: Callable[[str], None] | None = None,
     ) -> None:
         self.id: str = view["id"]
         self.cpu_count = max(cpu_count, 1)
@@ -79,6 +80,10 @@ class InstanceCard:
                 self.ram = UsageBar("RAM", "w-28")
             with ui.expansion("Log", icon="article", value=True).classes("w-full").props("dense"):
                 self.log = LogView(log_lines, height="11rem")
+                if on_download_log is not None:
+                    ui.button(
+                        "Download log", icon="download", on_click=lambda: on_download_log(self.id)
+                    ).props("flat dense no-caps").mark("download-log")
         self.update(view)
 
     @staticmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 from fastapi import Request
@@ -61,6 +62,7 @@ class InstancesPanel:
                 on_restart=self.restart,
                 on_remove=self.remove,
                 on_edit=self.edit,
+                on_download_log=self.download_log,
                 cpu_count=cpus,
                 ram_total=ram,
             )
@@ -145,6 +147,15 @@ class InstancesPanel:
         live = [m for m in self.services.supervisor.list() if m.state.value in LIVE]
         await asyncio.gather(*(self._act("stop", m.id) for m in live))
         ui.notify(f"Stopped {len(live)} instance(s)", type="positive")
+
+    def download_log(self, instance_id: str) -> None:
+        m = self.services.supervisor.instances.get(instance_id)
+        if m is None:
+            fail("That instance is gone")
+            return
+        text = "\n".join(m.proc.tail(100_000)) + "\n"
+        name = f"{m.record.model_name}-{instance_id}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        ui.download.content(text.encode(), name, "text/plain")
 
     def edit(self, instance_id: str) -> None:
         m = self.services.supervisor.instances.get(instance_id)
