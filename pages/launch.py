@@ -76,7 +76,11 @@ class LaunchPanel:
                 .classes("w-full")
                 .mark("launch-model")
             )
-            self.form = ModelForm(LaunchSettings, skip={"model_path"}, labels=LABELS, on_change=self.refresh)
+            cfg = services.settings
+            hints = {"port": f"blank: next free port {cfg.port_range_start}-{cfg.port_range_end}"}
+            self.form = ModelForm(
+                LaunchSettings, skip={"model_path"}, labels=LABELS, on_change=self.refresh, hints=hints
+            )
             self.general_error = ui.label("").classes("text-sm text-negative")
             with ui.row().classes("w-full gap-3 items-stretch"):
                 with ui.card().props("flat bordered").classes("grow basis-64 q-pa-sm gap-1 lm-soft"):
