@@ -16,8 +16,9 @@ from llamaman.core.identity import ROLES, Identity
 from pages.shell import VIEWER_REFUSAL, fail
 
 
-def _password(label: str, marker: str) -> ui.input:
+def _password(label: str, marker: str, autocomplete: str = "new-password") -> ui.input:
     field = ui.input(label, password=True, password_toggle_button=True).props("outlined dense")
+    field.props["autocomplete"] = autocomplete  # lets password managers fill and save it
     return field.classes("w-full").mark(marker)
 
 
@@ -43,10 +44,21 @@ class AccountCard:
             ui.label("Every browser signed in as you is signed out; this one stays.").classes(
                 "text-sm opacity-75"
             )
-            current = _password("Current password", "current-password")
-            new = _password("New password", "new-password")
-            again = _password("Repeat the new password", "repeat-password")
-            error = ui.label("").classes("text-sm text-negative")
+            # A real form: password managers offer to save the new password, and Enter submits
+            # (the browser clicks the submit button, whose handler saves).
+            form = ui.element("form").classes("w-full column gap-2")
+            form.on("submit", js_handler="(e) => e.preventDefault()")
+            with form:
+                ui.input(value=self.username).props(
+                    "autocomplete=username readonly aria-hidden=true"
+                ).classes("hidden")
+                current = _password("Current password", "current-password", "current-password")
+                new = _password("New password", "new-password")
+                again = _password("Repeat the new password", "repeat-password")
+                error = ui.label("").classes("text-sm text-negative").props("role=alert")
+                with ui.row().classes("w-full justify-end"):
+                    ui.button("Cancel", on_click=dialog.close).props("flat")
+                    ui.button("Change", on_click=lambda: save()).props("type=submit").mark("save-password")
 
             async def save() -> None:
                 error.text = ""
@@ -66,9 +78,6 @@ class AccountCard:
                 # This page's session ended with the others: a fresh one comes with the sign-in ticket.
                 ui.navigate.to(self.auth.session_url(user, next="/settings"))
 
-            with ui.row().classes("w-full justify-end"):
-                ui.button("Cancel", on_click=dialog.close).props("flat")
-                ui.button("Change", on_click=save).mark("save-password")
         dialog.on("hide", dialog.delete)
         dialog.open()
 
