@@ -67,8 +67,16 @@ def _axis_label(ts: float) -> str:
     return time.strftime("%H:%M", time.localtime(ts))
 
 
+# ECharts draws its labels in mid greys meant for a light page; in dark mode they are lightened.
+CHART_CSS = """
+body.body--dark .lm-chart svg text { fill: #d1d5db !important; }
+body.body--dark .lm-chart svg path[stroke="#E0E6F1"] { stroke: #374151 !important; }
+"""
+
+
 class ActivityCharts:
     def __init__(self) -> None:
+        ui.add_css(CHART_CSS)
         with ui.row().classes("w-full gap-3"):
             with ui.card().props("flat bordered").classes("grow basis-80 min-w-0 q-pa-sm"):
                 ui.label("Requests over time").classes("text-subtitle2")
@@ -88,8 +96,10 @@ class ActivityCharts:
                 "xAxis": {"type": "category", "data": []},
                 "yAxis": {"type": "value", "name": name, "minInterval": 1 if name == "Requests" else 0},
                 "series": [],
-            }
-        ).classes("w-full h-56")
+            },
+            # SVG: its text takes the page's colours (see the dark-mode rule below), canvas text cannot.
+            renderer="svg",
+        ).classes("w-full h-56 lm-chart")
         chart.props["aria-label"] = f"{name} per model over time"
         return chart
 
