@@ -37,7 +37,8 @@ class InstancesPanel:
             self.stop_all_btn.props("outline color=warning").mark("stop-all")
             ui.button("Launch", icon="rocket_launch", on_click=lambda: ui.navigate.to("/launch"))
         self.empty = ui.label(
-            "Nothing running. Pick a model in the library (left) or open Launch; models requested "
+            "Nothing running. Pick a model in the library (the menu button, top left) or open Launch; "
+            "models requested "
             "through the proxy appear here too."
         ).classes("text-sm opacity-75")
         self.grid = ui.element("div").classes("w-full grid grid-cols-1 xl:grid-cols-2 gap-3")

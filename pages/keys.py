@@ -72,6 +72,7 @@ class KeysPanel:
                     .classes("grow basis-48")
                     .mark("key-name")
                 )
+                self.name.on("keydown.enter", self.create)  # Enter creates, as in any form
                 models = sorted({m.name for m in services.library.models})
                 # Entries are glob patterns (e.g. "qwen*"): typed ones are kept as they are.
                 self.models = ui.select(

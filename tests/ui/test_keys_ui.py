@@ -124,3 +124,11 @@ async def test_a_new_key_comes_with_ready_to_paste_connection_snippets(admin: Us
         assert secret in code, title
     curl = next(iter(admin.find(marker="snippet-curl").elements)).content
     assert f"{openai_url}/chat/completions" in curl
+
+
+async def test_enter_in_the_name_creates_the_key(admin: User) -> None:
+    services = await started(admin)
+    await admin.open("/keys")
+    admin.find(marker="key-name").type("by-enter").trigger("keydown.enter")
+    await admin.should_see("shown only this once", retries=20)
+    assert [k["name"] for k in await services.auth.keys.listing()] == ["by-enter"]
