@@ -63,8 +63,10 @@ def series(rows: list[dict[str, Any]], width: int | None = None) -> Series:
     return out
 
 
-def _axis_label(ts: float) -> str:
-    return time.strftime("%H:%M", time.localtime(ts))
+def axis_label(ts: float, width: float) -> str:
+    """Seconds show when buckets are shorter than a minute, the date when they are a day long."""
+    pattern = "%H:%M:%S" if width < 60 else "%m-%d" if width >= 86400 else "%H:%M"
+    return time.strftime(pattern, time.localtime(ts))
 
 
 # ECharts draws its labels in mid greys meant for a light page; in dark mode they are lightened.
@@ -104,7 +106,8 @@ class ActivityCharts:
         return chart
 
     def set(self, s: Series) -> None:
-        labels = [_axis_label(b) for b in s.buckets]
+        width = s.buckets[1] - s.buckets[0] if len(s.buckets) > 1 else 60
+        labels = [axis_label(b, width) for b in s.buckets]
         self.requests.options["xAxis"]["data"] = labels
         self.requests.options["series"] = [
             {"name": m, "type": "bar", "stack": "all", "data": v} for m, v in s.requests.items()

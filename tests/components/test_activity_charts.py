@@ -3,7 +3,9 @@ bucket and model."""
 
 from __future__ import annotations
 
-from components.activity_charts import bucket_size, series
+import time
+
+from components.activity_charts import axis_label, bucket_size, series
 
 
 def test_requests_and_speed_per_model_per_bucket() -> None:
@@ -25,3 +27,10 @@ def test_bucket_width_grows_with_the_time_covered() -> None:
     assert bucket_size(3 * 3600) == 300
     assert bucket_size(30 * 86400) == 86400
     assert series([]).buckets == []
+
+
+def test_axis_labels_tell_buckets_apart() -> None:
+    t = time.mktime((2026, 5, 4, 13, 7, 30, 0, 0, -1))
+    assert axis_label(t, 10) == "13:07:30"
+    assert axis_label(t, 300) == "13:07"
+    assert axis_label(t, 86400) == "05-04"
