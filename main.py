@@ -39,6 +39,7 @@ def serve(settings: Settings, *, native: bool = False, show_ui: bool = True) -> 
         native=native,
         storage_secret=storage_secret(settings),
         favicon="🦙",
+        language="en-US",
         dark=None,
         # Pages bind UI elements to each other (pushed at once) and follow service events; the
         # polling loop for other bindings only costs idle CPU, so it runs rarely.

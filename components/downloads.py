@@ -9,6 +9,7 @@ from typing import Any
 from nicegui import ui
 
 from components import fmt
+from components.a11y import named
 from components.log_view import LogView
 
 STATUS_COLORS = {
@@ -142,14 +143,15 @@ class DownloadCard:
                     self.title = ui.label("").classes("text-subtitle1 text-weight-medium ellipsis w-full")
                     self.sub = ui.label("").classes("text-xs opacity-75 lm-mono ellipsis w-full")
                 self.cancel_btn = ui.button(icon="cancel", on_click=lambda: on_cancel(self.id))
-                self.cancel_btn.props("flat round dense color=warning").tooltip(
-                    "Cancel (removes partial data)"
-                )
+                self.cancel_btn.props("flat round dense color=warning")
+                named(self.cancel_btn, "Cancel (removes partial data)")
                 self.resume_btn = ui.button(icon="play_arrow", on_click=lambda: on_resume(self.id))
-                self.resume_btn.props("flat round dense color=primary").tooltip("Resume")
+                named(self.resume_btn.props("flat round dense color=primary"), "Resume")
                 rm = ui.button(icon="delete", on_click=lambda: on_remove(self.id))
-                rm.props("flat round dense color=negative").tooltip("Remove from the list")
-            self.bar = ui.linear_progress(value=0, show_value=False, size="10px").props("rounded")
+                named(rm.props("flat round dense color=negative"), "Remove from the list")
+            self.bar = ui.linear_progress(value=0, show_value=False, size="10px").props(
+                'rounded aria-label="Download progress"'
+            )
             with ui.row().classes("w-full gap-4 text-sm lm-mono"):
                 self.bytes = ui.label("")
                 self.speed = ui.label("")

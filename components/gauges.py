@@ -45,9 +45,12 @@ class UsageBar:
                 ui.label(label).classes("opacity-80")
                 self.text = ui.label(fmt.DASH).classes("font-mono whitespace-nowrap")
             self.bar = ui.linear_progress(value=0, show_value=False, size="6px").props("rounded")
+            self.label = label
+            self.bar.props["aria-label"] = label
 
     def set(self, fraction: float | None, text: str) -> None:
         self.text.text = text
+        self.bar.props["aria-valuetext"] = f"{self.label}: {text}"
         value = 0.0 if fraction is None else max(0.0, min(1.0, fraction))
         self.bar.value = value
         self.bar.props["color"] = _color(value)
@@ -60,6 +63,7 @@ class GpuGauge:
         with ui.row().classes("items-center gap-1 no-wrap") as self.box:
             self.ring = ui.circular_progress(value=0, min=0, max=1, show_value=False, size="34px")
             self.ring.props("thickness=0.3 track-color=grey-5")
+            self.ring.props["aria-label"] = f"{reading.name} memory"
             with ui.column().classes("gap-0 text-xs leading-tight"):
                 self.title = ui.label(reading.name).classes("font-medium max-w-40 ellipsis")
                 self.mem = ui.label(fmt.DASH).classes("font-mono")

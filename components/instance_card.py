@@ -9,6 +9,7 @@ from typing import Any
 from nicegui import ui
 
 from components import fmt
+from components.a11y import named
 from components.dialogs import confirm
 from components.gauges import UsageBar
 from components.log_view import LogView
@@ -36,6 +37,8 @@ class InstanceCard:
         on_remove: Action,
         cpu_count: int,
         ram_total: int | None,
+        on_edit: Callable[[str], None] | None = None,
+        on_download_log: Callable[[str], None] | None = None,
     ) -> None:
         self.id: str = view["id"]
         self.cpu_count = max(cpu_count, 1)
@@ -57,13 +60,16 @@ class InstanceCard:
                     with self.sub:
                         self.sub_tip = ui.tooltip("")
                 self.stop_btn = ui.button(icon="stop_circle", on_click=lambda: on_stop(self.id))
-                self.stop_btn.props("flat round dense color=warning").mark("stop").tooltip("Stop")
+                named(self.stop_btn.props("flat round dense color=warning").mark("stop"), "Stop")
                 restart = ui.button(icon="restart_alt", on_click=lambda: on_restart(self.id))
-                restart.props("flat round dense color=primary").mark("restart").tooltip("Restart")
+                named(restart.props("flat round dense color=primary").mark("restart"), "Restart")
+                if on_edit is not None:
+                    edit = ui.button(icon="edit", on_click=lambda: on_edit(self.id))
+                    named(edit.props("flat round dense color=primary").mark("edit"), "Edit and relaunch")
                 remove = ui.button(icon="delete", on_click=self._confirm_remove)
-                remove.props("flat round dense color=negative").mark("remove").tooltip("Remove")
+                named(remove.props("flat round dense color=negative").mark("remove"), "Remove")
             self.progress = ui.linear_progress(show_value=False, size="4px").props(
-                "indeterminate color=orange"
+                'indeterminate color=orange aria-label="Loading the model"'
             )
             self.error = ui.label("").classes("text-sm text-negative lm-mono").style("white-space: pre-wrap")
             with ui.row().classes("w-full items-center gap-x-4 gap-y-1"):
@@ -74,6 +80,10 @@ class InstanceCard:
                 self.ram = UsageBar("RAM", "w-28")
             with ui.expansion("Log", icon="article", value=True).classes("w-full").props("dense"):
                 self.log = LogView(log_lines, height="11rem")
+                if on_download_log is not None:
+                    ui.button(
+                        "Download log", icon="download", on_click=lambda: on_download_log(self.id)
+                    ).props("flat dense no-caps").mark("download-log")
         self.update(view)
 
     @staticmethod

@@ -8,11 +8,19 @@ from typing import Any
 from nicegui import ui
 
 from components import fmt
+from components.a11y import named
 from components.dialogs import confirm
 
 SORTS = {"name": "Name", "size": "Size", "newest": "Newest", "params": "Parameters"}
 FILTERS = {"all": "All", "chat": "Chat", "embedding": "Embedding", "vision": "Vision"}
-CAP_COLORS = {"chat": "indigo", "embedding": "teal", "vision": "purple", "tools": "orange"}
+# Dark shades: outline badges show their colour as text, which must reach 4.5:1 on white.
+# What the library says about a model's instances (the worst-first pick is made by the page).
+RUN_STATES = {
+    "healthy": ("loaded", "green-9"),
+    "starting": ("loading", "deep-orange-10"),
+    "sleeping": ("sleeping", "blue-grey-8"),
+}
+CAP_COLORS = {"chat": "indigo-9", "embedding": "teal-9", "vision": "purple-9", "tools": "deep-orange-10"}
 
 
 def capabilities(entry: Any) -> list[str]:
@@ -42,7 +50,13 @@ class ModelLibraryView:
         on_delete: Callable[[Any], Awaitable[None]],
         on_rescan: Callable[[], Awaitable[None]],
         selected: str | None = None,
+        on_load: Callable[[Any], Awaitable[None]] | None = None,
+        on_unload: Callable[[Any], Awaitable[None]] | None = None,
+        states: dict[str, str] | None = None,
     ) -> None:
+        self.on_load = on_load
+        self.on_unload = on_unload
+        self.states: dict[str, str] = states or {}
         self.models = models
         self.on_launch = on_launch
         self.on_delete = on_delete
@@ -56,9 +70,9 @@ class ModelLibraryView:
                 ui.space()
                 self.count = ui.label("").classes("text-xs opacity-70")
                 rescan = ui.button(icon="refresh", on_click=on_rescan).props("flat round dense")
-                rescan.tooltip("Rescan MODELS_DIR")
+                named(rescan, "Rescan MODELS_DIR")
             ui.input(placeholder="Search models", on_change=self._set_query).props(
-                "dense outlined clearable debounce=150"
+                'dense outlined clearable debounce=150 type=search aria-label="Search models"'
             ).classes("w-full").mark("library-search")
             with ui.row().classes("w-full no-wrap gap-2"):
                 ui.select(SORTS, value="name", label="Sort", on_change=self._set_sort).props(
@@ -81,6 +95,12 @@ class ModelLibraryView:
     def _set_filter(self, e: Any) -> None:
         self.filter = e.value
         self.render()
+
+    def set_states(self, states: dict[str, str]) -> None:
+        """Instance states by model path (``healthy``, ``starting``, ``sleeping``)."""
+        if states != self.states:
+            self.states = dict(states)
+            self.render()
 
     def set_models(self, models: list[Any]) -> None:
         self.models = models
@@ -134,20 +154,36 @@ class ModelLibraryView:
                     ui.label(f"{layers or fmt.DASH} layers · ctx {fmt.count(ctx)}").classes(
                         "text-xs opacity-80"
                     )
+                state = self.states.get(m.rel_path)
+                if state in RUN_STATES and self.on_unload is not None:
+                    off = ui.button(icon="eject", on_click=lambda m=m: self.on_unload(m))  # type: ignore[misc]
+                    named(
+                        off.props("flat round dense color=warning").mark(f"unload-{m.rel_path}"),
+                        f"Unload {m.name}",
+                    )
+                elif m.launchable and self.on_load is not None:
+                    on = ui.button(icon="play_arrow", on_click=lambda m=m: self.on_load(m))  # type: ignore[misc]
+                    named(
+                        on.props("flat round dense color=positive").mark(f"load-{m.rel_path}"),
+                        f"Load {m.name} (its preset or defaults)",
+                    )
                 if m.launchable:
                     go = ui.button(icon="rocket_launch", on_click=lambda m=m: self.on_launch(m))
                     go.props("flat round dense color=primary").mark(f"launch-{m.rel_path}")
-                    go.tooltip(f"Launch {m.name}")
+                    named(go, f"Launch {m.name} with chosen settings")
                 rm = ui.button(icon="delete", on_click=lambda m=m: self._confirm_delete(m))
                 rm.props("flat round dense color=negative").mark(f"delete-{m.rel_path}")
-                rm.tooltip(f"Delete {m.name}")
+                named(rm, f"Delete {m.name}")
             with ui.row().classes("gap-1"):
+                if state in RUN_STATES:
+                    text, color = RUN_STATES[state]
+                    ui.badge(text, color=color).mark(f"state-{m.rel_path}")
                 for cap in capabilities(m):
-                    ui.badge(cap, color=CAP_COLORS.get(cap, "grey")).props("outline")
+                    ui.badge(cap, color=CAP_COLORS.get(cap, "grey-8")).props("outline")
                 if m.mmproj:
-                    ui.badge("mmproj", color="purple").props("outline").tooltip(m.mmproj)
+                    ui.badge("mmproj", color="purple-9").props("outline").tooltip(m.mmproj)
                 if m.parts:
-                    ui.badge(f"{len(m.parts)} parts", color="grey").props("outline")
+                    ui.badge(f"{len(m.parts)} parts", color="grey-8").props("outline")
             if m.error:
                 ui.label(m.error).classes("text-xs text-negative")
 

@@ -23,9 +23,10 @@ class LogView:
         with ui.column().classes("w-full gap-1"):
             with ui.row().classes("w-full items-center no-wrap gap-2"):
                 ui.input(placeholder="Search log", on_change=self._search).props(
-                    "dense outlined clearable debounce=200"
+                    'dense outlined clearable debounce=200 type=search aria-label="Search log"'
                 ).classes("grow").mark("log-search")
                 self.pause_btn = ui.button(icon="pause", on_click=self.toggle_pause).props("flat round dense")
+                self.pause_btn.props["aria-label"] = "Pause the log"
                 with self.pause_btn:
                     self.pause_tip = ui.tooltip("Pause")
                 self.follow_box = ui.checkbox("Auto-scroll", value=True, on_change=self._follow).props(
@@ -35,7 +36,8 @@ class LogView:
                 ui.scroll_area().classes("w-full lm-log lm-soft rounded-borders").style(f"height: {height}")
             )
             with self.area:
-                self.body = ui.column().classes("w-full gap-0")
+                # Focusable, so the keyboard can scroll the log (arrow keys, Page Up/Down).
+                self.body = ui.column().classes("w-full gap-0").props('tabindex=0 role=log aria-label="Log"')
         self.rebuild()
 
     def _matches(self, line: str) -> bool:
@@ -78,6 +80,7 @@ class LogView:
         self.paused = not self.paused
         self.pause_btn.props["icon"] = "play_arrow" if self.paused else "pause"
         self.pause_tip.text = "Resume" if self.paused else "Pause"
+        self.pause_btn.props["aria-label"] = "Resume the log" if self.paused else "Pause the log"
         if not self.paused:
             self.rebuild()
 

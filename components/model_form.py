@@ -55,8 +55,10 @@ class ModelForm:
         passwords: frozenset[str] = frozenset(),
         on_change: Callable[[], None] | None = None,
         columns: int = 3,
+        hints: dict[str, str] | None = None,
     ) -> None:
         self.model = model
+        self.hints = hints or {}
         self.labels = labels or {}
         self.suffixes = suffixes or {}
         self.passwords = passwords
@@ -69,7 +71,11 @@ class ModelForm:
         plain = {n: f for n, f in fields.items() if not self._is_model(f)}
         switches = {n: f for n, f in plain.items() if _base_type(f.annotation)[0] is bool}
         with ui.column().classes("w-full gap-2"):
-            with ui.grid(columns=columns).classes("w-full gap-x-4 gap-y-1"):
+            # One column on phones, two on tablets, ``columns`` on wide screens.
+            wide = {1: "", 2: "sm:grid-cols-2", 3: "sm:grid-cols-2 lg:grid-cols-3"}.get(
+                columns, "sm:grid-cols-2"
+            )
+            with ui.element("div").classes(f"w-full grid grid-cols-1 {wide} gap-x-4 gap-y-3"):
                 for name, field in plain.items():
                     if name not in switches:
                         self._add(name, field)
@@ -85,7 +91,9 @@ class ModelForm:
                             ui.label(field.description or sub_model.__doc__ or "").classes(
                                 "text-xs opacity-70"
                             )
-                        self.nested[name] = ModelForm(sub_model, on_change=on_change, columns=columns)
+                        self.nested[name] = ModelForm(
+                            sub_model, on_change=on_change, columns=columns, hints=self.hints
+                        )
 
     @staticmethod
     def _is_model(field: FieldInfo) -> bool:
@@ -104,13 +112,16 @@ class ModelForm:
             else ("off" if default is False else "on" if default is True else default)
         )
         tip = f"{field.description or label}. Default: {shown if shown != '' else 'empty'}."
+        # What the value means, visible under the field without hovering (hints fit one field's width).
+        meaning = self.hints.get(name) or field.description
+        hint = f"{meaning} (default {shown if shown != '' else 'empty'})" if meaning else f"default: {shown}"
         if typ is bool:
             el = ui.switch(label, value=bool(default), on_change=self._changed)
         elif typ in (int, float):
             el = ui.number(label, value=default, on_change=self._changed)
             el.props("dense outlined")
             # Values go in as values: a props string built from data is parsed as markup.
-            el.props["hint"] = f"default: {shown}"
+            el.props["hint"] = hint
             if typ is int:
                 el.props("step=1")
             if optional:
@@ -124,7 +135,7 @@ class ModelForm:
                 on_change=self._changed,
             )
             el.props("dense outlined")
-            el.props["hint"] = f"default: {shown if shown != '' else 'empty'}"
+            el.props["hint"] = hint
             if optional:
                 el.props("clearable")
         if typ is not bool:

@@ -7,6 +7,9 @@ launches two models and sends some traffic over REST; then signs in with headles
 
     python docs/take_screenshots.py            # all pages into docs/screenshots
     python docs/take_screenshots.py --quick --out /tmp/shots   # sign-in and instances only
+
+Besides the desktop window it captures a 390 px phone (``*-phone.png``) and the dark theme
+(``*-dark.png``) of the main pages.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ sys.argv = [sys.argv[1]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+PHONE = (390, 844)
 
 
 @contextlib.contextmanager
@@ -253,6 +257,9 @@ def capture(base: str, out: Path, profile: Path, quick: bool, window: tuple[int,
         driver.get(f"{base}/settings")
         wait_for(driver, "input", 20)
         shots.append(shoot(driver, out, "settings", full=True))
+        driver.get(f"{base}/system")
+        wait_for(driver, "body", 20, text="LlamaMan log")
+        shots.append(shoot(driver, out, "system", settle=1.5))
         # The theme toggle cycles auto → dark → light; one click gives the dark theme.
         driver.get(f"{base}/")
         wait_for(driver, "body", 20, text="healthy")
@@ -261,8 +268,51 @@ def capture(base: str, out: Path, profile: Path, quick: bool, window: tuple[int,
         driver.refresh()  # the choice is remembered per browser; a reload also drops the tooltip
         wait_for(driver, "body", 20, text="healthy")
         shots.append(shoot(driver, out, "instances-dark", settle=2.0))
+        for page, name in (("/playground", "playground-dark"), ("/activity", "activity-dark")):
+            driver.get(base + page)
+            wait_for(driver, "h1", 20)
+            shots.append(shoot(driver, out, name, settle=2.0))
     except Exception:
         shoot(driver, out, "failed-here", settle=0)  # what the browser showed when it gave up
+        raise
+    finally:
+        driver.quit()
+    return shots
+
+
+def capture_phone(base: str, out: Path, profile: Path) -> list[Path]:
+    """The main pages on a 390 px phone (mobile viewport), light, then the instances page dark."""
+    from selenium.webdriver.common.by import By
+
+    driver = browser(profile, PHONE)
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": PHONE[0], "height": PHONE[1], "deviceScaleFactor": 2, "mobile": True},
+    )
+    shots: list[Path] = []
+    try:
+        driver.get(f"{base}/")
+        wait_for(driver, "input", 30)
+        shots.append(shoot(driver, out, "login-phone"))
+        sign_in(driver, base)
+        wait_for(driver, "body", 30, text="healthy")
+        shots.append(shoot(driver, out, "instances-phone", settle=2.5))
+        for page in ("launch", "playground", "activity", "keys"):
+            driver.get(f"{base}/{page}")
+            wait_for(driver, "h1", 20)
+            shots.append(shoot(driver, out, f"{page}-phone", settle=2.0))
+        driver.get(f"{base}/")
+        wait_for(driver, "body", 20, text="healthy")
+        driver.find_element(By.CSS_SELECTOR, "[aria-label='Account and theme']").click()
+        time.sleep(0.6)
+        shots.append(shoot(driver, out, "menu-phone", settle=0.5))
+        driver.find_element(By.XPATH, "//*[starts-with(normalize-space(.), 'Theme:')]").click()
+        time.sleep(0.5)
+        driver.refresh()
+        wait_for(driver, "body", 20, text="healthy")
+        shots.append(shoot(driver, out, "instances-phone-dark", settle=2.0))
+    except Exception:
+        shoot(driver, out, "failed-here-phone", settle=0)
         raise
     finally:
         driver.quit()
@@ -299,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             with running_app(tmp, hub.url if hub else None, args.fake_gpus) as base:
                 seed(base, args.quick, hub)
                 shots = capture(base, args.out, tmp / "chromium", args.quick, window)
+                if not args.quick:
+                    shots += capture_phone(base, args.out, tmp / "chromium-phone")
         finally:
             if hub is not None:
                 hub.stop()

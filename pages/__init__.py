@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from llamaman.services import Services
-from pages import activity, auth, downloads, instances, keys, launch, playground, settings
+from pages import activity, auth, downloads, instances, keys, launch, playground, settings, system
 from pages.shell import Shell
 
 
 def register(services: Services) -> None:
     shell = Shell(services)
-    for module in (auth, instances, launch, downloads, playground, activity, keys, settings):
+    for module in (auth, instances, launch, downloads, playground, activity, keys, settings, system):
         module.register(services, shell)

@@ -11,6 +11,8 @@ from fastapi.responses import Response
 from nicegui import ui
 
 from components import fmt
+from components.a11y import named
+from components.activity_charts import ActivityCharts, load_ms, series
 from components.data_table import table
 from llamaman.services import Services
 from pages.shell import Shell, fail
@@ -18,13 +20,23 @@ from pages.shell import Shell, fail
 RECENT = [
     ("when", "Time"), ("model", "Model"), ("endpoint", "Endpoint"), ("key_name", "Key"), ("status", "Status"),
     ("prompt_tokens", "Prompt"), ("completion_tokens", "Completion"), ("ttft", "TTFT"),
-    ("tps", "Tokens/s"), ("duration", "Duration"), ("energy", "Energy"),
+    ("tps", "Tokens/s"), ("duration", "Duration"), ("load", "Model load"), ("energy", "Energy"),
+    ("reason", "Reason"),
 ]  # fmt: skip
 SUMMARY = [
     ("model", "Model"), ("requests", "Requests"), ("errors", "Errors"), ("total_tokens", "Tokens"),
     ("ttft", "Mean TTFT"), ("tps", "Tokens/s"), ("energy", "J / 1k tokens"),
 ]  # fmt: skip
-STATUS = {"": "All", "ok": "OK", "error": "Errors", "4xx": "4xx", "5xx": "5xx"}
+STATUS = {
+    "": "All",
+    "ok": "OK",
+    "error": "Errors (refused or failed)",
+    "4xx": "Refused (4xx)",
+    "5xx": "Failed (5xx)",
+}
+EXPORT_LIMIT = 100_000
+# Field names under which the activity API may give why a request was refused or failed.
+REASON_FIELDS = ("error", "reason", "error_message")
 
 
 def _ms(v: float | None) -> str:
@@ -44,6 +56,8 @@ def _recent_row(r: dict[str, Any]) -> dict[str, Any]:
         "tps": _num(r.get("tokens_per_s")),
         "duration": _ms(r.get("duration_ms")),
         "energy": _num(r.get("energy_j"), " J"),
+        "load": f"cold start {wait / 1000:.1f} s" if (wait := load_ms(r)) else "",
+        "reason": next((str(r[f]) for f in REASON_FIELDS if r.get(f)), ""),
     }
 
 
@@ -67,13 +81,21 @@ class ActivityPanel:
         with ui.row().classes("w-full items-center gap-3"):
             ui.label("Activity").classes("text-h6")
             self.total = ui.label("").classes("text-sm opacity-75")
-            ui.space()
-            self.model = ui.input("Model").props("dense outlined clearable debounce=300").classes("w-48")
-            self.status = ui.select(STATUS, value="", label="Status").props("dense outlined").classes("w-32")
+        with ui.row().classes("w-full items-center gap-3"):
+            models = sorted({m.name for m in services.library.models})
+            self.model = ui.input("Model", autocomplete=models).props("dense outlined clearable debounce=300")
+            self.model.classes("w-48 max-w-full").mark("activity-model")
+            self.key = ui.input("Key name").props("dense outlined clearable debounce=300")
+            self.key.classes("w-48 max-w-full").mark("activity-key")
+            self.status = ui.select(STATUS, value="", label="Status").props("dense outlined").classes("w-56")
+            self.status.mark("activity-status")
             self.auto = ui.switch("Live", value=True)
-            ui.button(icon="refresh", on_click=self.refresh).props("flat round")
+            named(ui.button(icon="refresh", on_click=self.refresh).props("flat round"), "Refresh")
+            ui.button("CSV", icon="download", on_click=self.export).props("outline").mark("activity-csv")
         self.model.on_value_change(self.refresh)
+        self.key.on_value_change(self.refresh)
         self.status.on_value_change(self.refresh)
+        self.charts = ActivityCharts()
         ui.label("Per model").classes("text-subtitle1")
         self.summary = table(SUMMARY, [], row_key="id")
         ui.label("Recent requests").classes("text-subtitle1")
@@ -85,11 +107,30 @@ class ActivityPanel:
         if self.auto.value:
             await self.refresh()
 
+    def filters(self) -> Any:
+        return self.q.ActivityFilters(
+            model=(self.model.value or "").strip() or None,
+            key_name=(self.key.value or "").strip() or None,
+            status=self.status.value or None,
+        )
+
+    async def export(self) -> None:
+        """The filtered log as CSV, the same columns as GET /api/activity.csv."""
+        try:
+            rows, _ = await asyncio.to_thread(
+                self.q.query_rows, self.activity.db, self.filters(), EXPORT_LIMIT, 0
+            )
+            text = self.q.to_csv([self.q.row_dict(r) for r in rows], self.q.ACTIVITY_COLUMNS)
+        except Exception as exc:
+            fail(f"Could not export the activity log: {exc}")
+            return
+        ui.download.content(
+            text.encode(), f"llamaman-activity-{time.strftime('%Y%m%d-%H%M%S')}.csv", "text/csv"
+        )
+
     async def refresh(self) -> None:
         try:
-            filters = self.q.ActivityFilters(
-                model=(self.model.value or "").strip() or None, status=self.status.value or None
-            )
+            filters = self.filters()
             flush = getattr(self.activity, "flush", None)
             if flush is not None:
                 await flush()
@@ -99,7 +140,9 @@ class ActivityPanel:
             fail(f"Could not read the activity log: {exc}")
             self.auto.value = False
             return
-        self.recent.rows = [_recent_row(self.q.row_dict(r)) for r in rows]
+        dicts = [self.q.row_dict(r) for r in rows]
+        self.recent.rows = [_recent_row(d) for d in dicts]
+        self.charts.set(series(dicts))
         self.summary.rows = [_summary_row(r) for r in summary]
         self.total.text = f"{fmt.count(total)} request(s) logged" + (
             ", newest 200 shown" if total > 200 else ""

@@ -6,28 +6,38 @@ browser is sent to the auth service's one-time session URL, which sets the cooki
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse
 from nicegui import ui
 
+from components.a11y import heading
 from components.frame import apply_theme
 from llamaman.services import Services
 from pages.shell import Shell, fail
 
 
-def _card(title: str, subtitle: str) -> ui.card:
+@contextmanager
+def _card(title: str, subtitle: str) -> Iterator[ui.element]:
+    """A centred card holding a real ``<form>``: password managers recognise it, and Enter in a field
+    clicks its submit button (the browser's implicit submission), whose handler does the work."""
     apply_theme()
-    with ui.column().classes("w-full items-center q-mt-xl"):
+    ui.page_title(f"{title} · LlamaMan")
+    with ui.column().classes("w-full items-center q-mt-xl q-px-sm"):
         card = ui.card().props("bordered").classes("w-96 max-w-full q-pa-lg gap-3")
         with card:
             with ui.row().classes("items-center gap-1"):
-                ui.icon("pets", size="1.8rem", color="primary")
+                ui.icon("pets", size="1.8rem", color="primary").props('aria-hidden="true"')
                 ui.label("LlamaMan").classes("text-h5 text-weight-bold")
-            ui.label(title).classes("text-h6")
+            heading(title, 1)
             ui.label(subtitle).classes("text-sm opacity-75")
-    return card
+            form = ui.element("form").classes("w-full column gap-3")
+            form.on("submit", js_handler="(e) => e.preventDefault()")  # the click handler submits
+            with form:
+                yield form
 
 
 def register(services: Services, shell: Shell) -> None:
@@ -37,14 +47,22 @@ def register(services: Services, shell: Shell) -> None:
         if not auth.needs_setup():
             return RedirectResponse("/login", status_code=303)
         with _card("Create the first admin", "This account manages LlamaMan. You can add API keys later."):
-            username = ui.input("Username").props("outlined dense autofocus").classes("w-full")
-            password = (
-                ui.input("Password", password=True, password_toggle_button=True)
-                .props("outlined dense")
+            username = (
+                ui.input("Username")
+                .props('outlined dense autofocus autocomplete="username"')
                 .classes("w-full")
             )
-            again = ui.input("Repeat password", password=True).props("outlined dense").classes("w-full")
-            error = ui.label("").classes("text-sm text-negative")
+            password = (
+                ui.input("Password", password=True, password_toggle_button=True)
+                .props('outlined dense autocomplete="new-password"')
+                .classes("w-full")
+            )
+            again = (
+                ui.input("Repeat password", password=True)
+                .props('outlined dense autocomplete="new-password"')
+                .classes("w-full")
+            )
+            error = ui.label("").classes("text-sm text-negative").props('role="alert"')
 
             async def create() -> None:
                 error.text = ""
@@ -60,8 +78,8 @@ def register(services: Services, shell: Shell) -> None:
                     return
                 ui.navigate.to(auth.session_url(user, next="/"))
 
-            again.on("keydown.enter", create)
-            ui.button("Create admin", on_click=create).classes("w-full").mark("create-admin")
+            create_btn = ui.button("Create admin", on_click=create).props("type=submit")
+            create_btn.classes("w-full").mark("create-admin")
         return None
 
     @ui.page("/login")
@@ -71,13 +89,17 @@ def register(services: Services, shell: Shell) -> None:
             return RedirectResponse("/setup", status_code=303)
         ip = auth.client_address(request)
         with _card("Sign in", "Use your LlamaMan account."):
-            username = ui.input("Username").props("outlined dense autofocus").classes("w-full")
-            password = (
-                ui.input("Password", password=True, password_toggle_button=True)
-                .props("outlined dense")
+            username = (
+                ui.input("Username")
+                .props('outlined dense autofocus autocomplete="username" name="username"')
                 .classes("w-full")
             )
-            error = ui.label("").classes("text-sm text-negative")
+            password = (
+                ui.input("Password", password=True, password_toggle_button=True)
+                .props('outlined dense autocomplete="current-password" name="password"')
+                .classes("w-full")
+            )
+            error = ui.label("").classes("text-sm text-negative").props('role="alert"')
 
             async def sign_in() -> None:
                 error.text = ""
@@ -93,6 +115,6 @@ def register(services: Services, shell: Shell) -> None:
                     return
                 ui.navigate.to(auth.session_url(user, next=next))
 
-            password.on("keydown.enter", sign_in)
-            ui.button("Sign in", on_click=sign_in).classes("w-full").mark("sign-in")
+            # type=submit: the form's submit handler runs (for a click and for Enter alike).
+            ui.button("Sign in", on_click=sign_in).props("type=submit").classes("w-full").mark("sign-in")
         return None

@@ -6,19 +6,23 @@ that change continuously (uptime, CPU, RAM, request counters).
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
 from nicegui import ui
 
+from components.connection import ConnectionPanel
+from components.dialogs import confirm
 from components.instance_card import InstanceCard
 from components.memory_bar import MemoryBars
 from llamaman.instances.supervisor import InstanceError
 from llamaman.services import Services
-from pages.library import library_drawer
-from pages.shell import Shell, fail, subscribe
+from pages.library import LIVE, launch_url, library_drawer
+from pages.shell import Shell, client_endpoint, fail, subscribe
 
 
 class InstancesPanel:
@@ -30,11 +34,14 @@ class InstancesPanel:
             ui.label("Instances").classes("text-h6")
             self.summary = ui.label("").classes("text-sm opacity-75")
             ui.space()
+            self.stop_all_btn = ui.button("Stop all", icon="stop_circle", on_click=self.confirm_stop_all)
+            self.stop_all_btn.props("outline color=warning").mark("stop-all")
             ui.button("Launch", icon="rocket_launch", on_click=lambda: ui.navigate.to("/launch"))
         self.memory = MemoryBars()
         self.memory.update(services.router.placement_view()["devices"])
         self.empty = ui.label(
-            "Nothing running. Pick a model in the library (left) or open Launch; models requested "
+            "Nothing running. Pick a model in the library (the menu button, top left) or open Launch; "
+            "models requested "
             "through the proxy appear here too."
         ).classes("text-sm opacity-75")
         self.grid = ui.element("div").classes("w-full grid grid-cols-1 xl:grid-cols-2 gap-3")
@@ -58,6 +65,8 @@ class InstancesPanel:
                 on_stop=self.stop,
                 on_restart=self.restart,
                 on_remove=self.remove,
+                on_edit=self.edit,
+                on_download_log=self.download_log,
                 cpu_count=cpus,
                 ram_total=ram,
             )
@@ -71,6 +80,7 @@ class InstancesPanel:
         states = [m.state.value for m in self.services.supervisor.list()]
         self.empty.visible = not states
         healthy = states.count("healthy")
+        self.stop_all_btn.enabled = any(s in LIVE for s in states)
         self.summary.text = f"{len(states)} in all, {healthy} healthy" if states else ""
 
     def sync(self) -> None:
@@ -125,6 +135,38 @@ class InstancesPanel:
         except Exception as exc:
             fail(f"{what.capitalize()} failed: {exc}")
 
+    def confirm_stop_all(self) -> None:
+        live = [m for m in self.services.supervisor.list() if m.state.value in LIVE]
+        if not live:
+            ui.notify("Nothing is running", type="info")
+            return
+        confirm(
+            f"Stop all {len(live)} running instance(s)?",
+            [f"{m.record.model_name} on port {m.record.port}" for m in live],
+            "Stop all",
+            self.stop_all,
+            color="warning",
+        )
+
+    async def stop_all(self) -> None:
+        live = [m for m in self.services.supervisor.list() if m.state.value in LIVE]
+        await asyncio.gather(*(self._act("stop", m.id) for m in live))
+        ui.notify(f"Stopped {len(live)} instance(s)", type="positive")
+
+    def download_log(self, instance_id: str) -> None:
+        m = self.services.supervisor.instances.get(instance_id)
+        if m is None:
+            fail("That instance is gone")
+            return
+        text = "\n".join(m.proc.tail(100_000)) + "\n"
+        name = f"{m.record.model_name}-{instance_id}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        ui.download.content(text.encode(), name, "text/plain")
+
+    def edit(self, instance_id: str) -> None:
+        m = self.services.supervisor.instances.get(instance_id)
+        if m is not None:
+            ui.navigate.to(f"{launch_url(m.record.model_path)}&instance={instance_id}")
+
     async def stop(self, instance_id: str) -> None:
         await self._act("stop", instance_id)
 
@@ -142,5 +184,15 @@ def register(services: Services, shell: Shell) -> None:
         if redirect is not None:
             return redirect
         with shell.frame("/", user=user, drawer=library_drawer(services)):
+            with (
+                ui.expansion("Connect a client", icon="cable")
+                .classes("w-full")
+                .props("dense header-class=text-subtitle1")
+            ):
+                ConnectionPanel(
+                    client_endpoint(services, request),
+                    note="Point Ollama or OpenAI clients here; model endpoints need an API key "
+                    "(API keys page) while require-auth is on.",
+                )
             InstancesPanel(services, shell)
         return None

@@ -6,6 +6,7 @@ days and have a daily token quota."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
@@ -13,10 +14,12 @@ from fastapi.responses import Response
 from nicegui import ui
 
 from components import fmt
+from components.a11y import named
+from components.connection import ConnectionPanel, Endpoint
 from components.data_table import table
 from components.dialogs import confirm
 from llamaman.services import Services
-from pages.shell import Shell, fail
+from pages.shell import Shell, client_endpoint, fail
 
 COLUMNS = [
     ("name", "Name"), ("prefix_shown", "Key"), ("scope", "Scope"), ("models", "Models"),
@@ -56,9 +59,10 @@ def _row(k: dict[str, Any]) -> dict[str, Any]:
 
 
 class KeysPanel:
-    def __init__(self, services: Services, auth: Any) -> None:
+    def __init__(self, services: Services, auth: Any, endpoint: Callable[[str], Endpoint]) -> None:
         self.services = services
         self.keys = auth.keys
+        self.endpoint = endpoint
         with ui.card().props("flat bordered").classes("w-full q-pa-md gap-2"):
             ui.label("New API key").classes("text-h6")
             with ui.row().classes("w-full items-start gap-3"):
@@ -68,6 +72,7 @@ class KeysPanel:
                     .classes("grow basis-48")
                     .mark("key-name")
                 )
+                self.name.on("keydown.enter", self.create)  # Enter creates, as in any form
                 models = sorted({m.name for m in services.library.models})
                 # Entries are glob patterns (e.g. "qwen*"): typed ones are kept as they are.
                 self.models = ui.select(
@@ -119,10 +124,11 @@ class KeysPanel:
                        :color="{active: 'positive', revoked: 'grey', expired: 'orange'}[props.value]
                                || 'blue-grey'" />
               <q-btn v-if="props.value == 'active' || props.value == 'expired'" flat dense round size="sm"
-                     icon="tune" @click="() => $parent.$emit('limits', props.row)">
+                     icon="tune" aria-label="Change limits" @click="() => $parent.$emit('limits', props.row)">
                 <q-tooltip>Change limits</q-tooltip></q-btn>
               <q-btn v-if="props.value == 'active'" flat dense round size="sm" icon="block" color="negative"
-                     @click="() => $parent.$emit('revoke', props.row)"><q-tooltip>Revoke</q-tooltip></q-btn>
+                     aria-label="Revoke" @click="() => $parent.$emit('revoke', props.row)">
+                <q-tooltip>Revoke</q-tooltip></q-btn>
             </q-td>
             """,
         )
@@ -164,21 +170,22 @@ class KeysPanel:
         await self.refresh()
 
     def show_once(self, name: str, secret: str) -> None:
-        with ui.dialog().props("persistent") as dialog, ui.card().classes("min-w-96"):
+        with ui.dialog().props("persistent") as dialog, ui.card().classes("w-full max-w-3xl"):
             ui.label(f"API key '{name}'").classes("text-h6")
             ui.label("Copy it now: it is shown only this once and cannot be retrieved later.").classes(
                 "text-sm text-warning"
             )
             with ui.row().classes("w-full no-wrap items-center gap-2"):
-                ui.input(value=secret).props("outlined dense readonly").classes("grow lm-mono").mark(
-                    "new-key"
-                )
+                ui.input("The new key", value=secret).props("outlined dense readonly").classes(
+                    "grow lm-mono"
+                ).mark("new-key")
 
                 def copy() -> None:
                     ui.clipboard.write(secret)
                     ui.notify("Copied", type="positive")
 
-                ui.button(icon="content_copy", on_click=copy).props("flat round").tooltip("Copy")
+                named(ui.button(icon="content_copy", on_click=copy).props("flat round"), "Copy the key")
+            ConnectionPanel(self.endpoint(secret), note="Ready to paste, with this key filled in:")
             with ui.row().classes("w-full justify-end"):
                 ui.button("Done", on_click=dialog.close)
         dialog.on("hide", dialog.delete)
@@ -254,6 +261,6 @@ def register(services: Services, shell: Shell) -> None:
         if redirect is not None:
             return redirect
         with shell.frame("/keys", user=user):
-            panel = KeysPanel(services, services.auth)
+            panel = KeysPanel(services, services.auth, lambda key: client_endpoint(services, request, key))
             await panel.refresh()
         return None

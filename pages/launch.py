@@ -12,12 +12,14 @@ from nicegui import ui
 from pydantic import ValidationError
 
 from components import fmt
+from components.a11y import named
+from components.dialogs import confirm
 from components.model_form import ModelForm
 from llamaman.instances.launch import LaunchSettings, build_argv
 from llamaman.instances.supervisor import InstanceError
 from llamaman.library.catalog import LibraryError, ModelEntry, estimate_memory
 from llamaman.services import Services
-from pages.library import launch_url, library_drawer
+from pages.library import launch_url, library_drawer, running_instances
 from pages.shell import Shell, fail
 
 LABELS = {
@@ -52,8 +54,10 @@ def _cache_types(argv: list[str]) -> dict[str, str]:
 
 
 class LaunchPanel:
-    def __init__(self, services: Services, model: str | None) -> None:
+    def __init__(self, services: Services, model: str | None, instance: str | None = None) -> None:
         self.services = services
+        # Editing a running instance: its settings fill the form, and Launch replaces it.
+        self.replacing = services.supervisor.instances.get(instance) if instance else None
         self.entry: ModelEntry | None = None
         self.preset: dict[str, Any] | None = None
         launchable = [m for m in services.library.models if m.launchable]
@@ -72,7 +76,11 @@ class LaunchPanel:
                 .classes("w-full")
                 .mark("launch-model")
             )
-            self.form = ModelForm(LaunchSettings, skip={"model_path"}, labels=LABELS, on_change=self.refresh)
+            cfg = services.settings
+            hints = {"port": f"blank: next free port {cfg.port_range_start}-{cfg.port_range_end}"}
+            self.form = ModelForm(
+                LaunchSettings, skip={"model_path"}, labels=LABELS, on_change=self.refresh, hints=hints
+            )
             self.general_error = ui.label("").classes("text-sm text-negative")
             with ui.row().classes("w-full gap-3 items-stretch"):
                 with ui.card().props("flat bordered").classes("grow basis-64 q-pa-sm gap-1 lm-soft"):
@@ -82,13 +90,23 @@ class LaunchPanel:
                     ui.label("Command").classes("text-subtitle2")
                     self.command = ui.code("", language="bash").classes("w-full text-xs lm-wrap")
                     self.command.mark("command")
+                    if getattr(self.command, "copy_button", None) is not None:
+                        named(self.command.copy_button, "Copy the command")
             with ui.row().classes("w-full justify-end gap-2"):
                 ui.button("Reset", icon="undo", on_click=self._reset).props("flat")
                 ui.button("Load preset", icon="file_open", on_click=self._load_preset).props("outline")
                 ui.button("Save preset", icon="save", on_click=self._save_preset).props("outline")
-                self.launch_btn = ui.button("Launch", icon="rocket_launch", on_click=self._launch)
+                self.launch_btn = ui.button(
+                    "Relaunch" if self.replacing else "Launch", icon="rocket_launch", on_click=self._launch
+                ).mark("launch")
         if initial:
             self._select(initial)
+        if self.replacing is not None:
+            self.form.set_values(self.replacing.settings.model_dump(exclude={"model_path"}))
+            self.preset_note.text = (
+                f"editing {self.replacing.record.model_name} on port {self.replacing.record.port}: "
+                "Relaunch stops it and starts these settings"
+            )
         self.refresh()
 
     # ---- model -------------------------------------------------------------------------------
@@ -236,8 +254,31 @@ class LaunchPanel:
         if ls is None:
             fail("Fix the highlighted settings first")
             return
+        running = [
+            m for m in running_instances(self.services, self.entry.rel_path) if m is not self.replacing
+        ]
+        if running:
+            where = ", ".join(f"port {m.record.port} ({m.state.value})" for m in running)
+            confirm(
+                f"{self.entry.name} already runs",
+                [
+                    f"It runs on {where}.",
+                    "Another instance loads the model a second time and takes memory of its own.",
+                ],
+                "Launch another",
+                lambda: self._launch_now(ls),
+                color="warning",
+            )
+            return
+        await self._launch_now(ls)
+
+    async def _launch_now(self, ls: LaunchSettings) -> None:
         self.launch_btn.props("loading")
         try:
+            if self.replacing is not None:
+                # Its port and memory are freed first, so the new settings can take them.
+                await self.services.supervisor.remove(self.replacing.id)
+                self.replacing = None
             m = await self.services.supervisor.launch(ls)
         except InstanceError as exc:
             fail(f"Launch failed: {exc.message}")
@@ -253,7 +294,9 @@ class LaunchPanel:
 
 def register(services: Services, shell: Shell) -> None:
     @ui.page("/launch")
-    async def launch_page(request: Request, model: str | None = None) -> Response | None:
+    async def launch_page(
+        request: Request, model: str | None = None, instance: str | None = None
+    ) -> Response | None:
         user, redirect = shell.guard(request)
         if redirect is not None:
             return redirect
@@ -267,5 +310,5 @@ def register(services: Services, shell: Shell) -> None:
 
         drawer = library_drawer(services, selected=model, on_launch=pick)
         with shell.frame("/launch", user=user, drawer=drawer):
-            panel = LaunchPanel(services, model)
+            panel = LaunchPanel(services, model, instance)
         return None

@@ -34,6 +34,25 @@ LABELS = {
 }
 
 
+def setting_sources(runtime: Any) -> dict[str, tuple[str, str | None]]:
+    """Per setting: where its value comes from (``env``, ``saved`` or ``default``) and, for ``env``,
+    the variable. Read from the runtime settings when they report it (as ``sources``: a mapping or
+    a method, each entry a word or ``{"source": ..., "env": ...}``); empty when they do not."""
+    raw = getattr(runtime, "sources", None)
+    if callable(raw):
+        raw = raw()
+    out: dict[str, tuple[str, str | None]] = {}
+    for name, entry in (raw or {}).items() if isinstance(raw, dict) else ():
+        if isinstance(entry, dict):
+            out[name] = (str(entry.get("source") or ""), entry.get("env") or entry.get("variable"))
+        elif entry:
+            out[name] = (str(entry), None)
+    return out
+
+
+SOURCE_WORDS = {"saved": "saved here", "default": "default"}
+
+
 class SettingsPanel:
     def __init__(self, services: Services, *, read_only: bool = False) -> None:
         self.services = services
@@ -57,6 +76,25 @@ class SettingsPanel:
         self.form.clear_errors()
         self.error.text = ""
         self.form.set_values(self.services.runtime.current.public())
+        self._show_sources()
+
+    def _show_sources(self) -> None:
+        for name, (source, variable) in setting_sources(self.services.runtime).items():
+            el = self.form.inputs.get(name)
+            if el is None:
+                continue
+            if source == "env" and isinstance(el, ui.switch):
+                el.disable()
+                el.text = f"{el.text} (set by {variable or 'the environment'})"
+            elif source == "env":
+                # The environment wins over a saved value: editing here would not take effect.
+                el.props["readonly"] = True
+                el.props["hint"] = f"set by {variable or 'the environment'} (change it there)"
+                el.mark(f"field-{name}", f"from-env-{name}")
+            elif source in SOURCE_WORDS and "hint" in el.props:
+                base = str(el.props["hint"]).split(" · from: ")[0]
+                el.props["hint"] = f"{base} · from: {SOURCE_WORDS[source]}"
+            el.update()
 
     async def save(self) -> None:
         if self.read_only:

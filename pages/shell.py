@@ -15,6 +15,7 @@ from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 from nicegui import app, ui
 
+from components.connection import Endpoint
 from components.frame import FrameInfo, frame
 from components.gauges import GpuReading, SystemReading
 from llamaman.auth.sessions import SESSION_COOKIE
@@ -42,6 +43,19 @@ def _viewer_may_use(element: ui.element | None) -> bool:
             return False
         element = slot.parent if slot is not None else None
     return False
+
+
+def client_endpoint(services: Services, request: Request, key: str | None = None) -> Endpoint:
+    """The proxy as this browser reaches it: the host the browser used, the proxy's own port (or this
+    app's origin when there is no separate proxy port, since the app serves the model APIs too)."""
+    port = services.settings.proxy_port
+    scheme, host = request.url.scheme, request.url.hostname or "localhost"
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    base = f"{scheme}://{host}:{port}" if port else str(request.base_url).rstrip("/")
+    running = [m.record.model_name for m in services.supervisor.list() if m.state.value == "healthy"]
+    names = [m.name for m in services.library.models if m.launchable]
+    return Endpoint(base=base, model=next(iter(running + names), "MODEL"), key=key)
 
 
 def fail(reason: object) -> None:

@@ -9,14 +9,16 @@ from typing import Any
 
 from nicegui import ui
 
+from components.a11y import named
 from components.dialogs import confirm
 from llamaman.auth.accounts import AccountError, AuthService, LoginThrottled, role_of
 from llamaman.core.identity import ROLES, Identity
 from pages.shell import VIEWER_REFUSAL, fail
 
 
-def _password(label: str, marker: str) -> ui.input:
+def _password(label: str, marker: str, autocomplete: str = "new-password") -> ui.input:
     field = ui.input(label, password=True, password_toggle_button=True).props("outlined dense")
+    field.props["autocomplete"] = autocomplete  # lets password managers fill and save it
     return field.classes("w-full").mark(marker)
 
 
@@ -42,10 +44,21 @@ class AccountCard:
             ui.label("Every browser signed in as you is signed out; this one stays.").classes(
                 "text-sm opacity-75"
             )
-            current = _password("Current password", "current-password")
-            new = _password("New password", "new-password")
-            again = _password("Repeat the new password", "repeat-password")
-            error = ui.label("").classes("text-sm text-negative")
+            # A real form: password managers offer to save the new password, and Enter submits
+            # (the browser clicks the submit button, whose handler saves).
+            form = ui.element("form").classes("w-full column gap-2")
+            form.on("submit", js_handler="(e) => e.preventDefault()")
+            with form:
+                ui.input(value=self.username).props(
+                    "autocomplete=username readonly aria-hidden=true"
+                ).classes("hidden")
+                current = _password("Current password", "current-password", "current-password")
+                new = _password("New password", "new-password")
+                again = _password("Repeat the new password", "repeat-password")
+                error = ui.label("").classes("text-sm text-negative").props("role=alert")
+                with ui.row().classes("w-full justify-end"):
+                    ui.button("Cancel", on_click=dialog.close).props("flat")
+                    ui.button("Change", on_click=lambda: save()).props("type=submit").mark("save-password")
 
             async def save() -> None:
                 error.text = ""
@@ -65,9 +78,6 @@ class AccountCard:
                 # This page's session ended with the others: a fresh one comes with the sign-in ticket.
                 ui.navigate.to(self.auth.session_url(user, next="/settings"))
 
-            with ui.row().classes("w-full justify-end"):
-                ui.button("Cancel", on_click=dialog.close).props("flat")
-                ui.button("Change", on_click=save).mark("save-password")
         dialog.on("hide", dialog.delete)
         dialog.open()
 
@@ -108,12 +118,11 @@ class UsersCard:
             async def set_role(e: Any, name: str = name) -> None:
                 await self._guarded(self.auth.set_role(name, e.value), f"{name} is now {e.value}")
 
-            ui.select(list(ROLES), value=role, on_change=set_role).props("dense outlined").classes(
-                "w-28"
-            ).mark(f"role-{name}")
-            ui.button(icon="delete", on_click=lambda name=name: self.remove(name)).props(
-                "flat round dense color=negative"
-            ).mark(f"remove-{name}")
+            role_select = ui.select(list(ROLES), value=role, on_change=set_role)
+            role_select.props("dense outlined").classes("w-28").mark(f"role-{name}")
+            role_select.props["aria-label"] = f"Role of {name}"
+            remove = ui.button(icon="delete", on_click=lambda name=name: self.remove(name))
+            named(remove.props("flat round dense color=negative").mark(f"remove-{name}"), f"Remove {name}")
 
     async def _guarded(self, change: Any, done: str) -> None:
         try:

@@ -1,18 +1,64 @@
-"""/api/settings, /api/disk-space and /health."""
+"""/api/settings, /api/disk-space, /api/logs/llamaman (LlamaMan's own log) and /health."""
 
 from __future__ import annotations
 
+import logging
 import shutil
+import sys
+import time
+from collections import deque
 from typing import Any
 
-from fastapi import APIRouter, Body, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Body, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from llamaman import __version__
 from llamaman.api.deps import ServicesDep
 from llamaman.services import Services
 
 router = APIRouter(tags=["system"])
+
+
+class AppLog(logging.Handler):
+    """The newest lines LlamaMan logged (its ``llamaman.*`` loggers, INFO and up), kept in memory so
+    the UI and GET /api/logs/llamaman can show them without a log file."""
+
+    def __init__(self, keep: int = 5000) -> None:
+        super().__init__(logging.INFO)
+        self.lines: deque[str] = deque(maxlen=keep)
+        self.count = 0  # lines ever logged, so a reader can tell how many are new since it looked
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+            self.count += 1
+        except Exception:  # a log call must never fail the code that logs
+            self.handleError(record)
+
+    def tail(self, n: int) -> list[str]:
+        return list(self.lines)[-n:] if n else []
+
+
+APP_LOG = AppLog()
+
+
+def keep_app_log() -> AppLog:
+    """Attach ``APP_LOG`` once. With a handler of its own the ``llamaman`` logger would no longer fall
+    back to Python's last-resort handler, so warnings still reach stderr through one added here."""
+    logger = logging.getLogger("llamaman")
+    if APP_LOG not in logger.handlers:
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            logger.setLevel(logging.INFO)
+        logger.addHandler(APP_LOG)
+        if not logging.getLogger().handlers:
+            stderr = logging.StreamHandler(sys.stderr)
+            stderr.setLevel(logging.WARNING)
+            logger.addHandler(stderr)
+    return APP_LOG
+
+
+keep_app_log()
 
 
 @router.get("/health")
@@ -60,3 +106,14 @@ async def disk_space(services: ServicesDep) -> dict[str, Any]:
         "free": usage.free,
         "percent": round(usage.used / usage.total * 100, 1) if usage.total else 0.0,
     }
+
+
+@router.get("/api/logs/llamaman", tags=["system"], response_class=PlainTextResponse)
+async def llamaman_log(lines: int = Query(1000, ge=0, le=5000), download: bool = False) -> PlainTextResponse:
+    """LlamaMan's own newest log lines as text (``download=true``: as a file)."""
+    headers = {}
+    if download:
+        name = time.strftime("llamaman-%Y%m%d-%H%M%S.log")
+        headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    text = "\n".join(APP_LOG.tail(lines))
+    return PlainTextResponse(text + ("\n" if text else ""), headers=headers)

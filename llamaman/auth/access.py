@@ -114,6 +114,7 @@ RULES: tuple[Rule, ...] = (
     Rule("/models/unload", MODEL, ALL, "llama.cpp router mode: unload (what Ollama's keep_alive: 0 does)"),
     Rule("/", MODEL, PROXY, "Ollama's 'is running' probe on the proxy port (the UI's home on the main port)"),
     Rule("/api/placement", MANAGE, ALL, "memory per device and where each model lives"),
+    Rule("/api/logs/llamaman", MANAGE, ALL, "LlamaMan's own log: admin only (it names keys and paths)"),
     Rule("/api/*", MANAGE, ALL, "LlamaMan REST API, including any future /api route"),
     Rule("/docs", MANAGE, ALL, "OpenAPI docs"),
     Rule("/docs/*", MANAGE, ALL, "OpenAPI docs"),

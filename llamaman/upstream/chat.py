@@ -19,22 +19,28 @@ class ChatResult:
     ttft_ms: float | None = None
     tokens_per_s: float | None = None
     seconds: float = 0.0
+    prompt_tokens: int = 0
+    prompt_per_s: float | None = None  # llama-server's prompt processing rate, when it reports it
 
 
 class ChatStream:
     """``pieces()`` yields the answer's text as it streams (close it early with ``aclosing`` to stop);
-    ``result`` holds the figures once it is done."""
+    ``result`` holds the figures once it is done. ``raw`` sends ``body["prompt"]`` to
+    /v1/completions as it is (no chat template), for base models and template debugging."""
 
-    def __init__(self, router: Router, relay: Relay, model: str, body: dict[str, Any]) -> None:
+    def __init__(
+        self, router: Router, relay: Relay, model: str, body: dict[str, Any], *, raw: bool = False
+    ) -> None:
         self.router = router
         self.relay = relay
         self.model = model
+        self.path = "/v1/completions" if raw else "/v1/chat/completions"
         self.body = {**body, "model": model, "stream": True, "stream_options": {"include_usage": True}}
         self.result = ChatResult()
 
     async def pieces(self) -> AsyncIterator[str]:
         t0 = time.monotonic()
-        ex = Exchange(self.model, "/v1/chat/completions (playground)", stream=True)
+        ex = Exchange(self.model, f"{self.path} (playground)", stream=True)
         lease = await self.router.acquire(self.model)
         pieces = 0
         timings: dict[str, Any] = {}
@@ -42,7 +48,7 @@ class ChatStream:
             upstream = await self.relay.open(
                 lease,
                 "POST",
-                "/v1/chat/completions",
+                self.path,
                 content=json.dumps(self.body).encode(),
                 headers={"content-type": "application/json"},
             )
@@ -56,7 +62,7 @@ class ChatStream:
                     ex.absorb_usage(obj)
                     timings = obj.get("timings") or timings
                     for choice in obj.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content")
+                        piece = (choice.get("delta") or {}).get("content") or choice.get("text")
                         if piece:
                             if ex.first_byte is None:
                                 ex.first_byte = time.monotonic()
@@ -72,4 +78,11 @@ class ChatStream:
             rate = timings.get("predicted_per_second")
             if not rate and ex.first_byte and end > ex.first_byte:
                 rate = tokens / (end - ex.first_byte)
-            self.result = ChatResult(tokens, ex.ttft_ms, rate, end - t0)
+            self.result = ChatResult(
+                tokens,
+                ex.ttft_ms,
+                rate,
+                end - t0,
+                prompt_tokens=ex.prompt_tokens or timings.get("prompt_n") or 0,
+                prompt_per_s=timings.get("prompt_per_second"),
+            )

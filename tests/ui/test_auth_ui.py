@@ -30,7 +30,7 @@ async def test_setup_then_login(user: User) -> None:
     await user.should_see("root")  # the user menu
     assert not services.auth.needs_setup()
 
-    await user.open("/api/auth/logout?next=/login")  # what the menu's "Log out" opens
+    await user.open("/api/auth/logout?next=/login")  # what the menu's "Sign out" opens
     await user.should_see("Sign in")
     await user.open("/settings")  # signed out: back to the sign-in page
     await user.should_see("Use your LlamaMan account")

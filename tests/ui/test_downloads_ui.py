@@ -55,3 +55,21 @@ async def test_download_progress_appears(hub: FakeHub, admin: User) -> None:
     assert any(0 < v < 1 for v in seen), f"no intermediate progress seen: {sorted(seen)}"
     await admin.should_see("completed", retries=20)
     await admin.should_see("(100.0%)", retries=20)
+
+
+async def test_a_failed_download_keeps_its_reason_on_its_row(hub: FakeHub, admin: User) -> None:
+    services = await started(admin)
+    await services.runtime.update({"download_retries": 0})
+    hub.fail_next(50, status=500)
+    job = await services.downloads.create("user/repo", "tiny-Q4_K_M.gguf")
+    for _ in range(400):
+        if job.status == "failed":
+            break
+        await asyncio.sleep(0.05)
+    assert job.status == "failed"
+    reason = job.view().get("error")
+    assert reason
+    await admin.open("/downloads")  # a page opened later still shows why, on the row itself
+    card = next(iter(admin.find(marker=f"download-{job.id}").elements))
+    texts = [e.text for e in card.descendants() if isinstance(e, ui.label) and e.visible]
+    assert reason in texts

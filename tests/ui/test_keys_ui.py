@@ -108,3 +108,27 @@ async def test_a_keys_limits_are_changed_from_its_row(admin: User) -> None:
     assert changed.daily_token_quota == 20000 and changed.rpm_limit == 0
     assert changed.expires_at is not None and abs(changed.expires_at - (time.time() + 2 * 86400)) < 120
     assert changed.scope == "inference"
+
+
+async def test_a_new_key_comes_with_ready_to_paste_connection_snippets(admin: User) -> None:
+    await started(admin)
+    await admin.open("/keys")
+    admin.find(marker="key-name").type("scripts")
+    admin.find(marker="key-create").click()
+    await admin.should_see("shown only this once", retries=20)
+    secret = next(iter(admin.find(marker="new-key").elements)).value
+    openai_url = next(iter(admin.find(marker="url-openai").elements)).text
+    assert openai_url.endswith("/v1")
+    for title in ("Open WebUI", "curl", "Python (ollama)", "Python (openai)"):
+        code = next(iter(admin.find(marker=f"snippet-{title}").elements)).content
+        assert secret in code, title
+    curl = next(iter(admin.find(marker="snippet-curl").elements)).content
+    assert f"{openai_url}/chat/completions" in curl
+
+
+async def test_enter_in_the_name_creates_the_key(admin: User) -> None:
+    services = await started(admin)
+    await admin.open("/keys")
+    admin.find(marker="key-name").type("by-enter").trigger("keydown.enter")
+    await admin.should_see("shown only this once", retries=20)
+    assert [k["name"] for k in await services.auth.keys.listing()] == ["by-enter"]

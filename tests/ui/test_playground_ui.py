@@ -35,3 +35,43 @@ async def test_playground_streams_model_a(admin: User, llama_server_bin: str) ->
     assert want in text
     await admin.should_see("tok/s", retries=100)
     assert any(m.record.model_path == "tiny-a.gguf" for m in services.supervisor.list())
+
+
+def _reply_texts(user: User) -> list[str]:
+    return [
+        " ".join(getattr(e, "content", "") for e in r.descendants() if hasattr(e, "content"))
+        for r in user.find(marker="reply").elements
+    ]
+
+
+async def test_raw_completion_and_regenerate_replace_the_reply(admin: User, llama_server_bin: str) -> None:
+    await started(admin)
+    await admin.open("/playground")
+    select = next(iter(admin.find(marker="playground-model").elements))
+    select.value = "tiny-a.gguf"
+    await admin.should_see("Chat template: built into the model")
+    mode = next(iter(admin.find(marker="playground-mode").elements))
+    mode.value = "raw"
+    await admin.should_see("without a chat template")
+    admin.find(marker="playground-prompt").type("hello")
+    admin.find(marker="playground-send").click()
+    stats_label = next(iter(admin.find(marker="playground-stats").elements))
+    for _ in range(400):  # the stats line (prompt and generation figures) comes once the reply is done
+        if stats_label.text.startswith("prompt "):
+            break
+        await asyncio.sleep(0.05)
+    stats = stats_label.text
+    assert stats.startswith("prompt ") and "tok/s" in stats
+    first = _reply_texts(admin)
+    assert len(first) == 1 and first[0].strip() not in ("", "…")
+    admin.find(marker="regenerate").click()
+    for _ in range(200):
+        texts = _reply_texts(admin)
+        if (
+            len(texts) == 1
+            and texts[0].strip() not in ("", "…")
+            and next(iter(admin.find(marker="playground-send").elements)).visible
+        ):
+            break
+        await asyncio.sleep(0.05)
+    assert len(_reply_texts(admin)) == 1, "regenerating replaces the reply instead of adding one"

@@ -29,3 +29,21 @@ async def test_require_auth_toggle_and_inline_error(admin: User) -> None:
     await admin.should_see("less than or equal to 100", retries=20)
     admin.notify.contains("Some settings are invalid")
     assert services.runtime.current.download_retries == 3
+
+
+async def test_a_setting_from_the_environment_is_read_only_and_says_which_variable(
+    admin: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = await started(admin)
+    sources = {"max_models": {"source": "env", "env": "LLAMAMAN_MAX_MODELS"}, "cleanup_hours": "saved"}
+    monkeypatch.setattr(services.runtime, "sources", sources, raising=False)
+    await admin.open("/settings")
+    await admin.should_see(marker="from-env-max_models")
+    field = next(iter(admin.find(marker="field-max_models").elements))
+    assert field.props.get("readonly") is True
+    assert field.props["hint"] == "set by LLAMAMAN_MAX_MODELS (change it there)"
+    assert (
+        next(iter(admin.find(marker="field-cleanup_hours").elements))
+        .props["hint"]
+        .endswith("from: saved here")
+    )
