@@ -15,7 +15,7 @@ from components import fmt
 from components.data_table import table
 from components.model_form import ModelForm
 from llamaman import __version__
-from llamaman.core.runtime import RuntimeSettings
+from llamaman.core.runtime import RuntimeConfig, RuntimeSettings
 from llamaman.services import Services
 from pages.shell import VIEWER_REFUSAL, Shell, fail, viewer_may
 from pages.users import AccountCard, UsersCard
@@ -34,20 +34,14 @@ LABELS = {
 }
 
 
-def setting_sources(runtime: Any) -> dict[str, tuple[str, str | None]]:
-    """Per setting: where its value comes from (``env``, ``saved`` or ``default``) and, for ``env``,
-    the variable. Read from the runtime settings when they report it (as ``sources``: a mapping or
-    a method, each entry a word or ``{"source": ..., "env": ...}``); empty when they do not."""
-    raw = getattr(runtime, "sources", None)
-    if callable(raw):
-        raw = raw()
-    out: dict[str, tuple[str, str | None]] = {}
-    for name, entry in (raw or {}).items() if isinstance(raw, dict) else ():
-        if isinstance(entry, dict):
-            out[name] = (str(entry.get("source") or ""), entry.get("env") or entry.get("variable"))
-        elif entry:
-            out[name] = (str(entry), None)
-    return out
+def setting_sources(runtime: RuntimeConfig) -> dict[str, tuple[str, str | None]]:
+    """Per setting: where its value comes from (``env``, ``saved`` or ``default``; a command-line flag
+    counts as ``env``: both fix the value for this run) and, when fixed, the variable behind it."""
+    pinned = runtime.pinned_by()
+    return {
+        name: ("env", pinned.get(name)) if source in ("env", "flag") else (source, None)
+        for name, source in runtime.sources().items()
+    }
 
 
 SOURCE_WORDS = {"saved": "saved here", "default": "default"}

@@ -1,28 +1,24 @@
-"""Where each runtime setting comes from, read from whatever shape the runtime settings report it in."""
+"""The settings page says where each value comes from: a pinned one names its variable."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
+from llamaman.app import LlamaMan
+from llamaman.core.config import Settings
 from pages.settings import setting_sources
 
 
-class _Runtime:
-    def __init__(self, sources: Any) -> None:
-        self.sources = sources
-
-
-def test_words_and_entries_with_the_variable_are_both_read() -> None:
-    got = setting_sources(
-        _Runtime({"max_models": "saved", "hf_token": {"source": "env", "env": "HF_TOKEN"}, "x": None})
-    )
-    assert got == {"max_models": ("saved", None), "hf_token": ("env", "HF_TOKEN")}
-
-
-def test_a_method_is_called_and_a_runtime_without_sources_gives_nothing() -> None:
-    class WithMethod:
-        def sources(self) -> dict[str, str]:
-            return {"require_auth": "default"}
-
-    assert setting_sources(WithMethod()) == {"require_auth": ("default", None)}
-    assert setting_sources(object()) == {}
+async def test_a_pinned_setting_names_its_variable_and_the_others_say_default_or_saved(
+    make_settings: Callable[..., Settings],
+) -> None:
+    services = LlamaMan(make_settings(LLAMAMAN_MAX_MODELS=2))
+    await services.start()
+    try:
+        await services.runtime.update({"download_retries": 4})
+        got = setting_sources(services.runtime)
+        assert got["max_models"] == ("env", "LLAMAMAN_MAX_MODELS")
+        assert got["download_retries"] == ("saved", None)
+        assert got["evict_manual"] == ("default", None)
+    finally:
+        await services.stop()
