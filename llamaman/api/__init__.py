@@ -2,11 +2,22 @@
 
 from fastapi import APIRouter
 
-from llamaman.api import auth, backup, downloads, instances, keys, models, presets, system, telemetry
+from llamaman.api import (
+    auth,
+    backup,
+    downloads,
+    inflight,
+    instances,
+    keys,
+    models,
+    presets,
+    system,
+    telemetry,
+)
 
 
 def build_router() -> APIRouter:
     router = APIRouter()
-    for module in (instances, models, presets, system, telemetry, auth, keys, downloads, backup):
+    for module in (instances, models, presets, system, telemetry, auth, keys, downloads, backup, inflight):
         router.include_router(module.router)
     return router

@@ -103,7 +103,7 @@ async def pass_through(
         raise
     return await services.relay.forward(
         lease, "POST", path, content=content, headers=raw_forward_headers(request.scope),
-        params=upstream_params(request), style=style,
+        params=upstream_params(request), style=style, receive=request.receive,
     )  # fmt: skip
 
 
