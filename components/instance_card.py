@@ -20,6 +20,7 @@ STATUS_COLORS = {
     "stopping": "orange-8",
     "stopped": "grey",
     "failed": "negative",
+    "restarting": "deep-orange",
 }
 
 Action = Callable[[str], Awaitable[None]]
@@ -96,7 +97,8 @@ class InstanceCard:
         self.sub_tip.text = f"{v['model_path']}{behind}"
         starting = status == "starting"
         self.progress.visible = starting
-        error = v.get("error") if status == "failed" else None
+        # While it restarts after a crash the reason shows too (and the attempt it is on).
+        error = v.get("error") if status in ("failed", "restarting") else None
         self.error.text = _short(error) if error else ""
         self.error.visible = bool(error)
         self.stop_btn.enabled = status in ("starting", "healthy", "sleeping")

@@ -13,6 +13,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from nicegui import ui
 
+from components.inflight import InflightList
 from components.instance_card import InstanceCard
 from llamaman.instances.supervisor import InstanceError
 from llamaman.services import Services
@@ -35,6 +36,7 @@ class InstancesPanel:
             "through the proxy appear here too."
         ).classes("text-sm opacity-75")
         self.grid = ui.element("div").classes("w-full grid grid-cols-1 xl:grid-cols-2 gap-3")
+        InflightList(services.relay.inflight.snapshot, services.relay.inflight.cancel)
         self.sync()
         subscribe(services, "instance.", self.on_event, resync=self.sync)
         ui.timer(2.0, self.tick)

@@ -29,13 +29,11 @@ from llamaman.instances.server_log import copy_truncate, shift_backups
 log = logging.getLogger(__name__)
 S = InstanceState
 
-# Environment markers that let a later LlamaMan find the servers it started (adopt or kill them).
-
-
 _CLOSE = {"Connection": "close"}
 
 StateListener = Callable[["LlamaProcess", InstanceState, InstanceState], None]
 LineListener = Callable[["LlamaProcess", str], None]
+CrashPolicy = Callable[["LlamaProcess"], InstanceState]
 
 
 class LlamaProcess:
@@ -73,6 +71,8 @@ class LlamaProcess:
         self.ring: deque[str] = deque(maxlen=ring_lines)
         self.on_state = on_state
         self.on_line = on_line
+        # What a server that died on its own becomes (restarting or failed); failed when unset.
+        self.after_crash: CrashPolicy | None = None
         self.state = state
         # The model name the server was told to serve: the health check confirms it answers to it.
         self.alias = alias
@@ -328,7 +328,7 @@ class LlamaProcess:
                 how = f"killed by {signal.Signals(-code).name}"
         self.error = f"llama-server {how}" + (f"\n{last}" if last else "")
         self._kill_group(signal.SIGKILL)  # children it may have left behind
-        self._set_state(S.FAILED)
+        self._set_state(self.after_crash(self) if self.after_crash else S.FAILED)
 
     # ---- stop --------------------------------------------------------------------------------
     async def stop(self, final: InstanceState = S.STOPPED) -> None:

@@ -32,6 +32,7 @@ from llamaman.instances.model_files import relative_to, resolve_model
 from llamaman.instances.ownership import end_process_group, is_our_server, kill_strays, server_environment
 from llamaman.instances.ports import PortClaims, PortPoolExhausted
 from llamaman.instances.process import LlamaProcess
+from llamaman.instances.recovery import CrashRecovery, RestartPolicy
 from llamaman.instances.store import InstanceStore
 from llamaman.library.catalog import ModelLibrary
 
@@ -73,6 +74,8 @@ class Supervisor:
         self.policy = Policy(settings.models_dir.resolve(), settings.allow_unsafe_args)
         launch_policy.configure(settings.models_dir, settings.allow_unsafe_args)
         self.store = InstanceStore(db, lambda iid: iid in self.instances)
+        policy = RestartPolicy(settings.restart_max, settings.restart_backoff, settings.restart_backoff_max)
+        self.recovery = CrashRecovery(policy, self.wake)
         self._lock = asyncio.Lock()
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -92,6 +95,7 @@ class Supervisor:
 
     async def shutdown(self) -> None:
         """Stop every server (they come back at the next start: desired_running is kept)."""
+        await self.recovery.close()
         await asyncio.gather(*(self._stop_proc(m, S.STOPPED, keep_desired=True) for m in self.list()))
         for m in self.list():
             await m.proc.close()
@@ -199,6 +203,7 @@ class Supervisor:
         if refused:
             proc.error = record.error = refused
         record.command = argv
+        proc.after_crash = self.recovery.after_crash
         m = ManagedInstance(record, ls, proc)
         self.instances[record.id] = m
         return m
@@ -250,7 +255,7 @@ class Supervisor:
         r.error = proc.error
         if new == S.STARTING:
             r.started_at = proc.started_at
-        if new in (S.STOPPED, S.FAILED, S.SLEEPING):
+        if new in (S.STOPPED, S.FAILED, S.SLEEPING, S.RESTARTING):
             r.stopped_at = time.time()
             r.last_log = "\n".join(proc.tail(50))
         self._save(r)
@@ -270,6 +275,7 @@ class Supervisor:
     ) -> None:
         if not keep_desired:
             m.record.desired_running = final == S.SLEEPING
+        self.recovery.forget(m.id)
         self._before_stop(m)
         await m.proc.stop(final)
         if final == S.STOPPED:
@@ -293,7 +299,7 @@ class Supervisor:
 
     async def wake(self, instance_id: str) -> ManagedInstance:
         m = self.get(instance_id)
-        if m.state in (S.SLEEPING, S.STOPPED, S.FAILED):
+        if m.state in (S.SLEEPING, S.STOPPED, S.FAILED, S.RESTARTING):
             m.record.desired_running = True
             await self._reserve_ports(m)
             await self._open_listener(m)
@@ -332,6 +338,7 @@ class Supervisor:
 
     async def restart(self, instance_id: str) -> ManagedInstance:
         m = self.get(instance_id)
+        self.recovery.forget(m.id)
         if m.proc.running:
             self._before_stop(m)
             await m.proc.stop(S.STOPPED)
