@@ -28,6 +28,7 @@ from llamaman.instances.instance import InstanceError, ManagedInstance
 from llamaman.instances.launch import LaunchSettings, SamplingOverrides, build_argv, settings_from_record
 from llamaman.instances.launch_policy import LaunchPolicyError, Policy, check_args
 from llamaman.instances.llama_bin import LlamaServerBinary, aresolve_llama_server
+from llamaman.instances.load_progress import LoadTracker
 from llamaman.instances.model_files import relative_to, resolve_model
 from llamaman.instances.ownership import end_process_group, is_our_server, kill_strays, server_environment
 from llamaman.instances.ports import PortClaims, PortPoolExhausted
@@ -76,11 +77,13 @@ class Supervisor:
         self.store = InstanceStore(db, lambda iid: iid in self.instances)
         policy = RestartPolicy(settings.restart_max, settings.restart_backoff, settings.restart_backoff_max)
         self.recovery = CrashRecovery(policy, self.wake)
+        self.loads = LoadTracker(events, self.instances)
         self._lock = asyncio.Lock()
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.store.start()
+        self.loads.start()
         await self.resolve_binary()
         await self.restore()
 
@@ -96,6 +99,7 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Stop every server (they come back at the next start: desired_running is kept)."""
         await self.recovery.close()
+        self.loads.stop()
         await asyncio.gather(*(self._stop_proc(m, S.STOPPED, keep_desired=True) for m in self.list()))
         for m in self.list():
             await m.proc.close()

@@ -133,6 +133,11 @@ def _status_object(
     # manage it see them, with secrets masked.
     if live and identity is not None and identity.can_manage:
         status["args"] = redact_argv(list(live[0].proc.argv))
+    if value == "loading":
+        # How far the load has got (stage and fraction), as router mode reports a child's load.
+        loads = [p for m in instances if (p := services.supervisor.loads.progress(m.id)) is not None]
+        if loads:
+            status["progress"] = max(loads, key=lambda p: float(p["fraction"]))
     if value == "unloaded" and instances and all(m.state == InstanceState.FAILED for m in instances):
         status["failed"] = True
         status["exit_code"] = instances[0].proc.exit_code
