@@ -310,10 +310,20 @@ async def _loading_stream(
     yield _chunk(cid, model, {"role": "assistant", "reasoning_content": f"loading {entry.name}…"})
     acquiring = asyncio.ensure_future(lease_for(services, model))
     try:
-        while not acquiring.done():
-            await asyncio.wait({acquiring}, timeout=PROGRESS_INTERVAL)
-            if not acquiring.done():
-                yield _chunk(cid, model, {"reasoning_content": "."})
+        # A note per load stage as it is reached, and one at least every PROGRESS_INTERVAL.
+        async with services.events.subscribe("instance.progress") as stages:
+            said = None
+            while not acquiring.done():
+                stage = asyncio.ensure_future(stages.get())
+                done, _ = await asyncio.wait(
+                    {acquiring, stage}, timeout=PROGRESS_INTERVAL, return_when="FIRST_COMPLETED"
+                )
+                stage.cancel()
+                note = _load_note(services, entry)
+                # Woken by a stage: only a new one is news. By the clock: a sign of life either way.
+                if not acquiring.done() and (not done or note not in (said, ".")):
+                    said = note
+                    yield _chunk(cid, model, {"reasoning_content": note})
         try:
             lease = acquiring.result()
         except ProxyError as exc:
@@ -347,6 +357,14 @@ async def _loading_stream(
         elif not acquiring.cancelled() and acquiring.exception() is None:
             # Idempotent: a no-op when the relay already released it, the release when it never got it.
             acquiring.result().release()
+
+
+def _load_note(services: Services, entry: ModelEntry) -> str:
+    """How far the model's load has got, when its log tells; a dot otherwise."""
+    for m in services.supervisor.list():
+        if m.record.model_path == entry.rel_path and (p := services.supervisor.loads.progress(m.id)):
+            return f"\n{p['stage']} {p['fraction']:.0%}"
+    return "."
 
 
 def _error_json(message: str) -> bytes:
