@@ -109,6 +109,9 @@ class LoadTracker:
 
 
 def load_key(m: Any) -> str:
+    return key_of(m.record.model_path, m.settings)
+
+
+def key_of(model_path: str, s: Any) -> str:
     """What makes two loads alike: the model file and the settings that change a load's length."""
-    s = m.settings
-    return f"{m.record.model_path}|ctx={s.ctx_size}|ngl={s.n_gpu_layers}|{s.extra_args or ''}"
+    return f"{model_path}|ctx={s.ctx_size}|ngl={s.n_gpu_layers}|{s.extra_args or ''}"

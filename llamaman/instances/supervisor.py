@@ -10,7 +10,6 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,9 +29,10 @@ from llamaman.instances.launch_policy import LaunchPolicyError, Policy, check_ar
 from llamaman.instances.llama_bin import LlamaServerBinary, aresolve_llama_server
 from llamaman.instances.load_progress import LoadTracker
 from llamaman.instances.model_files import relative_to, resolve_model
-from llamaman.instances.ownership import end_process_group, is_our_server, kill_strays, server_environment
+from llamaman.instances.ownership import end_process_group, instance_environment, is_our_server, kill_strays
 from llamaman.instances.ports import PortClaims, PortPoolExhausted
 from llamaman.instances.process import LlamaProcess
+from llamaman.instances.prompt_cache import PromptCache
 from llamaman.instances.recovery import CrashRecovery, RestartPolicy
 from llamaman.instances.store import InstanceStore
 from llamaman.library.catalog import ModelLibrary
@@ -78,6 +78,7 @@ class Supervisor:
         policy = RestartPolicy(settings.restart_max, settings.restart_backoff, settings.restart_backoff_max)
         self.recovery = CrashRecovery(policy, self.wake)
         self.loads = LoadTracker(events, self.instances)
+        self.prompt_cache = PromptCache(settings.data_dir / "prompt-cache", http, self.instances)
         self._lock = asyncio.Lock()
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -172,7 +173,7 @@ class Supervisor:
             alias=record.model_name,
             settings=ls,
             mmproj_file=mmproj,
-            extra=self.checked_extra(ls),
+            extra=[*self.checked_extra(ls), *self.prompt_cache.args(record, ls)],
         )
 
     def _manage(
@@ -189,7 +190,7 @@ class Supervisor:
         proc = LlamaProcess(
             record.id,
             argv,
-            env=self._child_env(record, ls),
+            env=instance_environment(record.id, self._owner, ls.gpu_devices, self.settings),
             log_path=self.settings.logs_dir / f"{record.id}.log",  # type: ignore[operator]
             health_url=f"http://127.0.0.1:{listen_port}/health",
             http=self.http,
@@ -207,18 +208,10 @@ class Supervisor:
         if refused:
             proc.error = record.error = refused
         record.command = argv
-        proc.after_crash = self.recovery.after_crash
+        proc.after_crash, proc.before_healthy = self.recovery.after_crash, self.prompt_cache.restore
         m = ManagedInstance(record, ls, proc)
         self.instances[record.id] = m
         return m
-
-    def _child_env(self, record: Instance, ls: LaunchSettings) -> dict[str, str]:
-        extra = {}
-        if ls.gpu_devices:
-            extra["CUDA_VISIBLE_DEVICES"] = ls.gpu_devices
-        if self.settings.pass_hf_token and self.settings.hf_token:
-            extra["HF_TOKEN"] = self.settings.hf_token
-        return server_environment(record.id, self._owner, os.environ, extra)
 
     async def _start_proc(self, m: ManagedInstance) -> None:
         # The policy is checked again right before every spawn: a record or preset stored under an
@@ -269,8 +262,11 @@ class Supervisor:
         self.events.publish("instance.log", id=proc.instance_id, line=line)
 
     # ---- actions -----------------------------------------------------------------------------
-    async def stop(self, instance_id: str) -> ManagedInstance:
+    async def stop(self, instance_id: str, *, keep_prompt_cache: bool = False) -> ManagedInstance:
+        """Stop for good; ``keep_prompt_cache`` (an eviction) saves its slots for its next load."""
         m = self.get(instance_id)
+        if keep_prompt_cache and m.state == S.HEALTHY:
+            await self.prompt_cache.save(m)
         await self._stop_proc(m, S.STOPPED)
         return m
 
