@@ -21,6 +21,7 @@ STATUS_COLORS = {
     "stopping": "orange-8",
     "stopped": "grey",
     "failed": "negative",
+    "restarting": "deep-orange",
 }
 
 Action = Callable[[str], Awaitable[None]]
@@ -68,9 +69,10 @@ class InstanceCard:
                     named(edit.props("flat round dense color=primary").mark("edit"), "Edit and relaunch")
                 remove = ui.button(icon="delete", on_click=self._confirm_remove)
                 named(remove.props("flat round dense color=negative").mark("remove"), "Remove")
-            self.progress = ui.linear_progress(show_value=False, size="4px").props(
-                'indeterminate color=orange aria-label="Loading the model"'
+            self.progress = ui.linear_progress(value=0, show_value=False, size="6px").props(
+                'color=orange aria-label="Loading the model"'
             )
+            self.progress.mark("load-progress")
             self.error = ui.label("").classes("text-sm text-negative lm-mono").style("white-space: pre-wrap")
             with ui.row().classes("w-full items-center gap-x-4 gap-y-1"):
                 self.uptime = self._stat("Uptime")
@@ -104,9 +106,11 @@ class InstanceCard:
         )
         behind = f"; llama-server itself on {v['internal_port']}" if v.get("internal_port") else ""
         self.sub_tip.text = f"{v['model_path']}{behind}"
-        starting = status == "starting"
+        starting = status in ("starting", "restarting")
         self.progress.visible = starting
-        error = v.get("error") if status == "failed" else None
+        self._show_progress(v["model_name"], v.get("load_progress") if starting else None)
+        # While it restarts after a crash the reason shows too (and the attempt it is on).
+        error = v.get("error") if status in ("failed", "restarting") else None
         self.error.text = _short(error) if error else ""
         self.error.visible = bool(error)
         self.stop_btn.enabled = status in ("starting", "healthy", "sleeping")
@@ -122,6 +126,19 @@ class InstanceCard:
         vram = v.get("gpu_memory_bytes")
         self.vram.parent_slot.parent.visible = vram is not None  # type: ignore[union-attr]
         self.vram.text = fmt.size(vram) if vram else "0 B"
+
+    def _show_progress(self, model: str, progress: dict[str, Any] | None) -> None:
+        """How far the load has got; without a reading (a restart's wait) the bar just moves."""
+        if progress is None:
+            self.progress.props["indeterminate"] = True
+            # Set as a value, never parsed from a string: a model name must not reach the markup.
+            self.progress.props["aria-label"] = f"{model} is starting"
+            self.progress.update()
+            return
+        self.progress.props.pop("indeterminate", None)
+        self.progress.value = float(progress.get("fraction") or 0)
+        self.progress.props["aria-label"] = f"Loading {model}: {progress.get('stage')}, {self.progress.value:.0%}"
+        self.progress.update()
 
     def push_log(self, line: str) -> None:
         self.log.push(line)

@@ -64,6 +64,9 @@ class ModelLibraryView:
         self.query = ""
         self.sort = "name"
         self.filter = "all"
+        # Loads in progress by model path ({"stage", "fraction"}), and the bars that show them.
+        self.loading: dict[str, dict[str, Any]] = {}
+        self.bars: dict[str, ui.linear_progress] = {}
         with ui.column().classes("w-full gap-2"):
             with ui.row().classes("w-full items-center no-wrap"):
                 ui.label("Model library").classes("text-subtitle1 text-weight-medium")
@@ -119,6 +122,7 @@ class ModelLibraryView:
         shown = self.visible()
         self.count.text = f"{len(shown)} of {len(self.models)}"
         self.list.clear()
+        self.bars.clear()
         with self.list:
             if not shown:
                 ui.label(
@@ -186,6 +190,29 @@ class ModelLibraryView:
                     ui.badge(f"{len(m.parts)} parts", color="grey-8").props("outline")
             if m.error:
                 ui.label(m.error).classes("text-xs text-negative")
+            bar = ui.linear_progress(value=0, show_value=False, size="4px").props("color=orange")
+            self.bars[m.rel_path] = bar.mark(f"load-progress-{m.rel_path}")
+            self._show(m.rel_path, m.name)
+
+    def set_progress(self, rel_path: str, progress: dict[str, Any] | None) -> None:
+        """How far a model's load has got; None once it is no longer loading."""
+        if progress is None or progress.get("stage") == "loaded":
+            self.loading.pop(rel_path, None)
+        else:
+            self.loading[rel_path] = progress
+        name = next((m.name for m in self.models if m.rel_path == rel_path), rel_path)
+        self._show(rel_path, name)
+
+    def _show(self, rel_path: str, name: str) -> None:
+        bar, progress = self.bars.get(rel_path), self.loading.get(rel_path)
+        if bar is None:
+            return
+        bar.visible = progress is not None
+        if progress is not None:
+            bar.value = float(progress.get("fraction") or 0)
+            # Set as a value, never parsed from a string: a model name must not reach the markup.
+            bar.props["aria-label"] = f"Loading {name}: {progress.get('stage')}, {bar.value:.0%}"
+            bar.update()
 
     def _confirm_delete(self, m: Any) -> None:
         files = m.parts or [m.rel_path]

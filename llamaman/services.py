@@ -122,7 +122,8 @@ class Services:
 
     def instance_extra(self, m: ManagedInstance) -> dict[str, object]:
         """Live counters of an instance that the supervisor does not own (requests, expiry)."""
-        return {**self.router.counters(m), **self.telemetry.instance_extra(m)}
+        loading = {"load_progress": self.supervisor.loads.progress(m.id)}
+        return {**self.router.counters(m), **self.telemetry.instance_extra(m), **loading}
 
     async def start(self) -> None:
         if self.started:

@@ -17,6 +17,7 @@ from nicegui import ui
 
 from components.connection import ConnectionPanel
 from components.dialogs import confirm
+from components.inflight import InflightList
 from components.instance_card import InstanceCard
 from components.memory_bar import MemoryBars
 from llamaman.instances.supervisor import InstanceError
@@ -45,6 +46,7 @@ class InstancesPanel:
             "through the proxy appear here too."
         ).classes("text-sm opacity-75")
         self.grid = ui.element("div").classes("w-full grid grid-cols-1 xl:grid-cols-2 gap-3")
+        InflightList(services.relay.inflight.snapshot, services.relay.inflight.cancel)
         self.sync()
         subscribe(services, "instance.", self.on_event, resync=self.sync)
         ui.timer(2.0, self.tick)

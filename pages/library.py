@@ -118,4 +118,12 @@ def library_drawer(
         subscribe(services, "library.", changed, resync=lambda: changed(None))
         subscribe(services, "instance.", instances_changed, resync=lambda: instances_changed(None))
 
+        def progressed(ev: Any) -> None:
+            # A loading model shows how far it got (the event names the instance, not the model).
+            m = services.supervisor.instances.get(ev.data.get("id", ""))
+            if view is not None and m is not None:
+                view.set_progress(m.record.model_path, ev.data)
+
+        subscribe(services, "instance.progress", progressed, resync=lambda: None)
+
     return build

@@ -6,6 +6,7 @@ from llamaman.api import (
     auth,
     backup,
     downloads,
+    inflight,
     instances,
     keys,
     models,
@@ -18,6 +19,6 @@ from llamaman.api import (
 
 def build_router() -> APIRouter:
     router = APIRouter()
-    for module in (instances, models, presets, system, telemetry, auth, keys, downloads, backup, placement):
+    for module in (instances, models, presets, system, telemetry, auth, keys, downloads, backup, placement, inflight):
         router.include_router(module.router)
     return router

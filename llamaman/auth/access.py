@@ -112,9 +112,11 @@ RULES: tuple[Rule, ...] = (
     # unloading is what Ollama's keep_alive: 0 on /api/chat does; the allow-list applies to both.
     Rule("/models/load", MODEL, ALL, "llama.cpp router mode: load (what any first request does)"),
     Rule("/models/unload", MODEL, ALL, "llama.cpp router mode: unload (what Ollama's keep_alive: 0 does)"),
+    Rule("/models/sse", MODEL, ALL, "llama.cpp router mode: model status and load progress events"),
     Rule("/", MODEL, PROXY, "Ollama's 'is running' probe on the proxy port (the UI's home on the main port)"),
     Rule("/api/placement", MANAGE, ALL, "memory per device and where each model lives"),
     Rule("/api/logs/llamaman", MANAGE, ALL, "LlamaMan's own log: admin only (it names keys and paths)"),
+    Rule("/api/inflight*", MANAGE, ALL, "requests in flight: admins and users list them, admins cancel"),
     Rule("/api/*", MANAGE, ALL, "LlamaMan REST API, including any future /api route"),
     Rule("/docs", MANAGE, ALL, "OpenAPI docs"),
     Rule("/docs/*", MANAGE, ALL, "OpenAPI docs"),

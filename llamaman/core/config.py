@@ -77,6 +77,11 @@ class Settings(BaseSettings):
 
     # Seconds between two SIGTERM→SIGKILL escalation steps when stopping a llama-server.
     stop_grace_seconds: float = Field(default=10, alias="LLAMAMAN_STOP_GRACE", gt=0)
+    # A llama-server that dies on its own is started again up to this many times (0: never), the
+    # first after LLAMAMAN_RESTART_BACKOFF seconds, doubling up to LLAMAMAN_RESTART_BACKOFF_MAX.
+    restart_max: int = Field(default=3, alias="LLAMAMAN_RESTART_MAX", ge=0, le=100)
+    restart_backoff: float = Field(default=1.0, alias="LLAMAMAN_RESTART_BACKOFF", gt=0)
+    restart_backoff_max: float = Field(default=60.0, alias="LLAMAMAN_RESTART_BACKOFF_MAX", gt=0)
     # Lines kept in memory per instance for live log tails.
     log_ring_lines: int = Field(default=2000, alias="LLAMAMAN_LOG_RING", ge=10)
     # A llama-server log file is rotated past this size, keeping this many older files (name.log.1, ...).

@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from llamaman.core.identity import Identity, current_identity
 
+# The id a request got while it waited in the queue: the record made once it runs keeps it, so the
+# in-flight list shows one request, not two, across the two phases.
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("llamaman_request_id", default=None)
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(6)
+
+
+def _request_id() -> str:
+    return REQUEST_ID.get() or new_request_id()
+
+
+class Phase(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+
 
 @dataclass
 class Exchange:
-    """What happened on one proxied request: read by the activity log and the metrics."""
+    """What happened on one proxied request: read by the activity log, the metrics and the
+    in-flight list (which may abort it)."""
 
     model: str
     endpoint: str
@@ -26,10 +48,45 @@ class Exchange:
     stream: bool = False
     # Who asked (API key or user), taken from the auth middleware's context when the exchange is made.
     identity: Identity | None = field(default_factory=current_identity)
+    id: str = field(default_factory=_request_id)
+    phase: Phase = Phase.RUNNING
+    # Stream events relayed so far: a cheap running count, not the tokenizer's.
+    progress_tokens: int = 0
+    # Why the request was aborted (an administrator cancelled it, its client left); None while not.
+    cancelled: str | None = None
+    _abort_hooks: list[Callable[[], object]] = field(default_factory=list, repr=False, compare=False)
+    _aborted: asyncio.Event | None = field(default=None, repr=False, compare=False)
 
     @property
     def ttft_ms(self) -> float | None:
         return (self.first_byte - self.started) * 1000 if self.first_byte else None
+
+    def on_abort(self, hook: Callable[[], object]) -> None:
+        """Call ``hook`` when the request is aborted (at once if it already was)."""
+        if self.cancelled is not None:
+            hook()
+        else:
+            self._abort_hooks.append(hook)
+
+    def abort(self, reason: str) -> bool:
+        """Stop the request for ``reason``; False if it was already stopped."""
+        if self.cancelled is not None or self.finished is not None:
+            return False
+        self.cancelled = reason
+        if self._aborted is not None:
+            self._aborted.set()
+        hooks, self._abort_hooks = self._abort_hooks, []
+        for hook in hooks:
+            hook()
+        return True
+
+    async def wait_aborted(self) -> str:
+        if self._aborted is None:
+            self._aborted = asyncio.Event()
+            if self.cancelled is not None:
+                self._aborted.set()
+        await self._aborted.wait()
+        return self.cancelled or ""
 
     def absorb_usage(self, obj: dict[str, Any]) -> None:
         """Pick token counts out of an OpenAI/llama-server response object or stream chunk."""

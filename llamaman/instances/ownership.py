@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 from collections.abc import Container, Mapping
+from typing import Any
 
 import psutil
 
@@ -25,6 +26,18 @@ def server_environment(
     """Only what llama.cpp and the GPU runtimes need, plus the markers that let a later LlamaMan
     adopt the server (its key is added per run by LlamaProcess)."""
     return child_environment(environ, {ENV_INSTANCE_ID: instance_id, ENV_OWNER: owner, **extra})
+
+
+def instance_environment(
+    instance_id: str, owner: str, gpu_devices: str | None, settings: Any
+) -> dict[str, str]:
+    """``server_environment`` with what the launch settings and LlamaMan's settings add."""
+    extra = {}
+    if gpu_devices:
+        extra["CUDA_VISIBLE_DEVICES"] = gpu_devices
+    if settings.pass_hf_token and settings.hf_token:
+        extra["HF_TOKEN"] = settings.hf_token
+    return server_environment(instance_id, owner, os.environ, extra)
 
 
 def is_our_server(pid: int, instance_id: str, owner: str) -> bool:

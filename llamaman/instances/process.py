@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,10 @@ from llamaman.instances.server_log import copy_truncate, shift_backups
 log = logging.getLogger(__name__)
 S = InstanceState
 
-# Environment markers that let a later LlamaMan find the servers it started (adopt or kill them).
-
-
 _CLOSE = {"Connection": "close"}
-
 StateListener = Callable[["LlamaProcess", InstanceState, InstanceState], None]
 LineListener = Callable[["LlamaProcess", str], None]
+CrashPolicy = Callable[["LlamaProcess"], InstanceState]
 
 
 class LlamaProcess:
@@ -73,6 +70,9 @@ class LlamaProcess:
         self.ring: deque[str] = deque(maxlen=ring_lines)
         self.on_state = on_state
         self.on_line = on_line
+        # What a server that died on its own becomes (restarting or failed); failed when unset.
+        self.after_crash: CrashPolicy | None = None
+        self.before_healthy: Callable[[LlamaProcess], Awaitable[object]] | None = None  # e.g. a prompt cache
         self.state = state
         # The model name the server was told to serve: the health check confirms it answers to it.
         self.alias = alias
@@ -235,6 +235,8 @@ class LlamaProcess:
                 # Not kept alive: an open connection makes llama-server linger ~0.1 s on SIGTERM.
                 r = await self.http.get(self.health_url, timeout=self.health_timeout, headers=_CLOSE)
                 if r.status_code == 200 and await self._is_ours():
+                    if self.before_healthy is not None and self.state == S.STARTING:
+                        await self.before_healthy(self)
                     if self.state == S.STARTING and not self._stopping:
                         self.healthy_at = time.time()
                         self.load_seconds = self.healthy_at - (self.started_at or self.healthy_at)
@@ -280,11 +282,8 @@ class LlamaProcess:
             return False
         return served == self.alias or self.alias in str(served or "").split(",")
 
-    def exited(self) -> bool:
-        """Whether no process of this server's last run is alive (its ports are free for others)."""
-        return self._exited()
-
     def _exited(self) -> bool:
+        """Whether no process of this server's last run is alive (its ports are free for others)."""
         if self._proc is not None:
             return self._proc.returncode is not None
         if self._adopted is not None:
@@ -293,6 +292,8 @@ class LlamaProcess:
             except psutil.Error:
                 return True
         return True
+
+    exited = _exited
 
     # ---- exit detection ----------------------------------------------------------------------
     async def _watch_exit(self, proc: asyncio.subprocess.Process) -> None:
@@ -328,7 +329,7 @@ class LlamaProcess:
                 how = f"killed by {signal.Signals(-code).name}"
         self.error = f"llama-server {how}" + (f"\n{last}" if last else "")
         self._kill_group(signal.SIGKILL)  # children it may have left behind
-        self._set_state(S.FAILED)
+        self._set_state(self.after_crash(self) if self.after_crash else S.FAILED)
 
     # ---- stop --------------------------------------------------------------------------------
     async def stop(self, final: InstanceState = S.STOPPED) -> None:

@@ -10,7 +10,6 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,10 +27,13 @@ from llamaman.instances.instance import InstanceError, ManagedInstance
 from llamaman.instances.launch import LaunchSettings, SamplingOverrides, build_argv, settings_from_record
 from llamaman.instances.launch_policy import LaunchPolicyError, Policy, check_args
 from llamaman.instances.llama_bin import LlamaServerBinary, aresolve_llama_server
+from llamaman.instances.load_progress import LoadTracker
 from llamaman.instances.model_files import relative_to, resolve_model
-from llamaman.instances.ownership import end_process_group, is_our_server, kill_strays, server_environment
+from llamaman.instances.ownership import end_process_group, instance_environment, is_our_server, kill_strays
 from llamaman.instances.ports import PortClaims, PortPoolExhausted
 from llamaman.instances.process import LlamaProcess
+from llamaman.instances.prompt_cache import PromptCache
+from llamaman.instances.recovery import CrashRecovery, RestartPolicy
 from llamaman.instances.store import InstanceStore
 from llamaman.library.catalog import ModelLibrary
 
@@ -73,11 +75,16 @@ class Supervisor:
         self.policy = Policy(settings.models_dir.resolve(), settings.allow_unsafe_args)
         launch_policy.configure(settings.models_dir, settings.allow_unsafe_args)
         self.store = InstanceStore(db, lambda iid: iid in self.instances)
+        policy = RestartPolicy(settings.restart_max, settings.restart_backoff, settings.restart_backoff_max)
+        self.recovery = CrashRecovery(policy, self.wake)
+        self.loads = LoadTracker(events, self.instances)
+        self.prompt_cache = PromptCache(settings.data_dir / "prompt-cache", http, self.instances)
         self._lock = asyncio.Lock()
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.store.start()
+        self.loads.start()
         await self.resolve_binary()
         await self.restore()
 
@@ -92,6 +99,8 @@ class Supervisor:
 
     async def shutdown(self) -> None:
         """Stop every server (they come back at the next start: desired_running is kept)."""
+        await self.recovery.close()
+        self.loads.stop()
         await asyncio.gather(*(self._stop_proc(m, S.STOPPED, keep_desired=True) for m in self.list()))
         for m in self.list():
             await m.proc.close()
@@ -164,7 +173,7 @@ class Supervisor:
             alias=record.model_name,
             settings=ls,
             mmproj_file=mmproj,
-            extra=self.checked_extra(ls),
+            extra=[*self.checked_extra(ls), *self.prompt_cache.args(record, ls)],
         )
 
     def _manage(
@@ -181,7 +190,7 @@ class Supervisor:
         proc = LlamaProcess(
             record.id,
             argv,
-            env=self._child_env(record, ls),
+            env=instance_environment(record.id, self._owner, ls.gpu_devices, self.settings),
             log_path=self.settings.logs_dir / f"{record.id}.log",  # type: ignore[operator]
             health_url=f"http://127.0.0.1:{listen_port}/health",
             http=self.http,
@@ -199,17 +208,10 @@ class Supervisor:
         if refused:
             proc.error = record.error = refused
         record.command = argv
+        proc.after_crash, proc.before_healthy = self.recovery.after_crash, self.prompt_cache.restore
         m = ManagedInstance(record, ls, proc)
         self.instances[record.id] = m
         return m
-
-    def _child_env(self, record: Instance, ls: LaunchSettings) -> dict[str, str]:
-        extra = {}
-        if ls.gpu_devices:
-            extra["CUDA_VISIBLE_DEVICES"] = ls.gpu_devices
-        if self.settings.pass_hf_token and self.settings.hf_token:
-            extra["HF_TOKEN"] = self.settings.hf_token
-        return server_environment(record.id, self._owner, os.environ, extra)
 
     async def _start_proc(self, m: ManagedInstance) -> None:
         # The policy is checked again right before every spawn: a record or preset stored under an
@@ -250,7 +252,7 @@ class Supervisor:
         r.error = proc.error
         if new == S.STARTING:
             r.started_at = proc.started_at
-        if new in (S.STOPPED, S.FAILED, S.SLEEPING):
+        if new in (S.STOPPED, S.FAILED, S.SLEEPING, S.RESTARTING):
             r.stopped_at = time.time()
             r.last_log = "\n".join(proc.tail(50))
         self._save(r)
@@ -261,9 +263,10 @@ class Supervisor:
 
     # ---- actions -----------------------------------------------------------------------------
     async def stop(self, instance_id: str, *, keep_prompt_cache: bool = False) -> ManagedInstance:
-        # keep_prompt_cache: the caller will want this model back (an eviction); saving the slots'
-        # prompt caches before stopping belongs to the stop path and is accepted here ahead of it.
+        """Stop for good; ``keep_prompt_cache`` (an eviction) saves its slots for its next load."""
         m = self.get(instance_id)
+        if keep_prompt_cache and m.state == S.HEALTHY:
+            await self.prompt_cache.save(m)
         await self._stop_proc(m, S.STOPPED)
         return m
 
@@ -272,6 +275,7 @@ class Supervisor:
     ) -> None:
         if not keep_desired:
             m.record.desired_running = final == S.SLEEPING
+        self.recovery.forget(m.id)
         self._before_stop(m)
         await m.proc.stop(final)
         if final == S.STOPPED:
@@ -295,7 +299,7 @@ class Supervisor:
 
     async def wake(self, instance_id: str) -> ManagedInstance:
         m = self.get(instance_id)
-        if m.state in (S.SLEEPING, S.STOPPED, S.FAILED):
+        if m.state in (S.SLEEPING, S.STOPPED, S.FAILED, S.RESTARTING):
             m.record.desired_running = True
             await self._reserve_ports(m)
             await self._open_listener(m)
@@ -334,6 +338,7 @@ class Supervisor:
 
     async def restart(self, instance_id: str) -> ManagedInstance:
         m = self.get(instance_id)
+        self.recovery.forget(m.id)
         if m.proc.running:
             self._before_stop(m)
             await m.proc.stop(S.STOPPED)

@@ -3,18 +3,24 @@ client's own dialect (OpenAI, Ollama, Anthropic)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fastapi import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive
 
 from llamaman.core.errors import LlamaManError
+from llamaman.core.exchange import REQUEST_ID, Exchange
 from llamaman.gateway.bodies import BodyError, cached_body, parsed_body, remember_body
 from llamaman.gateway.dialects import model_status, retry_headers
 from llamaman.scheduling.gate import QueueFull
 from llamaman.scheduling.router import Lease, ModelNotFound, ModelUnavailable
 from llamaman.services import Services
-from llamaman.upstream.relay import ErrorStyle, error_payload
+from llamaman.upstream.inflight import RequestCancelled, abortable
+from llamaman.upstream.relay import ErrorStyle, error_payload, exc_status
+
+T = TypeVar("T")
 
 
 class ProxyError(Exception):
@@ -75,15 +81,33 @@ def require_model(body: dict[str, Any]) -> str:
 
 
 async def lease_for(services: Services, model: str, *, min_ctx: int | None = None) -> Lease:
-    """A lease on an instance serving ``model``; router failures become ProxyErrors."""
+    """A lease on an instance serving ``model``; router failures become ProxyErrors.
+
+    While it waits the request is listed as queued, and an administrator may cancel it there; the
+    record made once it runs takes the same id (``REQUEST_ID``)."""
+    ticket = Exchange(model, "queued")
+    REQUEST_ID.set(ticket.id)
+    services.relay.inflight.queued(ticket)
     try:
-        return await services.router.acquire(model, min_ctx=min_ctx)
+        return await abortable(ticket, services.router.acquire(model, min_ctx=min_ctx))
+    except RequestCancelled as exc:
+        raise ProxyError.of(exc) from None
     except ModelNotFound as exc:
         raise ProxyError.of(exc, f"model '{model}' not found") from None
     except (QueueFull, ModelUnavailable) as exc:
         raise ProxyError.of(exc) from None
     except TimeoutError:
         raise ProxyError(504, f"model '{model}' was not ready within REQUEST_TIMEOUT") from None
+    finally:
+        services.relay.inflight.forget(ticket)
+
+
+async def until_aborted(ex: Exchange, work: Awaitable[T], receive: Receive | None) -> T:
+    """``work`` unless the request is cancelled or its client leaves first (see ``abortable``)."""
+    try:
+        return await abortable(ex, work, receive)
+    except RequestCancelled as exc:
+        raise ProxyError(exc_status(exc), exc.message) from None
 
 
 def apply_sampling(body: dict[str, Any], lease: Lease) -> bool:

@@ -20,8 +20,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from llamaman.library.catalog import ModelEntry
+from llamaman.proxy import common, ollama_models
 from llamaman.proxy import ollama_generate as generate_extra
-from llamaman.proxy import ollama_models
 from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
 from llamaman.proxy.openai import listing_identity
 from llamaman.proxy.translate import (
@@ -251,12 +251,14 @@ async def _generation(request: Request, *, generate: bool) -> Response:
     lease = await lease_for(services, model, min_ctx=min_ctx)
     ex = Exchange(model, "/api/generate" if generate else "/api/chat", stream=bool(payload["stream"]))
     prompt = ""
+    services.relay.inflight.running(ex)
+    receive = None if payload["stream"] else request.receive
     try:
         if generate:
             path, payload, prompt = await generate_extra.prepare(services, lease, body, path, payload)
         apply_sampling(payload, lease)
         lease.keep_alive(keep_alive)
-        upstream = await _open(services, lease, path, payload)
+        upstream = await common.until_aborted(ex, _open(services, lease, path, payload), receive)
     except BaseException as exc:
         lease.release()
         if isinstance(exc, ProxyError):
@@ -280,7 +282,7 @@ async def _generation(request: Request, *, generate: bool) -> Response:
             media_type=_NDJSON,
         )
     try:
-        reply = await _read_json_reply(upstream, model)
+        reply = await common.until_aborted(ex, _read_json_reply(upstream, model), receive)
         context = (
             await generate_extra.reply_context(services, lease, body, reply, prompt) if generate else None
         )
@@ -320,6 +322,11 @@ async def _stream(
     feed = state.feed_native if native else state.feed
     try:
         async for chunk in services.relay.stream_lines(upstream):
+            if ex.cancelled is not None:
+                ex.error = ex.cancelled
+                yield stream_error_line("ollama", ex.cancelled)
+                return
+            ex.progress_tokens += 1
             ex.absorb_usage(chunk)
             for obj in feed(chunk):
                 if ex.first_byte is None:
@@ -375,10 +382,12 @@ async def _embedding(request: Request, *, legacy: bool) -> Response:
     started = time.monotonic_ns()
     lease = await lease_for(services, model, min_ctx=min_ctx)
     ex = Exchange(model, "/api/embeddings" if legacy else "/api/embed")
+    services.relay.inflight.running(ex)
     try:
         lease.keep_alive(keep_alive)
-        upstream = await _open(services, lease, "/v1/embeddings", payload)
-        reply = await _read_json_reply(upstream, model)
+        opening = _open(services, lease, "/v1/embeddings", payload)
+        upstream = await common.until_aborted(ex, opening, request.receive)
+        reply = await common.until_aborted(ex, _read_json_reply(upstream, model), request.receive)
     except ProxyError as exc:
         ex.status, ex.error = exc.status, exc.message
         services.relay.record(ex)

@@ -103,7 +103,7 @@ async def pass_through(
         raise
     return await services.relay.forward(
         lease, "POST", path, content=content, headers=raw_forward_headers(request.scope),
-        params=upstream_params(request), style=style,
+        params=upstream_params(request), style=style, receive=request.receive,
     )  # fmt: skip
 
 
@@ -133,6 +133,11 @@ def _status_object(
     # manage it see them, with secrets masked.
     if live and identity is not None and identity.can_manage:
         status["args"] = redact_argv(list(live[0].proc.argv))
+    if value == "loading":
+        # How far the load has got (stage and fraction), as router mode reports a child's load.
+        loads = [p for m in instances if (p := services.supervisor.loads.progress(m.id)) is not None]
+        if loads:
+            status["progress"] = max(loads, key=lambda p: float(p["fraction"]))
     if value == "unloaded" and instances and all(m.state == InstanceState.FAILED for m in instances):
         status["failed"] = True
         status["exit_code"] = instances[0].proc.exit_code
@@ -305,10 +310,20 @@ async def _loading_stream(
     yield _chunk(cid, model, {"role": "assistant", "reasoning_content": f"loading {entry.name}…"})
     acquiring = asyncio.ensure_future(lease_for(services, model))
     try:
-        while not acquiring.done():
-            await asyncio.wait({acquiring}, timeout=PROGRESS_INTERVAL)
-            if not acquiring.done():
-                yield _chunk(cid, model, {"reasoning_content": "."})
+        # A note per load stage as it is reached, and one at least every PROGRESS_INTERVAL.
+        async with services.events.subscribe("instance.progress") as stages:
+            said = None
+            while not acquiring.done():
+                stage = asyncio.ensure_future(stages.get())
+                done, _ = await asyncio.wait(
+                    {acquiring, stage}, timeout=PROGRESS_INTERVAL, return_when="FIRST_COMPLETED"
+                )
+                stage.cancel()
+                note = _load_note(services, entry)
+                # Woken by a stage: only a new one is news. By the clock: a sign of life either way.
+                if not acquiring.done() and (not done or note not in (said, ".")):
+                    said = note
+                    yield _chunk(cid, model, {"reasoning_content": note})
         try:
             lease = acquiring.result()
         except ProxyError as exc:
@@ -342,6 +357,14 @@ async def _loading_stream(
         elif not acquiring.cancelled() and acquiring.exception() is None:
             # Idempotent: a no-op when the relay already released it, the release when it never got it.
             acquiring.result().release()
+
+
+def _load_note(services: Services, entry: ModelEntry) -> str:
+    """How far the model's load has got, when its log tells; a dot otherwise."""
+    for m in services.supervisor.list():
+        if m.record.model_path == entry.rel_path and (p := services.supervisor.loads.progress(m.id)):
+            return f"\n{p['stage']} {p['fraction']:.0%}"
+    return "."
 
 
 def _error_json(message: str) -> bytes:

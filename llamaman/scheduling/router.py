@@ -35,7 +35,7 @@ from llamaman.scheduling.presets import PresetStore
 
 log = logging.getLogger(__name__)
 S = InstanceState
-LIVE = (S.STARTING, S.HEALTHY)
+LIVE = (S.STARTING, S.HEALTHY, S.RESTARTING)  # restarting: back after a crash, requests wait for it
 
 
 class Router(IdleSleep, MemoryPlanner):
@@ -153,7 +153,7 @@ class Router(IdleSleep, MemoryPlanner):
 
     def _counts(self, m: ManagedInstance) -> bool:
         """Instances that take a model slot: everything but embedding servers."""
-        return not m.settings.embedding and m.state in (S.STARTING, S.HEALTHY, S.STOPPING)
+        return not m.settings.embedding and m.state in (*LIVE, S.STOPPING)
 
     def _evictable(self, m: ManagedInstance) -> bool:
         if m.settings.embedding or m.state not in LIVE:
@@ -419,7 +419,7 @@ class Router(IdleSleep, MemoryPlanner):
         states = {m.state for m in self._instances_of(entry.rel_path)}
         if S.HEALTHY in states:
             return "loaded"
-        if S.STARTING in states or entry.rel_path in self.loading:
+        if S.STARTING in states or S.RESTARTING in states or entry.rel_path in self.loading:
             return "loading"
         if S.SLEEPING in states:
             return "sleeping"

@@ -26,6 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 from llamaman.core.exchange import Exchange, Observer
 from llamaman.scheduling.router import Lease
 from llamaman.upstream.client import UpstreamClient, UpstreamError, UpstreamResponse
+from llamaman.upstream.inflight import CLIENT_LEFT, InflightRegistry, RequestCancelled, abortable
 
 try:
     from orjson import loads as _loads
@@ -221,12 +222,15 @@ class Relay:
         self.request_timeout = request_timeout
         # Told of every exchange, in order (the activity log, per-key token usage, ...).
         self.observers: list[Observer] = []
+        # Requests queued or running, for the in-flight list (and its cancel button).
+        self.inflight = InflightRegistry()
 
     def add_observer(self, observer: Observer) -> None:
         self.observers.append(observer)
 
     def record(self, ex: Exchange) -> None:
         ex.finished = time.monotonic()
+        self.inflight.forget(ex)
         for observer in self.observers:
             try:
                 observer(ex)
@@ -264,14 +268,24 @@ class Relay:
         params: Any = None,
         style: ErrorStyle = "openai",
         exchange: Exchange | None = None,
+        receive: Receive | None = None,
     ) -> Response:
-        """Pass a request through unchanged and relay the answer (streamed if upstream streams)."""
+        """Pass a request through unchanged and relay the answer (streamed if upstream streams).
+
+        Given the client's ``receive``, a client that hangs up before the answer's head arrives (all
+        of a non-streamed generation) aborts the request upstream."""
         ex = exchange or Exchange(lease.model_name, path)
+        self.inflight.running(ex)
         try:
-            upstream = await self.upstream.request(
+            upstream = await abortable(ex, self.upstream.request(
                 method, lease.base_url, path, headers=headers, content=content, params=params,
                 timeout=self.request_timeout, authorization=lease.instance.proc.auth_header,
-            )  # fmt: skip
+            ), receive)  # fmt: skip
+        except RequestCancelled as exc:
+            lease.release()
+            ex.status, ex.error = exc_status(exc), exc.message
+            self.record(ex)
+            return JSONResponse(error_payload(style, exc.message, ex.status), status_code=ex.status)
         except UpstreamError as exc:
             lease.release()
             ex.status, ex.error = 502, f"upstream unreachable: {exc}"
@@ -298,6 +312,7 @@ class Relay:
             status = client_fault_status(upstream.status_code, body)
             return RawResponse(body, status, _raw_response_headers(upstream))
         ex.stream = True
+        ex.on_abort(upstream.abort)
         raw = _raw_response_headers(upstream)
         raw += _STREAM_RAW
         return RelayStream(
@@ -316,11 +331,15 @@ class Relay:
             async for chunk in upstream.aiter_raw():
                 if ex.first_byte is None:
                     ex.first_byte = time.monotonic()
+                ex.progress_tokens += 1
                 # Keep the last few KB to read usage from the final events without parsing every chunk.
                 tail += chunk
                 if len(tail) > 32768:
                     del tail[:-16384]
                 yield chunk
+            if ex.cancelled is not None and ex.cancelled != CLIENT_LEFT:
+                ex.error = ex.cancelled
+                yield stream_error_line(style, ex.cancelled)
         except UpstreamError as exc:
             ex.error = f"upstream stream broke: {exc.__class__.__name__}"
             log.warning("stream from %s broke: %r", lease.model_name, exc)
@@ -373,6 +392,11 @@ def _absorb_sse_tail(ex: Exchange, tail: bytes) -> None:
         if isinstance(obj, dict):
             ex.absorb_usage(obj)
             return
+
+
+def exc_status(exc: RequestCancelled) -> int:
+    # 499 is what proxies log for a client that hung up; an administrator's cancel is a conflict.
+    return 499 if exc.message == CLIENT_LEFT else 409
 
 
 def release_on_close(lease: Lease) -> BackgroundTask:

@@ -49,13 +49,14 @@ async def test_launched_instance_becomes_healthy_answers_and_stops_without_orpha
         assert row is not None and row.state == "stopped" and row.pid is None
 
 
-async def test_killed_server_is_marked_failed_with_exit_code_and_last_lines(services: LlamaMan) -> None:
+async def test_killed_server_keeps_its_exit_code_and_last_lines_while_it_restarts(services: LlamaMan) -> None:
     m = await services.supervisor.launch(LaunchSettings(model_path="tiny-b.gguf", ctx_size=512))
     await m.proc.wait_for({S.HEALTHY}, timeout=30)
     assert m.proc.pid is not None
     t0 = time.monotonic()
     os.kill(m.proc.pid, signal.SIGKILL)
-    await m.proc.wait_for({S.FAILED}, timeout=2)
+    # It comes back by itself (tests/instances/test_crash_recovery.py); the reason shows meanwhile.
+    await m.proc.wait_for({S.RESTARTING}, timeout=2)
     assert time.monotonic() - t0 < 2
     assert m.proc.exit_code == -signal.SIGKILL
     assert m.proc.error and "SIGKILL" in m.proc.error
@@ -64,7 +65,7 @@ async def test_killed_server_is_marked_failed_with_exit_code_and_last_lines(serv
     await services.supervisor.flush()
     with services.db.session() as s:
         row = s.get(Instance, m.id)
-        assert row is not None and row.state == "failed" and row.exit_code == -9 and row.last_log
+        assert row is not None and row.state == "restarting" and row.exit_code == -9 and row.last_log
 
 
 async def test_restart_of_the_app_brings_back_running_instances_exactly_once(settings: Any) -> None:
