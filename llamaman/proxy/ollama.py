@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from llamaman.library.catalog import ModelEntry
 from llamaman.proxy import ollama_models
 from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
+from llamaman.proxy.ndjson_stream import NdjsonTranslator, relay_ndjson
 from llamaman.proxy.openai import listing_identity
 from llamaman.proxy.translate import (
     OllamaChatStream,
@@ -41,12 +42,12 @@ from llamaman.proxy.translate import (
 )
 from llamaman.scheduling.router import Lease, ModelNotFound
 from llamaman.services import Services
+from llamaman.upstream.client import UpstreamError, UpstreamResponse
 from llamaman.upstream.relay import (
-    STREAM_HEADERS,
     Exchange,
-    LeasedStream,
+    RelayStream,
     client_fault_status,
-    stream_error_line,
+    stream_headers,
 )
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,26 @@ async def _open(services: Services, lease: Lease, path: str, payload: dict[str, 
             raw = b""
         finally:
             await upstream.aclose()
+        status = client_fault_status(upstream.status_code, raw)
+        raise ProxyError(status, _upstream_message(raw, upstream.status_code))
+    return upstream
+
+
+async def _open_stream(
+    services: Services, lease: Lease, path: str, payload: dict[str, Any]
+) -> UpstreamResponse:
+    """``_open`` for a streamed answer, over the relay's own client (its bytes are relayed as read)."""
+    try:
+        upstream = await services.relay.open_raw(lease, path, json.dumps(payload).encode(), _JSON)
+    except UpstreamError as exc:
+        raise ProxyError(502, f"llama-server for '{lease.model_name}' is unreachable: {exc}") from None
+    if upstream.status_code >= 400:
+        try:
+            raw = await upstream.aread()
+        except UpstreamError:
+            raw = b""
+        finally:
+            upstream.close()
         status = client_fault_status(upstream.status_code, raw)
         raise ProxyError(status, _upstream_message(raw, upstream.status_code))
     return upstream
@@ -248,9 +269,22 @@ async def _generation(request: Request, *, generate: bool) -> Response:
     started = time.monotonic_ns()
     lease = await lease_for(services, model, min_ctx=min_ctx)
     ex = Exchange(model, "/api/generate" if generate else "/api/chat", stream=bool(payload["stream"]))
+    native = path != _CHAT_PATH
+    state = OllamaChatStream(
+        model, generate=generate, load_duration_ns=lease.load_duration_ns, started_ns=started
+    )
     try:
         apply_sampling(payload, lease)
         lease.keep_alive(keep_alive)
+        if payload["stream"]:
+            raw_upstream = await _open_stream(services, lease, path, payload)
+            ex.status = 200
+            return RelayStream(
+                relay_ndjson(services.relay, lease, raw_upstream, NdjsonTranslator(state, native=native), ex),
+                lease,
+                raw_upstream,
+                raw_headers=stream_headers(_NDJSON.encode()),
+            )
         upstream = await _open(services, lease, path, payload)
     except BaseException as exc:
         lease.release()
@@ -259,18 +293,6 @@ async def _generation(request: Request, *, generate: bool) -> Response:
             services.relay.record(ex)
         raise
     ex.status = 200
-    native = path != _CHAT_PATH
-    state = OllamaChatStream(
-        model, generate=generate, load_duration_ns=lease.load_duration_ns, started_ns=started
-    )
-    if payload["stream"]:
-        return LeasedStream(
-            _stream(services, lease, upstream, state, native=native, ex=ex),
-            lease,
-            upstream,
-            headers=STREAM_HEADERS,
-            media_type=_NDJSON,
-        )
     try:
         reply = await _read_json_reply(upstream, model)
     except ProxyError as exc:
@@ -293,44 +315,6 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         ex.status, ex.error = 500, str(obj["error"])
     services.relay.record(ex)
     return JSONResponse(obj, status_code=ex.status)
-
-
-async def _stream(
-    services: Services,
-    lease: Lease,
-    upstream: httpx.Response,
-    state: OllamaChatStream,
-    *,
-    native: bool,
-    ex: Exchange,
-) -> AsyncIterator[bytes]:
-    feed = state.feed_native if native else state.feed
-    try:
-        async for chunk in services.relay.stream_lines(upstream):
-            ex.absorb_usage(chunk)
-            for obj in feed(chunk):
-                if ex.first_byte is None:
-                    ex.first_byte = time.monotonic()
-                yield _line(obj)
-                if "error" in obj:
-                    ex.error = str(obj["error"])
-                    return
-        yield _line(state.finish())
-    except httpx.HTTPError as exc:
-        # A dead llama-server ends the stream with an error line the client can show, right away.
-        reason = str(exc) or exc.__class__.__name__
-        ex.error = f"upstream stream broke: {reason}"
-        log.warning("stream from %s broke: %r", lease.model_name, exc)
-        yield stream_error_line(
-            "ollama", f"llama-server for '{lease.model_name}' stopped mid-stream: {reason}"
-        )
-    finally:
-        try:
-            await upstream.aclose()
-        finally:
-            # Released even when the client went away and closing upstream was interrupted.
-            lease.release()
-            services.relay.record(ex)
 
 
 @router.post("/api/chat")
