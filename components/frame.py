@@ -107,6 +107,8 @@ def frame(
         menu.on_click(side.toggle)
 
     async def tick() -> None:
+        if not ui.context.client.has_socket_connection:
+            return  # a page whose browser left (and may come back): nobody sees the meters
         try:
             reading = read_system()
             meters.set(await reading if inspect.isawaitable(reading) else reading)

@@ -105,6 +105,8 @@ class InstancesPanel:
             self._counts()
 
     def tick(self) -> None:
+        if not ui.context.client.has_socket_connection:
+            return  # the browser is away: no cards to refresh (and no usage sampling asked for)
         cpus, ram = self._totals()
         for instance_id, card in list(self.cards.items()):
             m = self.services.supervisor.instances.get(instance_id)

@@ -128,6 +128,8 @@ class ActivityLog:
         self._write_lock = asyncio.Lock()
         self._last_prune = 0.0
         self.written = 0
+        # ``written`` when the table was last pruned (-1: never): nothing new, nothing to prune.
+        self._pruned_at = -1
 
     # ---- hot path ----------------------------------------------------------------------------
     def observe(self, ex: Exchange) -> None:
@@ -175,18 +177,28 @@ class ActivityLog:
     async def _loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 2.0)
+                await asyncio.wait_for(self._wake.wait(), self.seconds_to_next_round())
             if self._wake.is_set():
                 # Let a burst of requests accumulate into one transaction.
                 await asyncio.sleep(self.batch_delay)
                 self._wake.clear()
             try:
                 await self.flush()
-                if time.monotonic() - self._last_prune >= self.prune_every_s:
+                grown = self.written != self._pruned_at
+                if grown and time.monotonic() - self._last_prune >= self.prune_every_s:
                     await self.prune()
             except Exception:
                 log.exception("writing the activity log failed")
                 await asyncio.sleep(1.0)
+
+    def seconds_to_next_round(self) -> float | None:
+        """Seconds until the writer has work of its own: energy to charge (every 2 s) or rows to prune.
+        None when there is none, so an idle process has nothing here on a timer."""
+        due: float | None = 2.0 if self.energy is not None and self.energy.pending else None
+        if self.written != self._pruned_at:
+            prune_in = max(0.0, self._last_prune + self.prune_every_s - time.monotonic())
+            due = prune_in if due is None else min(due, prune_in)
+        return due
 
     async def flush(self, *, settle_all: bool = False) -> int:
         """Write every queued request now; charge energy to the rows that can be settled."""
@@ -233,6 +245,7 @@ class ActivityLog:
     async def prune(self) -> int:
         """Keep the newest ``activity_retention`` rows; returns how many were deleted."""
         self._last_prune = time.monotonic()
+        self._pruned_at = self.written
         return await asyncio.to_thread(self._prune, self.runtime.current.activity_retention)
 
     def _prune(self, keep: int) -> int:
