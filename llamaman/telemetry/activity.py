@@ -15,8 +15,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlmodel import col, delete, select, update
+from sqlmodel import col, delete, insert, select, update
 
 from llamaman.core.db import Database
 from llamaman.core.exchange import Exchange
@@ -49,19 +50,23 @@ class Finished:
     end: float  # monotonic
     error: str | None = None
 
+    def values(self) -> dict[str, Any]:
+        """The row's columns, for a bulk insert."""
+        return {
+            "ts": self.ts,
+            "model": self.model[:255],
+            "endpoint": self.endpoint[:255],
+            "key_name": self.key_name,
+            "status": self.status,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "ttft_ms": _round(self.ttft_ms),
+            "duration_ms": round(self.duration_ms, 3),
+            "tokens_per_s": _round(self.tokens_per_s),
+        }
+
     def row(self) -> RequestLog:
-        return RequestLog(
-            ts=self.ts,
-            model=self.model[:255],
-            endpoint=self.endpoint[:255],
-            key_name=self.key_name,
-            status=self.status,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            ttft_ms=_round(self.ttft_ms),
-            duration_ms=round(self.duration_ms, 3),
-            tokens_per_s=_round(self.tokens_per_s),
-        )
+        return RequestLog(**self.values())
 
 
 def _round(v: float | None) -> float | None:
@@ -206,9 +211,10 @@ class ActivityLog:
             self.pump()
             batch, self._unwritten = self._unwritten, []
             if batch:
-                ids = await asyncio.to_thread(self._insert, batch)
+                charging = self.energy is not None and self.energy_enabled()
+                ids = await asyncio.to_thread(self._insert, batch, charging)
                 self.written += len(batch)
-                if self.energy is not None and self.energy_enabled():
+                if charging and self.energy is not None:
                     for f, row_id in zip(batch, ids, strict=True):
                         if row_id is not None:
                             self.energy.add(Span(row_id, f.start, f.end))
@@ -227,7 +233,15 @@ class ActivityLog:
         if charged:
             await asyncio.to_thread(self._set_energy, charged)
 
-    def _insert(self, batch: list[Finished]) -> list[int | None]:
+    def _insert(self, batch: list[Finished], with_ids: bool = True) -> list[int | None]:
+        """Write the rows; their ids only when energy will be charged to them. Without ids it is one
+        bulk insert, a fraction of the ORM's cost per row (it runs in a thread, but holds the GIL the
+        event loop serving requests needs)."""
+        if not with_ids:
+            with self.db.session() as s:
+                s.connection().execute(insert(RequestLog), [f.values() for f in batch])
+                s.commit()
+            return [None] * len(batch)
         rows = [f.row() for f in batch]
         with self.db.session() as s:
             s.add_all(rows)
