@@ -4,8 +4,10 @@ Streams are never buffered: each chunk goes to the client as llama-server writes
 the instance is released in a ``finally`` whatever happens (done, client gone, upstream dead), and
 a client that disconnects closes the upstream request so llama-server frees its slot.
 
-Pass-through requests (``forward``) go over the relay's own light HTTP/1.1 client (``upstream.py``);
-the translating surfaces read parsed lines from ``open``, which keeps the shared httpx client.
+Pass-through requests (``forward``) and Ollama streams (``open_raw``) go over the relay's own light
+HTTP/1.1 client (``client.py``); the other translating paths read parsed lines from ``open``, which
+keeps the shared httpx client. Nothing is parsed per chunk of a pass-through stream: the accounting
+comes from llama-server's final event, and ``Exchange.progress_tokens`` counts events as they pass.
 """
 
 from __future__ import annotations
