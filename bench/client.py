@@ -101,6 +101,66 @@ async def chat(
     return res
 
 
+def ollama_body(model: str, max_tokens: int) -> bytes:
+    messages = [{"role": "user", "content": "hi"}]
+    return json.dumps(
+        {"model": model, "messages": messages, "stream": True, "options": {"num_predict": max_tokens}}
+    ).encode()
+
+
+async def ollama_chat(
+    s: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    max_tokens: int,
+    *,
+    headers: dict[str, str] | None = None,
+    check: str | None = None,
+) -> Result:
+    """One streamed Ollama ``/api/chat``; ``check`` as in ``chat`` (the stream must end in done: true)."""
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    t0 = time.perf_counter()
+    res = Result()
+    try:
+        async with s.post(f"{url}/api/chat", data=ollama_body(model, max_tokens), headers=hdrs) as r:
+            if r.status != 200:
+                res.error = f"HTTP {r.status}: {(await r.text())[:200]}"
+                return res
+            text, done = await _read_ndjson(r, res, t0)
+            if not done:
+                res.error = "stream ended without done: true"
+            if check is not None and text != check and res.error is None:
+                res.error = f"wrong content: {text[:40]!r} (expected {check[:40]!r})"
+    except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
+        res.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        res.ms = (time.perf_counter() - t0) * 1000
+    return res
+
+
+async def _read_ndjson(r: aiohttp.ClientResponse, res: Result, t0: float) -> tuple[str, bool]:
+    parts: list[str] = []
+    done = False
+    buf = b""
+    async for chunk in r.content.iter_any():
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            if "error" in obj:
+                raise ValueError(f"error line: {obj['error']}")
+            piece = (obj.get("message") or {}).get("content")
+            if piece:
+                if res.ttft_ms is None:
+                    res.ttft_ms = (time.perf_counter() - t0) * 1000
+                parts.append(piece)
+                res.tokens += 1
+            done = done or obj.get("done") is True
+    return "".join(parts), done
+
+
 async def _read_sse(r: aiohttp.ClientResponse, res: Result, t0: float) -> tuple[str, bool]:
     parts: list[str] = []
     done = False

@@ -25,6 +25,10 @@ ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 DEFAULT_TOKENS = 16
 # Seconds between two tokens of a stream (0: as fast as the socket takes them).
 TOKEN_DELAY = float(os.environ.get("FAKE_TOKEN_DELAY", "0"))
+# Like llama-server: the key from LLAMA_API_KEY guards every route but /health, and /props names
+# the --alias served (LlamaMan checks both to know the server on its port is the one it started).
+API_KEY = os.environ.get("LLAMA_API_KEY", "")
+ALIAS = {"value": ""}
 
 
 def expected(n: int) -> str:
@@ -53,6 +57,7 @@ class FakeServer(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.url = b""
         self.body: list[bytes] = []
+        self.authorization = b""
         self.tasks: set[asyncio.Task[None]] = set()
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
@@ -75,9 +80,14 @@ class FakeServer(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.body = []
+        self.authorization = b""
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"authorization":
+            self.authorization = value
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -86,8 +96,13 @@ class FakeServer(asyncio.Protocol):
         method = self.parser.get_method()
         path = self.url.split(b"?", 1)[0]
         assert self.transport is not None
+        if API_KEY and path != b"/health" and self.authorization != b"Bearer " + API_KEY.encode():
+            self.transport.write(_response(401, b'{"error":{"code":401,"message":"Invalid API Key"}}'))
+            return
         if method == b"GET":
-            if path == b"/health":
+            if path == b"/props":
+                self.transport.write(_response(200, json.dumps({"model_alias": ALIAS["value"]}).encode()))
+            elif path == b"/health":
                 self.transport.write(_response(200, b'{"status":"ok"}'))
             elif path in (b"/v1/models", b"/models"):
                 self.transport.write(_response(200, b'{"object":"list","data":[{"id":"fake"}]}'))
@@ -163,7 +178,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--alias", default="")
     args, _unknown = ap.parse_known_args()
+    ALIAS["value"] = args.alias
     try:
         import uvloop
 

@@ -60,9 +60,20 @@ def make_models(folder: Path) -> Path:
     return folder
 
 
-def wait_http(url: str, timeout: float = 60, headers: dict[str, str] | None = None) -> None:
+class ServerExited(RuntimeError):
+    """The server process ended before it answered (e.g. a llama-server build without router mode)."""
+
+
+def wait_http(
+    url: str,
+    timeout: float = 60,
+    headers: dict[str, str] | None = None,
+    popen: subprocess.Popen[bytes] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if popen is not None and popen.poll() is not None:
+            raise ServerExited(f"{url}: the server exited with code {popen.returncode} before it answered")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1, headers=headers).status_code == 200:
                 return
@@ -125,10 +136,27 @@ def router_mode(
         port,
     )
     try:
-        wait_http(f"{p.url}/health")
+        wait_http(f"{p.url}/health", popen=p.popen)
         yield p
     finally:
         p.stop()
+
+
+@contextlib.contextmanager
+def maybe_router_mode(models: Path, models_max: int, **kwargs: Any) -> Iterator[Proc | None]:
+    """``router_mode``, or None where this llama-server has no router mode (the xllamacpp launcher
+    on machines without AVX-512): the benchmarks then run without the router-mode column."""
+    try:
+        cm = router_mode(models, models_max, **kwargs)
+        proc = cm.__enter__()
+    except ServerExited as exc:
+        print(f"router mode unavailable, measured without it: {exc}", file=sys.stderr)
+        yield None
+        return
+    try:
+        yield proc
+    finally:
+        cm.__exit__(None, None, None)
 
 
 @dataclass
@@ -149,8 +177,10 @@ def llamaman(
     extra_env: dict[str, str] | None = None,
     ui: bool = False,
     server_bin: str | None = None,
+    profile: Path | None = None,
 ) -> Iterator[LlamaManProc]:
-    """A LlamaMan process (``main.py``, with ``--no-ui`` unless ``ui``) on free ports."""
+    """A LlamaMan process (``main.py``, with ``--no-ui`` unless ``ui``) on free ports; ``profile``
+    runs it under cProfile with the stats written there when it stops."""
     data = Path(tempfile.mkdtemp(prefix="llamaman-bench-"))
     proxy_port, main_port = free_port(), free_port()
     pub, internal = free_block(21, 23000), free_block(21, 24000)
@@ -170,7 +200,8 @@ def llamaman(
         "LLAMA_SERVER_BIN": server_bin or llama_server_bin(),
         **(extra_env or {}),
     }
-    argv = [sys.executable, str(ROOT / "main.py"), *([] if ui else ["--no-ui"])]
+    profiler = ["-m", "cProfile", "-o", str(profile.resolve())] if profile is not None else []
+    argv = [sys.executable, *profiler, str(ROOT / "main.py"), *([] if ui else ["--no-ui"])]
     popen = subprocess.Popen(argv, env=env, cwd=data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)  # fmt: skip
     p = LlamaManProc(popen, proxy_port, main_port, data)

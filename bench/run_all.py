@@ -18,7 +18,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.client import raise_fd_limit
-from bench.harness import ROOT, auth_headers, direct_server, llamaman, machine, make_models, router_mode
+from bench.harness import (
+    ROOT,
+    auth_headers,
+    direct_server,
+    llamaman,
+    machine,
+    make_models,
+    maybe_router_mode,
+)
 from bench.load import p5_thousand_streams, p6_idle
 from bench.memory import p4_mixed_burst, p7_packing
 from bench.report import render_markdown, render_table, write_doc
@@ -39,21 +47,21 @@ def run(only: tuple[str, ...], quick: bool) -> dict[str, Any]:
     if "P1" in only or "P3" in only:
         with (
             direct_server(models / "tiny-a.gguf") as direct,
-            router_mode(models, 2) as router,
+            maybe_router_mode(models, 2) as router,
             llamaman(models) as lm,
         ):
             prepare_llamaman(lm, ctx=2048, parallel=1)
-            router_t = Target("router", router.url, {})
+            router_t = Target("router", router.url, {}) if router is not None else None
             if "P1" in only:
                 _log("P1: plain chat latency")
                 targets = [
                     Target("direct", direct.url, {}),
-                    router_t,
-                    Target("llamaman", lm.url, auth_headers()),
+                    *([router_t] if router_t is not None else []),
+                    Target("llamaman", lm.url, auth_headers(), pid=lm.popen.pid),
                     Target("llamaman_main_port", lm.api, auth_headers()),
                 ]
                 out["P1"] = p1_latency(targets, n1=int(300 * scale), rounds16=int(30 * scale))
-            if "P3" in only:
+            if "P3" in only and router_t is not None:
                 _log("P3: cold start")
                 out["P3"] = p3_cold_start(lm, router_t, models / "tiny-a.gguf", repeats=3 if quick else 7)
 
@@ -61,14 +69,15 @@ def run(only: tuple[str, ...], quick: bool) -> dict[str, Any]:
         _log("P2: 32 concurrent streams")
         with (
             direct_server(models / "tiny-a.gguf", ctx=16384, parallel=32) as direct,
-            router_mode(models, 2, ctx=16384, parallel=32) as router,
+            maybe_router_mode(models, 2, ctx=16384, parallel=32) as router,
             llamaman(models) as lm,
         ):
             prepare_llamaman(lm, ctx=16384, parallel=32)
             targets = [
                 Target("direct", direct.url, {}),
-                Target("router", router.url, {}),
-                Target("llamaman", lm.url, auth_headers()),
+                *([Target("router", router.url, {})] if router is not None else []),
+                Target("llamaman", lm.url, auth_headers(), pid=lm.popen.pid),
+                Target("llamaman_ollama", lm.url, auth_headers(), dialect="ollama", pid=lm.popen.pid),
             ]
             out["P2"] = p2_streams(targets, rounds=2 if quick else 4)
 

@@ -178,6 +178,8 @@ def frame(
     ui.page_title(f"{title} · LlamaMan")
 
     async def tick() -> None:
+        if not ui.context.client.has_socket_connection:
+            return  # a page whose browser left (and may come back): nobody sees the meters
         try:
             reading = read_system()
             meters.set(await reading if inspect.isawaitable(reading) else reading)

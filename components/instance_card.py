@@ -137,7 +137,8 @@ class InstanceCard:
             return
         self.progress.props.pop("indeterminate", None)
         self.progress.value = float(progress.get("fraction") or 0)
-        self.progress.props["aria-label"] = f"Loading {model}: {progress.get('stage')}, {self.progress.value:.0%}"
+        share = f"{self.progress.value:.0%}"
+        self.progress.props["aria-label"] = f"Loading {model}: {progress.get('stage')}, {share}"
         self.progress.update()
 
     def push_log(self, line: str) -> None:

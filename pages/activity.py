@@ -104,7 +104,8 @@ class ActivityPanel:
         ui.timer(3.0, self._tick)
 
     async def _tick(self) -> None:
-        if self.auto.value:
+        # Not while the browser is away: each refresh reads the database.
+        if self.auto.value and ui.context.client.has_socket_connection:
             await self.refresh()
 
     def filters(self) -> Any:

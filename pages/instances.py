@@ -120,6 +120,8 @@ class InstancesPanel:
             self._counts()
 
     def tick(self) -> None:
+        if not ui.context.client.has_socket_connection:
+            return  # the browser is away: no cards to refresh (and no usage sampling asked for)
         self.memory.update(self.services.router.placement_view()["devices"])
         cpus, ram = self._totals()
         for instance_id, card in list(self.cards.items()):

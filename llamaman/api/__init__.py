@@ -19,6 +19,8 @@ from llamaman.api import (
 
 def build_router() -> APIRouter:
     router = APIRouter()
-    for module in (instances, models, presets, system, telemetry, auth, keys, downloads, backup, placement, inflight):
+    modules = (instances, models, presets, system, telemetry, auth, keys, downloads, backup)
+    modules += (placement, inflight)
+    for module in modules:
         router.include_router(module.router)
     return router

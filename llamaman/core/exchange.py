@@ -46,6 +46,9 @@ class Exchange:
     completion_tokens: int = 0
     error: str | None = None
     stream: bool = False
+    # Stream events relayed so far (each ``data:`` line of a stream, roughly one per token): counted
+    # on the raw bytes as they pass, so "tokens so far" costs no parsing.
+    progress_tokens: int = 0
     # Who asked (API key or user), taken from the auth middleware's context when the exchange is made.
     identity: Identity | None = field(default_factory=current_identity)
     id: str = field(default_factory=_request_id)

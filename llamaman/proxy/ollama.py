@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -23,6 +23,7 @@ from llamaman.library.catalog import ModelEntry
 from llamaman.proxy import common, ollama_models
 from llamaman.proxy import ollama_generate as generate_extra
 from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
+from llamaman.proxy.ndjson_stream import NdjsonTranslator, relay_ndjson
 from llamaman.proxy.openai import listing_identity
 from llamaman.proxy.translate import (
     OllamaChatStream,
@@ -42,12 +43,12 @@ from llamaman.proxy.translate import (
 )
 from llamaman.scheduling.router import Lease, ModelNotFound
 from llamaman.services import Services
+from llamaman.upstream.client import UpstreamError, UpstreamResponse
 from llamaman.upstream.relay import (
-    STREAM_HEADERS,
     Exchange,
-    LeasedStream,
+    RelayStream,
     client_fault_status,
-    stream_error_line,
+    stream_headers,
 )
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,26 @@ async def _open(services: Services, lease: Lease, path: str, payload: dict[str, 
             raw = b""
         finally:
             await upstream.aclose()
+        status = client_fault_status(upstream.status_code, raw)
+        raise ProxyError(status, _upstream_message(raw, upstream.status_code))
+    return upstream
+
+
+async def _open_stream(
+    services: Services, lease: Lease, path: str, payload: dict[str, Any]
+) -> UpstreamResponse:
+    """``_open`` for a streamed answer, over the relay's own client (its bytes are relayed as read)."""
+    try:
+        upstream = await services.relay.open_raw(lease, path, json.dumps(payload).encode(), _JSON)
+    except UpstreamError as exc:
+        raise ProxyError(502, f"llama-server for '{lease.model_name}' is unreachable: {exc}") from None
+    if upstream.status_code >= 400:
+        try:
+            raw = await upstream.aread()
+        except UpstreamError:
+            raw = b""
+        finally:
+            upstream.close()
         status = client_fault_status(upstream.status_code, raw)
         raise ProxyError(status, _upstream_message(raw, upstream.status_code))
     return upstream
@@ -258,6 +279,20 @@ async def _generation(request: Request, *, generate: bool) -> Response:
             path, payload, prompt = await generate_extra.prepare(services, lease, body, path, payload)
         apply_sampling(payload, lease)
         lease.keep_alive(keep_alive)
+        # A raw generate goes to the native completion route: which translation applies is known only now.
+        native = path != _CHAT_PATH
+        if payload["stream"]:
+            raw_upstream = await common.until_aborted(ex, _open_stream(services, lease, path, payload), None)
+            ex.on_abort(raw_upstream.abort)
+            ex.status = 200
+            state = OllamaChatStream(
+                model, generate=generate, load_duration_ns=lease.load_duration_ns, started_ns=started
+            )
+            ndjson = NdjsonTranslator(state, native=native)
+            lines = relay_ndjson(services.relay, lease, raw_upstream, ndjson, ex)
+            if generate:
+                lines = generate_extra.with_context(services, lease, lines, body, prompt)
+            return RelayStream(lines, lease, raw_upstream, raw_headers=stream_headers(_NDJSON.encode()))
         upstream = await common.until_aborted(ex, _open(services, lease, path, payload), receive)
     except BaseException as exc:
         lease.release()
@@ -266,21 +301,6 @@ async def _generation(request: Request, *, generate: bool) -> Response:
             services.relay.record(ex)
         raise
     ex.status = 200
-    native = path != _CHAT_PATH
-    state = OllamaChatStream(
-        model, generate=generate, load_duration_ns=lease.load_duration_ns, started_ns=started
-    )
-    if payload["stream"]:
-        lines = _stream(services, lease, upstream, state, native=native, ex=ex)
-        if generate:
-            lines = generate_extra.with_context(services, lease, lines, body, prompt)
-        return LeasedStream(
-            lines,
-            lease,
-            upstream,
-            headers=STREAM_HEADERS,
-            media_type=_NDJSON,
-        )
     try:
         reply = await common.until_aborted(ex, _read_json_reply(upstream, model), receive)
         context = (
@@ -308,49 +328,6 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         ex.status, ex.error = 500, str(obj["error"])
     services.relay.record(ex)
     return JSONResponse(obj, status_code=ex.status)
-
-
-async def _stream(
-    services: Services,
-    lease: Lease,
-    upstream: httpx.Response,
-    state: OllamaChatStream,
-    *,
-    native: bool,
-    ex: Exchange,
-) -> AsyncIterator[bytes]:
-    feed = state.feed_native if native else state.feed
-    try:
-        async for chunk in services.relay.stream_lines(upstream):
-            if ex.cancelled is not None:
-                ex.error = ex.cancelled
-                yield stream_error_line("ollama", ex.cancelled)
-                return
-            ex.progress_tokens += 1
-            ex.absorb_usage(chunk)
-            for obj in feed(chunk):
-                if ex.first_byte is None:
-                    ex.first_byte = time.monotonic()
-                yield _line(obj)
-                if "error" in obj:
-                    ex.error = str(obj["error"])
-                    return
-        yield _line(state.finish())
-    except httpx.HTTPError as exc:
-        # A dead llama-server ends the stream with an error line the client can show, right away.
-        reason = str(exc) or exc.__class__.__name__
-        ex.error = f"upstream stream broke: {reason}"
-        log.warning("stream from %s broke: %r", lease.model_name, exc)
-        yield stream_error_line(
-            "ollama", f"llama-server for '{lease.model_name}' stopped mid-stream: {reason}"
-        )
-    finally:
-        try:
-            await upstream.aclose()
-        finally:
-            # Released even when the client went away and closing upstream was interrupted.
-            lease.release()
-            services.relay.record(ex)
 
 
 @router.post("/api/chat")

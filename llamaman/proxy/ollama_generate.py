@@ -228,20 +228,26 @@ async def with_context(
     response: list[str] = []
     wanted = wants_context(body)
     try:
-        async for line in lines:
-            obj = json.loads(line)
-            if isinstance(obj.get("response"), str):
-                response.append(obj["response"])
-            if obj.get("done") is True:
-                context = None
-                if wanted and "error" not in obj:
-                    try:
-                        context = await tokenize(services, lease, prompt + "".join(response))
-                    except ProxyError:
-                        pass  # the reply is whole; only its optional token ids are missing
-                settle_context(obj, context)
-                line = json.dumps(obj, ensure_ascii=False).encode() + b"\n"
-            yield line
+        async for block in lines:
+            out: list[bytes] = []
+            # A block carries one or more whole NDJSON lines (the relay writes each upstream block once).
+            for line in block.splitlines(keepends=True):
+                if not line.strip():
+                    continue
+                obj = json.loads(line)
+                if isinstance(obj.get("response"), str):
+                    response.append(obj["response"])
+                if obj.get("done") is True:
+                    context = None
+                    if wanted and "error" not in obj:
+                        try:
+                            context = await tokenize(services, lease, prompt + "".join(response))
+                        except ProxyError:
+                            pass  # the reply is whole; only its optional token ids are missing
+                    settle_context(obj, context)
+                    line = json.dumps(obj, ensure_ascii=False).encode() + b"\n"
+                out.append(line)
+            yield b"".join(out)
     finally:
         aclose = getattr(lines, "aclose", None)
         if aclose is not None:

@@ -131,6 +131,15 @@ class OllamaChatStream:
         return self._final("", None, self._take_tool_calls())
 
     @property
+    def wall_clock(self) -> Clock:
+        return self._wall_clock
+
+    def note_first_token(self) -> None:
+        """A text event was relayed without ``feed`` (the NDJSON fast path): time the first one."""
+        if self._first_token_ns is None:
+            self._first_token_ns = self._clock()
+
+    @property
     def done_reason(self) -> str:
         # Ollama reports a tool-call turn as an ordinary stop.
         return "length" if self._finish_reason == "length" else "stop"

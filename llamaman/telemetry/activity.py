@@ -15,8 +15,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlmodel import col, delete, select, update
+from sqlmodel import col, delete, insert, select, update
 
 from llamaman.core.db import Database
 from llamaman.core.exchange import Exchange
@@ -50,20 +51,24 @@ class Finished:
     end: float  # monotonic
     error: str | None = None
 
+    def values(self) -> dict[str, Any]:
+        """The row's columns, for a bulk insert."""
+        return {
+            "ts": self.ts,
+            "model": model_label(self.model)[:255],
+            "endpoint": self.endpoint[:255],
+            "key_name": self.key_name,
+            "status": self.status,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "ttft_ms": _round(self.ttft_ms),
+            "duration_ms": round(self.duration_ms, 3),
+            "tokens_per_s": _round(self.tokens_per_s),
+            "error": self.error[:ERROR_CHARS] if self.error else None,
+        }
+
     def row(self) -> RequestLog:
-        return RequestLog(
-            ts=self.ts,
-            model=model_label(self.model)[:255],
-            endpoint=self.endpoint[:255],
-            key_name=self.key_name,
-            status=self.status,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            ttft_ms=_round(self.ttft_ms),
-            duration_ms=round(self.duration_ms, 3),
-            tokens_per_s=_round(self.tokens_per_s),
-            error=self.error[:ERROR_CHARS] if self.error else None,
-        )
+        return RequestLog(**self.values())
 
 
 def _round(v: float | None) -> float | None:
@@ -130,6 +135,8 @@ class ActivityLog:
         self._write_lock = asyncio.Lock()
         self._last_prune = 0.0
         self.written = 0
+        # ``written`` when the table was last pruned (-1: never): nothing new, nothing to prune.
+        self._pruned_at = -1
 
     # ---- hot path ----------------------------------------------------------------------------
     def observe(self, ex: Exchange) -> None:
@@ -177,18 +184,28 @@ class ActivityLog:
     async def _loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 2.0)
+                await asyncio.wait_for(self._wake.wait(), self.seconds_to_next_round())
             if self._wake.is_set():
                 # Let a burst of requests accumulate into one transaction.
                 await asyncio.sleep(self.batch_delay)
                 self._wake.clear()
             try:
                 await self.flush()
-                if time.monotonic() - self._last_prune >= self.prune_every_s:
+                grown = self.written != self._pruned_at
+                if grown and time.monotonic() - self._last_prune >= self.prune_every_s:
                     await self.prune()
             except Exception:
                 log.exception("writing the activity log failed")
                 await asyncio.sleep(1.0)
+
+    def seconds_to_next_round(self) -> float | None:
+        """Seconds until the writer has work of its own: energy to charge (every 2 s) or rows to prune.
+        None when there is none, so an idle process has nothing here on a timer."""
+        due: float | None = 2.0 if self.energy is not None and self.energy.pending else None
+        if self.written != self._pruned_at:
+            prune_in = max(0.0, self._last_prune + self.prune_every_s - time.monotonic())
+            due = prune_in if due is None else min(due, prune_in)
+        return due
 
     async def flush(self, *, settle_all: bool = False) -> int:
         """Write every queued request now; charge energy to the rows that can be settled."""
@@ -196,9 +213,10 @@ class ActivityLog:
             self.pump()
             batch, self._unwritten = self._unwritten, []
             if batch:
-                ids = await asyncio.to_thread(self._insert, batch)
+                charging = self.energy is not None and self.energy_enabled()
+                ids = await asyncio.to_thread(self._insert, batch, charging)
                 self.written += len(batch)
-                if self.energy is not None and self.energy_enabled():
+                if charging and self.energy is not None:
                     for f, row_id in zip(batch, ids, strict=True):
                         if row_id is not None:
                             self.energy.add(Span(row_id, f.start, f.end))
@@ -217,7 +235,15 @@ class ActivityLog:
         if charged:
             await asyncio.to_thread(self._set_energy, charged)
 
-    def _insert(self, batch: list[Finished]) -> list[int | None]:
+    def _insert(self, batch: list[Finished], with_ids: bool = True) -> list[int | None]:
+        """Write the rows; their ids only when energy will be charged to them. Without ids it is one
+        bulk insert, a fraction of the ORM's cost per row (it runs in a thread, but holds the GIL the
+        event loop serving requests needs)."""
+        if not with_ids:
+            with self.db.session() as s:
+                s.connection().execute(insert(RequestLog), [f.values() for f in batch])
+                s.commit()
+            return [None] * len(batch)
         rows = [f.row() for f in batch]
         with self.db.session() as s:
             s.add_all(rows)
@@ -235,6 +261,7 @@ class ActivityLog:
     async def prune(self) -> int:
         """Keep the newest ``activity_retention`` rows; returns how many were deleted."""
         self._last_prune = time.monotonic()
+        self._pruned_at = self.written
         return await asyncio.to_thread(self._prune, self.runtime.current.activity_retention)
 
     def _prune(self, keep: int) -> int:

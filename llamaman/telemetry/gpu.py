@@ -122,7 +122,7 @@ class GpuSampler:
         while True:
             await asyncio.sleep(self.interval)
             if not self.sources:
-                continue  # nothing to sample; GPUs do not appear while running
+                return  # nothing to sample, and GPUs do not appear while running: no idle timer
             try:
                 await self.refresh()
             except Exception:

@@ -73,19 +73,34 @@ class Metrics:
             registry=r,
         )
         r.register(LiveCollector(telemetry))
+        self._requests: dict[tuple[str, ...], Any] = {}
+        self._durations: dict[tuple[str, ...], Any] = {}
+        self._ttfts: dict[tuple[str, ...], Any] = {}
+        self._prompts: dict[tuple[str, ...], Any] = {}
+        self._completions: dict[tuple[str, ...], Any] = {}
 
     def record(self, f: Finished) -> None:
-        self.requests.labels(f.model, f.endpoint, str(f.status)).inc()
-        self.duration.labels(f.model, f.endpoint).observe(f.duration_ms / 1000)
+        # Labelled series are looked up in plain dicts: ``labels()`` builds and checks the label
+        # tuple under a lock on every call, most of what recording cost. They are made on first
+        # use only, so /metrics shows no empty series (no TTFT for a model only ever refused).
+        _child(self._requests, self.requests, f.model, f.endpoint, str(f.status)).inc()
+        _child(self._durations, self.duration, f.model, f.endpoint).observe(f.duration_ms / 1000)
         if f.ttft_ms is not None and f.status < 400:
-            self.ttft.labels(f.model).observe(f.ttft_ms / 1000)
+            _child(self._ttfts, self.ttft, f.model).observe(f.ttft_ms / 1000)
         if f.prompt_tokens:
-            self.prompt_tokens.labels(f.model).inc(f.prompt_tokens)
+            _child(self._prompts, self.prompt_tokens, f.model).inc(f.prompt_tokens)
         if f.completion_tokens:
-            self.completion_tokens.labels(f.model).inc(f.completion_tokens)
+            _child(self._completions, self.completion_tokens, f.model).inc(f.completion_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _child(cache: dict[tuple[str, ...], Any], metric: Counter | Histogram, *labels: str) -> Any:
+    child = cache.get(labels)
+    if child is None:
+        child = cache[labels] = metric.labels(*labels)
+    return child
 
 
 class LiveCollector(Collector):

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 
 USAGE_INTERVAL = 2.0
+# How long instance CPU and memory keep being sampled after someone last asked for them (a page,
+# the API, a /metrics scrape); after that the sampler sleeps until the next question.
+USAGE_LINGER_S = 60.0
 CHILDREN_REFRESH_S = 30.0
 
 
@@ -77,6 +80,9 @@ class Telemetry:
         self._procs: dict[int, psutil.Process] = {}
         self._children_seen: dict[int, tuple[float, list[psutil.Process]]] = {}
         self._usage_task: asyncio.Task[None] | None = None
+        self._usage_wanted = 0.0
+        self._usage_demand: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._unlisten: Callable[[], None] | None = None
         self.started = False
 
@@ -99,6 +105,8 @@ class Telemetry:
             await self.gpu.start()
         except Exception:  # GPU telemetry is optional; nothing else depends on it
             log.exception("GPU telemetry could not start")
+        self._loop = asyncio.get_running_loop()
+        self._usage_demand = asyncio.Event()
         self._usage_task = asyncio.create_task(self._usage_loop(), name="instance-usage")
 
     async def stop(self) -> None:
@@ -124,12 +132,24 @@ class Telemetry:
 
     # ---- per-instance usage ------------------------------------------------------------------
     async def _usage_loop(self) -> None:
+        assert self._usage_demand is not None
         while True:
+            if time.monotonic() - self._usage_wanted > USAGE_LINGER_S:
+                # Nobody looked for a while: sleep until someone does instead of sampling on a timer.
+                self._usage_demand.clear()
+                await self._usage_demand.wait()
             try:
                 await self.refresh_usage()
             except Exception:
                 log.exception("sampling instance CPU and memory failed")
             await asyncio.sleep(USAGE_INTERVAL)
+
+    def want_usage(self) -> None:
+        # Called from the event loop or a worker thread (a /metrics scrape), hence the thread-safe wake.
+        self._usage_wanted = time.monotonic()
+        demand, loop = self._usage_demand, self._loop
+        if demand is not None and loop is not None and not demand.is_set() and not loop.is_closed():
+            loop.call_soon_threadsafe(demand.set)
 
     async def refresh_usage(self) -> None:
         targets = {m.id: m.proc.pid for m in self.supervisor.list() if m.proc.pid}
@@ -175,6 +195,7 @@ class Telemetry:
 
     def instance_extra(self, m: ManagedInstance) -> dict[str, Any]:
         """CPU, RAM (sampled over the last interval) and GPU memory of an instance's process group."""
+        self.want_usage()
         out: dict[str, Any] = {}
         usage = self._usage.get(m.id)
         # A sample taken before a restart describes a process that is gone.

@@ -69,6 +69,11 @@ class UpstreamResponse:
         self._timer: asyncio.TimerHandle | None = None
         self._keep_alive = False
 
+    @property
+    def aborted(self) -> bool:
+        """Whether the request was dropped because its client left."""
+        return self._aborted
+
     def header(self, name: bytes) -> str | None:
         for k, v in self.raw_headers:
             if k.lower() == name:

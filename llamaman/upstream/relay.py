@@ -4,8 +4,10 @@ Streams are never buffered: each chunk goes to the client as llama-server writes
 the instance is released in a ``finally`` whatever happens (done, client gone, upstream dead), and
 a client that disconnects closes the upstream request so llama-server frees its slot.
 
-Pass-through requests (``forward``) go over the relay's own light HTTP/1.1 client (``upstream.py``);
-the translating surfaces read parsed lines from ``open``, which keeps the shared httpx client.
+Pass-through requests (``forward``) and Ollama streams (``open_raw``) go over the relay's own light
+HTTP/1.1 client (``client.py``); the other translating paths read parsed lines from ``open``, which
+keeps the shared httpx client. Nothing is parsed per chunk of a pass-through stream: the accounting
+comes from llama-server's final event, and ``Exchange.progress_tokens`` counts events as they pass.
 """
 
 from __future__ import annotations
@@ -56,6 +58,14 @@ _DROP_REQUEST_RAW = frozenset(h.encode() for h in _DROP_REQUEST)
 _DROP_RESPONSE_RAW = frozenset(h.encode() for h in _DROP_RESPONSE)
 _STREAM_RAW = [(k.lower().encode(), v.encode()) for k, v in STREAM_HEADERS.items()]
 Headers = Mapping[str, str] | Iterable[tuple[bytes, bytes]]
+# How much of a stream's end is kept for the final accounting: llama-server's last event, with usage
+# and timings, is about 1 KB, so this holds it whole however the blocks were cut.
+_TAIL_BYTES = 16384
+
+
+def stream_headers(content_type: bytes) -> list[tuple[bytes, bytes]]:
+    """ASGI headers of a streamed answer LlamaMan writes itself."""
+    return [(b"content-type", content_type), *_STREAM_RAW]
 
 
 def forward_headers(headers: Any) -> dict[str, str]:
@@ -257,6 +267,13 @@ class Relay:
         )  # fmt: skip
         return await self.http.send(req, stream=True)
 
+    async def open_raw(self, lease: Lease, path: str, content: bytes, headers: Headers) -> UpstreamResponse:
+        """POST over the pass-through's own client; the answer's body is not yet read."""
+        return await self.upstream.request(
+            "POST", lease.base_url, path, headers=headers, content=content,
+            timeout=self.request_timeout, authorization=lease.instance.proc.auth_header,
+        )  # fmt: skip
+
     async def forward(
         self,
         lease: Lease,
@@ -326,16 +343,19 @@ class Relay:
     async def _relay_stream(
         self, upstream: UpstreamResponse, lease: Lease, style: ErrorStyle, ex: Exchange
     ) -> AsyncIterator[bytes]:
-        tail = bytearray()
+        # The last few blocks, kept by reference: usage and timings come from llama-server's final
+        # event, read once at the end instead of parsing every chunk.
+        recent: list[bytes] = []
+        kept = 0
         try:
             async for chunk in upstream.aiter_raw():
                 if ex.first_byte is None:
                     ex.first_byte = time.monotonic()
-                ex.progress_tokens += 1
-                # Keep the last few KB to read usage from the final events without parsing every chunk.
-                tail += chunk
-                if len(tail) > 32768:
-                    del tail[:-16384]
+                ex.progress_tokens += chunk.count(b"data: ")
+                recent.append(chunk)
+                kept += len(chunk)
+                while kept - len(recent[0]) >= _TAIL_BYTES:
+                    kept -= len(recent.pop(0))
                 yield chunk
             if ex.cancelled is not None and ex.cancelled != CLIENT_LEFT:
                 ex.error = ex.cancelled
@@ -349,7 +369,7 @@ class Relay:
         finally:
             upstream.close()
             lease.release()
-            _absorb_sse_tail(ex, bytes(tail[-16384:]))
+            _absorb_sse_tail(ex, b"".join(recent))
             self.record(ex)
 
     async def stream_lines(self, upstream: httpx.Response) -> AsyncIterator[dict[str, Any]]:
@@ -386,8 +406,8 @@ def _absorb_sse_tail(ex: Exchange, tail: bytes) -> None:
         if not line.startswith(b"{") or (b"usage" not in line and b"timings" not in line):
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
+            obj = _loads(line)
+        except ValueError:
             continue
         if isinstance(obj, dict):
             ex.absorb_usage(obj)

@@ -139,7 +139,10 @@ async def test_background_writer_batches_and_prunes(make_settings: Callable[...,
     try:
         for i in range(130):
             log.observe(_exchange(i))
-        for _ in range(100):
+        # The writer works on its own schedule (in a thread, on a loaded machine): wait for what it
+        # must reach, with a bound far above its 0.05 s batch and 0.1 s prune rounds.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             with db.session() as s:
                 if len(s.exec(select(RequestLog.id)).all()) == 100 and log.written == 130:
@@ -202,3 +205,22 @@ async def test_energy_per_request_and_per_1k_tokens(
     r = await gpu_api.get("/api/activity/summary.csv")
     (line,) = list(csv.DictReader(io.StringIO(r.text)))
     assert line["model"] == "tiny-a" and float(line["j_per_1k_tokens"]) == pytest.approx(a["j_per_1k_tokens"])
+
+
+async def test_an_idle_writer_sleeps_until_a_request_ends(make_settings: Callable[..., Settings]) -> None:
+    db, runtime = _settings_db(make_settings)
+    energy = EnergyAttributor(lambda a, b: None, lambda: None)
+    log = ActivityLog(db, runtime, energy=energy, energy_enabled=lambda: True, prune_every_s=30.0)
+    assert log.seconds_to_next_round() == 0.0  # the table was never pruned: once, at the first round
+    await log.prune()
+    assert log.seconds_to_next_round() is None  # nothing new and nothing to charge: no timer at all
+    log.observe(_exchange(1))
+    await log.flush()
+    # New rows are pruned once the interval is up; the energy of a request waits for samples.
+    assert energy.pending and log.seconds_to_next_round() == 2.0
+    energy.discard_pending()
+    due = log.seconds_to_next_round()
+    assert due is not None and 29.0 < due <= 30.0
+    await log.prune()
+    assert log.seconds_to_next_round() is None
+    db.dispose()

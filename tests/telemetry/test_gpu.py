@@ -74,18 +74,26 @@ def test_energy_integral_grows_with_power_times_time(fake_nvml: FakeNvml, tmp_pa
     assert sampler.energy_between(1015, 1030) is None  # not sampled yet
 
 
+async def _energy_and_time(sampler: GpuSampler) -> tuple[float, float | None]:
+    # Read between two samples (a sample runs in a thread and holds the sampler's lock meanwhile).
+    async with sampler._lock:
+        return sampler.energy_j["GPU-00000000-fake-0000-0000-000000000000"], sampler.sampled_mono
+
+
 async def test_energy_grows_while_the_sampler_runs(fake_nvml: FakeNvml, tmp_path: Path) -> None:
     sampler = fake_sampler(fake_nvml, tmp_path, interval=0.02)
     await sampler.start()
     try:
         await asyncio.sleep(0.3)
-        first = sampler.energy_j["GPU-00000000-fake-0000-0000-000000000000"]
+        first, at_first = await _energy_and_time(sampler)
         await asyncio.sleep(0.3)
-        second = sampler.energy_j["GPU-00000000-fake-0000-0000-000000000000"]
+        second, at_second = await _energy_and_time(sampler)
     finally:
         await sampler.stop()
-    # 100 W for at least the 0.3 s between the readings (sampling runs late, never early).
-    assert first > 0 and second - first >= 100 * 0.25
+    # 100 W between the samples the two readings come from, on the sampler's own clock: a sampler
+    # running late on a loaded machine samples less often, never counts wrong.
+    assert first > 0 and at_first is not None and at_second is not None and at_second > at_first
+    assert second - first == pytest.approx(100 * (at_second - at_first))
 
 
 def test_no_gpu_here_is_an_empty_list_with_a_reason(tmp_path: Path) -> None:

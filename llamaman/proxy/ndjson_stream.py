@@ -1,0 +1,187 @@
+"""llama-server's SSE stream as Ollama NDJSON, with the least work per token.
+
+The common event (one choice whose delta carries only text) becomes its Ollama line by a byte
+template around the JSON-escaped text: one orjson parse in, one string escape out. Anything else
+(thinking, tool calls, the final event with finish reason and timings, errors) goes through
+``OllamaChatStream``, which owns Ollama's semantics; the template only ever produces what it would.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from orjson import dumps as _dumps
+from orjson import loads as _loads
+
+from llamaman.core.exchange import Exchange
+from llamaman.proxy.translate_stream import OllamaChatStream
+from llamaman.scheduling.router import Lease
+from llamaman.upstream.client import UpstreamError, UpstreamResponse
+from llamaman.upstream.inflight import CLIENT_LEFT
+from llamaman.upstream.relay import Relay, stream_error_line
+
+log = logging.getLogger(__name__)
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return _dumps(obj) + b"\n"
+
+
+class NdjsonTranslator:
+    """Feed raw SSE blocks as they arrive; get finished NDJSON lines back.
+
+    ``finished`` says whether the stream has ended (``[DONE]`` or an error object, whose text is in
+    ``error``); ``accounting`` keeps the parsed events that carry usage or timings.
+    """
+
+    def __init__(self, state: OllamaChatStream, *, native: bool = False) -> None:
+        self.state = state
+        self._wall_clock = state.wall_clock
+        self.native = native
+        self.finished = False
+        self.error: str | None = None
+        self.accounting: list[dict[str, Any]] = []
+        self._buf = b""
+        self._second = -1
+        self._stamp_head = b""
+        # The constant parts of a text line, so the common event costs one escape and a join.
+        model = _dumps(state.model)
+        key = b'"response":' if state.generate else b'"message":{"role":"assistant","content":'
+        self._head = b'{"model":' + model + b',"created_at":"'
+        self._mid = b'",' + key
+        self._tail = b',"done":false}\n' if state.generate else b'},"done":false}\n'
+
+    def feed(self, block: bytes) -> list[bytes]:
+        """The NDJSON lines the complete events in ``block`` (and any earlier remainder) give."""
+        data = self._buf + block if self._buf else block
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._buf = data
+            return []
+        self._buf = data[cut + 1 :]
+        out: list[bytes] = []
+        for line in data[:cut].split(b"\n"):
+            if self.finished:
+                break
+            out.extend(self._event(line))
+        return out
+
+    def close(self) -> list[bytes]:
+        """What is left once upstream ended: a last unterminated event and the closing object."""
+        out = [] if self.finished or not self._buf else list(self._event(self._buf))
+        self._buf = b""
+        if not self.finished:
+            self.finished = True
+            out.append(_line(self.state.finish()))
+        return out
+
+    # ---- one event -----------------------------------------------------------------------------
+    def _event(self, line: bytes) -> Iterator[bytes]:
+        if line.startswith(b"data:"):
+            line = line[5:].strip()
+            if line == b"[DONE]":
+                self.finished = True
+                yield _line(self.state.finish())
+                return
+        elif not line.startswith(b"{"):
+            return  # blank separators, comments, event names
+        obj = _parse(line)
+        if obj is None:
+            return
+        if b'"usage"' in line or b'"timings"' in line:
+            self.accounting.append(obj)
+        text = None if self.native else _plain_text(obj)
+        if text is not None:
+            self.state.note_first_token()
+            yield self._text_line(text)
+            return
+        feed = self.state.feed_native if self.native else self.state.feed
+        for piece in feed(obj):
+            if "error" in piece:
+                self.error = str(piece["error"])
+                self.finished = True
+                yield _line(piece)
+                return
+            yield _line(piece)
+
+    def _text_line(self, text: str) -> bytes:
+        return b"".join((self._head, self._stamp(), self._mid, _dumps(text), self._tail))
+
+    def _stamp(self) -> bytes:
+        """``created_at`` as ``format_rfc3339_ns`` writes it; the date part is formatted once a second."""
+        ns = self._wall_clock()
+        secs, frac = divmod(ns, 1_000_000_000)
+        if secs != self._second:
+            self._second = secs
+            self._stamp_head = datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S.").encode()
+        return self._stamp_head + b"%09dZ" % frac
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        obj = _loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _plain_text(obj: dict[str, Any]) -> str | None:
+    """The delta's text when the event is nothing but text for choice 0 (the template's case)."""
+    if "error" in obj or "timings" in obj or "usage" in obj:
+        return None
+    choices = obj.get("choices")
+    if not isinstance(choices, list) or len(choices) != 1:
+        return None
+    choice = choices[0]
+    if not isinstance(choice, dict) or choice.get("finish_reason") is not None or choice.get("index", 0):
+        return None
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        return None
+    content = delta.get("content")
+    if not isinstance(content, str) or not content:
+        return None
+    for key in delta:
+        if key not in ("content", "role"):
+            return None
+    return content
+
+
+async def relay_ndjson(
+    relay: Relay, lease: Lease, upstream: UpstreamResponse, ndjson: NdjsonTranslator, ex: Exchange
+) -> AsyncIterator[bytes]:
+    """The body of a streamed Ollama answer: each upstream block's lines in one write, the exchange
+    recorded (usage from the final event) and the lease released however the stream ends."""
+    try:
+        async for block in upstream.aiter_raw():
+            ex.progress_tokens += block.count(b"data: ")
+            lines = ndjson.feed(block)
+            if lines:
+                if ex.first_byte is None:
+                    ex.first_byte = time.monotonic()
+                yield lines[0] if len(lines) == 1 else b"".join(lines)
+        if ex.cancelled is not None and ex.cancelled != CLIENT_LEFT:
+            ex.error = ex.cancelled  # an administrator cancelled it: say so in the stream
+            yield stream_error_line("ollama", ex.cancelled)
+        elif not upstream.aborted:
+            yield b"".join(ndjson.close())
+    except UpstreamError as exc:
+        # A dead llama-server ends the stream with an error line the client can show, right away.
+        reason = str(exc) or exc.__class__.__name__
+        ex.error = f"upstream stream broke: {reason}"
+        log.warning("stream from %s broke: %r", lease.model_name, exc)
+        yield stream_error_line(
+            "ollama", f"llama-server for '{lease.model_name}' stopped mid-stream: {reason}"
+        )
+    finally:
+        upstream.close()
+        # Released even when the client went away mid-stream.
+        lease.release()
+        for obj in ndjson.accounting:
+            ex.absorb_usage(obj)
+        ex.error = ex.error or ndjson.error
+        relay.record(ex)
