@@ -47,7 +47,9 @@ async def load_model(services: Services, rel_path: str) -> None:
     """Launch ``rel_path`` with its saved preset (or the defaults), as one click in the library does."""
     preset = await services.presets.get(rel_path) or {}
     try:
-        ls = LaunchSettings(**{**preset, "model_path": rel_path})
+        # The placement policy is for the proxy's on-demand loads; a launch from here is explicit.
+        values = {k: v for k, v in preset.items() if k != "placement"}
+        ls = LaunchSettings(**{**values, "model_path": rel_path})
         m = await services.supervisor.launch(ls)
     except InstanceError as exc:
         fail(f"Could not load {rel_path}: {exc.message}")

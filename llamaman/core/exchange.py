@@ -53,8 +53,8 @@ class Exchange:
     identity: Identity | None = field(default_factory=current_identity)
     id: str = field(default_factory=_request_id)
     phase: Phase = Phase.RUNNING
-    # Stream events relayed so far: a cheap running count, not the tokenizer's.
-    progress_tokens: int = 0
+    # How long this request waited for its model to load (a cold start); None when it was loaded.
+    load_ms: float | None = None
     # Why the request was aborted (an administrator cancelled it, its client left); None while not.
     cancelled: str | None = None
     _abort_hooks: list[Callable[[], object]] = field(default_factory=list, repr=False, compare=False)
@@ -63,6 +63,11 @@ class Exchange:
     @property
     def ttft_ms(self) -> float | None:
         return (self.first_byte - self.started) * 1000 if self.first_byte else None
+
+    def note_load(self, load_ns: int) -> None:
+        """Keep the cold start this request waited through (its lease's load time), if any."""
+        if load_ns > 0:
+            self.load_ms = load_ns / 1e6
 
     def on_abort(self, hook: Callable[[], object]) -> None:
         """Call ``hook`` when the request is aborted (at once if it already was)."""

@@ -227,6 +227,8 @@ class RequestLog(SQLModel, table=True):
     energy_j: float | None = Field(default=None, sa_type=Double)
     # Why it was refused or failed (the message its client got); empty for answered requests.
     error: str | None = Field(default=None, sa_type=Text)
+    # How long the request waited for its model to load (a cold start); empty when it was loaded.
+    load_ms: float | None = Field(default=None, sa_type=Double)
 
 
 class Benchmark(SQLModel, table=True):

@@ -39,7 +39,7 @@ class NdjsonTranslator:
     """
 
     def __init__(self, state: OllamaChatStream, *, native: bool = False) -> None:
-        self.state = state
+        self.chat = state  # the full translation, for whatever the byte template does not cover
         self._wall_clock = state.wall_clock
         self.native = native
         self.finished = False
@@ -76,7 +76,7 @@ class NdjsonTranslator:
         self._buf = b""
         if not self.finished:
             self.finished = True
-            out.append(_line(self.state.finish()))
+            out.append(_line(self.chat.finish()))
         return out
 
     # ---- one event -----------------------------------------------------------------------------
@@ -85,7 +85,7 @@ class NdjsonTranslator:
             line = line[5:].strip()
             if line == b"[DONE]":
                 self.finished = True
-                yield _line(self.state.finish())
+                yield _line(self.chat.finish())
                 return
         elif not line.startswith(b"{"):
             return  # blank separators, comments, event names
@@ -96,10 +96,10 @@ class NdjsonTranslator:
             self.accounting.append(obj)
         text = None if self.native else _plain_text(obj)
         if text is not None:
-            self.state.note_first_token()
+            self.chat.note_first_token()
             yield self._text_line(text)
             return
-        feed = self.state.feed_native if self.native else self.state.feed
+        feed = self.chat.feed_native if self.native else self.chat.feed
         for piece in feed(obj):
             if "error" in piece:
                 self.error = str(piece["error"])

@@ -271,6 +271,7 @@ async def _generation(request: Request, *, generate: bool) -> Response:
     started = time.monotonic_ns()
     lease = await lease_for(services, model, min_ctx=min_ctx)
     ex = Exchange(model, "/api/generate" if generate else "/api/chat", stream=bool(payload["stream"]))
+    ex.note_load(lease.load_duration_ns)
     prompt = ""
     services.relay.inflight.running(ex)
     receive = None if payload["stream"] else request.receive
@@ -359,6 +360,7 @@ async def _embedding(request: Request, *, legacy: bool) -> Response:
     started = time.monotonic_ns()
     lease = await lease_for(services, model, min_ctx=min_ctx)
     ex = Exchange(model, "/api/embeddings" if legacy else "/api/embed")
+    ex.note_load(lease.load_duration_ns)
     services.relay.inflight.running(ex)
     try:
         lease.keep_alive(keep_alive)

@@ -123,7 +123,8 @@ class MemoryPlanner:
         embedding = settings.embedding
         pinned = _pinned(settings)
         chosen = Policy(policy or Policy.AUTO)
-        if settings.n_gpu_layers == 0 or not self.can_offload():
+        # A preset that asks for GPUs only keeps asking where there are none: refused, never put in RAM.
+        if chosen != Policy.GPU_ONLY and (settings.n_gpu_layers == 0 or not self.can_offload()):
             chosen = Policy.CPU_ONLY
         return Demand(self.footprint(entry, settings), chosen, pinned, not embedding, entry.name)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlmodel import select
 
 from llamaman.core.db import Database
@@ -19,6 +19,11 @@ class PresetSettings(LaunchSettings):
     """A preset is launch settings without the model (the key names it) and without a fixed port."""
 
     model_path: str = ""
+    # Where the proxy may put this model when it loads it on demand (see scheduling/placement.py).
+    placement: Literal["auto", "gpu_only", "cpu_only"] | None = Field(
+        default=None,
+        description="auto: one GPU, a split over GPUs, fewer layers on GPU, then RAM; gpu_only; cpu_only",
+    )
 
 
 def validate_preset(body: dict[str, Any]) -> dict[str, Any]:

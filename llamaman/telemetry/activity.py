@@ -50,6 +50,7 @@ class Finished:
     start: float  # monotonic
     end: float  # monotonic
     error: str | None = None
+    load_ms: float | None = None  # the cold start this request waited through, if any
 
     def values(self) -> dict[str, Any]:
         """The row's columns, for a bulk insert."""
@@ -65,6 +66,7 @@ class Finished:
             "duration_ms": round(self.duration_ms, 3),
             "tokens_per_s": _round(self.tokens_per_s),
             "error": self.error[:ERROR_CHARS] if self.error else None,
+            "load_ms": _round(self.load_ms),
         }
 
     def row(self) -> RequestLog:
@@ -104,6 +106,7 @@ def finished_from(ex: Exchange, identity: Identity | None, wall_offset: float) -
         start=ex.started,
         end=end,
         error=ex.error,
+        load_ms=ex.load_ms,
     )
 
 

@@ -110,6 +110,7 @@ def row_dict(r: RequestLog) -> dict[str, Any]:
         "tokens_per_s": r.tokens_per_s,
         "energy_j": r.energy_j,
         "error": r.error,
+        "load_ms": r.load_ms,
     }
 
 
@@ -128,6 +129,7 @@ ACTIVITY_COLUMNS = [
     "tokens_per_s",
     "energy_j",
     "error",
+    "load_ms",
 ]
 SUMMARY_COLUMNS = [
     "model",

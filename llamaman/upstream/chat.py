@@ -42,6 +42,7 @@ class ChatStream:
         t0 = time.monotonic()
         ex = Exchange(self.model, f"{self.path} (playground)", stream=True)
         lease = await self.router.acquire(self.model)
+        ex.note_load(lease.load_duration_ns)
         pieces = 0
         timings: dict[str, Any] = {}
         try:

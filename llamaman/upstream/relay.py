@@ -292,6 +292,7 @@ class Relay:
         Given the client's ``receive``, a client that hangs up before the answer's head arrives (all
         of a non-streamed generation) aborts the request upstream."""
         ex = exchange or Exchange(lease.model_name, path)
+        ex.note_load(lease.load_duration_ns)
         self.inflight.running(ex)
         try:
             upstream = await abortable(ex, self.upstream.request(

@@ -313,6 +313,7 @@ TABLE_ROWS: dict[str, Callable[[], SQLModel]] = {
         duration_ms=250.75,
         tokens_per_s=80.0,
         energy_j=1.5,
+        load_ms=812.5,
     ),
     "benchmark": lambda: Benchmark(
         model="tiny-a",

@@ -143,3 +143,19 @@ async def test_a_cpu_only_build_keeps_models_in_ram_beside_gpus(
     devices = {d["id"]: d for d in (await api.get("/api/placement")).json()["devices"]}
     assert [m["model"] for m in devices["cpu"]["models"]] == ["tiny-a"]
     assert devices["gpu0"]["models"] == devices["gpu1"]["models"] == []
+
+
+async def test_a_presets_placement_is_checked_and_gpu_only_is_refused_on_a_box_without_gpus(
+    api: httpx.AsyncClient, services: LlamaMan
+) -> None:
+    r = await api.put("/api/presets/tiny-a.gguf", json={"placement": "anywhere"})
+    assert r.status_code == 422 and "placement" in r.text
+    assert (await api.put("/api/presets/tiny-a.gguf", json={"placement": "gpu_only"})).status_code == 200
+    async with asgi(services) as proxy:
+        chat = {"model": "tiny-a", "messages": HI, "max_tokens": 3}
+        r = await proxy.post("/v1/chat/completions", json=chat)
+        assert r.status_code == 422 and "gpu_only" in r.text and "never be loaded" in r.text, r.text
+        assert services.supervisor.list() == []
+        assert (await api.put("/api/presets/tiny-a.gguf", json={"placement": "cpu_only"})).status_code == 200
+        r = await proxy.post("/v1/chat/completions", json=chat)
+        assert r.status_code == 200, r.text

@@ -42,7 +42,7 @@ pytestmark = [pytest.mark.auth, pytest.mark.timeout(3600)]
 CASES = int(os.environ.get("LLAMAMAN_FUZZ_CASES", "400"))
 SCHEMA_SHARE = 0.4
 # Answers that stream forever (event streams) are not requests a fuzzer can finish.
-SKIP_PATHS = ("/stream", "/api/events")
+SKIP_PATHS = ("/stream", "/api/events", "/models/sse")
 
 
 @dataclass

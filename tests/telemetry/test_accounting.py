@@ -109,3 +109,19 @@ async def test_rows_metrics_and_key_usage_equal_llama_servers_counts_on_both_dia
     assert total("llamaman_prompt_tokens") == prompt
     assert total("llamaman_completion_tokens") == completion
     assert services.auth.keys.tokens_today(record.id) == prompt + completion
+
+
+async def test_a_request_that_waited_for_its_model_to_load_is_marked_as_a_cold_start(
+    services: LlamaMan, proxy: ProxyServer, api: httpx.AsyncClient
+) -> None:
+    await services.router.unload("tiny-a")
+    _, key = await services.auth.keys.create("cold")
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=proxy.url, timeout=60, trust_env=False, headers=headers) as http:
+        await _openai(http, 2, stream=False)  # loads the model
+        await _ollama(http, 2, stream=True)  # finds it loaded
+    await services.telemetry.activity.flush()
+    rows = (await api.get("/api/activity", params={"key_name": "cold"})).json()["items"]
+    waited = {r["endpoint"]: r["load_ms"] for r in rows}
+    assert waited["/v1/chat/completions"] is not None and waited["/v1/chat/completions"] > 0
+    assert waited["/api/chat"] is None
