@@ -1,5 +1,7 @@
 """REST management API (JSON). Paths and bodies follow the original LlamaMan."""
 
+from types import ModuleType
+
 from fastapi import APIRouter
 
 from llamaman.api import (
@@ -19,8 +21,8 @@ from llamaman.api import (
 
 def build_router() -> APIRouter:
     router = APIRouter()
-    modules = (instances, models, presets, system, telemetry, auth, keys, downloads, backup)
-    modules += (placement, inflight)
+    modules: tuple[ModuleType, ...] = (instances, models, presets, system, telemetry, auth, keys, downloads)
+    modules += (backup, placement, inflight)
     for module in modules:
         router.include_router(module.router)
     return router

@@ -238,6 +238,8 @@ class LlamaProcess:
                     if self.before_healthy is not None and self.state == S.STARTING:
                         await self.before_healthy(self)
                     if self.state == S.STARTING and not self._stopping:
+                        # What the load wrote comes before "healthy": its stages are seen in order.
+                        self._read_log()
                         self.healthy_at = time.time()
                         self.load_seconds = self.healthy_at - (self.started_at or self.healthy_at)
                         self._set_state(S.HEALTHY)

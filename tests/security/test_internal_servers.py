@@ -18,6 +18,7 @@ from llamaman.app import LlamaMan
 from llamaman.core.config import Settings
 from llamaman.core.state import InstanceState
 from llamaman.instances.launch import LaunchSettings
+from llamaman.instances.ownership import instance_environment
 from llamaman.instances.process import LlamaProcess
 from llamaman.proxy.app import ProxyServer
 from tests.helpers import admin_headers
@@ -230,9 +231,7 @@ async def test_a_server_that_cannot_bind_its_port_fails_visibly(
             "squatted",
             [*services.supervisor.binary.argv_prefix, "-m", str(models_dir / "tiny-a.gguf"),
              "--host", "127.0.0.1", "--port", str(port), "-c", "256", "--alias", "tiny-a"],
-            env=services.supervisor._child_env(
-                type("R", (), {"id": "squatted"})(), LaunchSettings(model_path="tiny-a.gguf")
-            ),
+            env=instance_environment("squatted", services.supervisor._owner, None, services.settings),
             log_path=tmp_path / "squatted.log",
             health_url=f"http://127.0.0.1:{port}/health",
             http=services.http,

@@ -35,8 +35,10 @@ async def test_a_setting_from_the_environment_is_read_only_and_says_which_variab
     admin: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     services = await started(admin)
-    sources = {"max_models": {"source": "env", "env": "LLAMAMAN_MAX_MODELS"}, "cleanup_hours": "saved"}
-    monkeypatch.setattr(services.runtime, "sources", sources, raising=False)
+    # The app under test is started once for the module: pin a setting the way the environment would.
+    sources = {**services.runtime.sources(), "max_models": "env", "cleanup_hours": "saved"}
+    monkeypatch.setattr(services.runtime, "sources", lambda: sources)
+    monkeypatch.setattr(services.runtime, "pinned_by", lambda: {"max_models": "LLAMAMAN_MAX_MODELS"})
     await admin.open("/settings")
     await admin.should_see(marker="from-env-max_models")
     field = next(iter(admin.find(marker="field-max_models").elements))
