@@ -104,7 +104,7 @@ class RuntimeConfig:
             **{
                 k: v
                 for k, (v, _) in self.fixed.items()
-                if k not in ("max_models", "idle_timeout_min", "hf_token")
+                if k not in ("max_models", "memory_limit", "idle_timeout_min", "hf_token")
             },
         )
         self.current = self.defaults

@@ -96,3 +96,17 @@ async def test_every_runtime_setting_can_be_pinned_and_a_flag_says_so(
             assert r.status_code == 409 and "a command-line flag" in r.json()["error"]
     finally:
         await services.stop()
+
+
+async def test_a_memory_limit_from_the_environment_applies_and_is_shown_as_pinned(
+    make_settings: Callable[..., Settings],
+) -> None:
+    services = await started(make_settings(LLAMAMAN_MEMORY_LIMIT="cpu=2GiB"))
+    try:
+        assert services.runtime.current.memory_limit == "cpu=2GiB"
+        assert services.runtime.sources()["memory_limit"] == "env"
+        async with api_client(services) as api:
+            [cpu] = (await api.get("/api/placement")).json()["devices"]
+            assert cpu["limit"] == 2 * 1024**3
+    finally:
+        await services.stop()
