@@ -49,21 +49,29 @@ class PromptCache:
         base, headers = _base(m.proc), m.proc.auth_headers
         saved = 0
         try:
-            slots = (await self.http.get(f"{base}/slots", headers=headers, timeout=10)).json()
-            for slot in slots if isinstance(slots, list) else []:
-                held = slot.get("n_prompt_tokens") or slot.get("n_past") or slot.get("n_ctx_used") or 0
-                if slot.get("is_processing") or not held:
-                    continue
-                r = await self.http.post(
-                    f"{base}/slots/{int(slot['id'])}", params={"action": "save"},
-                    json={"filename": f"slot{int(slot['id'])}.bin"}, headers=headers, timeout=120,
-                )  # fmt: skip
-                if r.status_code == 200:
-                    saved += 1
-                else:
-                    log.warning("%s: slot %s not saved: %s", m.id, slot["id"], r.text[:200])
+            # A connection of its own: a pooled one may have sat idle past llama-server's keep-alive
+            # (5 s) and be closed under us, which would lose the cache for nothing.
+            async with httpx.AsyncClient(trust_env=False) as http:
+                saved = await self._save_slots(m, http, base, headers)
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             log.warning("%s: saving its prompt cache failed: %s", m.id, exc)
+        return saved
+
+    async def _save_slots(self, m: Any, http: httpx.AsyncClient, base: str, headers: dict[str, str]) -> int:
+        saved = 0
+        slots = (await http.get(f"{base}/slots", headers=headers, timeout=10)).json()
+        for slot in slots if isinstance(slots, list) else []:
+            held = slot.get("n_prompt_tokens") or slot.get("n_past") or slot.get("n_ctx_used") or 0
+            if slot.get("is_processing") or not held:
+                continue
+            r = await http.post(
+                f"{base}/slots/{int(slot['id'])}", params={"action": "save"},
+                json={"filename": f"slot{int(slot['id'])}.bin"}, headers=headers, timeout=120,
+            )  # fmt: skip
+            if r.status_code == 200:
+                saved += 1
+            else:
+                log.warning("%s: slot %s not saved: %s", m.id, slot["id"], r.text[:200])
         return saved
 
     async def restore(self, proc: LlamaProcess) -> int:
@@ -79,10 +87,11 @@ class PromptCache:
             if found is None:
                 continue
             try:
-                r = await self.http.post(
-                    f"{_base(proc)}/slots/{found.group(1)}", params={"action": "restore"},
-                    json={"filename": path.name}, headers=proc.auth_headers, timeout=120,
-                )  # fmt: skip
+                async with httpx.AsyncClient(trust_env=False) as http:  # see save()
+                    r = await http.post(
+                        f"{_base(proc)}/slots/{found.group(1)}", params={"action": "restore"},
+                        json={"filename": path.name}, headers=proc.auth_headers, timeout=120,
+                    )  # fmt: skip
                 restored += r.status_code == 200
             except httpx.HTTPError as exc:
                 log.warning("%s: restoring %s failed: %s", proc.instance_id, path.name, exc)
