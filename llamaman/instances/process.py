@@ -238,8 +238,7 @@ class LlamaProcess:
                     if self.before_healthy is not None and self.state == S.STARTING:
                         await self.before_healthy(self)
                     if self.state == S.STARTING and not self._stopping:
-                        # What the load wrote comes before "healthy": its stages are seen in order.
-                        self._read_log()
+                        self._read_log()  # what the load wrote comes first: its stages, then "healthy"
                         self.healthy_at = time.time()
                         self.load_seconds = self.healthy_at - (self.started_at or self.healthy_at)
                         self._set_state(S.HEALTHY)
@@ -439,9 +438,7 @@ class LlamaProcess:
             self.on_line(self, line)
 
     def tail(self, lines: int = 100) -> list[str]:
-        if lines <= 0:
-            return []
-        return list(self.ring)[-lines:]
+        return list(self.ring)[-lines:] if lines > 0 else []
 
     # ---- resources ---------------------------------------------------------------------------
     async def close(self) -> None:
