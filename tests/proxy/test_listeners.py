@@ -169,8 +169,11 @@ async def test_saving_a_preset_applies_its_sampling_overrides_to_running_instanc
 
 
 async def test_replicas_sharing_a_queue_take_work_as_their_slots_free(services: LlamaMan) -> None:
-    a = await launch(services, max_concurrent=1, max_queue_depth=8, share_queue=True)
-    b = await launch(services, max_concurrent=1, max_queue_depth=8, share_queue=True)
+    # One thread each: two llama-servers that each spin a thread per core on a small box stall
+    # one another at ggml's busy-wait barriers (a 0.1 s reply took 5-30 s), and this test is
+    # about the shared queue, not about CPU contention.
+    a = await launch(services, max_concurrent=1, max_queue_depth=8, share_queue=True, threads=1)
+    b = await launch(services, max_concurrent=1, max_queue_depth=8, share_queue=True, threads=1)
     served: list[str] = []
 
     async def one() -> int:
