@@ -11,6 +11,7 @@ import logging
 import httpx
 
 from llamaman.auth.accounts import AuthService
+from llamaman.cluster.nodes import NodeRegistry
 from llamaman.core.config import Settings
 from llamaman.core.db import Database
 from llamaman.core.events import Event, EventBus
@@ -82,6 +83,8 @@ class Services:
         self.downloads = DownloadManager(
             settings, self.db, self.events, self.library, self.runtime, self.aliases, self.supervisor
         )
+        # This box's row among several sharing the database (idle on a standalone box).
+        self.nodes = NodeRegistry(settings, self.db)
         self.started = False
 
     def _gpu_memory(self) -> list[Reading]:
@@ -138,6 +141,7 @@ class Services:
         self.router.start()
         await self.telemetry.start()
         await self.downloads.start()  # resumes downloads a restart interrupted
+        self.nodes.start()
         self.started = True
 
     async def stop_listeners(self) -> None:
@@ -147,6 +151,7 @@ class Services:
         if not self.started:
             return
         self.started = False
+        await self.nodes.stop()
         await self.downloads.stop()  # their records stay active: resumed at the next start
         await self.telemetry.stop()  # after the proxy: its last requests still reach the activity log
         await self.router.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,16 @@ class Settings(BaseSettings):
     download_speed_limit_mbps: float | None = Field(default=None, alias="LLAMAMAN_DOWNLOAD_SPEED_LIMIT_MBPS")
     activity_retention: int | None = Field(default=None, alias="LLAMAMAN_ACTIVITY_RETENTION")
 
+    # Several boxes as one service (all nodes share DATABASE_URL). Unset name: a standalone box.
+    node_name: str | None = Field(default=None, alias="LLAMAMAN_NODE_NAME", max_length=64)
+    # How the other nodes reach this one's main port, e.g. http://10.0.0.5:5000.
+    node_url: str | None = Field(default=None, alias="LLAMAMAN_NODE_URL")
+    # Shared by every node; a request forwarded between nodes carries it instead of a user's key.
+    node_secret: str | None = Field(default=None, alias="LLAMAMAN_NODE_SECRET")
+    # Seconds between two heartbeats, and of silence after which a node is out of rotation.
+    node_heartbeat: float = Field(default=1.0, alias="LLAMAMAN_NODE_HEARTBEAT", gt=0, le=60)
+    node_timeout: float = Field(default=4.0, alias="LLAMAMAN_NODE_TIMEOUT", gt=0, le=600)
+
     # Fields given as command-line flags (``cli.py``); every other explicitly set field came from
     # the environment (or, in code and tests, from keyword arguments, which mean the same).
     _flags: set[str] = PrivateAttr(default_factory=set)
@@ -149,6 +160,22 @@ class Settings(BaseSettings):
             raise ValueError("PORT_RANGE_START must not exceed PORT_RANGE_END")
         if self.internal_port_range_start > self.internal_port_range_end:
             raise ValueError("INTERNAL_PORT_RANGE_START must not exceed INTERNAL_PORT_RANGE_END")
+        if self.node_name is not None:
+            self.node_name = self.node_name.strip() or None
+        if self.node_name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.node_name):
+            raise ValueError("LLAMAMAN_NODE_NAME: letters, digits, '.', '_' and '-' only")
+        if self.node_url:
+            self.node_url = self.node_url.strip().rstrip("/")
+            if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", self.node_url):
+                raise ValueError("LLAMAMAN_NODE_URL must be an http:// or https:// URL")
+            if not self.node_name:
+                raise ValueError("LLAMAMAN_NODE_URL needs LLAMAMAN_NODE_NAME")
+        if self.node_name and (not self.node_secret or len(self.node_secret) < 16):
+            raise ValueError(
+                "a node (LLAMAMAN_NODE_NAME) needs LLAMAMAN_NODE_SECRET of 16 characters or more"
+            )
+        if self.node_timeout <= self.node_heartbeat:
+            raise ValueError("LLAMAMAN_NODE_TIMEOUT must exceed LLAMAMAN_NODE_HEARTBEAT")
         self.models_dir = self.models_dir.resolve()
         self.data_dir = self.data_dir.resolve()
         self.logs_dir = (self.logs_dir or self.data_dir / "logs").resolve()
@@ -185,7 +212,14 @@ class Settings(BaseSettings):
     def public_dict(self) -> dict[str, Any]:
         """Settings as shown to users: secrets redacted."""
         out = self.model_dump(mode="json")
-        for secret in ("secret_key", "admin_password", "api_keys", "admin_api_keys", "hf_token"):
+        for secret in (
+            "secret_key",
+            "admin_password",
+            "api_keys",
+            "admin_api_keys",
+            "hf_token",
+            "node_secret",
+        ):
             if out.get(secret):
                 out[secret] = "***"
         if self.database_url and "@" in self.database_url:

@@ -81,8 +81,19 @@ class Database:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         with self.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            # Nodes sharing one MariaDB may start together: a named lock lets one migrate while the
+            # others wait, then find the schema at head and do nothing.
+            locked = self.backend in ("mysql", "mariadb")
+            if locked:
+                got = conn.exec_driver_sql("SELECT GET_LOCK('llamaman_migrate', 300)").scalar()
+                if got != 1:
+                    raise DatabaseError("another node held the migration lock for 5 minutes")
+            try:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+            finally:
+                if locked:
+                    conn.exec_driver_sql("SELECT RELEASE_LOCK('llamaman_migrate')")
 
     @contextmanager
     def session(self) -> Iterator[Session]:

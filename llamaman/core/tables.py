@@ -93,6 +93,8 @@ class Instance(LaunchBase, table=True):
     created_at: float = Field(default_factory=now, sa_type=Double)
     started_at: float | None = Field(default=None, sa_type=Double)
     stopped_at: float | None = Field(default=None, sa_type=Double)
+    # The node that runs it (LLAMAMAN_NODE_NAME); empty on a standalone box. A node restores its own.
+    node: str | None = Field(default=None, max_length=64, index=True)
 
 
 class Download(SQLModel, table=True):
@@ -116,6 +118,8 @@ class Download(SQLModel, table=True):
     dest_dir: str | None = Field(default=None, max_length=1024)
     # Name an Ollama pull asked for; registered as an alias once the files are in place.
     alias: str | None = Field(default=None, max_length=255)
+    # The node whose MODELS_DIR the files land in; empty on a standalone box.
+    node: str | None = Field(default=None, max_length=64, index=True)
 
 
 class Preset(SQLModel, table=True):
@@ -229,6 +233,43 @@ class RequestLog(SQLModel, table=True):
     error: str | None = Field(default=None, sa_type=Text)
     # How long the request waited for its model to load (a cold start); empty when it was loaded.
     load_ms: float | None = Field(default=None, sa_type=Double)
+    # The node whose llama-server answered (several boxes); empty on a standalone box.
+    node: str | None = Field(default=None, max_length=64)
+
+
+class Node(SQLModel, table=True):
+    """One LlamaMan box of several sharing this database, as its last heartbeat described it."""
+
+    name: str = Field(primary_key=True, max_length=64)
+    url: str = Field(default="", max_length=1024)
+    started_at: float = Field(default_factory=now, sa_type=Double)
+    heartbeat_at: float = Field(default_factory=now, sa_type=Double, index=True)
+    # Models on disk and resident, free memory per device, in-flight requests, version: see cluster/.
+    info: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class RpcWorker(SQLModel, table=True):
+    """A llama.cpp RPC worker (``llamaman worker``) a launch may spread a model over."""
+
+    address: str = Field(primary_key=True, max_length=255)  # host:port
+    node: str = Field(default="", max_length=64)
+    memory_total: int = Field(default=0, sa_type=BigInteger)
+    memory_free: int = Field(default=0, sa_type=BigInteger)
+    heartbeat_at: float = Field(default_factory=now, sa_type=Double)
+    info: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class Peer(SQLModel, table=True):
+    """An OpenAI-compatible endpoint that is not LlamaMan (llama-swap, Ollama, ...) whose models join
+    the lists and are routed to."""
+
+    name: str = Field(primary_key=True, max_length=64)
+    base_url: str = Field(max_length=1024)
+    api_key: str | None = Field(default=None, sa_type=Text)
+    # fnmatch patterns, comma-separated; empty = every model the peer lists.
+    model_filter: str = Field(default="", max_length=1024)
+    enabled: bool = True
+    created_at: float = Field(default_factory=now, sa_type=Double)
 
 
 class Benchmark(SQLModel, table=True):

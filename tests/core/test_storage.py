@@ -40,8 +40,11 @@ from llamaman.core.tables import (
     ModelAlias,
     ModelFootprint,
     ModelSource,
+    Node,
+    Peer,
     Preset,
     RequestLog,
+    RpcWorker,
     User,
     UserSession,
 )
@@ -237,6 +240,7 @@ def _instance() -> Instance:
         created_at=TS,
         started_at=TS + 1.25,
         stopped_at=TS + 60.5,
+        node="box-2.lab",
     )
 
 
@@ -254,6 +258,7 @@ def _download() -> Download:
         error="HTTP 503",
         created_at=TS,
         finished_at=TS + 3600.125,
+        node="box-1",
     )
 
 
@@ -314,6 +319,30 @@ TABLE_ROWS: dict[str, Callable[[], SQLModel]] = {
         tokens_per_s=80.0,
         energy_j=1.5,
         load_ms=812.5,
+        node="gpu-box_3",
+    ),
+    "node": lambda: Node(
+        name="gpu-box_3",
+        url="http://10.0.0.3:5000",
+        started_at=TS,
+        heartbeat_at=TS + 0.5,
+        info={"models_on_disk": ["tiny-a"], "memory": {"gpu0": 24 * 2**30}, "inflight": 3},
+    ),
+    "rpcworker": lambda: RpcWorker(
+        address="10.0.0.4:50052",
+        node="gpu-box_3",
+        memory_total=80 * 2**30,
+        memory_free=79 * 2**30,
+        heartbeat_at=TS,
+        info={"devices": ["CPU"]},
+    ),
+    "peer": lambda: Peer(
+        name="ollama-box",
+        base_url="http://10.0.0.9:11434/v1",
+        api_key="sk-" + "z" * 40,
+        model_filter="llama3*,qwen*",
+        enabled=False,
+        created_at=TS,
     ),
     "benchmark": lambda: Benchmark(
         model="tiny-a",
