@@ -178,11 +178,19 @@ def llamaman(
     ui: bool = False,
     server_bin: str | None = None,
     profile: Path | None = None,
+    node: str | None = None,
 ) -> Iterator[LlamaManProc]:
     """A LlamaMan process (``main.py``, with ``--no-ui`` unless ``ui``) on free ports; ``profile``
-    runs it under cProfile with the stats written there when it stops."""
+    runs it under cProfile with the stats written there when it stops; ``node`` names it as one
+    of several boxes (with the shared DATABASE_URL and LLAMAMAN_NODE_SECRET in ``extra_env``)."""
     data = Path(tempfile.mkdtemp(prefix="llamaman-bench-"))
     proxy_port, main_port = free_port(), free_port()
+    if node is not None:
+        extra_env = {
+            "LLAMAMAN_NODE_NAME": node,
+            "LLAMAMAN_NODE_URL": f"http://127.0.0.1:{main_port}",
+            **(extra_env or {}),
+        }
     pub, internal = free_block(21, 23000), free_block(21, 24000)
     env = {
         **os.environ,
