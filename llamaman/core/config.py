@@ -171,9 +171,7 @@ class Settings(BaseSettings):
             if not self.node_name:
                 raise ValueError("LLAMAMAN_NODE_URL needs LLAMAMAN_NODE_NAME")
         if self.node_name and (not self.node_secret or len(self.node_secret) < 16):
-            raise ValueError(
-                "a node (LLAMAMAN_NODE_NAME) needs LLAMAMAN_NODE_SECRET of 16 characters or more"
-            )
+            raise ValueError("a node (LLAMAMAN_NODE_NAME) needs a LLAMAMAN_NODE_SECRET of 16+ characters")
         if self.node_timeout <= self.node_heartbeat:
             raise ValueError("LLAMAMAN_NODE_TIMEOUT must exceed LLAMAMAN_NODE_HEARTBEAT")
         self.models_dir = self.models_dir.resolve()

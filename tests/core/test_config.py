@@ -165,6 +165,27 @@ def test_without_flags_the_environment_is_used(env: pytest.MonkeyPatch) -> None:
         ),
         ({"MODEL_LOAD_TIMEOUT": "0"}, [], "MODEL_LOAD_TIMEOUT: Input should be greater than 0"),
         ({}, ["--port", "70000"], "LLAMAMAN_PORT: Input should be less than or equal to 65535"),
+        ({"LLAMAMAN_NODE_NAME": "box-1"}, [], "needs a LLAMAMAN_NODE_SECRET of 16+ characters"),
+        (
+            {"LLAMAMAN_NODE_NAME": "box-1", "LLAMAMAN_NODE_SECRET": "short"},
+            [],
+            "needs a LLAMAMAN_NODE_SECRET of 16+ characters",
+        ),
+        (
+            {"LLAMAMAN_NODE_NAME": "box 1/<b>", "LLAMAMAN_NODE_SECRET": "x" * 32},
+            [],
+            "LLAMAMAN_NODE_NAME: letters, digits",
+        ),
+        (
+            {
+                "LLAMAMAN_NODE_NAME": "box-1",
+                "LLAMAMAN_NODE_SECRET": "x" * 32,
+                "LLAMAMAN_NODE_URL": "box-1:5000",
+            },
+            [],
+            "LLAMAMAN_NODE_URL must be an http:// or https:// URL",
+        ),
+        ({"LLAMAMAN_NODE_URL": "http://10.0.0.2:5000"}, [], "LLAMAMAN_NODE_URL needs LLAMAMAN_NODE_NAME"),
     ],
     ids=[
         "port range reversed",
@@ -173,6 +194,11 @@ def test_without_flags_the_environment_is_used(env: pytest.MonkeyPatch) -> None:
         "negative max",
         "zero load",
         "flag",
+        "node without secret",
+        "node secret too short",
+        "node name with markup",
+        "node url not a url",
+        "node url without name",
     ],
 )
 def test_invalid_settings_end_with_a_clear_message_not_a_traceback(
@@ -195,8 +221,11 @@ def test_public_settings_hide_secrets_and_database_password(env: pytest.MonkeyPa
     env.setenv("HF_TOKEN", "hf_secret")
     env.setenv("LLAMAMAN_ADMIN_PASSWORD", "admin-pw")
     env.setenv("DATABASE_URL", "mysql+pymysql://llama:db-pw@db.local:3306/llamaman")
+    env.setenv("LLAMAMAN_NODE_NAME", "box-1")
+    env.setenv("LLAMAMAN_NODE_SECRET", "node-secret-0123456789")
     shown = Settings().public_dict()
+    assert shown["node_secret"] == "***" and shown["node_name"] == "box-1"
     assert shown["secret_key"] == shown["hf_token"] == shown["admin_password"] == "***"
     assert shown["database_url"] == "mysql+pymysql://***@db.local:3306/llamaman"
-    for secret in ("very-secret", "hf_secret", "admin-pw", "db-pw"):
+    for secret in ("very-secret", "hf_secret", "admin-pw", "db-pw", "node-secret-0123456789"):
         assert secret not in str(shown)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -179,6 +180,38 @@ def test_database_is_at_the_head_revision_of_the_migration_files(db: Database) -
     heads = ScriptDirectory.from_config(_alembic_config()).get_heads()
     assert heads == [_head_from_files()]
     assert _current_revision(db) == heads[0]
+
+
+@pytest.mark.mysql
+def test_nodes_starting_together_on_an_empty_mariadb_migrate_it_once(mariadb_server: MariaDBServer) -> None:
+    # Several boxes share one database and may all start at once: without the migration lock two
+    # of them would both run 0001 and one would fail on "table already exists".
+    with fresh_mysql_database(mariadb_server) as url:
+        dbs = [Database(url) for _ in range(4)]
+        barrier = threading.Barrier(len(dbs))
+        errors: list[BaseException] = []
+
+        def start(db: Database) -> None:
+            barrier.wait()
+            try:
+                db.migrate()
+            except BaseException as e:  # collected: the assertion below names it
+                errors.append(e)
+
+        threads = [threading.Thread(target=start, args=(db,)) for db in dbs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        try:
+            assert errors == []
+            assert {_current_revision(db) for db in dbs} == {_head_from_files()}
+            with dbs[0].engine.connect() as conn:
+                ctx = MigrationContext.configure(conn)
+                assert compare_metadata(ctx, SQLModel.metadata) == []
+        finally:
+            for db in dbs:
+                db.dispose()
 
 
 def test_migrating_again_changes_nothing_and_keeps_the_data(db: Database) -> None:
