@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from llamaman.cluster.nodes import NodeRegistry
 from llamaman.cluster.peers import PeerDirectory
+from llamaman.cluster.rates import SharedRates
 from llamaman.cluster.routing import Here, Kind, NodeState, Target, plan
 from llamaman.core.config import Settings
 from llamaman.core.errors import LlamaManError
@@ -146,6 +147,8 @@ class Cluster:
         self.settings = settings
         self.nodes = nodes
         self.peers = peers
+        # Per-key requests per minute, counted across every entry node.
+        self.rates = SharedRates(nodes.db)
         # A node that failed a request → its heartbeat time then: skipped until a newer heartbeat.
         self._failed: dict[str, float] = {}
 

@@ -141,12 +141,18 @@ class AuthMiddleware:
         if identity.key_id and identity.rpm_limit:
             at = time.monotonic()
             wait = keys.rates.check(identity.key_id, identity.rpm_limit, now=at)
+            minute = None
+            if wait is None and self.services.cluster.clustered:
+                # One budget whichever nodes the key calls: the shared counter has the last word.
+                wait, minute = await self.services.cluster.rates.check(identity.key_id, identity.rpm_limit)
+                if wait is not None:
+                    keys.rates.refund(identity.key_id, at)
             if wait is not None:
                 message = f"this API key is limited to {identity.rpm_limit} requests per minute"
                 await self._deny(scope, receive, send, access, path, 429, message, {"Retry-After": str(wait)})
                 return
             if scope["type"] == "http":
-                send = self._refund_if_refused(send, identity.key_id, at)
+                send = self._refund_if_refused(send, identity.key_id, at, minute)
         await self._pass(scope, receive, send, identity)
 
     def _forwarded_by(self, scope: Scope) -> str | None:
@@ -171,14 +177,18 @@ class AuthMiddleware:
         finally:
             FORWARDED_BY.reset(token)
 
-    def _refund_if_refused(self, send: Send, key_id: str, at: float) -> Send:
+    def _refund_if_refused(self, send: Send, key_id: str, at: float, minute: int | None = None) -> Send:
         """``send`` that gives the request back to the key's per-minute budget when the app refuses it
-        (a model hidden from the key answers 404, not 403, so only the app knows)."""
+        (a model hidden from the key answers 404, not 403, so only the app knows); ``minute`` is its
+        place in the shared counter, if it took one."""
         rates = self.services.auth.keys.rates
+        shared = self.services.cluster.rates
 
         async def watched(message: Message) -> None:
             if message["type"] == "http.response.start" and message.get("status") in _REFUNDED:
                 rates.refund(key_id, at)
+                if minute is not None:
+                    await shared.refund(key_id, minute)
             await send(message)
 
         return watched
