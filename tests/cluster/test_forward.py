@@ -71,6 +71,18 @@ class StandIn:
                 payload = b'{"error":{"message":"out of memory","code":500}}'
                 writer.write(b"HTTP/1.1 500 Error\r\nContent-Type: application/json\r\n")
                 writer.write(b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(payload) + payload)
+            elif target.startswith("/api/"):  # Ollama's NDJSON, one line then the node dies
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n")
+                writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+                line = json.dumps(
+                    {"model": req.get("model"), "message": {"role": "assistant", "content": "x"}}
+                )
+                data = line.encode() + b"\n"
+                writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.transport.abort()
+                return
             elif req.get("stream"):
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
                 writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
@@ -118,6 +130,11 @@ async def entry(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[L
         )
     )  # fmt: skip
     await svc.start()
+    # The registry's own first heartbeat writes this node's row; the test's beats come after it.
+    for _ in range(1000):
+        if svc.nodes.nodes():
+            break
+        await asyncio.sleep(0.01)
     server = ProxyServer(create_app(svc, manage_lifecycle=False), "127.0.0.1", 0)
     await server.start()
     try:
@@ -363,5 +380,28 @@ async def test_a_node_dying_mid_stream_ends_the_clients_stream_with_an_error_at_
         error = json.loads(events[-1][6:])["error"]
         assert "node 'n2'" in error["message"] and "stopped mid-stream" in error["message"]
         assert seen[-1].error and seen[-1].node == "n2"
+    finally:
+        await dying.stop()
+
+
+async def test_an_ollama_stream_from_a_dying_node_ends_with_an_ollama_error_line(
+    entry: tuple[LlamaMan, ProxyServer],
+) -> None:
+    svc, server = entry
+    dying = StandIn("n2", mode="break")
+    await dying.start()
+    try:
+        await place(svc, dying)
+        body = {"model": REMOTE_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"Authorization": f"Bearer {await key_of(svc)}"}
+        async with (
+            httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+            http.stream("POST", "/api/chat", json=body, headers=headers) as answer,
+        ):
+            lines = [json.loads(line) async for line in answer.aiter_lines() if line.strip()]
+        # The request went as sent, to the same Ollama route on the other node.
+        assert dying.requests[0]["path"] == "/api/chat" and json.loads(dying.requests[0]["body"]) == body
+        assert lines[0]["message"]["content"] == "x"
+        assert "node 'n2'" in lines[-1]["error"] and "stopped mid-stream" in lines[-1]["error"]
     finally:
         await dying.stop()
