@@ -29,7 +29,7 @@ class Elsewhere:
         return (self.nodes or self.peers or ["llamaman"])[0]
 
 
-def elsewhere(services: Services, *, peers: bool = True) -> dict[str, Elsewhere]:
+def elsewhere(services: Services) -> dict[str, Elsewhere]:
     """The models of the other nodes in rotation and of the peers that answer, by compared name."""
     out: dict[str, Elsewhere] = {}
 
@@ -47,8 +47,6 @@ def elsewhere(services: Services, *, peers: bool = True) -> dict[str, Elsewhere]
                 item.nodes.append(node.name)
             item.resident = item.resident or normalise(name) in resident
     for peer in services.peers.states():
-        if not peers:
-            break
         for name in peer.models:
             item = add(name)
             if peer.name not in item.peers:
@@ -88,8 +86,9 @@ def merge_openai(services: Services, objects: list[dict[str, Any]], identity: Id
 
 
 def merge_tags(services: Services, models: list[dict[str, Any]], identity: Identity | None) -> None:
-    """``merge_openai`` for Ollama's ``/api/tags`` entries; peers speak OpenAI only, so not theirs."""
-    extra = elsewhere(services, peers=False)
+    """``merge_openai`` for Ollama's ``/api/tags`` entries (a peer's models are chatted with through
+    a translation here, see ``ollama_elsewhere``)."""
+    extra = elsewhere(services)
     if not extra and not services.nodes.enabled:
         return
     me = services.nodes.name

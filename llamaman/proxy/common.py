@@ -15,12 +15,12 @@ from llamaman.cluster.routing import Here, Kind
 from llamaman.core.errors import LlamaManError
 from llamaman.core.exchange import FORWARDED_BY, REQUEST_ID, Exchange
 from llamaman.gateway.bodies import BodyError, cached_body, parsed_body, remember_body
-from llamaman.gateway.dialects import model_status, retry_headers, route_path
+from llamaman.gateway.dialects import model_status, retry_headers
 from llamaman.scheduling.gate import QueueFull
 from llamaman.scheduling.router import Lease, ModelNotFound, ModelUnavailable
 from llamaman.services import Services
 from llamaman.upstream.inflight import RequestCancelled, abortable
-from llamaman.upstream.relay import ErrorStyle, error_payload, exc_status, raw_forward_headers
+from llamaman.upstream.relay import ErrorStyle, error_payload, exc_status
 
 T = TypeVar("T")
 
@@ -135,22 +135,6 @@ def remote_lease(
     if not targets or targets[0].kind is Kind.SELF:
         return None
     return RemoteLease(cluster, model, targets, lambda: services.router.acquire(model, min_ctx=min_ctx))
-
-
-async def elsewhere(request: Request, model: str, raw: bytes) -> Response | None:
-    """The answer of another node that serves ``model`` better, or None to serve it here.
-
-    The request goes as sent: the other node speaks Ollama too (peers do not, so they are left out).
-    """
-    services = services_of(request)
-    remote = remote_lease(services, model, peers=False)
-    if remote is None:
-        return None
-    path = route_path(request.scope)
-    return await services.relay.forward(
-        remote, "POST", path, content=raw, headers=raw_forward_headers(request.scope), style="ollama",
-        exchange=Exchange(model, path), receive=request.receive,
-    )  # fmt: skip
 
 
 async def until_aborted(ex: Exchange, work: Awaitable[T], receive: Receive | None) -> T:

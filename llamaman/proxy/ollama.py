@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from llamaman.library.catalog import ModelEntry
-from llamaman.proxy import common, ollama_models
+from llamaman.proxy import common, ollama_elsewhere, ollama_models
 from llamaman.proxy import ollama_generate as generate_extra
 from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
 from llamaman.proxy.ndjson_stream import NdjsonTranslator, relay_ndjson
@@ -217,7 +217,7 @@ async def ollama_show(request: Request) -> Response:
     body, raw = await read_json(request)
     services, model = services_of(request), _model_field(body)
     if services.router.resolve(model) is None:
-        forwarded = await common.elsewhere(request, model, raw)
+        forwarded = await ollama_elsewhere.answer(request, model, raw, body)
         if forwarded is not None:
             return forwarded
     return JSONResponse(await ollama_models.show(services, model))
@@ -259,7 +259,7 @@ async def _generation(request: Request, *, generate: bool) -> Response:
     services = services_of(request)
     body, raw = await read_json(request)
     model = require_model(body)
-    forwarded = await common.elsewhere(request, model, raw)
+    forwarded = await ollama_elsewhere.answer(request, model, raw, body)
     if forwarded is not None:
         return forwarded
     keep_alive = parse_keep_alive(body.get("keep_alive"))
@@ -358,7 +358,7 @@ async def _embedding(request: Request, *, legacy: bool) -> Response:
     services = services_of(request)
     body, raw = await read_json(request)
     model = require_model(body)
-    forwarded = await common.elsewhere(request, model, raw)
+    forwarded = await ollama_elsewhere.answer(request, model, raw, body)
     if forwarded is not None:
         return forwarded
     keep_alive = parse_keep_alive(body.get("keep_alive"))

@@ -8,6 +8,10 @@ Pass-through requests (``forward``) and Ollama streams (``open_raw``) go over th
 HTTP/1.1 client (``client.py``); the other translating paths read parsed lines from ``open``, which
 keeps the shared httpx client. Nothing is parsed per chunk of a pass-through stream: the accounting
 comes from llama-server's final event, and ``Exchange.progress_tokens`` counts events as they pass.
+
+``forward`` sends to whatever its lease names (``UpstreamTarget``): a local instance, or another node
+or a peer (``cluster/forward.py``), whose lease offers the next place to try when one fails before its
+first byte.
 """
 
 from __future__ import annotations
@@ -257,9 +261,10 @@ class Relay:
         Given the client's ``receive``, a client that hangs up before the answer's head arrives (all
         of a non-streamed generation) aborts the request upstream."""
         ex = exchange or Exchange(lease.model_name, path)
+        ex.note_load(lease.load_duration_ns)
         self.inflight.running(ex)
         try:
-            upstream = await self._connect(lease, method, path, headers, content, params, ex, receive)
+            upstream = await self.connect(lease, method, path, headers, content, params, ex, receive)
         except RequestCancelled as exc:
             lease.release()
             ex.status, ex.error = exc_status(exc), exc.message
@@ -304,7 +309,7 @@ class Relay:
             raw_headers=raw,
         )
 
-    async def _connect(
+    async def connect(
         self, lease: UpstreamTarget, method: str, path: str, headers: Headers | None, content: bytes | None,
         params: Any, ex: Exchange, receive: Receive | None,
     ) -> UpstreamResponse:  # fmt: skip

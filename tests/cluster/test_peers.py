@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -183,3 +184,33 @@ async def test_a_peer_that_went_away_gives_way_to_the_next_peer(box: tuple[Llama
         assert seen[-1].node == "b-second"
         peers = {p["name"]: p for p in (await api.get("/api/peers")).json()}
         assert peers["a-first"]["error"]  # why it was skipped, on its status
+
+
+async def test_the_official_ollama_client_lists_and_chats_with_a_peer_model(
+    box: tuple[LlamaMan, ProxyServer],
+) -> None:
+    svc, server = box
+    async with fake_peer() as (url, _), await admin(svc, server) as api:
+        await api.post("/api/peers", json={"name": "swap", "base_url": url, "api_key": PEER_KEY})
+        await svc.peers.poll_all()
+        seen: list = []
+        svc.relay.add_observer(seen.append)
+        client = ollama.AsyncClient(host=server.url)
+        tags = {m.model: m for m in (await client.list()).models}
+        assert "fake:latest" in tags and "tiny-a:latest" in tags
+        reply = await client.chat(
+            model="fake", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 4}
+        )
+        assert reply.message.content == "abcd" and reply.done
+        assert seen[-1].node == "swap" and seen[-1].completion_tokens == 4
+        parts = [
+            part.message.content
+            async for part in await client.chat(
+                model="fake",
+                messages=[{"role": "user", "content": "hi"}],
+                options={"num_predict": 3},
+                stream=True,
+            )
+        ]
+        assert "".join(parts) == "abc"
+        assert seen[-1].node == "swap" and seen[-1].stream

@@ -136,6 +136,8 @@ async def test_a_model_only_other_nodes_have_is_served_through_any_node_and_fail
 
     # The Ollama surface goes to the same node, the request as sent.
     client = ollama.AsyncClient(host=n1.url, headers={"Authorization": f"Bearer {key}"})
+    tags = {m.model: m for m in (await client.list()).models}  # the official client validates them
+    assert tags[f"{SHARED}:latest"].details is not None and "solo:latest" in tags
     reply = await client.chat(model=SHARED, messages=PROMPT, options={"num_predict": 8, "temperature": 0})
     assert reply.message.content and n1.seen[-1].node in ("n2", "n3")
 
