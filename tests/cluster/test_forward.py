@@ -225,6 +225,11 @@ async def test_the_merged_model_list_names_the_node_that_has_the_model(
             tags = (
                 await http.get("/api/tags", headers={"Authorization": f"Bearer {await key_of(svc)}"})
             ).json()
+            headers = {"Authorization": f"Bearer {await key_of(svc)}"}
+            router_mode = (await http.get("/models", headers=headers)).json()["data"]
+            one = (await http.get(f"/v1/models/{REMOTE_MODEL}", headers=headers)).json()
+        assert [m["nodes"] for m in router_mode if m["id"] == REMOTE_MODEL] == [["n2"]]
+        assert one["id"] == REMOTE_MODEL and one["status"] == {"value": "unloaded"}
         remote = [m for m in tags["models"] if m["model"] == f"{REMOTE_MODEL}:latest"]
         assert len(remote) == 1 and remote[0]["nodes"] == ["n2"] and remote[0]["details"]["format"] == "gguf"
     finally:
