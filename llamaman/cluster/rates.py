@@ -25,6 +25,7 @@ from llamaman.core.tables import AppSetting
 log = logging.getLogger(__name__)
 
 _PREFIX = "rpm:"
+_AWAY_S = 10.0
 
 
 def _row_key(minute: int, key_id: str) -> str:
@@ -36,6 +37,8 @@ class SharedRates:
         self.db = db
         self.clock = clock
         self._swept = -1
+        # After the database failed a check, requests do not wait on it again until this time.
+        self._away_until = 0.0
 
     def _take(self, key_id: str, limit: int, minute: int) -> bool:
         name = _row_key(minute, key_id)
@@ -81,20 +84,26 @@ class SharedRates:
         """(seconds to wait, or None when a place was taken; the minute it counts in)."""
         now = self.clock()
         minute = int(now // 60)
+        if now < self._away_until:
+            return None, minute
         try:
             if minute != self._swept:
                 self._swept = minute
                 await asyncio.to_thread(self._sweep, minute)
             taken = await asyncio.to_thread(self._take, key_id, limit, minute)
         except Exception as exc:  # the database away: the node's own window is the limit meanwhile
-            log.warning("shared rate counter unavailable: %s", exc)
+            log.warning("shared rate counter unavailable for %.0fs: %s", _AWAY_S, exc)
+            self._away_until = self.clock() + _AWAY_S
             return None, minute
         if taken:
             return None, minute
         return max(1, math.ceil((minute + 1) * 60 - now)), minute
 
     async def refund(self, key_id: str, minute: int) -> None:
+        if self.clock() < self._away_until:
+            return
         try:
             await asyncio.to_thread(self._give_back, key_id, minute)
         except Exception as exc:
             log.debug("shared rate refund lost: %s", exc)
+            self._away_until = self.clock() + _AWAY_S

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from llamaman.app import LlamaMan, create_app
+from llamaman.cluster.rates import SharedRates
 from llamaman.core.config import Settings
 from llamaman.testing.mariadb import MariaDBServer
 from tests.cluster.test_three_nodes import mariadb  # noqa: F401 - the module's MariaDB fixture
@@ -78,3 +81,30 @@ async def test_a_refused_request_gives_its_place_back_on_every_node(
     for client in (n2, n1, n2):
         assert (await client.get("/v1/models")).status_code == 200
     assert (await n1.get("/v1/models")).status_code == 429
+
+
+class _DatabaseAway:
+    """A database that cannot be reached: every session fails, and each attempt is counted."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def session(self) -> Any:
+        self.attempts += 1
+        raise OperationalError("SELECT 1", {}, Exception("can't connect to MySQL server"))
+
+
+async def test_with_the_database_away_the_shared_counter_steps_aside_for_a_while() -> None:
+    db = _DatabaseAway()
+    now = [1_000_000.0]
+    rates = SharedRates(db, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert (await rates.check("k", 1))[0] is None  # the node's own window is the limit meanwhile
+    tried = db.attempts
+    assert tried >= 1
+    for _ in range(5):  # no request waits on a database known to be away
+        assert (await rates.check("k", 1))[0] is None
+        await rates.refund("k", int(now[0] // 60))
+    assert db.attempts == tried
+    now[0] += 11
+    await rates.check("k", 1)
+    assert db.attempts > tried  # tried again once the pause is over
