@@ -25,7 +25,7 @@ from llamaman.cluster.forward import NODE_HEADER, VIA_HEADER
 from llamaman.core.config import Settings
 from llamaman.core.exchange import Exchange
 from llamaman.core.tables import Node
-from llamaman.proxy.app import ProxyServer
+from llamaman.proxy.app import ProxyServer, create_proxy_app
 
 pytestmark = pytest.mark.auth
 
@@ -410,3 +410,19 @@ async def test_an_ollama_stream_from_a_dying_node_ends_with_an_ollama_error_line
         assert "node 'n2'" in lines[-1]["error"] and "stopped mid-stream" in lines[-1]["error"]
     finally:
         await dying.stop()
+
+
+async def test_the_proxy_port_trusts_the_secret_as_the_main_port_does(
+    entry: tuple[LlamaMan, ProxyServer],
+) -> None:
+    svc, _ = entry
+    app = create_proxy_app(svc)
+    body = {"model": REMOTE_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        trusted = await http.post("/v1/chat/completions", json=body, headers={NODE_HEADER: SECRET})
+        assert trusted.status_code == 404  # accepted without a key, served (not found) here
+        wrong = await http.post("/api/chat", json=body, headers={NODE_HEADER: SECRET.upper()})
+        assert wrong.status_code == 401 and "API key" in wrong.json()["error"]
+        # Model management stays an admin's business whatever the secret says.
+        pull = await http.post("/api/pull", json={"model": "x"}, headers={NODE_HEADER: SECRET})
+        assert pull.status_code == 401
