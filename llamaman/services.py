@@ -11,7 +11,9 @@ import logging
 import httpx
 
 from llamaman.auth.accounts import AuthService
+from llamaman.cluster.forward import Cluster
 from llamaman.cluster.nodes import NodeRegistry
+from llamaman.cluster.peers import PeerDirectory
 from llamaman.core.config import Settings
 from llamaman.core.db import Database
 from llamaman.core.events import Event, EventBus
@@ -85,6 +87,9 @@ class Services:
         )
         # This box's row among several sharing the database (idle on a standalone box).
         self.nodes = NodeRegistry(settings, self.db)
+        # Static peers (OpenAI-compatible servers that are not LlamaMan) and where each request goes.
+        self.peers = PeerDirectory(self.db, self.http)
+        self.cluster = Cluster(settings, self.nodes, self.peers)
         self.started = False
 
     def _gpu_memory(self) -> list[Reading]:
@@ -142,6 +147,7 @@ class Services:
         await self.telemetry.start()
         await self.downloads.start()  # resumes downloads a restart interrupted
         self.nodes.start()
+        self.peers.start()
         self.started = True
 
     async def stop_listeners(self) -> None:
@@ -151,6 +157,7 @@ class Services:
         if not self.started:
             return
         self.started = False
+        await self.peers.stop()
         await self.nodes.stop()
         await self.downloads.stop()  # their records stay active: resumed at the next start
         await self.telemetry.stop()  # after the proxy: its last requests still reach the activity log

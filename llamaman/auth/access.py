@@ -117,6 +117,7 @@ RULES: tuple[Rule, ...] = (
     Rule("/api/placement", MANAGE, ALL, "memory per device and where each model lives"),
     Rule("/api/logs/llamaman", MANAGE, ALL, "LlamaMan's own log: admin only (it names keys and paths)"),
     Rule("/api/inflight*", MANAGE, ALL, "requests in flight: admins and users list them, admins cancel"),
+    Rule("/api/peers*", MANAGE, ALL, "static peers: their URLs and keys are the box's configuration"),
     Rule("/api/*", MANAGE, ALL, "LlamaMan REST API, including any future /api route"),
     Rule("/docs", MANAGE, ALL, "OpenAPI docs"),
     Rule("/docs/*", MANAGE, ALL, "OpenAPI docs"),

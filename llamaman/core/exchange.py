@@ -16,6 +16,11 @@ from llamaman.core.identity import Identity, current_identity
 # The id a request got while it waited in the queue: the record made once it runs keeps it, so the
 # in-flight list shows one request, not two, across the two phases.
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("llamaman_request_id", default=None)
+# The node that forwarded the current request here (set by the auth middleware when the request
+# carries the node secret); None for a request a client sent to this node directly.
+FORWARDED_BY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "llamaman_forwarded_by", default=None
+)
 
 
 def new_request_id() -> str:
@@ -57,6 +62,10 @@ class Exchange:
     load_ms: float | None = None
     # Why the request was aborted (an administrator cancelled it, its client left); None while not.
     cancelled: str | None = None
+    # The node that served the request (another node or a peer when it was forwarded); None: this one.
+    node: str | None = None
+    # The node that forwarded it here; that node keeps the activity row and the key's usage.
+    via: str | None = field(default_factory=FORWARDED_BY.get)
     _abort_hooks: list[Callable[[], object]] = field(default_factory=list, repr=False, compare=False)
     _aborted: asyncio.Event | None = field(default=None, repr=False, compare=False)
 
@@ -106,6 +115,11 @@ class Exchange:
             self.completion_tokens = int(
                 usage.get("completion_tokens") or usage.get("output_tokens") or self.completion_tokens
             )
+        if not isinstance(usage, dict) and ("eval_count" in obj or "prompt_eval_count" in obj):
+            # Ollama's own final object: what another node answered to a forwarded Ollama request.
+            self.prompt_tokens = int(obj.get("prompt_eval_count") or self.prompt_tokens)
+            self.completion_tokens = int(obj.get("eval_count") or self.completion_tokens)
+            return
         timings = obj.get("timings")
         if isinstance(timings, dict) and not isinstance(usage, dict):
             # prompt_n counts only the tokens evaluated now; cache_n the prompt reused from the cache.

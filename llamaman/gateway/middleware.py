@@ -23,6 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamaman.auth.access import ADMIN_ONLY, MODEL_SURFACE, Access, Surface, classify
 from llamaman.auth.clients import trusted_peer
+from llamaman.cluster.forward import NODE_HEADER, VIA_HEADER, secret_matches
+from llamaman.core.exchange import FORWARDED_BY
 from llamaman.core.identity import CURRENT_IDENTITY, Identity, names_allowed
 from llamaman.gateway.bodies import BodyError, BodyGuard, ensure_body, model_names, parsed_body
 from llamaman.gateway.dialects import dialect_body, route_path
@@ -83,6 +85,11 @@ class AuthMiddleware:
         if access is Access.OPEN:
             await self._pass(scope, receive, send, None)
             return
+        if access is Access.MODEL and self.surface != "instance":
+            via = self._forwarded_by(scope)
+            if via is not None:
+                await self._pass_forwarded(scope, receive, send, access, path, via)
+                return
         auth = self.services.auth
         # The session cookie counts on the main port only, where the UI lives: a page on any other
         # port of the same host is same-site and would have the browser send it along.
@@ -134,22 +141,54 @@ class AuthMiddleware:
         if identity.key_id and identity.rpm_limit:
             at = time.monotonic()
             wait = keys.rates.check(identity.key_id, identity.rpm_limit, now=at)
+            minute = None
+            if wait is None and self.services.cluster.clustered:
+                # One budget whichever nodes the key calls: the shared counter has the last word.
+                wait, minute = await self.services.cluster.rates.check(identity.key_id, identity.rpm_limit)
+                if wait is not None:
+                    keys.rates.refund(identity.key_id, at)
             if wait is not None:
                 message = f"this API key is limited to {identity.rpm_limit} requests per minute"
                 await self._deny(scope, receive, send, access, path, 429, message, {"Retry-After": str(wait)})
                 return
             if scope["type"] == "http":
-                send = self._refund_if_refused(send, identity.key_id, at)
+                send = self._refund_if_refused(send, identity.key_id, at, minute)
         await self._pass(scope, receive, send, identity)
 
-    def _refund_if_refused(self, send: Send, key_id: str, at: float) -> Send:
+    def _forwarded_by(self, scope: Scope) -> str | None:
+        """The node that forwarded this request, when it carries the node secret; None otherwise (a
+        missing or wrong secret, or a box that is no node, leaves the request like any other)."""
+        headers = Headers(scope=scope)
+        presented = headers.get(NODE_HEADER)
+        if presented is None or not secret_matches(self.services.settings, presented):
+            return None
+        return headers.get(VIA_HEADER, "").strip()[:64] or "node"
+
+    async def _pass_forwarded(
+        self, scope: Scope, receive: Receive, send: Send, access: Access, path: str, via: str
+    ) -> None:
+        """A model request another node forwarded: its caller's key was checked and will be counted
+        there, so it runs here without one, and is not forwarded again (``FORWARDED_BY``)."""
+        if await self._refused_not_json(scope, receive, send, access, path):
+            return
+        token = FORWARDED_BY.set(via)
+        try:
+            await self._pass(scope, receive, send, None)
+        finally:
+            FORWARDED_BY.reset(token)
+
+    def _refund_if_refused(self, send: Send, key_id: str, at: float, minute: int | None = None) -> Send:
         """``send`` that gives the request back to the key's per-minute budget when the app refuses it
-        (a model hidden from the key answers 404, not 403, so only the app knows)."""
+        (a model hidden from the key answers 404, not 403, so only the app knows); ``minute`` is its
+        place in the shared counter, if it took one."""
         rates = self.services.auth.keys.rates
+        shared = self.services.cluster.rates
 
         async def watched(message: Message) -> None:
             if message["type"] == "http.response.start" and message.get("status") in _REFUNDED:
                 rates.refund(key_id, at)
+                if minute is not None:
+                    await shared.refund(key_id, minute)
             await send(message)
 
         return watched

@@ -10,8 +10,10 @@ from fastapi import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
+from llamaman.cluster.forward import RemoteLease
+from llamaman.cluster.routing import Here, Kind
 from llamaman.core.errors import LlamaManError
-from llamaman.core.exchange import REQUEST_ID, Exchange
+from llamaman.core.exchange import FORWARDED_BY, REQUEST_ID, Exchange
 from llamaman.gateway.bodies import BodyError, cached_body, parsed_body, remember_body
 from llamaman.gateway.dialects import model_status, retry_headers
 from llamaman.scheduling.gate import QueueFull
@@ -100,6 +102,39 @@ async def lease_for(services: Services, model: str, *, min_ctx: int | None = Non
         raise ProxyError(504, f"model '{model}' was not ready within REQUEST_TIMEOUT") from None
     finally:
         services.relay.inflight.forget(ticket)
+
+
+def here(services: Services, model: str) -> Here:
+    """What this node can do for ``model`` now: file on disk, resident, requests in flight, free memory."""
+    router = services.router
+    entry = router.resolve(model)
+    resident = entry is not None and router.status(entry) == "loaded"
+    inflight = 0
+    if entry is not None:
+        mine = [m for m in services.supervisor.list() if m.record.model_path == entry.rel_path]
+        inflight = sum(s.inflight for m in mine if (s := router.slots.get(m.id)) is not None)
+    router.refresh_devices()
+    free = sum(d.free for d in router.devices.devices.values())
+    name = services.nodes.name or "local"
+    return Here(name, on_disk=entry is not None, resident=resident, inflight=inflight, free_memory=free)
+
+
+def remote_lease(
+    services: Services, model: str, *, min_ctx: int | None = None, peers: bool = True
+) -> RemoteLease | None:
+    """A lease elsewhere when another node or a peer is the better place for ``model``; None when this
+    node serves it (or nothing else knows it: the local answer, a 404 included, is the right one).
+
+    A request another node forwarded here is never forwarded again."""
+    cluster = services.cluster
+    if FORWARDED_BY.get() is not None or not (cluster.clustered or services.peers.states()):
+        return None
+    targets = cluster.targets(model, here(services, model), services.aliases.aliases)
+    if not peers:
+        targets = [t for t in targets if t.kind is not Kind.PEER]
+    if not targets or targets[0].kind is Kind.SELF:
+        return None
+    return RemoteLease(cluster, model, targets, lambda: services.router.acquire(model, min_ctx=min_ctx))
 
 
 async def until_aborted(ex: Exchange, work: Awaitable[T], receive: Receive | None) -> T:

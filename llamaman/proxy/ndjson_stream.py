@@ -19,10 +19,10 @@ from orjson import loads as _loads
 
 from llamaman.core.exchange import Exchange
 from llamaman.proxy.translate_stream import OllamaChatStream
-from llamaman.scheduling.router import Lease
 from llamaman.upstream.client import UpstreamError, UpstreamResponse
 from llamaman.upstream.inflight import CLIENT_LEFT
 from llamaman.upstream.relay import Relay, stream_error_line
+from llamaman.upstream.target import UpstreamTarget
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def _plain_text(obj: dict[str, Any]) -> str | None:
 
 
 async def relay_ndjson(
-    relay: Relay, lease: Lease, upstream: UpstreamResponse, ndjson: NdjsonTranslator, ex: Exchange
+    relay: Relay, lease: UpstreamTarget, upstream: UpstreamResponse, ndjson: NdjsonTranslator, ex: Exchange
 ) -> AsyncIterator[bytes]:
     """The body of a streamed Ollama answer: each upstream block's lines in one write, the exchange
     recorded (usage from the final event) and the lease released however the stream ends."""
@@ -174,9 +174,8 @@ async def relay_ndjson(
         reason = str(exc) or exc.__class__.__name__
         ex.error = f"upstream stream broke: {reason}"
         log.warning("stream from %s broke: %r", lease.model_name, exc)
-        yield stream_error_line(
-            "ollama", f"llama-server for '{lease.model_name}' stopped mid-stream: {reason}"
-        )
+        where = f"node '{lease.node}'" if lease.node else "llama-server"
+        yield stream_error_line("ollama", f"{where} for '{lease.model_name}' stopped mid-stream: {reason}")
     finally:
         upstream.close()
         # Released even when the client went away mid-stream.

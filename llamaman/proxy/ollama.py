@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from llamaman.library.catalog import ModelEntry
-from llamaman.proxy import common, ollama_models
+from llamaman.proxy import common, ollama_elsewhere, ollama_models
 from llamaman.proxy import ollama_generate as generate_extra
 from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
 from llamaman.proxy.ndjson_stream import NdjsonTranslator, relay_ndjson
@@ -214,8 +214,13 @@ async def ollama_ps(request: Request) -> Response:
 @router.post("/api/show")
 @_ollama_errors
 async def ollama_show(request: Request) -> Response:
-    body, _ = await read_json(request)
-    return JSONResponse(await ollama_models.show(services_of(request), _model_field(body)))
+    body, raw = await read_json(request)
+    services, model = services_of(request), _model_field(body)
+    if services.router.resolve(model) is None:
+        forwarded = await ollama_elsewhere.answer(request, model, raw, body)
+        if forwarded is not None:
+            return forwarded
+    return JSONResponse(await ollama_models.show(services, model))
 
 
 # -- chat and generate ------------------------------------------------------------------------------
@@ -252,8 +257,11 @@ async def _load_or_unload(
 
 async def _generation(request: Request, *, generate: bool) -> Response:
     services = services_of(request)
-    body, _ = await read_json(request)
+    body, raw = await read_json(request)
     model = require_model(body)
+    forwarded = await ollama_elsewhere.answer(request, model, raw, body)
+    if forwarded is not None:
+        return forwarded
     keep_alive = parse_keep_alive(body.get("keep_alive"))
     entry = await ollama_models.resolve(services, model)
     min_ctx = _min_ctx(body, entry)
@@ -348,8 +356,11 @@ async def ollama_generate(request: Request) -> Response:
 
 async def _embedding(request: Request, *, legacy: bool) -> Response:
     services = services_of(request)
-    body, _ = await read_json(request)
+    body, raw = await read_json(request)
     model = require_model(body)
+    forwarded = await ollama_elsewhere.answer(request, model, raw, body)
+    if forwarded is not None:
+        return forwarded
     keep_alive = parse_keep_alive(body.get("keep_alive"))
     min_ctx = _min_ctx(body, await ollama_models.resolve(services, model))
     if is_load_only(body):

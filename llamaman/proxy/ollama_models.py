@@ -20,6 +20,7 @@ from llamaman.core.state import InstanceState
 from llamaman.instances.supervisor import ManagedInstance
 from llamaman.library.catalog import ModelEntry
 from llamaman.library.gguf_meta import LibraryError
+from llamaman.proxy.cluster_models import merge_tags
 from llamaman.proxy.common import ProxyError
 from llamaman.proxy.openai import may_list
 from llamaman.proxy.translate import digest_for, format_rfc3339, ollama_model_name, strip_latest
@@ -107,6 +108,7 @@ async def tags(services: Services, identity: Identity | None = None) -> dict[str
             continue
         if may_list(identity, entry, alias):
             out.append(_model_object(alias, entry))
+    merge_tags(services, out, identity)
     return {"models": out}
 
 

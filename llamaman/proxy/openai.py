@@ -24,7 +24,16 @@ from llamaman.core.identity import Identity, request_identity
 from llamaman.core.redact import redact_argv
 from llamaman.core.state import InstanceState
 from llamaman.library.catalog import ModelEntry, ModelLibrary
-from llamaman.proxy.common import ProxyError, apply_sampling, lease_for, read_json, require_model, services_of
+from llamaman.proxy.cluster_models import merge_openai
+from llamaman.proxy.common import (
+    ProxyError,
+    apply_sampling,
+    lease_for,
+    read_json,
+    remote_lease,
+    require_model,
+    services_of,
+)
 from llamaman.scheduling.router import Lease, ModelNotFound
 from llamaman.services import Services
 from llamaman.upstream.relay import (
@@ -94,6 +103,14 @@ async def pass_through(
     services = services_of(request)
     body, raw = body_and_raw if body_and_raw is not None else await read_json(request)
     model = require_model(body)
+    remote = remote_lease(services, model)
+    if remote is not None:
+        # Another node (or a peer) serves it; that node applies its own sampling overrides.
+        content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() if changed else raw
+        return await services.relay.forward(
+            remote, "POST", path, content=content, headers=raw_forward_headers(request.scope),
+            params=upstream_params(request), style=style, receive=request.receive,
+        )  # fmt: skip
     await check_autoload(services, request, model)
     lease = await lease_for(services, model)
     try:
@@ -213,6 +230,7 @@ async def model_objects(services: Services, identity: Identity | None = None) ->
         target = services.router.resolve(alias)
         if target is not None and may_list(identity, target, alias):
             out.append(_model_object(services, target, by_path.get(target.rel_path, []), alias, identity))
+    merge_openai(services, out, identity)
     return out
 
 
@@ -247,9 +265,8 @@ async def chat_completions(request: Request) -> Response:
     # Only pop when present: the common body goes upstream as the client's own bytes.
     flag = body.pop(PROGRESS_FIELD, None) if PROGRESS_FIELD in body else None
     changed = flag is not None
-    if _wants_progress(request, body, flag):
-        services = services_of(request)
-        model = require_model(body)
+    services = services_of(request)
+    if _wants_progress(request, body, flag) and remote_lease(services, model := require_model(body)) is None:
         entry = await resolve_or_404(services, model)
         if services.router.status(entry) != "loaded":
             await check_autoload(services, request, model)

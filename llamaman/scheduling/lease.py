@@ -105,9 +105,23 @@ class Lease:
         self.load_duration_ns = load_ns
         self._released = False
 
+    # What a request sent elsewhere has and a local one has not: a path prefix before the route, more
+    # headers, another node's name (see cluster/forward.py, whose leases read the same).
+    prefix = ""
+    extra_headers: tuple[tuple[bytes, bytes], ...] = ()
+    node: str | None = None
+
     @property
     def base_url(self) -> str:
         return self.instance.base_url
+
+    @property
+    def auth_header(self) -> bytes | None:
+        return self.instance.proc.auth_header
+
+    async def fail_over(self, reason: str) -> bool:
+        """Move to the next place that may serve the request; a local instance has none."""
+        return False
 
     @property
     def model_name(self) -> str:

@@ -8,6 +8,10 @@ Pass-through requests (``forward``) and Ollama streams (``open_raw``) go over th
 HTTP/1.1 client (``client.py``); the other translating paths read parsed lines from ``open``, which
 keeps the shared httpx client. Nothing is parsed per chunk of a pass-through stream: the accounting
 comes from llama-server's final event, and ``Exchange.progress_tokens`` counts events as they pass.
+
+``forward`` sends to whatever its lease names (``UpstreamTarget``): a local instance, or another node
+or a peer (``cluster/forward.py``), whose lease offers the next place to try when one fails before its
+first byte.
 """
 
 from __future__ import annotations
@@ -15,10 +19,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 from starlette.background import BackgroundTask
@@ -27,8 +30,10 @@ from starlette.types import Message, Receive, Scope, Send
 
 from llamaman.core.exchange import Exchange, Observer
 from llamaman.scheduling.router import Lease
+from llamaman.upstream.answers import ErrorStyle, client_fault_status, error_payload, stream_error_line
 from llamaman.upstream.client import UpstreamClient, UpstreamError, UpstreamResponse
 from llamaman.upstream.inflight import CLIENT_LEFT, InflightRegistry, RequestCancelled, abortable
+from llamaman.upstream.target import UpstreamTarget
 
 try:
     from orjson import loads as _loads
@@ -37,7 +42,6 @@ except ImportError:  # pragma: no cover - orjson comes with NiceGUI
 
 log = logging.getLogger(__name__)
 
-ErrorStyle = Literal["openai", "ollama", "anthropic", "raw"]
 
 # Hop-by-hop and length headers are the transport's business, not the payload's.
 _DROP_REQUEST = {
@@ -133,7 +137,7 @@ class RelayStream(StreamingResponse):
     def __init__(
         self,
         body: AsyncIterator[bytes],
-        lease: Lease,
+        lease: UpstreamTarget,
         upstream: UpstreamResponse,
         *,
         status_code: int = 200,
@@ -184,43 +188,6 @@ class RawResponse(Response):
         self.raw_headers = raw_headers
 
 
-# llama-server answers 500 when a field of the request fails its parsing (any exception other
-# than std::invalid_argument): the request's doing, so the client hears a 400 with llama-server's
-# own message. Its 501 (a feature the model was not launched with: embeddings, reranking, infill) is
-# something the caller can change too, by asking another model or relaunching this one: a 400.
-_CLIENT_FAULT = re.compile(
-    rb"[Ff]ailed to parse|json\.exception|type must be|[Mm]issing|[Uu]nsupported|[Ii]nvalid|must be|"
-    rb"cannot be|[Ee]xpected|not supported|does not support|out of range|range_check|[Uu]nknown|no such|"
-    rb"is required"
-)
-
-
-def client_fault_status(status: int, body: bytes) -> int:
-    if status == 501:
-        return 400
-    if status == 500 and _CLIENT_FAULT.search(body[:4096]) is not None:
-        return 400
-    return status
-
-
-def error_payload(style: ErrorStyle, message: str, code: int = 500) -> dict[str, Any]:
-    if style == "ollama":
-        return {"error": message}
-    if style == "anthropic":
-        return {"type": "error", "error": {"type": "api_error", "message": message}}
-    return {"error": {"message": message, "type": "server_error", "code": code}}
-
-
-def stream_error_line(style: ErrorStyle, message: str) -> bytes:
-    """The error object that ends a broken stream, framed the way the client is reading."""
-    payload = json.dumps(error_payload(style, message)).encode()
-    if style == "ollama":
-        return payload + b"\n"
-    if style == "anthropic":
-        return b"event: error\ndata: " + payload + b"\n\n"
-    return b"data: " + payload + b"\n\n"
-
-
 class Relay:
     """Owner of the shared upstream client; one per app."""
 
@@ -241,6 +208,8 @@ class Relay:
     def record(self, ex: Exchange) -> None:
         ex.finished = time.monotonic()
         self.inflight.forget(ex)
+        if ex.via is not None:
+            return  # another node forwarded it: that node writes the activity row and counts the usage
         for observer in self.observers:
             try:
                 observer(ex)
@@ -276,7 +245,7 @@ class Relay:
 
     async def forward(
         self,
-        lease: Lease,
+        lease: UpstreamTarget,
         method: str,
         path: str,
         *,
@@ -295,10 +264,7 @@ class Relay:
         ex.note_load(lease.load_duration_ns)
         self.inflight.running(ex)
         try:
-            upstream = await abortable(ex, self.upstream.request(
-                method, lease.base_url, path, headers=headers, content=content, params=params,
-                timeout=self.request_timeout, authorization=lease.instance.proc.auth_header,
-            ), receive)  # fmt: skip
+            upstream = await self.connect(lease, method, path, headers, content, params, ex, receive)
         except RequestCancelled as exc:
             lease.release()
             ex.status, ex.error = exc_status(exc), exc.message
@@ -312,6 +278,8 @@ class Relay:
         except BaseException:
             lease.release()
             raise
+        ex.note_load(lease.load_duration_ns)
+        ex.node = lease.node
         ex.status = upstream.status_code
         ctype = upstream.header(b"content-type") or ""
         if "text/event-stream" not in ctype and "ndjson" not in ctype:
@@ -341,8 +309,32 @@ class Relay:
             raw_headers=raw,
         )
 
+    async def connect(
+        self, lease: UpstreamTarget, method: str, path: str, headers: Headers | None, content: bytes | None,
+        params: Any, ex: Exchange, receive: Receive | None,
+    ) -> UpstreamResponse:  # fmt: skip
+        """The answer's head from the lease's place, or from the next one the lease offers when a
+        place cannot be reached or fails (5xx) before its first byte: nothing reached the client yet."""
+        while True:
+            sent: Headers | None = headers
+            if lease.extra_headers:
+                sent = [*_header_pairs(headers), *lease.extra_headers]
+            try:
+                upstream = await abortable(ex, self.upstream.request(
+                    method, lease.base_url, lease.prefix + path, headers=sent, content=content,
+                    params=params, timeout=self.request_timeout, authorization=lease.auth_header,
+                ), receive)  # fmt: skip
+            except UpstreamError as exc:
+                if await lease.fail_over(str(exc)):
+                    continue
+                raise
+            if upstream.status_code >= 500 and await lease.fail_over(f"answered {upstream.status_code}"):
+                upstream.close()
+                continue
+            return upstream
+
     async def _relay_stream(
-        self, upstream: UpstreamResponse, lease: Lease, style: ErrorStyle, ex: Exchange
+        self, upstream: UpstreamResponse, lease: UpstreamTarget, style: ErrorStyle, ex: Exchange
     ) -> AsyncIterator[bytes]:
         # The last few blocks, kept by reference: usage and timings come from llama-server's final
         # event, read once at the end instead of parsing every chunk.
@@ -365,7 +357,7 @@ class Relay:
             ex.error = f"upstream stream broke: {exc.__class__.__name__}"
             log.warning("stream from %s broke: %r", lease.model_name, exc)
             yield stream_error_line(
-                style, f"llama-server for '{lease.model_name}' stopped mid-stream ({ex.error})"
+                style, f"{_where(lease)} for '{lease.model_name}' stopped mid-stream ({ex.error})"
             )
         finally:
             upstream.close()
@@ -390,6 +382,18 @@ class Relay:
                 yield obj
 
 
+def _where(lease: UpstreamTarget) -> str:
+    return f"node '{lease.node}'" if lease.node else "llama-server"
+
+
+def _header_pairs(headers: Headers | None) -> list[tuple[bytes, bytes]]:
+    if headers is None:
+        return []
+    if isinstance(headers, Mapping):
+        return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    return list(headers)
+
+
 def _absorb_json(ex: Exchange, body: bytes) -> None:
     try:
         obj = _loads(body)
@@ -399,12 +403,16 @@ def _absorb_json(ex: Exchange, body: bytes) -> None:
         ex.absorb_usage(obj)
 
 
+# The fields of a final event that carry token counts: OpenAI's, llama-server's, Ollama's.
+_ACCOUNTED = (b"usage", b"timings", b"eval_count")
+
+
 def _absorb_sse_tail(ex: Exchange, tail: bytes) -> None:
     for line in reversed(tail.split(b"\n")):
         line = line.strip()
         if line.startswith(b"data:"):
             line = line[5:].strip()
-        if not line.startswith(b"{") or (b"usage" not in line and b"timings" not in line):
+        if not line.startswith(b"{") or not any(k in line for k in _ACCOUNTED):
             continue
         try:
             obj = _loads(line)

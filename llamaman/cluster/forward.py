@@ -1,0 +1,186 @@
+"""Sending a request to another node or to a peer, and trying the next place when one fails.
+
+The entry node translates, checks the caller's key, counts usage and writes the activity row as for
+a local model; only the upstream changes. A ``RemoteLease`` stands where a local ``Lease`` would: the
+relay sends to its ``base_url`` (another node's main port, with the node secret; a peer, with its
+key as Bearer) and asks ``fail_over`` for the next place when this one cannot be reached or answers
+5xx before its first byte. A node that failed is skipped until its next heartbeat, a peer until a
+poll finds it answering.
+
+A request that carries the node secret was forwarded here by another node: it is served here and
+never forwarded again, so two nodes cannot bounce a request between them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from llamaman.cluster.nodes import NodeRegistry
+from llamaman.cluster.peers import PeerDirectory
+from llamaman.cluster.rates import SharedRates
+from llamaman.cluster.routing import Here, Kind, NodeState, Target, plan
+from llamaman.core.config import Settings
+from llamaman.core.errors import LlamaManError
+
+log = logging.getLogger(__name__)
+
+# The node secret on a request one node forwards to another, and the name of the node it came from.
+NODE_HEADER = "x-llamaman-node-secret"
+VIA_HEADER = "x-llamaman-via"
+
+
+def secret_matches(settings: Settings, presented: str | None) -> bool:
+    """Constant-time check of a presented node secret; never true on a box without one."""
+    secret = settings.node_secret
+    if not secret or not settings.node_name or presented is None:
+        return False
+    return hmac.compare_digest(presented.encode("utf-8", "replace"), secret.encode())
+
+
+class LocalLease(Protocol):
+    """What a ``RemoteLease`` needs of the local lease it falls back to (``scheduling.lease.Lease``)."""
+
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def auth_header(self) -> bytes | None: ...
+    @property
+    def load_duration_ns(self) -> int: ...
+
+    prefix: str
+
+    def release(self) -> None: ...
+    def keep_alive(self, seconds: float | None) -> None: ...
+
+
+def _split(url: str) -> tuple[str, str]:
+    """``http://host:port/prefix`` → (``http://host:port``, ``/prefix``)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/")
+
+
+class RemoteLease:
+    """A request's hold on a place elsewhere, with the places after it to fail over to."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        model: str,
+        targets: list[Target],
+        acquire_local: Callable[[], Awaitable[LocalLease]],
+    ) -> None:
+        self.cluster = cluster
+        self.model_name = model
+        self.targets = targets
+        self.index = 0
+        self.local: LocalLease | None = None
+        self._acquire_local = acquire_local
+        self.tried: list[str] = []
+
+    @property
+    def target(self) -> Target:
+        return self.targets[self.index]
+
+    @property
+    def node(self) -> str | None:
+        return None if self.local is not None else self.target.name
+
+    @property
+    def load_duration_ns(self) -> int:
+        return self.local.load_duration_ns if self.local is not None else 0
+
+    @property
+    def base_url(self) -> str:
+        return self.local.base_url if self.local is not None else _split(self.target.url)[0]
+
+    @property
+    def prefix(self) -> str:
+        return self.local.prefix if self.local is not None else _split(self.target.url)[1]
+
+    @property
+    def auth_header(self) -> bytes | None:
+        if self.local is not None:
+            return self.local.auth_header
+        key = self.target.api_key
+        return f"Bearer {key}".encode() if self.target.kind is Kind.PEER and key else None
+
+    @property
+    def extra_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        if self.local is not None or self.target.kind is not Kind.NODE:
+            return ()
+        return self.cluster.node_headers()
+
+    async def fail_over(self, reason: str) -> bool:
+        """Mark this place failed and move to the next; False when none is left."""
+        if self.local is not None:
+            return False
+        self.tried.append(self.target.name)
+        self.cluster.mark_failed(self.target, reason)
+        while self.index + 1 < len(self.targets):
+            self.index += 1
+            if self.target.kind is not Kind.SELF:
+                return True
+            try:
+                self.local = await self._acquire_local()
+                return True
+            except (LlamaManError, TimeoutError) as exc:
+                log.info("no local fallback for %s: %s", self.model_name, exc)
+        return False
+
+    def keep_alive(self, seconds: float | None) -> None:
+        if self.local is not None:
+            self.local.keep_alive(seconds)
+
+    def release(self) -> None:
+        if self.local is not None:
+            self.local.release()
+
+
+class Cluster:
+    """Where requests go when this node is one of several, or has peers."""
+
+    def __init__(self, settings: Settings, nodes: NodeRegistry, peers: PeerDirectory) -> None:
+        self.settings = settings
+        self.nodes = nodes
+        self.peers = peers
+        # Per-key requests per minute, counted across every entry node.
+        self.rates = SharedRates(nodes.db)
+        # A node that failed a request → its heartbeat time then: skipped until a newer heartbeat.
+        self._failed: dict[str, float] = {}
+
+    @property
+    def clustered(self) -> bool:
+        return self.nodes.enabled and bool(self.settings.node_secret)
+
+    def node_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        secret = (self.settings.node_secret or "").encode()
+        return ((NODE_HEADER.encode(), secret), (VIA_HEADER.encode(), self.nodes.name.encode()))
+
+    def mark_failed(self, target: Target, reason: str) -> None:
+        log.warning("%s %s failed a request: %s", target.kind.value, target.name, reason)
+        if target.kind is Kind.NODE:
+            view = next((v for v in self.nodes.nodes() if v.name == target.name), None)
+            self._failed[target.name] = view.heartbeat_at if view is not None else float("inf")
+        elif target.kind is Kind.PEER:
+            self.peers.mark_failed(target.name, reason)
+
+    def node_states(self) -> list[NodeState]:
+        """The other nodes in rotation, less those that failed since their last heartbeat."""
+        if not self.clustered:
+            return []
+        out = []
+        for v in self.nodes.others():
+            failed_at = self._failed.get(v.name)
+            if failed_at is not None:
+                if v.heartbeat_at <= failed_at:
+                    continue
+                del self._failed[v.name]
+            out.append(NodeState(v.name, v.url, v.info))
+        return out
+
+    def targets(self, model: str, here: Here | None, aliases: Mapping[str, str]) -> list[Target]:
+        return plan(model, here, self.node_states(), self.peers.states(), aliases=aliases)
