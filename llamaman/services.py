@@ -12,6 +12,7 @@ import httpx
 
 from llamaman.auth.accounts import AuthService
 from llamaman.cluster.nodes import NodeRegistry
+from llamaman.cluster.workers import WorkerDirectory
 from llamaman.core.config import Settings
 from llamaman.core.db import Database
 from llamaman.core.events import Event, EventBus
@@ -85,6 +86,9 @@ class Services:
         )
         # This box's row among several sharing the database (idle on a standalone box).
         self.nodes = NodeRegistry(settings, self.db)
+        # llama.cpp RPC workers (`llamaman worker`) a launch may spread a model over.
+        self.workers = WorkerDirectory(settings, self.db)
+        self.supervisor.check_rpc = self.workers.check_launch
         self.started = False
 
     def _gpu_memory(self) -> list[Reading]:
