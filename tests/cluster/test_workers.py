@@ -18,7 +18,7 @@ from llamaman.core.tables import Instance, RpcWorker
 from llamaman.instances.instance import InstanceRejected
 from llamaman.instances.launch import LaunchSettings
 from llamaman.instances.llama_bin import LlamaBinaryNotFound, resolve_llama_server
-from tests.helpers import api_client, servers_of
+from tests.helpers import api_client, asgi, servers_of
 
 GIB = 1024**3
 
@@ -174,3 +174,26 @@ async def test_a_launch_over_an_unknown_or_silent_worker_is_refused_naming_it(
         await _nothing_launched(services)
     finally:
         await services.stop()
+
+
+async def test_a_preset_keeps_its_workers_and_an_on_demand_load_over_them_fails_with_the_reason(
+    box: LlamaMan,
+) -> None:
+    async with api_client(box) as api:
+        r = await api.put("/api/presets/tiny-a.gguf", json={"settings": {"rpc_workers": ["10.0.0.7"]}})
+        assert r.status_code == 422 and "host:port" in r.text, r.text
+        r = await api.put("/api/presets/tiny-a.gguf", json={"settings": {"rpc_workers": ["127.0.0.1:50052"]}})
+        assert r.status_code == 200, r.text
+        assert (await api.get("/api/presets/tiny-a.gguf")).json()["settings"]["rpc_workers"] == [
+            "127.0.0.1:50052"
+        ]
+    # The first request loads the model with its preset; the load fails as any load the router cannot
+    # start does (503 in the caller's dialect), saying why.
+    async with asgi(box, "proxy") as proxy:
+        r = await proxy.post(
+            "/v1/chat/completions",
+            json={"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+        )
+    assert r.status_code == 503, r.text
+    assert "GGML_RPC" in r.json()["error"]["message"]
+    await _nothing_launched(box)
