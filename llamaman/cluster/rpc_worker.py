@@ -214,7 +214,11 @@ class RpcServerProcess:
         failures = 0
         while not self._stopping.is_set():
             started = self.clock()
-            code = await self._run_once()
+            try:
+                code = await self._run_once()
+            except OSError as exc:  # the binary went away or cannot run: retry, it may come back
+                log.error("cannot start %s: %s", self.argv[0], exc)
+                code = -1
             if self._stopping.is_set():
                 break
             failures = 1 if self.clock() - started >= STABLE_AFTER_S else failures + 1
@@ -237,6 +241,8 @@ class RpcServerProcess:
             start_new_session=True,  # a Ctrl-C reaches this process, which stops the server in order
         )
         self.pid, self.state = proc.pid, "starting"
+        if self._stopping.is_set():  # stopped while it was being started
+            proc.terminate()
         reader = asyncio.create_task(self._read(proc))
         probe = asyncio.create_task(self._wait_listening(proc))
         code = await proc.wait()
@@ -264,8 +270,8 @@ class RpcServerProcess:
         dial = self.host.strip("[]")
         while proc.returncode is None:
             try:
-                _, writer = await asyncio.open_connection(dial, self.port)
-            except OSError:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(dial, self.port), 2)
+            except (OSError, TimeoutError):
                 await asyncio.sleep(0.2)
                 continue
             writer.close()
