@@ -197,3 +197,31 @@ async def test_a_preset_keeps_its_workers_and_an_on_demand_load_over_them_fails_
     assert r.status_code == 503, r.text
     assert "GGML_RPC" in r.json()["error"]["message"]
     await _nothing_launched(box)
+
+
+async def test_the_api_suggests_the_fewest_live_workers_that_hold_a_model(box: LlamaMan) -> None:
+    now = time.time()
+    async with api_client(box) as api:
+        needed = (await api.get("/api/model-memory", params={"path": "tiny-a.gguf", "ctx_size": 512})).json()
+        small, big, dead = 1024, 10 * GIB, 100 * GIB
+        with box.db.session() as s:
+            for address, free, age in (
+                ("10.0.0.7:1", small, 0),
+                ("10.0.0.8:1", big, 0),
+                ("10.0.0.9:1", dead, 60),
+            ):
+                s.add(
+                    RpcWorker(
+                        address=address, node="b", memory_total=free, memory_free=free, heartbeat_at=now - age
+                    )
+                )
+            s.commit()
+        r = await api.get("/api/workers", params={"model_path": "tiny-a.gguf", "ctx_size": 512})
+        assert r.status_code == 200, r.text
+        assert r.json()["suggested"] == {
+            "model_path": "tiny-a.gguf",
+            "needed_bytes": needed["total_bytes"],
+            "workers": ["10.0.0.8:1"],  # the silent one is never suggested, however large
+        }
+        r = await api.get("/api/workers", params={"model_path": "nope.gguf"})
+        assert r.status_code == 404 and "nope.gguf" in r.json()["error"]
