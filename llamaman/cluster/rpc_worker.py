@@ -371,7 +371,10 @@ async def serve(settings: Settings, opts: WorkerOptions, stop: asyncio.Event) ->
     """Run, supervise and register the worker until ``stop`` is set; then stop the server and take
     the row away, so no launch picks a worker that is gone."""
     db = Database(settings.effective_database_url)
-    await asyncio.to_thread(db.migrate)  # a worker may be the first to reach a new database
+    try:
+        await asyncio.to_thread(db.migrate)  # a worker may be the first to reach a new database
+    except Exception as exc:  # the database away: serve anyway, register once it is back
+        log.warning("database not reachable (%s); the worker registers once it is", exc)
     server = RpcServerProcess(
         rpc_server_argv(opts.binary, opts.host, opts.port, opts.threads, opts.cache), opts.host, opts.port
     )

@@ -203,3 +203,29 @@ async def test_a_tiny_model_over_two_rpc_workers_answers_exactly_as_alone(
         assert answers["over workers"] == answers["alone"] == expected_text("A", 30)
     finally:
         await services.stop()
+
+
+async def test_a_worker_serves_while_its_database_is_unreachable(
+    workers: Callable[[str, Path], Worker],
+) -> None:
+    closed = port_block(1)  # nothing listens there
+    worker = workers(f"mysql+pymysql://llamaman:pw@127.0.0.1:{closed}/llamaman", any_rpc_server())
+    host, port = worker.address.rsplit(":", 1)
+
+    async def accepts() -> bool:
+        try:
+            _, writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            return False
+        writer.close()
+        return True
+
+    deadline = time.monotonic() + 60
+    while not await accepts():
+        assert worker.proc.poll() is None, worker.log.read_text()
+        assert time.monotonic() < deadline, "the RPC server never listened"
+        await asyncio.sleep(0.2)
+    assert "registers once it is" in worker.log.read_text()
+
+    worker.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(worker.proc.wait, 20) == 0
