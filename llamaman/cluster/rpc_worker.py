@@ -100,6 +100,7 @@ class RpcDevice:
 
 _DEVICE = re.compile(r"^\s*([A-Za-z][\w.-]*):\s*(.*?)\s*\((\d+)\s*MiB,\s*(\d+)\s*MiB free\)\s*$")
 _ENDPOINT = re.compile(r"^\s*endpoint\s*:\s*(\S+)\s*$")
+_VERSION = re.compile(r"RPC server v(\d+(?:\.\d+)*)")
 _MIB = 1024 * 1024
 
 
@@ -125,6 +126,12 @@ def parse_endpoint(text: str) -> str | None:
         if m:
             return m[1]
     return None
+
+
+def parse_version(text: str) -> str | None:
+    """The RPC protocol version the server announces; llama-server refuses a worker of another."""
+    m = _VERSION.search(text)
+    return m[1] if m else None
 
 
 def _executable(p: Path) -> bool:
@@ -202,6 +209,7 @@ class RpcServerProcess:
         self.clock = clock
         self.state = "starting"
         self.devices: list[RpcDevice] = []
+        self.version: str | None = None
         self.restarts = 0
         self.pid: int | None = None
         self.last_exit: int | None = None
@@ -261,9 +269,9 @@ class RpcServerProcess:
             self._output.append(line)
             del self._output[:-200]
             log.info("rpc-server: %s", line)
-            devices = parse_devices("\n".join(self._output))
-            if devices:
-                self.devices = devices
+            text = "\n".join(self._output)
+            self.devices = parse_devices(text) or self.devices
+            self.version = parse_version(text) or self.version
 
     async def _wait_listening(self, proc: asyncio.subprocess.Process) -> None:
         # Ready once the port takes connections; the endpoint line is printed before the bind.
@@ -339,6 +347,7 @@ async def heartbeat(
     while True:
         if server.state == "running":
             extra = {"pid": server.pid, "restarts": server.restarts, "state": server.state}
+            extra["rpc_version"] = server.version
             try:
                 await asyncio.to_thread(reg.write, server.devices, {**info, **extra})
                 if failing:

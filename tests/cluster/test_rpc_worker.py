@@ -17,6 +17,7 @@ from llamaman.cluster.rpc_worker import (
     memory_of,
     parse_devices,
     parse_endpoint,
+    parse_version,
     registered_address,
     rpc_server_argv,
 )
@@ -74,6 +75,7 @@ def test_the_registered_address_is_what_other_boxes_dial() -> None:
 def test_devices_and_endpoint_are_read_from_the_servers_start_output() -> None:
     assert parse_devices(CPU_OUTPUT) == [RpcDevice("CPU", "AMD EPYC", 24105 * MIB, 24105 * MIB)]
     assert parse_endpoint(CPU_OUTPUT) == "127.0.0.1:50111"
+    assert parse_version(CPU_OUTPUT) == "7.0.0"
     assert parse_devices(GPU_OUTPUT) == [
         RpcDevice("CUDA0", "NVIDIA GeForce RTX 4090", 24080 * MIB, 23512 * MIB),
         RpcDevice("CUDA1", "NVIDIA GeForce RTX 3090", 24126 * MIB, 1000 * MIB),

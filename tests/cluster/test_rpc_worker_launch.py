@@ -140,7 +140,7 @@ async def test_a_worker_registers_comes_back_after_its_server_dies_and_leaves_cl
 
     row = await until(lambda: rows(db_url).get(address), 60, "the worker's row")
     assert row.memory_total > 0 and 0 < row.memory_free <= row.memory_total
-    assert row.info["devices"] and row.info["state"] == "running"
+    assert row.info["devices"] and row.info["state"] == "running" and row.info["rpc_version"]
     first_pid = row.info["pid"]
     assert psutil.Process(first_pid).is_running()
 
