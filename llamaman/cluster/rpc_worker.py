@@ -392,17 +392,25 @@ async def serve(settings: Settings, opts: WorkerOptions, stop: asyncio.Event) ->
     runner = asyncio.create_task(server.run(), name="rpc-server")
     beats = asyncio.create_task(heartbeat(reg, server, settings.node_heartbeat, info), name="rpc-heartbeat")
     log.info("RPC worker %s (node %s) running %s", opts.address, reg.node, opts.binary)
+    stopped = asyncio.create_task(stop.wait())
+    code = 0
     try:
-        await stop.wait()
+        # The supervision loop only ends when told to; if it ends otherwise, the worker is broken.
+        await asyncio.wait({stopped, runner}, return_when=asyncio.FIRST_COMPLETED)
+        if runner.done() and not stop.is_set():
+            log.error("the RPC server's supervision ended: %r", runner.exception())
+            code = 1
     finally:
+        stopped.cancel()
         beats.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beats
         await server.stop()
-        await runner
+        with contextlib.suppress(Exception):
+            await runner
         try:
             await asyncio.to_thread(reg.remove)
         except Exception as exc:  # the row goes stale on its own
             log.warning("could not remove the worker's registration: %s", exc)
         db.dispose()
-    return 0
+    return code
