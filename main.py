@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         from llamaman.cli import run_bench
 
         return run_bench(args)
+    if args.command == "worker":
+        from llamaman.cli import run_worker
+
+        return run_worker(args)
     return serve(settings_from_args(args), native=args.native, show_ui=not args.no_ui)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import signal
 import sys
 import tempfile
 from typing import Any
@@ -12,6 +14,7 @@ from pydantic import ValidationError
 
 from llamaman import __version__
 from llamaman.app import LlamaMan
+from llamaman.cluster import rpc_worker
 from llamaman.core.config import Settings
 from llamaman.telemetry.loadtest import BenchError, BenchmarkParams, format_table, run_benchmark
 
@@ -57,6 +60,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["proxy", "direct"],
         default="proxy",
         help="through the proxy, or straight to the model's llama-server (local runs only)",
+    )
+    w = sub.add_parser(
+        "worker",
+        help="lend this machine's devices to llama-servers on other boxes (a llama.cpp RPC worker)",
+        description="Run llama.cpp's ggml-rpc-server, keep it running and register it on DATABASE_URL "
+        "so launches can spread a model over it. RPC traffic is unauthenticated: bind to a private "
+        "network address.",
+    )
+    w.add_argument("--host", required=True, help="address to listen on, on a private network")
+    w.add_argument("--port", type=int, default=rpc_worker.DEFAULT_PORT)
+    w.add_argument("--threads", type=int, default=None, help="CPU threads of the CPU device")
+    w.add_argument("--cache", action="store_true", help="keep a local cache of tensors sent to it")
+    w.add_argument("--bin", default=None, help=f"ggml-rpc-server binary [{rpc_worker.RPC_SERVER_ENV}]")
+    w.add_argument("--advertise", default=None, help="address other boxes dial (default: --host)")
+    w.add_argument(
+        "--allow-any-address",
+        action="store_true",
+        help="allow --host 0.0.0.0 or :: (only behind a firewall: RPC has no authentication)",
     )
     return p.parse_args(argv)
 
@@ -131,3 +152,39 @@ async def _run_local(args: argparse.Namespace, params: BenchmarkParams) -> tuple
                 return await run_benchmark(url, params, api_key=key), where
         finally:
             await services.stop()
+
+
+def worker_options(
+    args: argparse.Namespace, settings: Settings
+) -> tuple[rpc_worker.WorkerOptions, str | None]:
+    """Checked options of ``llamaman worker`` and a warning to print, or ``WorkerSetupError``."""
+    warning = rpc_worker.check_bind_address(args.host, args.allow_any_address)
+    if args.threads is not None and args.threads < 1:
+        raise rpc_worker.WorkerSetupError("--threads must be at least 1")
+    address = rpc_worker.registered_address(args.host, args.port, args.advertise)
+    binary = rpc_worker.locate_rpc_server(settings, args.bin)
+    return rpc_worker.WorkerOptions(
+        args.host.strip(), args.port, address, binary, args.threads, args.cache
+    ), warning
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """``llamaman worker``: 0 after a clean stop (SIGTERM, SIGINT), 2 when it could not start."""
+    settings = settings_from_args(args)
+    try:
+        opts, warning = worker_options(args, settings)
+    except rpc_worker.WorkerSetupError as exc:
+        print(f"llamaman worker: {exc}", file=sys.stderr)
+        return 2
+    if warning:
+        print(warning, file=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await rpc_worker.serve(settings, opts, stop)
+
+    return asyncio.run(main())

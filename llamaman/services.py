@@ -14,6 +14,7 @@ from llamaman.auth.accounts import AuthService
 from llamaman.cluster.forward import Cluster
 from llamaman.cluster.nodes import NodeRegistry
 from llamaman.cluster.peers import PeerDirectory
+from llamaman.cluster.workers import WorkerDirectory
 from llamaman.core.config import Settings
 from llamaman.core.db import Database
 from llamaman.core.events import Event, EventBus
@@ -90,6 +91,9 @@ class Services:
         # Static peers (OpenAI-compatible servers that are not LlamaMan) and where each request goes.
         self.peers = PeerDirectory(self.db, self.http)
         self.cluster = Cluster(settings, self.nodes, self.peers)
+        # llama.cpp RPC workers (`llamaman worker`) a launch may spread a model over.
+        self.workers = WorkerDirectory(settings, self.db)
+        self.supervisor.check_rpc = self.workers.check_launch
         self.started = False
 
     def _gpu_memory(self) -> list[Reading]:

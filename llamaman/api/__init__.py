@@ -17,13 +17,14 @@ from llamaman.api import (
     presets,
     system,
     telemetry,
+    workers,
 )
 
 
 def build_router() -> APIRouter:
     router = APIRouter()
     modules: tuple[ModuleType, ...] = (instances, models, presets, system, telemetry, auth, keys, downloads)
-    modules += (backup, placement, inflight, peers)
+    modules += (backup, placement, inflight, peers, workers)
     for module in modules:
         router.include_router(module.router)
     return router

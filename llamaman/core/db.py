@@ -17,7 +17,8 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, create_engine
 
 from llamaman.core import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -28,6 +29,28 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 class DatabaseError(RuntimeError):
     pass
+
+
+# MariaDB answers GET_LOCK with ER_NOT_SUPPORTED_YET while wsrep is on (Galera, MDEV-30473).
+_NOT_SUPPORTED_YET = 1235
+
+
+def _migration_lock(conn: Connection) -> bool:
+    """Take the named lock that lets one node migrate while the others wait; False where the server
+    has no named locks (a Galera node), which then migrates without one."""
+    try:
+        got = conn.exec_driver_sql("SELECT GET_LOCK('llamaman_migrate', 300)").scalar()
+    except DBAPIError as exc:
+        if getattr(exc.orig, "args", (None,))[0] != _NOT_SUPPORTED_YET:
+            raise
+        log.warning(
+            "the database refuses named locks (a Galera cluster): migrating without one; after an "
+            "upgrade start one node first, then the others"
+        )
+        return False
+    if got != 1:
+        raise DatabaseError("another node held the migration lock for 5 minutes")
+    return True
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -83,11 +106,7 @@ class Database:
         with self.engine.begin() as conn:
             # Nodes sharing one MariaDB may start together: a named lock lets one migrate while the
             # others wait, then find the schema at head and do nothing.
-            locked = self.backend in ("mysql", "mariadb")
-            if locked:
-                got = conn.exec_driver_sql("SELECT GET_LOCK('llamaman_migrate', 300)").scalar()
-                if got != 1:
-                    raise DatabaseError("another node held the migration lock for 5 minutes")
+            locked = self.backend in ("mysql", "mariadb") and _migration_lock(conn)
             try:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")

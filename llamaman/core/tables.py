@@ -66,6 +66,13 @@ class LaunchBase(SQLModel):
         default=0, ge=0, le=100_000, description="Requests that may wait; beyond: 429"
     )
     share_queue: bool = Field(default=False, description="Replicas of this model share one queue")
+    # Nullable: rows stored before the column existed read back as no workers.
+    rpc_workers: list[str] = Field(
+        default_factory=list,
+        sa_type=JSON,
+        nullable=True,
+        description="llama.cpp RPC workers (host:port, see GET /api/workers) to spread the model over",
+    )
 
 
 class Instance(LaunchBase, table=True):

@@ -15,6 +15,12 @@ from llamaman.instances.launch_policy import Policy, check_args
 # them expects shell behaviour they will not get: refuse them with a clear message instead.
 _SHELL_META = re.compile(r"[;&|`<>]|\$\(|\$\{|^\s*\\$|\n")
 
+# host:port of a llama.cpp RPC worker: a DNS name or IPv4 address, or an IPv6 address in brackets.
+_RPC_ADDRESS = re.compile(
+    r"(?P<host>[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})"
+)
+MAX_RPC_WORKERS = 16
+
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "presence_penalty", "repeat_penalty")
 
 
@@ -57,6 +63,11 @@ class LaunchSettings(LaunchBase):
             raise ValueError("gpu_devices must be a comma-separated list of GPU indices or UUIDs, e.g. 0,1")
         return v
 
+    @field_validator("rpc_workers")
+    @classmethod
+    def _rpc_workers(cls, v: list[str]) -> list[str]:
+        return check_rpc_addresses(v)
+
     @field_validator("extra_args")
     @classmethod
     def _extra(cls, v: str) -> str:
@@ -79,6 +90,31 @@ class LaunchSettings(LaunchBase):
     def needs_listener(self) -> bool:
         """Whether requests must pass through LlamaMan's own listener on the public port."""
         return bool(self.idle_timeout_min or self.max_concurrent or self.sampling.active())
+
+
+def rpc_address(text: str) -> str:
+    """One RPC worker address as ``host:port``, or ValueError saying what is wrong with it."""
+    value = text.strip()
+    m = _RPC_ADDRESS.fullmatch(value)
+    if not m or not 0 < int(m["port"]) < 65536:
+        raise ValueError(f"rpc_workers: {text!r} is not a host:port address (e.g. 10.0.0.5:50052)")
+    if m["host"] in ("0.0.0.0", "[::]"):
+        raise ValueError(f"rpc_workers: {text!r} is a listen-anywhere address, not one to connect to")
+    return value
+
+
+def check_rpc_addresses(values: list[str]) -> list[str]:
+    """The workers of a launch: valid, without repeats, at most ``MAX_RPC_WORKERS``. Whether each is
+    registered and alive is checked at launch time, against the workers table."""
+    out: list[str] = []
+    for v in values:
+        address = rpc_address(v)
+        if address in out:
+            raise ValueError(f"rpc_workers: {address} is listed twice")
+        out.append(address)
+    if len(out) > MAX_RPC_WORKERS:
+        raise ValueError(f"rpc_workers: at most {MAX_RPC_WORKERS} workers per launch")
+    return out
 
 
 def split_extra_args(text: str) -> list[str]:
@@ -132,6 +168,9 @@ def build_argv(
         argv.append("--embeddings")
     if mmproj_file:
         argv += ["--mmproj", mmproj_file]
+    if settings.rpc_workers:
+        # Layers go to the workers as well as the local devices; -ngl counts both.
+        argv += ["--rpc", ",".join(settings.rpc_workers)]
     argv += settings.extra_argv() if extra is None else extra
     return argv
 
@@ -148,6 +187,7 @@ def settings_from_record(record: Instance) -> LaunchSettings:
     shows the row failed with the reason instead of losing it."""
     values: dict[str, Any] = record.model_dump(include=_STORED_FIELDS)
     values["sampling"] = SamplingOverrides(**(record.sampling or {}))
+    values["rpc_workers"] = list(record.rpc_workers or [])  # NULL in rows older than the column
     extra = record.extra_args or ""
     try:
         return LaunchSettings(**values, extra_args=extra)

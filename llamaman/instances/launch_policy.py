@@ -55,6 +55,9 @@ _WHY = {
     Kind.RUNTIME: "it lets any caller change the server's settings at run time",
 }
 
+# Refused flags with a safe way to get what they do.
+_INSTEAD = {"--rpc": "; list registered workers (GET /api/workers) in the rpc_workers setting instead"}
+
 # Flags LlamaMan sets from the launch settings → the setting to use instead.
 MANAGED: dict[str, str] = {
     "-m": "model_path",
@@ -262,7 +265,7 @@ def check_args(argv: list[str], policy: Policy | None = None) -> list[str]:
             raise LaunchPolicyError(f"extra_args may not set {name}: use the {MANAGED[flag]} setting instead")
         if kind not in (Kind.TUNE, Kind.FILE) and not policy.allow_unsafe:
             raise LaunchPolicyError(
-                f"extra_args may not use {name}: {_WHY[kind]} "
+                f"extra_args may not use {name}: {_WHY[kind]}{_INSTEAD.get(flag, '')} "
                 f"(an operator who trusts every caller can allow it with {ALLOW_UNSAFE_ENV}=1)"
             )
         arity = _arity(flag)

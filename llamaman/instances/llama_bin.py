@@ -55,6 +55,8 @@ class LlamaServerBinary:
     path: str
     version: str | None
     supports_router: bool
+    # Built with llama.cpp's RPC client (GGML_RPC=ON): a launch may spread a model over RPC workers.
+    supports_rpc: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +121,7 @@ def _run_probe(argv: list[str]) -> str | None:
 class _ProbeResult:
     version: str | None
     supports_router: bool
+    supports_rpc: bool = False
 
 
 _probe_cache: dict[tuple[str, int], _ProbeResult] = {}
@@ -142,6 +145,8 @@ def _probe(path: str) -> _ProbeResult:
         version=parse_version_output(version_out) if version_out else None,
         # Router mode (one server, many models) arrived with --models-dir; older builds lack it.
         supports_router=bool(help_out and "--models-dir" in help_out),
+        # --rpc is only listed by builds with GGML_RPC=ON.
+        supports_rpc=bool(help_out and "--rpc" in help_out),
     )
     with _probe_lock:
         _probe_cache[key] = result
@@ -179,7 +184,7 @@ def _from_env(value: str) -> LlamaServerBinary:
     path = str(candidate.resolve())
     probe = _probe(path)
     version = _wheel_build_label(probe.version) if _is_wheel_binary(path) else probe.version
-    return LlamaServerBinary([path], "env", path, version, probe.supports_router)
+    return LlamaServerBinary([path], "env", path, version, probe.supports_router, probe.supports_rpc)
 
 
 def _is_wheel_binary(path: str) -> bool:
@@ -197,7 +202,7 @@ def _from_path() -> LlamaServerBinary | None:
         return None
     path = str(Path(found).resolve())
     probe = _probe(path)
-    return LlamaServerBinary([path], "path", path, probe.version, probe.supports_router)
+    return LlamaServerBinary([path], "path", path, probe.version, probe.supports_router, probe.supports_rpc)
 
 
 def cpu_has_avx512f() -> bool:
@@ -231,6 +236,7 @@ def _from_wheel() -> LlamaServerBinary | None:
         path,
         _wheel_build_label(probe.version),
         probe.supports_router,
+        probe.supports_rpc,
     )
 
 

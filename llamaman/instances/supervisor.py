@@ -68,6 +68,8 @@ class Supervisor:
         self.close_listener: ListenerHook | None = None
         # When true every instance gets a listener (e.g. because API keys guard instance ports).
         self.always_listen = False
+        # Set by the services: refuses a launch over RPC workers that are unknown, silent or unusable.
+        self.check_rpc: Callable[[LaunchSettings, LlamaServerBinary], Awaitable[None]] | None = None
         # Called just before a server is told to stop (e.g. to drop kept-alive connections to it).
         self.on_stopping: list[Callable[[ManagedInstance], None]] = []
         self._owner = str(settings.data_dir)
@@ -124,6 +126,8 @@ class Supervisor:
         """Validate, store and start a new instance. Invalid settings store and start nothing."""
         if self.binary is None and await self.resolve_binary() is None:
             raise kinds.InstanceUnavailable(self.binary_error or "no llama-server binary found")
+        if ls.rpc_workers and self.check_rpc is not None and self.binary is not None:
+            await self.check_rpc(ls, self.binary)
         async with self._lock:
             path, name, mmproj = resolve_model(self.library, ls)
             self.checked_extra(ls)

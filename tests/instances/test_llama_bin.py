@@ -20,9 +20,13 @@ from llamaman.instances.llama_bin import (
 )
 
 
-def _fake_server(path: Path, build: int = 1234, commit: str = "abcdef0", router: bool = True) -> Path:
-    # Mimics llama-server: --version goes to stderr, --help lists the router flag when it has one.
+def _fake_server(
+    path: Path, build: int = 1234, commit: str = "abcdef0", router: bool = True, rpc: bool = False
+) -> Path:
+    # Mimics llama-server: --version goes to stderr, --help lists the router and RPC flags when it
+    # has them.
     router_line = 'echo "--models-dir PATH   models for the router server"' if router else ""
+    rpc_line = 'echo "--rpc SERVERS   comma-separated list of RPC servers (host:port)"' if rpc else ""
     path.write_text(
         "#!/bin/sh\n"
         'if [ -n "$PROBE_LOG" ]; then echo "$1" >> "$PROBE_LOG"; fi\n'
@@ -33,6 +37,7 @@ def _fake_server(path: Path, build: int = 1234, commit: str = "abcdef0", router:
         "fi\n"
         'if [ "$1" = "--help" ]; then\n'
         f"  {router_line}\n"
+        f"  {rpc_line}\n"
         '  echo "--port PORT"\n'
         "  exit 0\n"
         "fi\n"
@@ -134,7 +139,16 @@ def test_path_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "path": str(fake.resolve()),
         "version": "b4589 (7e4c0a9d)",
         "supports_router": True,
+        "supports_rpc": False,
     }
+
+
+def test_a_build_with_rpc_support_is_told_apart_from_one_without(tmp_path: Path) -> None:
+    with_rpc = _fake_server(tmp_path / "with-rpc", rpc=True)
+    without = _fake_server(tmp_path / "without-rpc")
+
+    assert resolve_llama_server(_settings(tmp_path, str(with_rpc))).supports_rpc is True
+    assert resolve_llama_server(_settings(tmp_path, str(without))).supports_rpc is False
 
 
 def test_version_probe_runs_once_per_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

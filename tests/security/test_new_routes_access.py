@@ -13,6 +13,7 @@ ROUTES = [
     ("GET", "/api/inflight"),
     ("DELETE", "/api/inflight/abc"),
     ("GET", "/api/placement"),
+    ("GET", "/api/workers"),
     ("GET", "/api/logs/llamaman"),
     ("GET", "/openapi.json"),
 ]
