@@ -11,6 +11,7 @@ import logging
 import httpx
 
 from llamaman.auth.accounts import AuthService
+from llamaman.cluster.heartbeat_info import HeartbeatInfo
 from llamaman.cluster.nodes import NodeRegistry
 from llamaman.core.config import Settings
 from llamaman.core.db import Database
@@ -84,7 +85,8 @@ class Services:
             settings, self.db, self.events, self.library, self.runtime, self.aliases, self.supervisor
         )
         # This box's row among several sharing the database (idle on a standalone box).
-        self.nodes = NodeRegistry(settings, self.db)
+        self.nodes = NodeRegistry(settings, self.db, events=self.events)
+        self.nodes.info_provider = HeartbeatInfo(self.library, self.supervisor, self.router, self.relay)
         self.started = False
 
     def _gpu_memory(self) -> list[Reading]:

@@ -12,6 +12,7 @@ from llamaman.api import (
     instances,
     keys,
     models,
+    nodes,
     placement,
     presets,
     system,
@@ -22,7 +23,7 @@ from llamaman.api import (
 def build_router() -> APIRouter:
     router = APIRouter()
     modules: tuple[ModuleType, ...] = (instances, models, presets, system, telemetry, auth, keys, downloads)
-    modules += (backup, placement, inflight)
+    modules += (backup, placement, inflight, nodes)
     for module in modules:
         router.include_router(module.router)
     return router

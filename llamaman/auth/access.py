@@ -115,6 +115,7 @@ RULES: tuple[Rule, ...] = (
     Rule("/models/sse", MODEL, ALL, "llama.cpp router mode: model status and load progress events"),
     Rule("/", MODEL, PROXY, "Ollama's 'is running' probe on the proxy port (the UI's home on the main port)"),
     Rule("/api/placement", MANAGE, ALL, "memory per device and where each model lives"),
+    Rule("/api/nodes", MANAGE, ALL, "the boxes sharing this database: health, models, memory, load"),
     Rule("/api/logs/llamaman", MANAGE, ALL, "LlamaMan's own log: admin only (it names keys and paths)"),
     Rule("/api/inflight*", MANAGE, ALL, "requests in flight: admins and users list them, admins cancel"),
     Rule("/api/*", MANAGE, ALL, "LlamaMan REST API, including any future /api route"),

@@ -17,6 +17,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
 
@@ -28,6 +29,14 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 class DatabaseError(RuntimeError):
     pass
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether a failed write says the database is away (down, restarting, the network), not that
+    the write itself is wrong: such a write is kept and tried again, a wrong one is not."""
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError, TimeoutError)):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -1,5 +1,9 @@
 """Records of one table written in order by one background task, so callers on the event loop never
-wait for the database and a later state never lands before an earlier one."""
+wait for the database and a later state never lands before an earlier one.
+
+Nodes sharing one database each keep their own rows (the table's ``node`` column): a store given a
+node name stamps it on what it writes and loads only that node's rows; a standalone box (no name)
+keeps to the rows without one."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from sqlmodel import SQLModel, select
+from sqlmodel import SQLModel, col, select, update
 
 from llamaman.core.db import Database
 
@@ -18,9 +22,12 @@ R = TypeVar("R", bound=SQLModel)
 
 
 class RecordStore(Generic[R]):
-    def __init__(self, db: Database, table: type[R], is_current: Callable[[str], bool]) -> None:
+    def __init__(
+        self, db: Database, table: type[R], is_current: Callable[[str], bool], node: str | None = None
+    ) -> None:
         self.db = db
         self.table = table
+        self.node = node
         # A write for a record removed meanwhile is dropped, or it would come back to life.
         self.is_current = is_current
         self._writes: asyncio.Queue[R | None] = asyncio.Queue()
@@ -38,6 +45,8 @@ class RecordStore(Generic[R]):
             self._writer = None
 
     def save(self, record: R) -> None:
+        if self.node is not None and getattr(record, "node", None) is None:
+            record.node = self.node  # type: ignore[attr-defined]
         self._writes.put_nowait(record.model_copy())
 
     async def flush(self) -> None:
@@ -76,10 +85,23 @@ class RecordStore(Generic[R]):
                 s.commit()
 
     def load_all(self) -> list[R]:
-        """Every record, oldest first (blocking)."""
+        """Every record of this node, oldest first (blocking)."""
         created: Any = self.table.created_at  # type: ignore[attr-defined]
+        node: Any = col(self.table.node)  # type: ignore[attr-defined]
         with self.db.session() as s:
-            return list(s.exec(select(self.table).order_by(created)))
+            if self.node is not None:
+                self._claim_unowned(s, node)
+            mine = node == self.node if self.node is not None else node.is_(None)
+            return list(s.exec(select(self.table).where(mine).order_by(created)))
+
+    def _claim_unowned(self, s: Any, node: Any) -> None:
+        """Rows from before this box was a node become ours if no other node took them first: one
+        UPDATE, so of two nodes starting together exactly one restores each row."""
+        claimed = s.exec(update(self.table).where(node.is_(None)).values(node=self.node))
+        s.commit()
+        if claimed.rowcount:
+            what = self.table.__name__
+            log.info("took %d %s record(s) without a node as %s's", claimed.rowcount, what, self.node)
 
     async def load(self) -> list[R]:
         return await asyncio.to_thread(self.load_all)
