@@ -13,6 +13,7 @@ import httpx
 from llamaman.auth.accounts import AuthService
 from llamaman.cluster.heartbeat_info import HeartbeatInfo
 from llamaman.cluster.nodes import NodeRegistry
+from llamaman.cluster.shared_keys import SharedKeys
 from llamaman.core.config import Settings
 from llamaman.core.db import Database
 from llamaman.core.events import Event, EventBus
@@ -87,6 +88,7 @@ class Services:
         # This box's row among several sharing the database (idle on a standalone box).
         self.nodes = NodeRegistry(settings, self.db, events=self.events)
         self.nodes.info_provider = HeartbeatInfo(self.library, self.supervisor, self.router, self.relay)
+        self.nodes.after_beat.append(SharedKeys(self.auth.keys))
         self.started = False
 
     def _gpu_memory(self) -> list[Reading]:

@@ -85,6 +85,8 @@ class NodeRegistry:
         self.last_error: str | None = None
         # What the last ``nodes.changed`` said: each node's liveness and info.
         self._published: dict[str, tuple[bool, dict[str, Any]]] = {}
+        # Run after each beat that reached the database (e.g. re-reading the shared API keys).
+        self.after_beat: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def enabled(self) -> bool:
@@ -151,6 +153,8 @@ class NodeRegistry:
         while True:
             try:
                 await self.beat()
+                for hook in self.after_beat:
+                    await hook()
                 self.last_error = None
             except asyncio.CancelledError:
                 raise
