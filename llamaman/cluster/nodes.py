@@ -87,6 +87,7 @@ class NodeRegistry:
         self._published: dict[str, tuple[bool, dict[str, Any]]] = {}
         # Run after each beat that reached the database (e.g. re-reading the shared API keys).
         self.after_beat: list[Callable[[], Awaitable[None]]] = []
+        self._beat_lock = asyncio.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -124,9 +125,10 @@ class NodeRegistry:
         """Write this node's row and read every node's (blocking work in a thread)."""
         if not self.enabled:
             return
-        made = self.info_provider()
-        info = await made if inspect.isawaitable(made) else made
-        rows = await asyncio.to_thread(self._write_and_read, info)
+        async with self._beat_lock:  # one beat at a time, or two would both insert this node's row
+            made = self.info_provider()
+            info = await made if inspect.isawaitable(made) else made
+            rows = await asyncio.to_thread(self._write_and_read, info)
         now = self.clock()
         self._views = {
             r.name: NodeView(
