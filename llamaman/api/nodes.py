@@ -27,7 +27,7 @@ def node_view(v: NodeView, now: float, own: str) -> dict[str, Any]:
         "version": v.info.get("version"),
         "models_on_disk": v.models_on_disk,
         "models_resident": v.models_resident,
-        "resident": list(v.info.get("resident") or []),
+        "resident": v.resident,
         "memory": v.memory,
         "inflight": v.inflight,
         "queued": v.queued,

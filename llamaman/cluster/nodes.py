@@ -57,6 +57,16 @@ class NodeView:
         return int(self.info.get("queued") or 0)
 
     @property
+    def model_sizes(self) -> dict[str, int]:
+        """Each model on disk and its size in bytes."""
+        return {str(k): int(v) for k, v in (self.info.get("model_sizes") or {}).items()}
+
+    @property
+    def resident(self) -> list[dict[str, Any]]:
+        """Each instance in memory: ``name`` (the model), ``instance`` and ``state``."""
+        return list(self.info.get("resident") or [])
+
+    @property
     def memory(self) -> list[dict[str, Any]]:
         """Each device's ``id``, ``name``, ``total``, ``limit`` and ``free`` bytes."""
         return list(self.info.get("memory") or [])

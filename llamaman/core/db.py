@@ -89,20 +89,23 @@ class Database:
         """Apply Alembic migrations up to head (blocking; call in a thread from async code)."""
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with self.engine.begin() as conn:
-            # Nodes sharing one MariaDB may start together: a named lock lets one migrate while the
-            # others wait, then find the schema at head and do nothing.
-            locked = self.backend in ("mysql", "mariadb")
+        # Nodes sharing one MariaDB may start together: a named lock lets one migrate while the
+        # others wait, then find the schema at head and do nothing. The lock is held on a
+        # connection of its own and released only once the migration's transaction has committed:
+        # its last version stamp must be visible to the next node that gets the lock.
+        locked = self.backend in ("mysql", "mariadb")
+        with self.engine.connect() as lock:
             if locked:
-                got = conn.exec_driver_sql("SELECT GET_LOCK('llamaman_migrate', 300)").scalar()
+                got = lock.exec_driver_sql("SELECT GET_LOCK('llamaman_migrate', 300)").scalar()
                 if got != 1:
                     raise DatabaseError("another node held the migration lock for 5 minutes")
             try:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                with self.engine.begin() as conn:
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
             finally:
                 if locked:
-                    conn.exec_driver_sql("SELECT RELEASE_LOCK('llamaman_migrate')")
+                    lock.exec_driver_sql("SELECT RELEASE_LOCK('llamaman_migrate')")
 
     @contextmanager
     def session(self) -> Iterator[Session]:

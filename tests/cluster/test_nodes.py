@@ -61,7 +61,16 @@ def node(
 
 async def test_each_node_sees_the_other_with_what_its_heartbeat_said(node: Any) -> None:
     a, _ = node("alpha", {"models_on_disk": ["tiny-a"], "inflight": 2, "memory": [{"id": "cpu"}]})
-    b, _ = node("beta", {"models_on_disk": ["tiny-b"], "models_resident": ["tiny-b"]})
+    resident = [{"name": "tiny-b", "instance": "i1", "state": "healthy"}]
+    b, _ = node(
+        "beta",
+        {
+            "models_on_disk": ["tiny-b"],
+            "model_sizes": {"tiny-b": 42},
+            "models_resident": ["tiny-b"],
+            "resident": resident,
+        },
+    )
 
     await a.beat()
     await b.beat()
@@ -71,6 +80,7 @@ async def test_each_node_sees_the_other_with_what_its_heartbeat_said(node: Any) 
     [other] = a.others()
     assert (other.name, other.url, other.alive) == ("beta", "http://beta.lan:5000", True)
     assert (other.models_on_disk, other.models_resident) == (["tiny-b"], ["tiny-b"])
+    assert (other.model_sizes, other.resident) == ({"tiny-b": 42}, resident)
     [seen_by_b] = b.others()
     assert (seen_by_b.name, seen_by_b.inflight, seen_by_b.memory) == ("alpha", 2, [{"id": "cpu"}])
 

@@ -187,3 +187,14 @@ async def test_a_download_record_is_stamped_with_its_node(
         await alpha.stop()
 
     assert [(d.id, d.node) for d in _rows(shared_url, Download)] == [(job.id, "alpha")]
+
+
+async def test_four_nodes_migrating_an_empty_database_at_once_all_start(shared_url: str) -> None:
+    databases = [Database(shared_url) for _ in range(4)]
+    try:
+        # Each waits for the one migrating and must then find every revision committed.
+        await asyncio.gather(*(asyncio.to_thread(db.migrate) for db in databases))
+    finally:
+        for db in databases:
+            db.dispose()
+    assert _rows(shared_url, Instance) == []
