@@ -1,5 +1,6 @@
-"""MariaDB stopped and started again while requests keep coming: every request is answered, and
-every activity row and every request counted against the key is in the database exactly once."""
+"""MariaDB stopped and started again while requests keep coming to a node: every request is
+answered, the heartbeat fails and comes back, and every activity row and every request counted
+against the key is in the database exactly once."""
 
 from __future__ import annotations
 
@@ -86,7 +87,13 @@ async def test_rows_and_usage_made_while_mariadb_was_down_are_all_written_once(
     make_settings: Callable[..., Settings],
     fake_server_bin: Callable[[str], str],
 ) -> None:
-    settings = make_settings(DATABASE_URL=server.url, LLAMA_SERVER_BIN=fake_server_bin("ok"))
+    settings = make_settings(
+        DATABASE_URL=server.url,
+        LLAMA_SERVER_BIN=fake_server_bin("ok"),
+        LLAMAMAN_NODE_NAME="alpha",
+        LLAMAMAN_NODE_URL="http://127.0.0.1:1",
+        LLAMAMAN_NODE_SECRET="d" * 20,
+    )
     app = LlamaMan(settings)
     await app.start()
     activity = app.telemetry.activity
@@ -114,12 +121,14 @@ async def test_rows_and_usage_made_while_mariadb_was_down_are_all_written_once(
         await asyncio.to_thread(stop_keeping_data, server)
         before = len(answered)
         await until(lambda: activity.db_error is not None, 30, "a write to fail")
+        await until(lambda: app.nodes.last_error is not None, 30, "a heartbeat to fail")
         with pytest.raises(Exception):  # noqa: B017  (whatever the driver raises: usage stays pending)
             await app.auth.keys.flush(force=True)
         await until(lambda: len(answered) >= before + 20, 30, "requests served without the database")
 
         await asyncio.to_thread(start_again, server)
         await until(lambda: activity.db_error is None, 30, "the waiting rows to be written")
+        await until(lambda: app.nodes.last_error is None, 30, "the heartbeat to come back")
         at_return = len(answered)
         await until(lambda: len(answered) >= at_return + 10, 30, "requests after the return")
         stop.set()
@@ -135,10 +144,11 @@ async def test_rows_and_usage_made_while_mariadb_was_down_are_all_written_once(
     reader = Database(server.url)
     try:
         with reader.session() as s:
-            rows = s.exec(
-                select(func.count()).select_from(RequestLog).where(RequestLog.key_name == "outage")
-            ).one()
+            mine = RequestLog.key_name == "outage"
+            rows = s.exec(select(func.count()).select_from(RequestLog).where(mine)).one()
+            nodes = set(s.exec(select(RequestLog.node).where(mine)).all())
             usage = s.exec(select(func.sum(KeyUsage.requests)).where(KeyUsage.key_id == record.id)).one()
     finally:
         reader.dispose()
     assert (rows, usage, activity.dropped) == (len(answered), len(answered), 0)
+    assert nodes == {"alpha"}  # the node that answered each of them
