@@ -42,6 +42,30 @@ async def test_a_key_made_and_revoked_on_one_store_reaches_the_other(tmp_path: P
     db.dispose()
 
 
+async def test_todays_tokens_of_a_key_add_up_over_the_nodes_for_its_quota(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'keys.db'}")
+    db.migrate()
+    here, there = KeyStore(db), KeyStore(db)
+    await there.load()
+    record, _ = await there.create("quota", daily_token_quota=100)
+    await here.load()
+    sync = SharedKeys(here)
+
+    there.record_usage(record.id, "tiny-a", 40, 20)
+    await there.flush()
+    here.record_usage(record.id, "tiny-b", 30, 5)  # not written yet
+    await sync.sync_usage()
+
+    assert here.tokens_today(record.id) == 95
+    assert here.quota_wait(record.identity()) is None
+    there.record_usage(record.id, "tiny-a", 5, 0)
+    await there.flush()
+    await sync.sync_usage()
+    assert here.tokens_today(record.id) == 100
+    assert here.quota_wait(record.identity()) is not None
+    db.dispose()
+
+
 async def test_a_key_made_here_while_the_table_is_read_is_not_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
