@@ -191,10 +191,10 @@ class ActivityLog:
                     log.exception("recording request metrics failed")
             out.append(f)
         self._unwritten.extend(out)
-        self._bound()
         return out
 
     def _bound(self) -> None:
+        # Only under the write lock: a write in flight owns the first rows.
         over = len(self._unwritten) - MAX_UNWRITTEN
         if over <= 0:
             return
@@ -252,6 +252,7 @@ class ActivityLog:
         """Write every queued request now; charge energy to the rows that can be settled."""
         async with self._write_lock:
             self.pump()
+            self._bound()
             batch = list(self._unwritten)
             if batch:
                 charging = self.energy is not None and self.energy_enabled()
