@@ -18,6 +18,7 @@ from llamaman.core.exchange import Phase
 from llamaman.core.state import InstanceState
 from llamaman.instances.supervisor import Supervisor
 from llamaman.library.catalog import ModelEntry, ModelLibrary
+from llamaman.scheduling.memory import HOLDS_MEMORY
 from llamaman.scheduling.router import Router
 from llamaman.upstream.relay import Relay
 
@@ -81,9 +82,22 @@ class HeartbeatInfo:
         }
 
     def memory(self) -> list[dict[str, Any]]:
-        """Each device's total, limit and free bytes, from the scheduler's last readings."""
+        """Each device's total, limit and free bytes from the scheduler's last readings, and what
+        our models hold of it: room for one more model is ``limit - used_by_models``, within ``free``."""
         self.router.refresh_devices()
+        ours: dict[str, int] = {}
+        for m in self.supervisor.list():
+            if m.state in HOLDS_MEMORY:
+                for device, n in self.router.usage_of(m).items():
+                    ours[device] = ours.get(device, 0) + n
         return [
-            {"id": d.id, "name": d.name, "total": d.total, "limit": d.limit, "free": d.free}
+            {
+                "id": d.id,
+                "name": d.name,
+                "total": d.total,
+                "limit": d.limit,
+                "free": d.free,
+                "used_by_models": ours.get(d.id, 0),
+            }
             for d in self.router.devices.devices.values()
         ]

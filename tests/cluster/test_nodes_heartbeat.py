@@ -52,6 +52,7 @@ async def test_the_heartbeat_names_resident_models_and_counts_running_and_waitin
         app.relay.inflight.queued(waiting)
 
         now = info.build()
+        held = app.router.usage_of(m).get("cpu", 0)
     finally:
         await app.stop()
 
@@ -60,4 +61,5 @@ async def test_the_heartbeat_names_resident_models_and_counts_running_and_waitin
     assert (now["inflight"], now["queued"]) == (2, 1)
     ram = next(d for d in now["memory"] if d["id"] == "cpu")
     assert 0 < ram["free"] <= ram["total"] and ram["limit"] > 0
+    assert ram["used_by_models"] == held > 0
     assert now["max_models"] == app.runtime.current.max_models and now["version"]
