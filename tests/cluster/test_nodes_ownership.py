@@ -198,3 +198,22 @@ async def test_four_nodes_migrating_an_empty_database_at_once_all_start(shared_u
         for db in databases:
             db.dispose()
     assert _rows(shared_url, Instance) == []
+
+
+async def test_another_nodes_instance_on_a_port_of_ours_leaves_that_port_free_here(
+    node_settings: Callable[[str], Settings], shared_url: str
+) -> None:
+    # Ports are per box: beta's instance on the number that is alpha's first port takes nothing here.
+    first = node_settings("alpha").port_range_start
+    db = Database(shared_url)
+    db.migrate()
+    db.dispose()
+    _add(shared_url, _stopped_instance(first, "beta"))
+
+    alpha = LlamaMan(node_settings("alpha"))
+    await alpha.start()
+    try:
+        assert alpha.supervisor.list() == []
+        assert alpha.supervisor.next_port() == first
+    finally:
+        await alpha.stop()
