@@ -3,7 +3,10 @@ wait for the database and a later state never lands before an earlier one.
 
 Nodes sharing one database each keep their own rows (the table's ``node`` column): a store given a
 node name stamps it on what it writes and loads only that node's rows; a standalone box (no name)
-keeps to the rows without one."""
+keeps to the rows without one.
+
+A write that finds the database away (restarting, unreachable) is kept, the newest state of each
+record, and written again once it answers; the queue goes on meanwhile, so callers never wait."""
 
 from __future__ import annotations
 
@@ -15,10 +18,12 @@ from typing import Any, Generic, TypeVar
 
 from sqlmodel import SQLModel, col, select, update
 
-from llamaman.core.db import Database
+from llamaman.core.db import Database, is_unreachable
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=SQLModel)
+# Seconds between two tries of the writes that found the database away.
+RETRY_S = 1.0
 
 
 class RecordStore(Generic[R]):
@@ -32,6 +37,8 @@ class RecordStore(Generic[R]):
         self.is_current = is_current
         self._writes: asyncio.Queue[R | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        # Records whose write found the database away, by id: written when it answers again.
+        self._pending: dict[str, R] = {}
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop())
@@ -56,15 +63,43 @@ class RecordStore(Generic[R]):
 
     async def _write_loop(self) -> None:
         while True:
-            rec = await self._writes.get()
+            try:
+                # With writes waiting for the database, look again every RETRY_S even when idle.
+                rec = await asyncio.wait_for(self._writes.get(), RETRY_S if self._pending else None)
+            except TimeoutError:
+                await self._retry_pending()
+                continue
             try:
                 if rec is None:
                     return
-                await asyncio.to_thread(self._write, rec)
+                if await self._store(rec) and self._pending:
+                    await self._retry_pending()
             except Exception:
                 log.exception("could not store %s %s", self.table.__name__, getattr(rec, "id", "?"))
             finally:
                 self._writes.task_done()
+
+    async def _store(self, rec: R) -> bool:
+        """Write ``rec``; while the database is away keep it (the newest state of each record wins:
+        each write is the whole record) and say False."""
+        rid = rec.id  # type: ignore[attr-defined]
+        try:
+            await asyncio.to_thread(self._write, rec)
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            if not self._pending:
+                log.warning("%s records wait for the database: %s", self.table.__name__, exc)
+            self._pending[rid] = rec
+            return False
+        self._pending.pop(rid, None)
+        return True
+
+    async def _retry_pending(self) -> None:
+        for rec in list(self._pending.values()):
+            if not await self._store(rec):
+                return
+        log.info("%s records written again: the database is back", self.table.__name__)
 
     def _write(self, rec: R) -> None:
         if not self.is_current(rec.id):  # type: ignore[attr-defined]
@@ -75,6 +110,7 @@ class RecordStore(Generic[R]):
 
     async def delete(self, record_id: str) -> None:
         await self.flush()
+        self._pending.pop(record_id, None)
         await asyncio.to_thread(self._delete, record_id)
 
     def _delete(self, record_id: str) -> None:
