@@ -18,6 +18,7 @@ NAV: list[tuple[str, str, str]] = [
     ("/downloads", "Downloads", "download"),
     ("/playground", "Playground", "chat"),
     ("/activity", "Activity", "timeline"),
+    ("/nodes", "Nodes", "hub"),
     ("/keys", "API keys", "key"),
     ("/settings", "Settings", "settings"),
     ("/system", "System", "build"),

@@ -12,8 +12,10 @@ import httpx
 
 from llamaman.auth.accounts import AuthService
 from llamaman.cluster.forward import Cluster
+from llamaman.cluster.heartbeat_info import HeartbeatInfo
 from llamaman.cluster.nodes import NodeRegistry
 from llamaman.cluster.peers import PeerDirectory
+from llamaman.cluster.shared_keys import SharedKeys
 from llamaman.cluster.workers import WorkerDirectory
 from llamaman.core.config import Settings
 from llamaman.core.db import Database
@@ -87,7 +89,9 @@ class Services:
             settings, self.db, self.events, self.library, self.runtime, self.aliases, self.supervisor
         )
         # This box's row among several sharing the database (idle on a standalone box).
-        self.nodes = NodeRegistry(settings, self.db)
+        self.nodes = NodeRegistry(settings, self.db, events=self.events)
+        self.nodes.info_provider = HeartbeatInfo(self.library, self.supervisor, self.router, self.relay)
+        self.nodes.after_beat.append(SharedKeys(self.auth.keys))
         # Static peers (OpenAI-compatible servers that are not LlamaMan) and where each request goes.
         self.peers = PeerDirectory(self.db, self.http)
         self.cluster = Cluster(settings, self.nodes, self.peers)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from llamaman.services import Services
-from pages import activity, auth, downloads, instances, keys, launch, playground, settings, system
+from pages import activity, auth, downloads, instances, keys, launch, nodes, playground, settings, system
 from pages.shell import Shell
 
 
 def register(services: Services) -> None:
     shell = Shell(services)
-    for module in (auth, instances, launch, downloads, playground, activity, keys, settings, system):
+    modules = (auth, instances, launch, downloads, playground, activity, nodes, keys, settings, system)
+    for module in modules:
         module.register(services, shell)

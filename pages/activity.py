@@ -52,6 +52,7 @@ def _recent_row(r: dict[str, Any]) -> dict[str, Any]:
         **r,
         "when": time.strftime("%H:%M:%S", time.localtime(r["ts"])),
         "key_name": r.get("key_name") or fmt.DASH,
+        "node": r.get("node") or fmt.DASH,
         "ttft": _ms(r.get("ttft_ms")),
         "tps": _num(r.get("tokens_per_s")),
         "duration": _ms(r.get("duration_ms")),
@@ -99,7 +100,9 @@ class ActivityPanel:
         ui.label("Per model").classes("text-subtitle1")
         self.summary = table(SUMMARY, [], row_key="id")
         ui.label("Recent requests").classes("text-subtitle1")
-        self.recent = table(RECENT, [], pagination=15)
+        # Which box answered: only a question when there are several.
+        columns = [*RECENT[:1], ("node", "Node"), *RECENT[1:]] if services.nodes.enabled else RECENT
+        self.recent = table(columns, [], pagination=15)
         self.recent.mark("activity-table")
         ui.timer(3.0, self._tick)
 

@@ -12,6 +12,7 @@ from llamaman.api import (
     instances,
     keys,
     models,
+    nodes,
     peers,
     placement,
     presets,
@@ -24,7 +25,7 @@ from llamaman.api import (
 def build_router() -> APIRouter:
     router = APIRouter()
     modules: tuple[ModuleType, ...] = (instances, models, presets, system, telemetry, auth, keys, downloads)
-    modules += (backup, placement, inflight, peers, workers)
+    modules += (backup, placement, inflight, nodes, peers, workers)
     for module in modules:
         router.include_router(module.router)
     return router

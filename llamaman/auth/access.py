@@ -116,6 +116,7 @@ RULES: tuple[Rule, ...] = (
     Rule("/", MODEL, PROXY, "Ollama's 'is running' probe on the proxy port (the UI's home on the main port)"),
     Rule("/api/placement", MANAGE, ALL, "memory per device and where each model lives"),
     Rule("/api/workers", MANAGE, ALL, "llama.cpp RPC workers: addresses, memory, liveness"),
+    Rule("/api/nodes", MANAGE, ALL, "the boxes sharing this database: health, models, memory, load"),
     Rule("/api/logs/llamaman", MANAGE, ALL, "LlamaMan's own log: admin only (it names keys and paths)"),
     Rule("/api/inflight*", MANAGE, ALL, "requests in flight: admins and users list them, admins cancel"),
     Rule("/api/peers*", MANAGE, ALL, "static peers: their URLs and keys are the box's configuration"),

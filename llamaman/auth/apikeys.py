@@ -23,9 +23,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlmodel import select
+from sqlmodel import col, select, update
 
-from llamaman.core.db import Database
+from llamaman.core.db import Database, is_unreachable
 from llamaman.core.errors import NotFound
 from llamaman.core.identity import Identity, KeyScope
 from llamaman.core.tables import ApiKey, KeyUsage
@@ -219,8 +219,11 @@ class KeyStore:
             await asyncio.sleep(FLUSH_INTERVAL)
             try:
                 await self.flush()
-            except Exception:
-                log.exception("could not write API key usage")
+            except Exception as exc:  # kept by flush and written at a later try
+                if is_unreachable(exc):
+                    log.warning("API key usage waits for the database: %s", exc)
+                else:
+                    log.exception("could not write API key usage")
 
     # ---- per request -----------------------------------------------------------------------------
     def verify(self, key: str) -> KeyRecord | None:
@@ -419,12 +422,22 @@ class KeyStore:
 
     def _write(self, usage: dict[tuple[str, str, str], list[int]], last_used: dict[str, float]) -> None:
         with self.db.session() as s:
+            # Increments in the database, not read-add-write: several nodes count the same key.
             for (key_id, day, model), (n, prompt, completion) in usage.items():
-                row = s.get(KeyUsage, (key_id, day, model)) or KeyUsage(key_id=key_id, day=day, model=model)
-                row.requests += n
-                row.prompt_tokens += prompt
-                row.completion_tokens += completion
-                s.add(row)
+                k = KeyUsage
+                same = (col(k.key_id) == key_id, col(k.day) == day, col(k.model) == model)
+                added = s.exec(
+                    update(KeyUsage)
+                    .where(*same)
+                    .values(
+                        requests=col(KeyUsage.requests) + n,
+                        prompt_tokens=col(KeyUsage.prompt_tokens) + prompt,
+                        completion_tokens=col(KeyUsage.completion_tokens) + completion,
+                    )
+                )
+                if not added.rowcount:  # a new row; a node inserting it first fails this write, kept
+                    s.add(KeyUsage(key_id=key_id, day=day, model=model, requests=n,
+                                   prompt_tokens=prompt, completion_tokens=completion))  # fmt: skip
             for key_id, ts in last_used.items():
                 key = s.get(ApiKey, key_id)
                 if key is not None and (key.last_used_at or 0) < ts:

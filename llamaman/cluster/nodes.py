@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +20,13 @@ from sqlmodel import select
 
 from llamaman.core.config import Settings
 from llamaman.core.db import Database
+from llamaman.core.events import EventBus
 from llamaman.core.tables import Node
 
 log = logging.getLogger(__name__)
 
-InfoProvider = Callable[[], dict[str, Any]]
+# Builds this node's heartbeat info; may be a coroutine function (``cluster.heartbeat_info``).
+InfoProvider = Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -49,14 +52,40 @@ class NodeView:
     def inflight(self) -> int:
         return int(self.info.get("inflight") or 0)
 
+    @property
+    def queued(self) -> int:
+        return int(self.info.get("queued") or 0)
+
+    @property
+    def model_sizes(self) -> dict[str, int]:
+        """Each model on disk and its size in bytes."""
+        return {str(k): int(v) for k, v in (self.info.get("model_sizes") or {}).items()}
+
+    @property
+    def resident(self) -> list[dict[str, Any]]:
+        """Each instance in memory: ``name`` (the model), ``instance`` and ``state``."""
+        return list(self.info.get("resident") or [])
+
+    @property
+    def memory(self) -> list[dict[str, Any]]:
+        """Each device's ``id``, ``name``, ``total``, ``limit`` and ``free`` bytes."""
+        return list(self.info.get("memory") or [])
+
 
 class NodeRegistry:
     """Owns this node's row in the nodes table and a copy of every row, refreshed on each beat."""
 
-    def __init__(self, settings: Settings, db: Database, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        clock: Callable[[], float] = time.time,
+        events: EventBus | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.clock = clock
+        self.events = events
         self.name = settings.node_name or ""
         self.url = settings.node_url or ""
         self.started_at = clock()
@@ -64,6 +93,11 @@ class NodeRegistry:
         self._views: dict[str, NodeView] = {}
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
+        # What the last ``nodes.changed`` said: each node's liveness and info.
+        self._published: dict[str, tuple[bool, dict[str, Any]]] = {}
+        # Run after each beat that reached the database (e.g. re-reading the shared API keys).
+        self.after_beat: list[Callable[[], Awaitable[None]]] = []
+        self._beat_lock = asyncio.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -101,8 +135,10 @@ class NodeRegistry:
         """Write this node's row and read every node's (blocking work in a thread)."""
         if not self.enabled:
             return
-        info = self.info_provider()
-        rows = await asyncio.to_thread(self._write_and_read, info)
+        async with self._beat_lock:  # one beat at a time, or two would both insert this node's row
+            made = self.info_provider()
+            info = await made if inspect.isawaitable(made) else made
+            rows = await asyncio.to_thread(self._write_and_read, info)
         now = self.clock()
         self._views = {
             r.name: NodeView(
@@ -115,11 +151,22 @@ class NodeRegistry:
             )
             for r in rows
         }
+        self.publish_changes()
+
+    def publish_changes(self) -> None:
+        """``nodes.changed`` when a node came, went, fell silent or told something new."""
+        now = {v.name: (v.alive, v.info) for v in self.nodes()}
+        if now != self._published:
+            self._published = now
+            if self.events is not None:
+                self.events.publish("nodes.changed", alive=sorted(n for n, (a, _) in now.items() if a))
 
     async def _loop(self) -> None:
         while True:
             try:
                 await self.beat()
+                for hook in self.after_beat:
+                    await hook()
                 self.last_error = None
             except asyncio.CancelledError:
                 raise

@@ -17,6 +17,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, create_engine
@@ -51,6 +52,14 @@ def _migration_lock(conn: Connection) -> bool:
     if got != 1:
         raise DatabaseError("another node held the migration lock for 5 minutes")
     return True
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether a failed write says the database is away (down, restarting, the network), not that
+    the write itself is wrong: such a write is kept and tried again, a wrong one is not."""
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError, TimeoutError)):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -103,16 +112,19 @@ class Database:
         """Apply Alembic migrations up to head (blocking; call in a thread from async code)."""
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with self.engine.begin() as conn:
-            # Nodes sharing one MariaDB may start together: a named lock lets one migrate while the
-            # others wait, then find the schema at head and do nothing.
-            locked = self.backend in ("mysql", "mariadb") and _migration_lock(conn)
+        # Nodes sharing one MariaDB may start together: a named lock lets one migrate while the
+        # others wait, then find the schema at head and do nothing. The lock is held on a
+        # connection of its own and released only once the migration's transaction has committed:
+        # its last version stamp must be visible to the next node that gets the lock.
+        with self.engine.connect() as lock:
+            locked = self.backend in ("mysql", "mariadb") and _migration_lock(lock)
             try:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                with self.engine.begin() as conn:
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
             finally:
                 if locked:
-                    conn.exec_driver_sql("SELECT RELEASE_LOCK('llamaman_migrate')")
+                    lock.exec_driver_sql("SELECT RELEASE_LOCK('llamaman_migrate')")
 
     @contextmanager
     def session(self) -> Iterator[Session]:

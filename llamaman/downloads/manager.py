@@ -85,7 +85,7 @@ class DownloadManager:
         self.cleanup_interval = 300.0
         self.http: httpx.AsyncClient | None = None
         self._queue: deque[str] = deque()
-        self.store = DownloadStore(db, lambda download_id: download_id in self.jobs)
+        self.store = DownloadStore(db, lambda download_id: download_id in self.jobs, settings.node_name)
         self.worker = Worker(self)
         self._cleaner: asyncio.Task[None] | None = None
         self._stopping = False

@@ -13,8 +13,8 @@ log = logging.getLogger(__name__)
 
 
 class DownloadStore(RecordStore[Download]):
-    def __init__(self, db: Database, known: Callable[[str], bool]) -> None:
-        super().__init__(db, Download, known)
+    def __init__(self, db: Database, known: Callable[[str], bool], node: str | None = None) -> None:
+        super().__init__(db, Download, known, node)
 
     def put_sources(self, sources: list[ModelSource]) -> None:
         """Remember where model files came from (blocking)."""

@@ -10,5 +10,5 @@ from llamaman.core.tables import Instance
 
 
 class InstanceStore(RecordStore[Instance]):
-    def __init__(self, db: Database, is_current: Callable[[str], bool]) -> None:
-        super().__init__(db, Instance, is_current)
+    def __init__(self, db: Database, is_current: Callable[[str], bool], node: str | None = None) -> None:
+        super().__init__(db, Instance, is_current, node)

@@ -76,7 +76,7 @@ class Supervisor:
         # The launch-argument policy this LlamaMan applies (also what LaunchSettings validation uses).
         self.policy = Policy(settings.models_dir.resolve(), settings.allow_unsafe_args)
         launch_policy.configure(settings.models_dir, settings.allow_unsafe_args)
-        self.store = InstanceStore(db, lambda iid: iid in self.instances)
+        self.store = InstanceStore(db, lambda iid: iid in self.instances, settings.node_name)
         policy = RestartPolicy(settings.restart_max, settings.restart_backoff, settings.restart_backoff_max)
         self.recovery = CrashRecovery(policy, self.wake)
         self.loads = LoadTracker(events, self.instances)
@@ -150,6 +150,7 @@ class Supervisor:
                 internal_port=internal,
                 sampling=stored.sampling.active(),
                 origin=origin,
+                node=self.settings.node_name,
                 state=S.STOPPED.value,
                 desired_running=True,
             )

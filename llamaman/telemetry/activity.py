@@ -4,6 +4,11 @@ The relay calls ``observe`` as each request ends, on the request path, so it onl
 queue. A background task turns the queue into metrics and rows, writes rows in batches (one
 transaction per burst), charges them their GPU energy once it is known, and prunes the table to
 the newest ``activity_retention`` rows.
+
+While the database is away (restarting, unreachable) rows wait in memory, up to ``MAX_UNWRITTEN``,
+and are written when it answers again. A write that failed may still have been committed (the
+answer to the commit was what got lost), so the rows of a failed write are matched against the
+table before they are written again: none is lost, none is written twice.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 
 from sqlmodel import col, delete, insert, select, update
 
-from llamaman.core.db import Database
+from llamaman.core.db import Database, is_unreachable
 from llamaman.core.exchange import Exchange
 from llamaman.core.identity import Identity, current_identity
 from llamaman.core.runtime import RuntimeConfig
@@ -31,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # Requests waiting for the writer; beyond this (writer stuck or never started) the oldest are dropped.
 MAX_QUEUED = 100_000
+# Rows waiting for the database to come back; beyond this the oldest are dropped, and counted.
+MAX_UNWRITTEN = 100_000
 
 
 @dataclass(slots=True)
@@ -51,6 +58,7 @@ class Finished:
     end: float  # monotonic
     error: str | None = None
     load_ms: float | None = None  # the cold start this request waited through, if any
+    node: str | None = None  # the node that answered (several boxes); None on a standalone box
 
     def values(self) -> dict[str, Any]:
         """The row's columns, for a bulk insert."""
@@ -67,7 +75,12 @@ class Finished:
             "tokens_per_s": _round(self.tokens_per_s),
             "error": self.error[:ERROR_CHARS] if self.error else None,
             "load_ms": _round(self.load_ms),
+            "node": self.node,
         }
+
+    def same_row(self) -> tuple[float, str, str | None, int]:
+        """What tells this request's row apart in the table (``ts`` is exact to the microsecond)."""
+        return (self.ts, self.endpoint[:255], self.key_name, self.status)
 
     def row(self) -> RequestLog:
         return RequestLog(**self.values())
@@ -84,7 +97,9 @@ def key_name_of(identity: Identity | None) -> str | None:
     return identity.name if identity.kind == "key" else f"user:{identity.name}"
 
 
-def finished_from(ex: Exchange, identity: Identity | None, wall_offset: float) -> Finished:
+def finished_from(
+    ex: Exchange, identity: Identity | None, wall_offset: float, node: str | None = None
+) -> Finished:
     end = ex.finished or time.monotonic()
     duration = max(0.0, end - ex.started)
     ttft = ex.ttft_ms
@@ -107,6 +122,7 @@ def finished_from(ex: Exchange, identity: Identity | None, wall_offset: float) -
         end=end,
         error=ex.error,
         load_ms=ex.load_ms,
+        node=ex.node or node,
     )
 
 
@@ -122,8 +138,10 @@ class ActivityLog:
         idle: Callable[[], bool] = lambda: True,
         batch_delay: float = 0.25,
         prune_every_s: float = 30.0,
+        node: str | None = None,
     ) -> None:
         self.db = db
+        self.node = node  # written on the rows of the requests this box answered itself
         self.runtime = runtime
         self.on_record = on_record
         self.energy = energy
@@ -132,7 +150,11 @@ class ActivityLog:
         self.batch_delay = batch_delay
         self.prune_every_s = prune_every_s
         self._queue: deque[tuple[Exchange, Identity | None]] = deque(maxlen=MAX_QUEUED)
-        self._unwritten: list[Finished] = []
+        self._unwritten: deque[Finished] = deque()
+        # How many of the first ``_unwritten`` rows were in a write that failed (may be in the table).
+        self._doubtful = 0
+        self.dropped = 0  # rows given up while the database was away and the buffer full
+        self.db_error: str | None = None  # why the last write failed; None once one succeeds
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
@@ -161,7 +183,7 @@ class ActivityLog:
         out = []
         while self._queue:
             ex, identity = self._queue.popleft()
-            f = finished_from(ex, identity, offset)
+            f = finished_from(ex, identity, offset, self.node)
             if self.on_record is not None:
                 try:
                     self.on_record(f)
@@ -170,6 +192,21 @@ class ActivityLog:
             out.append(f)
         self._unwritten.extend(out)
         return out
+
+    def _bound(self) -> None:
+        # Only under the write lock: a write in flight owns the first rows.
+        over = len(self._unwritten) - MAX_UNWRITTEN
+        if over <= 0:
+            return
+        for _ in range(over):
+            self._unwritten.popleft()
+        self._doubtful = max(0, self._doubtful - over)
+        self.dropped += over
+        log.warning(
+            "activity log: the database has been away too long; dropped the %d oldest rows (%d in all)",
+            over,
+            self.dropped,
+        )
 
     async def start(self) -> None:
         if self._task is None:
@@ -197,8 +234,9 @@ class ActivityLog:
                 grown = self.written != self._pruned_at
                 if grown and time.monotonic() - self._last_prune >= self.prune_every_s:
                     await self.prune()
-            except Exception:
-                log.exception("writing the activity log failed")
+            except Exception as exc:
+                if not is_unreachable(exc):  # the database away was reported once, by flush
+                    log.exception("writing the activity log failed")
                 await asyncio.sleep(1.0)
 
     def seconds_to_next_round(self) -> float | None:
@@ -214,10 +252,28 @@ class ActivityLog:
         """Write every queued request now; charge energy to the rows that can be settled."""
         async with self._write_lock:
             self.pump()
-            batch, self._unwritten = self._unwritten, []
+            self._bound()
+            batch = list(self._unwritten)
             if batch:
                 charging = self.energy is not None and self.energy_enabled()
-                ids = await asyncio.to_thread(self._insert, batch, charging)
+                try:
+                    ids = await asyncio.to_thread(self._insert_once, batch, self._doubtful, charging)
+                except Exception as exc:
+                    if not is_unreachable(exc):
+                        self._unwritten.clear()  # a write the database refuses: retrying cannot help
+                        self._doubtful = 0
+                        raise
+                    if self.db_error is None:
+                        log.warning("activity log: database away, keeping rows until it is back: %s", exc)
+                    self.db_error = str(exc)
+                    self._doubtful = len(batch)
+                    raise
+                for _ in batch:
+                    self._unwritten.popleft()
+                self._doubtful = 0
+                if self.db_error is not None:
+                    log.info("activity log: database back; wrote %d waiting rows", len(batch))
+                    self.db_error = None
                 self.written += len(batch)
                 if charging and self.energy is not None:
                     for f, row_id in zip(batch, ids, strict=True):
@@ -237,6 +293,28 @@ class ActivityLog:
         charged = self.energy.settle(time.monotonic(), idle)
         if charged:
             await asyncio.to_thread(self._set_energy, charged)
+
+    def _insert_once(self, batch: list[Finished], doubtful: int, with_ids: bool) -> list[int | None]:
+        """Insert ``batch``, leaving out those of its first ``doubtful`` rows already in the table;
+        a row left out gets no id (its energy, if any, is not charged twice either)."""
+        if not doubtful:
+            return self._insert(batch, with_ids)
+        suspects = batch[:doubtful]
+        with self.db.session() as s:
+            found = s.exec(
+                select(RequestLog.ts, RequestLog.endpoint, RequestLog.key_name, RequestLog.status)
+                .where(col(RequestLog.ts) >= min(f.ts for f in suspects))
+                .where(col(RequestLog.ts) <= max(f.ts for f in suspects))
+            ).all()
+        present = {tuple(r) for r in found}
+        keep = [i for i, f in enumerate(batch) if i >= doubtful or f.same_row() not in present]
+        if len(keep) < len(batch):
+            log.info("activity log: %d row(s) of the failed write were in the table", len(batch) - len(keep))
+        ids: list[int | None] = [None] * len(batch)
+        if keep:
+            for i, row_id in zip(keep, self._insert([batch[i] for i in keep], with_ids), strict=True):
+                ids[i] = row_id
+        return ids
 
     def _insert(self, batch: list[Finished], with_ids: bool = True) -> list[int | None]:
         """Write the rows; their ids only when energy will be charged to them. Without ids it is one

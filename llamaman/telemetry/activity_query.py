@@ -111,6 +111,7 @@ def row_dict(r: RequestLog) -> dict[str, Any]:
         "energy_j": r.energy_j,
         "error": r.error,
         "load_ms": r.load_ms,
+        "node": r.node,
     }
 
 
@@ -130,6 +131,7 @@ ACTIVITY_COLUMNS = [
     "energy_j",
     "error",
     "load_ms",
+    "node",
 ]
 SUMMARY_COLUMNS = [
     "model",

@@ -73,6 +73,7 @@ class Telemetry:
             energy=self.energy,
             energy_enabled=lambda: self.gpu.has_power(),
             idle=self._proxy_idle,
+            node=settings.node_name,
         )
         self.benchmarks = BenchmarkRuns(db, router, auth)
         # instance id → {"pids": [...], "cpu_percent": float, "rss_bytes": int}, refreshed in the background

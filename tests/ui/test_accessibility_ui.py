@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = ["/", "/launch", "/downloads", "/playground", "/activity", "/keys", "/settings", "/system"]
+PAGES = ["/", "/launch", "/downloads", "/playground", "/activity", "/nodes", "/keys", "/settings", "/system"]
 PHONE = (390, 844)
 DESKTOP = (1280, 900)
 
