@@ -60,8 +60,6 @@ class Exchange:
     phase: Phase = Phase.RUNNING
     # How long this request waited for its model to load (a cold start); None when it was loaded.
     load_ms: float | None = None
-    # The node that answered, when another node did (several boxes); None: this one.
-    node: str | None = None
     # Why the request was aborted (an administrator cancelled it, its client left); None while not.
     cancelled: str | None = None
     # The node that served the request (another node or a peer when it was forwarded); None: this one.
