@@ -26,6 +26,19 @@ def _base_type(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+def _is_str_list(typ: Any) -> bool:
+    return typing.get_origin(typ) is list and typing.get_args(typ) in ((str,), ())
+
+
+def _as_text(typ: Any, v: Any) -> str:
+    """How a value reads in a text field: a list of strings comma-separated."""
+    if v is None:
+        return ""
+    if _is_str_list(typ) and isinstance(v, (list, tuple)):
+        return ", ".join(str(x) for x in v)
+    return str(v)
+
+
 def _default(field: FieldInfo) -> Any:
     if field.default is not PydanticUndefined:
         return field.default
@@ -109,7 +122,7 @@ class ModelForm:
         shown = (
             "blank"
             if default is None
-            else ("off" if default is False else "on" if default is True else default)
+            else ("off" if default is False else "on" if default is True else _as_text(typ, default))
         )
         tip = f"{field.description or label}. Default: {shown if shown != '' else 'empty'}."
         # What the value means, visible under the field without hovering (hints fit one field's width).
@@ -129,7 +142,7 @@ class ModelForm:
         else:
             el = ui.input(
                 label,
-                value="" if default is None else str(default),
+                value=_as_text(typ, default),
                 password=name in self.passwords,
                 password_toggle_button=name in self.passwords,
                 on_change=self._changed,
@@ -173,6 +186,10 @@ class ModelForm:
                     out[name] = int(v)
                 else:
                     out[name] = v
+            elif _is_str_list(typ):
+                # Typed comma-separated: "10.0.0.4:50052, 10.0.0.5:50052".
+                items = [p.strip() for p in str(v or "").split(",") if p.strip()]
+                out[name] = None if optional and not items else items
             else:
                 text = "" if v is None else str(v)
                 out[name] = None if optional and not text.strip() else text
@@ -192,7 +209,7 @@ class ModelForm:
                 elif typ in (int, float):
                     el.value = v
                 else:
-                    el.value = "" if v is None else str(v)
+                    el.value = _as_text(typ, v)
 
     def reset(self) -> None:
         self.set_values(self.defaults)

@@ -36,6 +36,7 @@ LABELS = {
     "max_concurrent": "Max concurrent requests",
     "max_queue_depth": "Max queue depth",
     "share_queue": "Share queue with replicas",
+    "rpc_workers": "RPC workers (host:port, comma-separated)",
     "sampling": "Sampling overrides",
 }
 _CACHE_FLAGS = {"-ctk": "k", "--cache-type-k": "k", "-ctv": "v", "--cache-type-v": "v"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import importlib
 import logging
 import os
@@ -200,14 +201,33 @@ def backoff_delay(failures: int, base: float = 1.0, cap: float = 30.0) -> float:
 # --- the process and its row ---------------------------------------------------------------------
 
 
+class WorkerState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    STOPPED = "stopped"
+
+
+_W = WorkerState
+# What the RPC server's supervisor may go to from each state; anything else is a bug.
+WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
+    _W.STARTING: frozenset({_W.STARTING, _W.RUNNING, _W.RESTARTING, _W.STOPPED}),
+    _W.RUNNING: frozenset({_W.RESTARTING, _W.STOPPED}),
+    _W.RESTARTING: frozenset({_W.STARTING, _W.STOPPED}),
+    _W.STOPPED: frozenset(),
+}
+
+
 class RpcServerProcess:
     """Runs ``ggml-rpc-server`` and restarts it with backoff when it dies, until stopped."""
+
+    state: WorkerState
 
     def __init__(self, argv: list[str], host: str, port: int, clock: Callable[[], float] = time.monotonic):
         self.argv = argv
         self.host, self.port = host, port
         self.clock = clock
-        self.state = "starting"
+        self.state = WorkerState.STARTING
         self.devices: list[RpcDevice] = []
         self.version: str | None = None
         self.restarts = 0
@@ -217,6 +237,11 @@ class RpcServerProcess:
         self._output: list[str] = []
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = asyncio.Event()
+
+    def _set_state(self, new: WorkerState) -> None:
+        if new not in WORKER_TRANSITIONS[self.state]:
+            raise RuntimeError(f"RPC server state {self.state} cannot become {new}")
+        self.state = new
 
     async def run(self) -> None:
         failures = 0
@@ -231,12 +256,12 @@ class RpcServerProcess:
                 break
             failures = 1 if self.clock() - started >= STABLE_AFTER_S else failures + 1
             self.restarts += 1
-            self.state = "restarting"
+            self._set_state(WorkerState.RESTARTING)
             delay = backoff_delay(failures)
             log.warning("ggml-rpc-server exited with %s; restarting in %.0f s", code, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
-        self.state = "stopped"
+        self._set_state(WorkerState.STOPPED)
 
     async def _run_once(self) -> int:
         self._output = []
@@ -248,7 +273,8 @@ class RpcServerProcess:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C reaches this process, which stops the server in order
         )
-        self.pid, self.state = proc.pid, "starting"
+        self.pid = proc.pid
+        self._set_state(WorkerState.STARTING)
         if self._stopping.is_set():  # stopped while it was being started
             proc.terminate()
         reader = asyncio.create_task(self._read(proc))
@@ -285,7 +311,7 @@ class RpcServerProcess:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-            self.state = "running"
+            self._set_state(WorkerState.RUNNING)
             self.ready.set()
             return
 
@@ -345,8 +371,8 @@ async def heartbeat(
     offered. A database away for a while only delays the next write."""
     failing = False
     while True:
-        if server.state == "running":
-            extra = {"pid": server.pid, "restarts": server.restarts, "state": server.state}
+        if server.state is WorkerState.RUNNING:
+            extra = {"pid": server.pid, "restarts": server.restarts, "state": server.state.value}
             extra["rpc_version"] = server.version
             try:
                 await asyncio.to_thread(reg.write, server.devices, {**info, **extra})

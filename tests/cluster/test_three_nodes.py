@@ -3,8 +3,7 @@ on its main port and real llama-servers: node 1 serves a model only nodes 2 and 
 official clients; the node that served it is stopped and the other one serves within 5 seconds,
 answering the same.
 
-The heartbeat's ``info`` is filled here from each node's library and router (what the nodes table
-carries), so the test holds whatever else a heartbeat reports.
+Then every node restarts: each brings back only its own instances, and no model runs twice.
 """
 
 from __future__ import annotations
@@ -15,15 +14,18 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import ollama
 import openai
 import pytest
+from sqlmodel import select
 
 from llamaman.app import LlamaMan, create_app
 from llamaman.core.config import Settings
 from llamaman.core.exchange import Exchange
+from llamaman.core.state import InstanceState
+from llamaman.core.tables import Instance
+from llamaman.instances.launch import LaunchSettings
 from llamaman.proxy.app import ProxyServer
 from llamaman.testing.mariadb import MariaDBServer, mariadb_available, mysql_required
 from llamaman.testing.netports import free_block
@@ -54,23 +56,22 @@ class RunningNode:
     svc: LlamaMan
     server: ProxyServer
     seen: list[Exchange]
+    settings: Settings
+    port: int
 
     @property
     def url(self) -> str:
         return self.server.url
 
 
-def heartbeat_info(svc: LlamaMan) -> Callable[[], dict[str, Any]]:
-    def info() -> dict[str, Any]:
-        models = [e for e in svc.library.models if e.launchable]
-        return {
-            "models_on_disk": [e.name for e in models],
-            "models_resident": [e.name for e in models if svc.router.status(e) == "loaded"],
-            "inflight": sum(s.inflight for s in svc.router.slots.values()),
-            "memory": {"free": 1 << 34},  # equal everywhere: the name decides a tie
-        }
-
-    return info
+async def start_node(name: str, settings: Settings, port: int) -> RunningNode:
+    svc = LlamaMan(settings)
+    await svc.start()
+    server = ProxyServer(create_app(svc, manage_lifecycle=False), "127.0.0.1", port)
+    await server.start()
+    seen: list[Exchange] = []
+    svc.relay.add_observer(seen.append)
+    return RunningNode(name, svc, server, seen, settings, port)
 
 
 @pytest.fixture
@@ -91,14 +92,7 @@ async def nodes(
                     LLAMAMAN_NODE_URL=f"http://127.0.0.1:{port}", LLAMAMAN_NODE_SECRET=SECRET,
                     LLAMAMAN_NODE_HEARTBEAT=0.5, LLAMAMAN_NODE_TIMEOUT=2,
                 )  # fmt: skip
-                svc = LlamaMan(settings)
-                svc.nodes.info_provider = heartbeat_info(svc)
-                await svc.start()
-                server = ProxyServer(create_app(svc, manage_lifecycle=False), "127.0.0.1", port)
-                await server.start()
-                seen: list[Exchange] = []
-                svc.relay.add_observer(seen.append)
-                running[name] = RunningNode(name, svc, server, seen)
+                running[name] = await start_node(name, settings, port)
             entry = running["n1"].svc
             for _ in range(100):
                 if {v.name for v in entry.nodes.others()} == {"n2", "n3"}:
@@ -159,3 +153,41 @@ async def test_a_model_only_other_nodes_have_is_served_through_any_node_and_fail
     await asyncio.sleep(n1.svc.settings.node_timeout + n1.svc.settings.node_heartbeat)
     listed = {m.id: m.model_extra for m in (await oai.models.list()).data}
     assert listed[SHARED]["nodes"] == [other]
+
+
+async def test_after_every_node_restarts_each_brings_back_only_its_own_instances(
+    nodes: dict[str, RunningNode],
+) -> None:
+    n1 = nodes["n1"]
+    _, key = await n1.svc.auth.keys.create("client")
+    oai = openai.AsyncOpenAI(base_url=f"{n1.url}/v1", api_key=key, max_retries=0, timeout=120)
+    for model in ("solo", SHARED):
+        await oai.chat.completions.create(model=model, messages=PROMPT, max_tokens=4, temperature=0)
+    # The shared model is loaded where n1 sent it; the other node that has it forwards there rather
+    # than load a second copy, so a person launches it on that node too.
+    for name in ("n2", "n3"):
+        svc = nodes[name].svc
+        if not svc.supervisor.list():
+            m = await svc.supervisor.launch(LaunchSettings(model_path=f"{SHARED}.gguf"))
+            state = await m.proc.wait_for({InstanceState.HEALTHY, InstanceState.FAILED}, timeout=60)
+            assert state == InstanceState.HEALTHY
+    before = {
+        name: sorted(m.record.model_name for m in node.svc.supervisor.list()) for name, node in nodes.items()
+    }
+    assert before == {"n1": ["solo"], "n2": [SHARED], "n3": [SHARED]}
+
+    for node in list(nodes.values()):
+        await stop(node)
+    # All three start together again on the same database.
+    restarted = await asyncio.gather(*(start_node(n.name, n.settings, n.port) for n in nodes.values()))
+    nodes.update({n.name: n for n in restarted})
+    after = {
+        n.name: sorted((m.record.model_name, m.record.node) for m in n.svc.supervisor.list())
+        for n in restarted
+    }
+    assert after == {"n1": [("solo", "n1")], "n2": [(SHARED, "n2")], "n3": [(SHARED, "n3")]}
+    # The rows in the shared table agree: one per node and model, none without an owner.
+    with n1.svc.db.session() as s:
+        rows = s.exec(select(Instance)).all()
+    owners = sorted((r.node, r.model_name) for r in rows if r.desired_running)
+    assert owners == [("n1", "solo"), ("n2", SHARED), ("n3", SHARED)]

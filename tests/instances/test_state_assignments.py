@@ -18,6 +18,9 @@ ALLOWED = {
     ("llamaman/instances/process.py", "LlamaProcess.__init__"),  # the starting state, no transition
     ("llamaman/instances/process.py", "LlamaProcess._set_state"),  # the transition function itself
     ("llamaman/instances/supervisor.py", "Supervisor._on_state"),  # the record follows the process
+    # An RPC worker's server has states of its own, checked against their own table.
+    ("llamaman/cluster/rpc_worker.py", "RpcServerProcess.__init__"),
+    ("llamaman/cluster/rpc_worker.py", "RpcServerProcess._set_state"),
 }
 # Download files have states of their own (pending, downloading, placed), not an instance's.
 OTHER_STATES = ("llamaman/downloads/",)
