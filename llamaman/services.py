@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -43,6 +44,17 @@ def make_http_client() -> httpx.AsyncClient:
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=30),
         trust_env=False,
     )
+
+
+def _proxy_url(settings: Settings) -> str | None:
+    """The proxy port on the host of LLAMAMAN_NODE_URL, for other nodes to forward to."""
+    if not settings.node_url or not settings.proxy_port:
+        return None
+    parts = urlsplit(settings.node_url)
+    if parts.hostname is None:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{settings.proxy_port}"
 
 
 class Services:
@@ -90,7 +102,9 @@ class Services:
         )
         # This box's row among several sharing the database (idle on a standalone box).
         self.nodes = NodeRegistry(settings, self.db, events=self.events)
-        self.nodes.info_provider = HeartbeatInfo(self.library, self.supervisor, self.router, self.relay)
+        self.nodes.info_provider = HeartbeatInfo(
+            self.library, self.supervisor, self.router, self.relay, proxy_url=_proxy_url(settings)
+        )
         self.nodes.after_beat.append(SharedKeys(self.auth.keys))
         # Static peers (OpenAI-compatible servers that are not LlamaMan) and where each request goes.
         self.peers = PeerDirectory(self.db, self.http)

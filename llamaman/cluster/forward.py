@@ -80,6 +80,19 @@ class RemoteLease:
         self.local: LocalLease | None = None
         self._acquire_local = acquire_local
         self.tried: list[str] = []
+        self._held: str | None = None
+        self._hold()
+
+    def _hold(self) -> None:
+        # The entry node's own live count of what it sent where: heartbeats are a second old.
+        if self.local is None and self.target.kind is Kind.NODE:
+            self._held = self.target.name
+            self.cluster.sent(self._held, +1)
+
+    def _unhold(self) -> None:
+        if self._held is not None:
+            self.cluster.sent(self._held, -1)
+            self._held = None
 
     @property
     def target(self) -> Target:
@@ -120,9 +133,11 @@ class RemoteLease:
             return False
         self.tried.append(self.target.name)
         self.cluster.mark_failed(self.target, reason)
+        self._unhold()
         while self.index + 1 < len(self.targets):
             self.index += 1
             if self.target.kind is not Kind.SELF:
+                self._hold()
                 return True
             try:
                 self.local = await self._acquire_local()
@@ -136,6 +151,7 @@ class RemoteLease:
             self.local.keep_alive(seconds)
 
     def release(self) -> None:
+        self._unhold()
         if self.local is not None:
             self.local.release()
 
@@ -151,6 +167,15 @@ class Cluster:
         self.rates = SharedRates(nodes.db)
         # A node that failed a request → its heartbeat time then: skipped until a newer heartbeat.
         self._failed: dict[str, float] = {}
+        # Requests this node has at each other node right now.
+        self._sent: dict[str, int] = {}
+
+    def sent(self, node: str, delta: int) -> None:
+        n = self._sent.get(node, 0) + delta
+        if n > 0:
+            self._sent[node] = n
+        else:
+            self._sent.pop(node, None)
 
     @property
     def clustered(self) -> bool:
@@ -179,7 +204,14 @@ class Cluster:
                 if v.heartbeat_at <= failed_at:
                     continue
                 del self._failed[v.name]
-            out.append(NodeState(v.name, v.url, v.info))
+            info = v.info
+            sent = self._sent.get(v.name, 0)
+            if sent > (info.get("inflight") or 0) + (info.get("queued") or 0):
+                # What its last heartbeat reported is older than what this node has sent it since.
+                info = {**info, "inflight": sent, "queued": 0}
+            # Its proxy port when it names one (cheaper per request than the main port).
+            url = info.get("proxy_url") if isinstance(info.get("proxy_url"), str) else v.url
+            out.append(NodeState(v.name, url or v.url, info))
         return out
 
     def targets(self, model: str, here: Here | None, aliases: Mapping[str, str]) -> list[Target]:

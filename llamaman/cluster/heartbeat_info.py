@@ -43,7 +43,17 @@ def listed_names(models: list[ModelEntry]) -> dict[str, ModelEntry]:
 class HeartbeatInfo:
     """The info callable of ``NodeRegistry``: one dict per beat, cheap to build."""
 
-    def __init__(self, library: ModelLibrary, supervisor: Supervisor, router: Router, relay: Relay) -> None:
+    def __init__(
+        self,
+        library: ModelLibrary,
+        supervisor: Supervisor,
+        router: Router,
+        relay: Relay,
+        proxy_url: str | None = None,
+    ) -> None:
+        # The proxy port beside LLAMAMAN_NODE_URL's main port: a forwarded request costs less there
+        # (the main port also carries the UI's sessions and pages).
+        self.proxy_url = proxy_url
         self.library = library
         self.supervisor = supervisor
         self.router = router
@@ -63,6 +73,21 @@ class HeartbeatInfo:
             for m in self.supervisor.list()
             if m.state in RESIDENT_STATES
         ]
+        # Per loaded model: the requests its copies may run at once (all capped), and those full.
+        capacity: dict[str, int] = {}
+        full: list[str] = []
+        by_name: dict[str, list[Any]] = {}
+        for m in self.supervisor.list():
+            if m.state in RESIDENT_STATES:
+                by_name.setdefault(m.record.model_name, []).append(m)
+        for name, copies in by_name.items():
+            caps = [m.settings.max_concurrent for m in copies]
+            if 0 in caps:
+                continue
+            capacity[name] = sum(caps)
+            taken = sum(s.inflight for m in copies if (s := self.router.slots.get(m.id)) is not None)
+            if taken >= capacity[name]:
+                full.append(name)
         inflight = queued = 0
         for row in self.relay.inflight.snapshot():
             if row["state"] == Phase.QUEUED:
@@ -79,6 +104,9 @@ class HeartbeatInfo:
             "inflight": inflight,
             "queued": queued,
             "max_models": self.router.runtime.current.max_models,
+            "capacity": capacity,
+            "models_full": sorted(full),
+            **({"proxy_url": self.proxy_url} if self.proxy_url else {}),
         }
 
     def memory(self) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ class Here:
     room: bool = True
     inflight: int = 0
     free_memory: int = 0
+    capacity: int = 0  # requests its loaded copies run at once; 0: not capped
 
 
 @dataclass(frozen=True)
@@ -132,12 +133,25 @@ def _inflight(info: Mapping[str, Any]) -> int:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 
-def _room(info: Mapping[str, Any]) -> bool:
-    """A resident model has room unless the node says it is full (``capacity`` reached)."""
+def _room(info: Mapping[str, Any], wanted: str = "") -> bool:
+    """A resident model has room unless the node says it is full: its ``capacity`` (a number for the
+    node, or per model name) reached, or the model among ``models_full``."""
+    if wanted and listed(wanted, info.get("models_full") or ()):
+        return False
+    capacity = _capacity(info, wanted)
+    return capacity <= 0 or _inflight(info) < capacity
+
+
+def _load_ratio(load: int, capacity: int) -> int:
+    """Requests held per slot (in thousandths): where a request waits least for a slot."""
+    return load * 1000 // capacity if capacity > 0 else load * 1000
+
+
+def _capacity(info: Mapping[str, Any], wanted: str) -> int:
     capacity = info.get("capacity")
-    if isinstance(capacity, int) and not isinstance(capacity, bool) and capacity > 0:
-        return _inflight(info) < capacity
-    return True
+    if isinstance(capacity, Mapping):
+        capacity = next((c for name, c in capacity.items() if listed(wanted, (name,))), None)
+    return capacity if isinstance(capacity, int) and not isinstance(capacity, bool) else 0
 
 
 def plan(
@@ -152,24 +166,32 @@ def plan(
     """The places to try for ``model``, best first; ``skip`` names nodes and peers that just failed."""
     wanted = resolve_alias(model, aliases or {})
     resident: list[tuple[int, int, str, Target]] = []
-    loadable: list[tuple[int, int, str, Target]] = []
+    loadable: list[tuple[int, int, int, str, Target]] = []
+    # A place where the model is loaded but full is the last of the loadable ones: a request waits
+    # there for a slot only when no node with the file can start another copy.
     if here is not None and here.name not in skip:
         me = Target(Kind.SELF, here.name)
         if here.resident and here.room:
             resident.append((here.inflight, 0, here.name, me))
+        elif here.resident:
+            loadable.append((1, _load_ratio(here.inflight, here.capacity), 0, here.name, me))
         elif here.on_disk:
-            loadable.append((-here.free_memory, 0, here.name, me))
+            loadable.append((0, -here.free_memory, 0, here.name, me))
     for node in nodes:
         if node.name in skip or (here is not None and node.name == here.name) or not node.url:
             continue
         info = node.info
         target = Target(Kind.NODE, node.name, node.url)
-        if listed(wanted, info.get("models_resident") or ()) and _room(info):
+        loaded = listed(wanted, info.get("models_resident") or ())
+        if loaded and _room(info, wanted):
             resident.append((_inflight(info), 1, node.name, target))
+        elif loaded:
+            load = _inflight(info) + _inflight({"inflight": info.get("queued")})
+            loadable.append((1, _load_ratio(load, _capacity(info, wanted)), 1, node.name, target))
         elif listed(wanted, info.get("models_on_disk") or ()):
-            loadable.append((-free_memory(info), 1, node.name, target))
+            loadable.append((0, -free_memory(info), 1, node.name, target))
     out = [t for *_, t in sorted(resident, key=lambda r: r[:3])]
-    out += [t for *_, t in sorted(loadable, key=lambda r: r[:3])]
+    out += [t for *_, t in sorted(loadable, key=lambda r: r[:4])]
     for peer in sorted(peers, key=lambda p: p.name):
         if peer.name in skip or not passes_filter(wanted, peer.model_filter):
             continue

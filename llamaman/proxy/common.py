@@ -109,14 +109,26 @@ def here(services: Services, model: str) -> Here:
     router = services.router
     entry = router.resolve(model)
     resident = entry is not None and router.status(entry) == "loaded"
-    inflight = 0
+    inflight, room, capacity = 0, True, 0
     if entry is not None:
         mine = [m for m in services.supervisor.list() if m.record.model_path == entry.rel_path]
         inflight = sum(s.inflight for m in mine if (s := router.slots.get(m.id)) is not None)
+        caps = [m.settings.max_concurrent for m in mine]
+        # Every copy capped and every slot taken (requests queued count as taken): full here.
+        capacity = 0 if not caps or 0 in caps else sum(caps)
+        room = capacity == 0 or inflight < capacity
     router.refresh_devices()
     free = sum(d.free for d in router.devices.devices.values())
     name = services.nodes.name or "local"
-    return Here(name, on_disk=entry is not None, resident=resident, inflight=inflight, free_memory=free)
+    return Here(
+        name,
+        on_disk=entry is not None,
+        resident=resident,
+        room=room,
+        inflight=inflight,
+        free_memory=free,
+        capacity=capacity,
+    )
 
 
 def remote_lease(
