@@ -42,7 +42,9 @@ async def test_the_heartbeat_names_resident_models_and_counts_running_and_waitin
         assert {"tiny-a", "tiny-b"} <= set(before["models_on_disk"])
         assert before["model_sizes"]["tiny-a"] == app.library.find("tiny-a.gguf").size_bytes  # type: ignore[union-attr]
 
-        m = await app.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=512))
+        m = await app.supervisor.launch(
+            LaunchSettings(model_path="tiny-a.gguf", ctx_size=512, max_concurrent=2)
+        )
         assert await m.proc.wait_for({InstanceState.HEALTHY, InstanceState.FAILED}, timeout=30) == (
             InstanceState.HEALTHY
         )
@@ -53,6 +55,11 @@ async def test_the_heartbeat_names_resident_models_and_counts_running_and_waitin
 
         now = info.build()
         held = app.router.usage_of(m).get("cpu", 0)
+        # Both of its slots taken: other nodes read the model as full here.
+        leases = [await app.router.acquire("tiny-a") for _ in range(2)]
+        full = info.build()
+        for lease in leases:
+            lease.release()
     finally:
         await app.stop()
 
@@ -63,3 +70,6 @@ async def test_the_heartbeat_names_resident_models_and_counts_running_and_waitin
     assert 0 < ram["free"] <= ram["total"] and ram["limit"] > 0
     assert ram["used_by_models"] == held > 0
     assert now["max_models"] == app.runtime.current.max_models and now["version"]
+    assert now["capacity"] == {"tiny-a": 2} and now["models_full"] == []
+    assert full["models_full"] == ["tiny-a"]
+    assert "proxy_url" not in now  # none given: other nodes use LLAMAMAN_NODE_URL

@@ -127,3 +127,27 @@ def test_free_memory_reads_the_shapes_a_heartbeat_may_carry() -> None:
     assert free_memory({"memory": [{"free": 4}, {"free_bytes": 6}]}) == 10
     assert free_memory({"memory": "lots"}) == 0
     assert free_memory({}) == 0
+
+
+def test_a_full_local_copy_sends_work_to_another_node_that_can_load_the_model() -> None:
+    # Every slot here is taken: a node with the file starts a second copy rather than the request
+    # queueing behind the first.
+    here = Here("n1", on_disk=True, resident=True, inflight=4, capacity=4, room=False)
+    targets = plan("qwen", here, [node("n2", disk=("qwen",), memory={"free": 8 * GB})])
+    assert names(targets) == ["n2", "n1"]
+
+
+def test_a_model_named_full_in_a_heartbeat_has_no_room_there() -> None:
+    busy = node("n2", resident=("qwen",), disk=("qwen",), models_full=["qwen"], capacity={"qwen": 4})
+    free = node("n3", resident=("qwen",), disk=("qwen",), capacity={"qwen": 4}, inflight=3)
+    assert names(plan("qwen", None, [busy, free])) == ["n3", "n2"]
+
+
+def test_when_every_copy_is_full_a_request_waits_where_fewest_wait_per_slot() -> None:
+    here = Here("n1", on_disk=True, resident=True, inflight=12, capacity=4, room=False)
+    nodes = [
+        node("n2", resident=("qwen",), disk=("qwen",), capacity={"qwen": 4}, inflight=4, queued=2),
+        node("n3", resident=("qwen",), disk=("qwen",), capacity={"qwen": 8}, inflight=8, queued=2),
+    ]
+    # Per slot: n1 12/4 = 3, n2 6/4 = 1.5, n3 10/8 = 1.25.
+    assert names(plan("qwen", here, nodes)) == ["n3", "n2", "n1"]
