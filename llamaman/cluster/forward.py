@@ -169,6 +169,9 @@ class Cluster:
         self._failed: dict[str, float] = {}
         # Requests this node has at each other node right now.
         self._sent: dict[str, int] = {}
+        self._failures = 0
+        self._states: list[NodeState] = []
+        self._states_key: tuple[object, ...] | None = None
 
     def sent(self, node: str, delta: int) -> None:
         n = self._sent.get(node, 0) + delta
@@ -187,6 +190,7 @@ class Cluster:
 
     def mark_failed(self, target: Target, reason: str) -> None:
         log.warning("%s %s failed a request: %s", target.kind.value, target.name, reason)
+        self._failures += 1
         if target.kind is Kind.NODE:
             view = next((v for v in self.nodes.nodes() if v.name == target.name), None)
             self._failed[target.name] = view.heartbeat_at if view is not None else float("inf")
@@ -197,6 +201,15 @@ class Cluster:
         """The other nodes in rotation, less those that failed since their last heartbeat."""
         if not self.clustered:
             return []
+        # Asked once per request: the answer only changes with a heartbeat, a failure, a request
+        # sent or finished, or a node's silence passing the timeout (checked to a tenth of a second).
+        key = (self.nodes.version, self._failures, tuple(self._sent.items()), int(self.nodes.clock() * 10))
+        if key == self._states_key:
+            return self._states
+        self._states, self._states_key = self._node_states(), key
+        return self._states
+
+    def _node_states(self) -> list[NodeState]:
         out = []
         for v in self.nodes.others():
             failed_at = self._failed.get(v.name)

@@ -91,6 +91,7 @@ class NodeRegistry:
         self.started_at = clock()
         self.info_provider: InfoProvider = dict
         self._views: dict[str, NodeView] = {}
+        self.version = 0  # counts the reads of the table, so callers can keep what they derive
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
         # What the last ``nodes.changed`` said: each node's liveness and info.
@@ -140,6 +141,7 @@ class NodeRegistry:
             info = await made if inspect.isawaitable(made) else made
             rows = await asyncio.to_thread(self._write_and_read, info)
         now = self.clock()
+        self.version += 1
         self._views = {
             r.name: NodeView(
                 r.name,

@@ -117,8 +117,11 @@ def here(services: Services, model: str) -> Here:
         # Every copy capped and every slot taken (requests queued count as taken): full here.
         capacity = 0 if not caps or 0 in caps else sum(caps)
         room = capacity == 0 or inflight < capacity
-    router.refresh_devices()
-    free = sum(d.free for d in router.devices.devices.values())
+    free = 0
+    if entry is not None and not (resident and room):
+        # Only a place that would load the model is ranked by free memory.
+        router.refresh_devices()
+        free = sum(d.free for d in router.devices.devices.values())
     name = services.nodes.name or "local"
     return Here(
         name,

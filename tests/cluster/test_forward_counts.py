@@ -52,6 +52,7 @@ async def test_requests_sent_to_a_node_count_there_until_released_or_failed_over
     for lease in leases:
         lease.release()
     c.nodes._views["n2"] = NodeView("n2", "http://n2:5000", 101.0, 0.0, True, {"inflight": 1, "queued": 0})
+    c.nodes.version += 1  # as a heartbeat's read of the table does
     # Back to what the heartbeats say.
     assert inflight(c) == {"n2": 1, "n3": 0}
 
