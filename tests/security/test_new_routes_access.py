@@ -14,11 +14,16 @@ ROUTES = [
     ("DELETE", "/api/inflight/abc"),
     ("GET", "/api/placement"),
     ("GET", "/api/workers"),
+    ("GET", "/api/nodes"),
+    ("GET", "/api/peers"),
+    ("POST", "/api/peers"),
+    ("DELETE", "/api/peers/evil"),
     ("GET", "/api/logs/llamaman"),
     ("GET", "/openapi.json"),
 ]
 # The same paths as a hostile client might spell them to slip past a prefix check.
 VARIANTS = ["/api//inflight", "/api/%69nflight", "/API/inflight", "/api/inflight/../inflight"]
+VARIANTS += ["/api//peers", "/api/%70eers", "/API/peers", "/api/x/../peers", "/api/nodes/", "/api/%6Eodes"]
 
 
 @pytest.mark.parametrize("surface", ["proxy", "main"])
@@ -36,7 +41,7 @@ async def test_an_inference_key_or_no_key_cannot_list_cancel_or_read_what_admins
         for path in VARIANTS:
             r = await client.get(path, headers=weak)
             assert r.status_code in (400, 403, 404), (surface, path, r.status_code)
-            assert "items" not in r.text and "devices" not in r.text
+            assert "items" not in r.text and "devices" not in r.text and "base_url" not in r.text
         if surface == "main":  # the REST API is served on the main app only
             # The guard is what refuses: an admin key gets through the same routes.
             strong = await admin_headers(services)
