@@ -13,6 +13,7 @@ import pytest
 
 from llamaman.core.config import Settings
 from llamaman.testing.binaries import llama_server_executable
+from llamaman.testing.mariadb import MariaDBServer, mariadb_available, mysql_required
 from llamaman.testing.netports import free_block
 from llamaman.testing.tiny_gguf import write_tiny_model, write_truncated_model
 
@@ -174,3 +175,17 @@ async def proxy(services: Any) -> AsyncIterator[Any]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDBServer]:
+    """One throwaway MariaDB for the whole run; each test takes a database of its own on it
+    (``tests.helpers.fresh_mysql_database``)."""
+    if not mariadb_available() and not mysql_required():
+        pytest.skip("no MariaDB server here (install mariadb-server or set LLAMAMAN_TEST_MYSQL_URL)")
+    # Required but missing, or present but broken: starting raises and the tests fail.
+    server = MariaDBServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import psutil
+from sqlalchemy import MetaData, create_engine
+from sqlalchemy.engine import make_url
 
 from llamaman.instances.ownership import ENV_INSTANCE_ID, ENV_OWNER
+from llamaman.testing.mariadb import MariaDBServer
 
 
 def servers_of(owner: str) -> list[psutil.Process]:
@@ -171,3 +175,44 @@ def asgi(services: Any, surface: str = "proxy") -> httpx.AsyncClient:
 
     app = create_proxy_app(services) if surface == "proxy" else create_app(services, manage_lifecycle=False)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://llamaman.test")
+
+
+# ---- MariaDB --------------------------------------------------------------------------------
+
+
+def _drop_all_tables(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        meta = MetaData()
+        meta.reflect(engine)
+        meta.drop_all(engine)
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def fresh_mysql_database(server: MariaDBServer) -> Iterator[str]:
+    """A URL of an empty database on ``server``, owned by the server's test user."""
+    if not server.owned:
+        # A borrowed server gives one database and no right to create more: empty that one.
+        _drop_all_tables(server.url)
+        yield server.url
+        return
+    url = make_url(server.url)
+    name = f"llamaman_{secrets.token_hex(4)}"
+    conn = server.root_connection()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+            cur.execute(f"GRANT ALL PRIVILEGES ON `{name}`.* TO %s@'%%'", (url.username,))
+    finally:
+        conn.close()
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        conn = server.root_connection()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE `{name}`")
+        finally:
+            conn.close()

@@ -15,8 +15,7 @@ from llamaman.app import LlamaMan, create_app
 from llamaman.cluster.rates import SharedRates
 from llamaman.core.config import Settings
 from llamaman.testing.mariadb import MariaDBServer
-from tests.cluster.test_three_nodes import mariadb  # noqa: F401 - the module's MariaDB fixture
-from tests.core.test_storage import fresh_mysql_database
+from tests.helpers import fresh_mysql_database
 
 pytestmark = [pytest.mark.mysql, pytest.mark.auth]
 
@@ -27,11 +26,11 @@ SECRET = "two-entry-nodes-share-a-secret"
 async def two_nodes(
     tmp_path: Path,
     make_settings: Callable[..., Settings],
-    mariadb: MariaDBServer,  # noqa: F811
+    mariadb_server: MariaDBServer,
 ) -> AsyncIterator[list[httpx.AsyncClient]]:
     started: list[LlamaMan] = []
     clients: list[httpx.AsyncClient] = []
-    with fresh_mysql_database(mariadb) as url:
+    with fresh_mysql_database(mariadb_server) as url:
         try:
             for name in ("n1", "n2"):
                 svc = LlamaMan(

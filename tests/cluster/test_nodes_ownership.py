@@ -4,12 +4,10 @@ own downloads; rows from before the box was a node are taken by exactly one of t
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 from sqlmodel import select
 
 from llamaman.app import LlamaMan
@@ -18,41 +16,19 @@ from llamaman.core.db import Database
 from llamaman.core.state import InstanceState
 from llamaman.core.tables import Download, Instance
 from llamaman.instances.launch import LaunchSettings
-from llamaman.testing.mariadb import MariaDBServer, mariadb_available, mysql_required
+from llamaman.testing.mariadb import MariaDBServer
+from tests.helpers import fresh_mysql_database
 
 pytestmark = pytest.mark.mysql
 SECRET = "o" * 20
 S = InstanceState
 
 
-@pytest.fixture(scope="module")
-def mariadb() -> Iterator[MariaDBServer]:
-    if not mariadb_available() and not mysql_required():
-        pytest.skip("no MariaDB server here (install mariadb-server or set LLAMAMAN_TEST_MYSQL_URL)")
-    server = MariaDBServer.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def shared_url(mariadb: MariaDBServer) -> Iterator[str]:
+def shared_url(mariadb_server: MariaDBServer) -> Iterator[str]:
     """An empty database of its own on the shared server."""
-    if not mariadb.owned:
-        pytest.skip("needs a MariaDB this test starts (it creates a database per test)")
-    url = make_url(mariadb.url)
-    name = f"nodes_{secrets.token_hex(4)}"
-    conn = mariadb.root_connection()
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
-        cur.execute(f"GRANT ALL PRIVILEGES ON `{name}`.* TO %s@'%%'", (url.username,))
-    conn.close()
-    yield url.set(database=name).render_as_string(hide_password=False)
-    conn = mariadb.root_connection()
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE `{name}`")
-    conn.close()
+    with fresh_mysql_database(mariadb_server) as url:
+        yield url
 
 
 @pytest.fixture

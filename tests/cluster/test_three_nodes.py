@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,27 +27,16 @@ from llamaman.core.state import InstanceState
 from llamaman.core.tables import Instance
 from llamaman.instances.launch import LaunchSettings
 from llamaman.proxy.app import ProxyServer
-from llamaman.testing.mariadb import MariaDBServer, mariadb_available, mysql_required
+from llamaman.testing.mariadb import MariaDBServer
 from llamaman.testing.netports import free_block
 from llamaman.testing.tiny_gguf import write_tiny_model
-from tests.core.test_storage import fresh_mysql_database
+from tests.helpers import fresh_mysql_database
 
 pytestmark = pytest.mark.mysql
 
 SECRET = "three-nodes-share-this-secret"
 SHARED = "shared"
 PROMPT = [{"role": "user", "content": "Say something."}]
-
-
-@pytest.fixture(scope="module")
-def mariadb() -> Iterator[MariaDBServer]:
-    if not mariadb_available() and not mysql_required():
-        pytest.skip("no MariaDB server here (install mariadb-server or set LLAMAMAN_TEST_MYSQL_URL)")
-    server = MariaDBServer.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @dataclass
@@ -76,10 +65,13 @@ async def start_node(name: str, settings: Settings, port: int) -> RunningNode:
 
 @pytest.fixture
 async def nodes(
-    tmp_path: Path, make_settings: Callable[..., Settings], llama_server_bin: str, mariadb: MariaDBServer
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    llama_server_bin: str,
+    mariadb_server: MariaDBServer,
 ) -> AsyncIterator[dict[str, RunningNode]]:
     running: dict[str, RunningNode] = {}
-    with fresh_mysql_database(mariadb) as url:
+    with fresh_mysql_database(mariadb_server) as url:
         try:
             for name, models in (("n1", ("solo",)), ("n2", (SHARED,)), ("n3", (SHARED,))):
                 folder = tmp_path / name

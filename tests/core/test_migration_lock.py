@@ -7,7 +7,6 @@ server's connection, right where Galera's would come from.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pymysql
@@ -17,21 +16,11 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 
 from llamaman.core.db import Database
-from llamaman.testing.mariadb import MariaDBServer, mariadb_available, mysql_required, start_mariadb
-from tests.core.test_storage import _head_from_files, fresh_mysql_database
+from llamaman.testing.mariadb import MariaDBServer
+from tests.core.test_storage import _head_from_files
+from tests.helpers import fresh_mysql_database
 
 pytestmark = pytest.mark.mysql
-
-
-@pytest.fixture(scope="module")
-def mariadb() -> Iterator[MariaDBServer]:
-    if not mariadb_available() and not mysql_required():
-        pytest.skip("no MariaDB server here (install mariadb-server or set LLAMAMAN_TEST_MYSQL_URL)")
-    server = start_mariadb()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def refuse_named_locks(db: Database, code: int, message: str) -> list[str]:
@@ -51,8 +40,10 @@ def head_of(db: Database) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def test_a_galera_node_that_refuses_named_locks_still_migrates_to_the_head(mariadb: MariaDBServer) -> None:
-    with fresh_mysql_database(mariadb) as url:
+def test_a_galera_node_that_refuses_named_locks_still_migrates_to_the_head(
+    mariadb_server: MariaDBServer,
+) -> None:
+    with fresh_mysql_database(mariadb_server) as url:
         db = Database(url)
         try:
             seen = refuse_named_locks(
@@ -68,8 +59,8 @@ def test_a_galera_node_that_refuses_named_locks_still_migrates_to_the_head(maria
             db.dispose()
 
 
-def test_any_other_failure_of_the_lock_still_stops_the_start(mariadb: MariaDBServer) -> None:
-    with fresh_mysql_database(mariadb) as url:
+def test_any_other_failure_of_the_lock_still_stops_the_start(mariadb_server: MariaDBServer) -> None:
+    with fresh_mysql_database(mariadb_server) as url:
         db = Database(url)
         try:
             refuse_named_locks(db, 1142, "SELECT command denied")

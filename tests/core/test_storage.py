@@ -7,9 +7,7 @@ they must run.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import secrets
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,8 +18,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from pydantic import ValidationError
-from sqlalchemy import MetaData, create_engine, inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, select
 
@@ -51,59 +48,10 @@ from llamaman.core.tables import (
 )
 from llamaman.instances.launch import LaunchSettings
 from llamaman.scheduling.presets import PresetStore
-from llamaman.testing.mariadb import MariaDBServer, mariadb_available, mysql_required
+from llamaman.testing.mariadb import MariaDBServer
+from tests.helpers import fresh_mysql_database
 
 # ---- backends --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def mariadb_server() -> Iterator[MariaDBServer]:
-    if not mariadb_available() and not mysql_required():
-        pytest.skip("no MariaDB server here (install mariadb-server or set LLAMAMAN_TEST_MYSQL_URL)")
-    # Required but missing, or present but broken: starting raises and the tests fail.
-    server = MariaDBServer.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def _drop_all_tables(url: str) -> None:
-    engine = create_engine(url)
-    try:
-        meta = MetaData()
-        meta.reflect(engine)
-        meta.drop_all(engine)
-    finally:
-        engine.dispose()
-
-
-@contextlib.contextmanager
-def fresh_mysql_database(server: MariaDBServer) -> Iterator[str]:
-    """A URL of an empty database on ``server``, owned by the server's test user."""
-    if not server.owned:
-        # A borrowed server gives one database and no right to create more: empty that one.
-        _drop_all_tables(server.url)
-        yield server.url
-        return
-    url = make_url(server.url)
-    name = f"llamaman_{secrets.token_hex(4)}"
-    conn = server.root_connection()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
-            cur.execute(f"GRANT ALL PRIVILEGES ON `{name}`.* TO %s@'%%'", (url.username,))
-    finally:
-        conn.close()
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        conn = server.root_connection()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"DROP DATABASE `{name}`")
-        finally:
-            conn.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mysql)])
