@@ -29,6 +29,7 @@ from llamaman.core.db import Database, is_unreachable
 from llamaman.core.errors import NotFound
 from llamaman.core.identity import Identity, KeyScope
 from llamaman.core.tables import ApiKey, KeyUsage
+from llamaman.core.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -207,11 +208,8 @@ class KeyStore:
             self._task = asyncio.create_task(self._flush_loop(), name="api-key-flush")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self.flush(force=True)
 
     async def _flush_loop(self) -> None:

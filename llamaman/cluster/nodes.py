@@ -8,7 +8,6 @@ than ``LLAMAMAN_NODE_TIMEOUT`` is out of rotation. Nothing here decides where a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import time
@@ -22,6 +21,7 @@ from llamaman.core.config import Settings
 from llamaman.core.db import Database
 from llamaman.core.events import EventBus
 from llamaman.core.tables import Node
+from llamaman.core.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +183,5 @@ class NodeRegistry:
             self._task = asyncio.create_task(self._loop(), name="node-heartbeat")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

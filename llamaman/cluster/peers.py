@@ -23,6 +23,7 @@ from llamaman.cluster.routing import PeerState, parse_filter, passes_filter
 from llamaman.core.db import Database
 from llamaman.core.errors import Conflict, NotFound, Rejected
 from llamaman.core.tables import Peer
+from llamaman.core.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +260,5 @@ class PeerDirectory:
             self._task = asyncio.create_task(self._loop(), name="peer-poller")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
