@@ -142,6 +142,11 @@ class PeerDirectory:
             fresh[r.name] = PeerView(r, old.status if old is not None and kept else PeerStatus())
         self._peers = fresh
 
+    @property
+    def configured(self) -> bool:
+        """Whether any peer is stored (asked on every request: no list is built for it)."""
+        return bool(self._peers)
+
     def views(self) -> list[PeerView]:
         return [self._peers[n] for n in sorted(self._peers)]
 

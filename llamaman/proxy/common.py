@@ -142,7 +142,7 @@ def remote_lease(
 
     A request another node forwarded here is never forwarded again."""
     cluster = services.cluster
-    if FORWARDED_BY.get() is not None or not (cluster.clustered or services.peers.states()):
+    if FORWARDED_BY.get() is not None or not (cluster.clustered or services.peers.configured):
         return None
     targets = cluster.targets(model, here(services, model), services.aliases.aliases)
     if not peers:
