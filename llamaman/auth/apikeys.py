@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -55,7 +56,12 @@ def hash_key(key: str) -> str:
 
 
 def today() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%d")
+    return _utc_date(int(time.time() // 86400))
+
+
+@functools.lru_cache(maxsize=2)  # formatted once a day, not on every request
+def _utc_date(day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
 
 
 def seconds_to_utc_midnight(now: datetime | None = None) -> int:

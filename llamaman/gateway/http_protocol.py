@@ -33,6 +33,57 @@ MAX_HEADER_BYTES = int(_env_number("LLAMAMAN_MAX_HEADER_KB", 64) * 1024)
 HEADER_TIMEOUT = _env_number("LLAMAMAN_HEADER_TIMEOUT", 15.0)
 
 
+class CoalescingTransport:
+    """A transport that sends a response's head together with the first body bytes that follow.
+
+    uvicorn writes a response's status line and headers as soon as the app sends them, and the body
+    with the next message, so a plain answer would cost two system calls and could wake its client
+    twice. A head is held until the next write (which leaves with it in one ``send``), the end of
+    the event loop's current turn, or the connection closing; everything else is the wrapped
+    transport's.
+    """
+
+    __slots__ = ("_held", "_loop", "_t")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._t = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._t.write(held + data)
+        elif data.startswith(b"HTTP/1."):
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            self._t.write(data)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._t.is_closing():
+            self._t.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._t.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._t.abort()
+
+    def is_closing(self) -> bool:
+        return self._t.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self._t.get_write_buffer_size() + len(self._held or b"")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
+
+
 class _HeaderLimit(Exception):
     """Raised inside a parser callback to stop parsing a request that was already refused."""
 
@@ -61,7 +112,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # ---- connection ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -61,7 +61,7 @@ class RefusalRecorder:
         relay = services.relay
         if relay not in _WATCHED:
             _WATCHED.add(relay)
-            relay.add_observer(_note)
+            relay.add_claim(_note)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or classify(route_path(scope), self.surface) not in MODEL_SURFACE:

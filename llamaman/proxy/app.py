@@ -24,6 +24,7 @@ from llamaman.proxy import anthropic, manage, native, openai, pull
 from llamaman.proxy.common import ProxyError
 from llamaman.services import Services
 from llamaman.upstream.relay import ErrorStyle, error_payload
+from llamaman.upstream.responses import RAW_SEND
 
 log = logging.getLogger(__name__)
 
@@ -236,20 +237,42 @@ def _front(app: ASGIApp) -> ASGIApp:
     if not isinstance(app, Starlette) or (telemetry is not None and telemetry.enabled()):
         return app
     root_path = app.root_path if isinstance(app, FastAPI) else ""
+    lean: list[ASGIApp] = []
 
     async def front(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        stack = app.middleware_stack
-        if stack is None:
-            stack = app.middleware_stack = app.build_middleware_stack()
+        if not lean:
+            lean.append(_lean_stack(app))
+        stack = lean[0]
         if root_path:
             scope["root_path"] = root_path
         scope["app"] = app
+        scope[RAW_SEND] = send
         await stack(scope, receive, send)
 
     return front
+
+
+def _lean_stack(app: Starlette) -> ASGIApp:
+    """The app's own middleware stack without the two layers FastAPI adds that have nothing to do
+    here: exception telemetry (no provider is set up) and the app-wide body limit (none is set; the
+    body guard inside enforces LlamaMan's). Each is a coroutine frame and a wrapped ``send`` on
+    every request and every streamed chunk."""
+    stack = app.middleware_stack = app.middleware_stack or app.build_middleware_stack()
+    if not isinstance(app, FastAPI) or app.max_body_size is not None:
+        return stack
+    from fastapi._body_limit import AppBodyLimitMiddleware
+    from fastapi.telemetry._asgi import ExceptionTelemetryMiddleware
+    from starlette.middleware.errors import ServerErrorMiddleware
+
+    if not isinstance(stack, ServerErrorMiddleware):
+        return stack
+    inner = stack.app
+    while isinstance(inner, ExceptionTelemetryMiddleware | AppBodyLimitMiddleware):
+        inner = inner.app
+    return ServerErrorMiddleware(inner, handler=stack.handler, debug=stack.debug)
 
 
 class ProxyServer:

@@ -24,15 +24,15 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import httpx
-from starlette.background import BackgroundTask
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import Message, Receive, Scope, Send
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope
 
 from llamaman.core.exchange import Exchange, Observer
 from llamaman.scheduling.router import Lease
 from llamaman.upstream.answers import ErrorStyle, client_fault_status, error_payload, stream_error_line
 from llamaman.upstream.client import UpstreamClient, UpstreamError, UpstreamResponse
 from llamaman.upstream.inflight import CLIENT_LEFT, InflightRegistry, RequestCancelled, abortable
+from llamaman.upstream.responses import RawResponse, RelayStream
 from llamaman.upstream.target import UpstreamTarget
 
 try:
@@ -100,94 +100,6 @@ def _raw_response_headers(upstream: UpstreamResponse) -> list[tuple[bytes, bytes
     return out
 
 
-class LeasedStream(StreamingResponse):
-    """A streamed answer that gives its lease back and closes upstream however it ends: when the
-    client is gone before the first byte the body generator never starts, so its own ``finally``
-    never runs."""
-
-    def __init__(
-        self,
-        body: AsyncIterator[bytes],
-        lease: Lease,
-        upstream: httpx.Response,
-        *,
-        status_code: int = 200,
-        headers: dict[str, str] | None = None,
-        media_type: str | None = None,
-    ) -> None:
-        super().__init__(body, status_code=status_code, headers=headers, media_type=media_type)
-        self._lease = lease
-        self._upstream = upstream
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._lease.release()
-            await self._upstream.aclose()
-
-
-class RelayStream(StreamingResponse):
-    """``LeasedStream`` for the pass-through's own client.
-
-    A client that disconnects aborts the upstream request, which ends the body iterator at once;
-    that costs one watcher task per stream instead of Starlette's task group with cancel scopes.
-    """
-
-    def __init__(
-        self,
-        body: AsyncIterator[bytes],
-        lease: UpstreamTarget,
-        upstream: UpstreamResponse,
-        *,
-        status_code: int = 200,
-        raw_headers: list[tuple[bytes, bytes]],
-    ) -> None:
-        self.body_iterator = body
-        self.status_code = status_code
-        self.background = None
-        self.raw_headers = raw_headers
-        self._lease = lease
-        self._upstream = upstream
-
-    async def _watch(self, receive: Receive) -> None:
-        while True:
-            message: Message = await receive()
-            if message["type"] == "http.disconnect":
-                self._upstream.abort()
-                return
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watcher: asyncio.Task[None] | None = None
-        try:
-            await send(
-                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-            )
-            watcher = asyncio.get_running_loop().create_task(self._watch(receive))
-            async for chunk in self.body_iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-            closer = getattr(self.body_iterator, "aclose", None)
-            if closer is not None:
-                await closer()
-            self._lease.release()
-            self._upstream.close()
-
-
-class RawResponse(Response):
-    """A buffered answer with headers already in ASGI form (Response's own header building skipped)."""
-
-    def __init__(self, body: bytes, status_code: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
-        self.body = body
-        self.status_code = status_code
-        self.background = None
-        raw_headers.append((b"content-length", b"%d" % len(body)))
-        self.raw_headers = raw_headers
-
-
 class Relay:
     """Owner of the shared upstream client; one per app."""
 
@@ -199,14 +111,41 @@ class Relay:
         self.request_timeout = request_timeout
         # Told of every exchange, in order (the activity log, per-key token usage, ...).
         self.observers: list[Observer] = []
+        self.claims: list[Observer] = []
         # Requests queued or running, for the in-flight list (and its cancel button).
         self.inflight = InflightRegistry()
 
     def add_observer(self, observer: Observer) -> None:
         self.observers.append(observer)
 
+    def add_claim(self, claim: Observer) -> None:
+        """``claim`` hears of each exchange as soon as it is recorded, before the observers (which
+        may run a moment later, once the answer is sent): for who must know it was recorded at all."""
+        self.claims.append(claim)
+
+    def record_soon(self, ex: Exchange) -> None:
+        """``record`` once the answer's last bytes are on their way: the activity row, usage and
+        metrics are nobody's wait, so they run after the send instead of before it."""
+        ex.finished = time.monotonic()
+        self._claim(ex)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._observe(ex)
+            return
+        loop.call_soon(self._observe, ex)
+
     def record(self, ex: Exchange) -> None:
         ex.finished = time.monotonic()
+        self._claim(ex)
+        self._observe(ex)
+
+    def _claim(self, ex: Exchange) -> None:
+        if ex.via is None:
+            for claim in self.claims:
+                claim(ex)
+
+    def _observe(self, ex: Exchange) -> None:
         self.inflight.forget(ex)
         if ex.via is not None:
             return  # another node forwarded it: that node writes the activity row and counts the usage
@@ -294,7 +233,7 @@ class Relay:
                 ex.first_byte = ex.first_byte or time.monotonic()
                 if "json" in ctype and ex.status < 300:
                     _absorb_json(ex, body)
-                self.record(ex)
+                self.record_soon(ex)
             status = client_fault_status(upstream.status_code, body)
             return RawResponse(body, status, _raw_response_headers(upstream))
         ex.stream = True
@@ -363,7 +302,7 @@ class Relay:
             upstream.close()
             lease.release()
             _absorb_sse_tail(ex, b"".join(recent))
-            self.record(ex)
+            self.record_soon(ex)
 
     async def stream_lines(self, upstream: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         """Parsed JSON objects of an SSE or NDJSON upstream stream (for translating surfaces)."""
@@ -426,7 +365,3 @@ def _absorb_sse_tail(ex: Exchange, tail: bytes) -> None:
 def exc_status(exc: RequestCancelled) -> int:
     # 499 is what proxies log for a client that hung up; an administrator's cancel is a conflict.
     return 499 if exc.message == CLIENT_LEFT else 409
-
-
-def release_on_close(lease: Lease) -> BackgroundTask:
-    return BackgroundTask(lease.release)

@@ -116,3 +116,39 @@ async def test_start_twice_and_stop_twice_are_harmless(services: Any) -> None:
     await server.stop()
     await server.stop()
     assert not _listening(port)
+
+
+async def test_the_served_app_skips_fastapis_idle_layers_yet_still_answers_a_crash_with_a_500() -> None:
+    from fastapi import FastAPI
+    from fastapi._body_limit import AppBodyLimitMiddleware
+    from fastapi.telemetry._asgi import ExceptionTelemetryMiddleware
+
+    from llamaman.proxy.app import _front, _lean_stack
+    from llamaman.upstream.responses import RAW_SEND
+
+    app = FastAPI()
+    seen: dict[str, Any] = {}
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    layers, layer = [], _lean_stack(app)
+    while layer is not None:
+        layers.append(type(layer))
+        layer = getattr(layer, "app", None)
+    assert ExceptionTelemetryMiddleware not in layers and AppBodyLimitMiddleware not in layers
+
+    served = _front(app)
+
+    async def spy(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await served(scope, receive, send)
+        finally:
+            seen["raw_send"] = scope.get(RAW_SEND) is send
+
+    transport = httpx.ASGITransport(app=spy, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as c:
+        r = await c.get("/boom")
+        assert r.status_code == 500 and "Traceback" not in r.text
+    assert seen["raw_send"]  # the server's own send is in the scope for the relay's stream chunks

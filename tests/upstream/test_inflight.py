@@ -104,3 +104,30 @@ async def test_cancelling_the_caller_is_not_mistaken_for_an_abort() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert ex.cancelled is None
+
+
+async def test_an_exchange_aborted_before_the_work_starts_never_runs_it() -> None:
+    ex = Exchange("m", "x")
+    ex.abort(CANCELLED_BY_ADMIN)
+    ran = False
+
+    async def work() -> None:
+        nonlocal ran
+        ran = True
+
+    with pytest.raises(RequestCancelled, match=CANCELLED_BY_ADMIN):
+        await abortable(ex, work())
+    assert not ran
+
+
+async def test_an_abort_after_the_work_is_done_leaves_the_caller_alone() -> None:
+    ex = Exchange("m", "x")
+
+    async def work() -> int:
+        await asyncio.sleep(0)
+        return 7
+
+    assert await abortable(ex, work()) == 7
+    assert ex.abort(CANCELLED_BY_ADMIN)  # the request goes on (streaming, say) and is aborted later
+    await asyncio.sleep(0.01)  # the caller's task was not cancelled by the late abort
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]

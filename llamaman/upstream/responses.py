@@ -1,0 +1,84 @@
+"""The answers the relay hands back to the ASGI server: streams that give their lease back however
+they end, and buffered answers with ready-made headers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
+
+from llamaman.upstream.client import UpstreamResponse
+from llamaman.upstream.target import UpstreamTarget
+
+# Where the proxy's front door leaves the server's own ``send`` in the scope, before the middleware
+# layers that wrap it.
+RAW_SEND = "llamaman.raw_send"
+
+
+class RelayStream(StreamingResponse):
+    """A streamed answer that gives its lease back and closes upstream however it ends (when the
+    client is gone before the first byte, the body generator never starts, so its own ``finally``
+    never runs).
+
+    A client that disconnects aborts the upstream request, which ends the body iterator at once;
+    that costs one watcher task per stream instead of Starlette's task group with cancel scopes.
+    """
+
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        lease: UpstreamTarget,
+        upstream: UpstreamResponse,
+        *,
+        status_code: int = 200,
+        raw_headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        self.body_iterator = body
+        self.status_code = status_code
+        self.background = None
+        self.raw_headers = raw_headers
+        self._lease = lease
+        self._upstream = upstream
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                self._upstream.abort()
+                return
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher: asyncio.Task[None] | None = None
+        try:
+            await send(
+                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            )
+            watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+            # Once a successful answer has started, the layers between here and the server only
+            # pass its body on: each chunk may skip them (an error's body still goes through them,
+            # the refusal recorder reads it).
+            body_send = scope.get(RAW_SEND, send) if self.status_code < 400 else send
+            async for chunk in self.body_iterator:
+                await body_send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            closer = getattr(self.body_iterator, "aclose", None)
+            if closer is not None:
+                await closer()
+            self._lease.release()
+            self._upstream.close()
+
+
+class RawResponse(Response):
+    """A buffered answer with headers already in ASGI form (Response's own header building skipped)."""
+
+    def __init__(self, body: bytes, status_code: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.body = body
+        self.status_code = status_code
+        self.background = None
+        raw_headers.append((b"content-length", b"%d" % len(body)))
+        self.raw_headers = raw_headers
