@@ -109,6 +109,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._partial_bytes = 0  # bytes received while headers were still incomplete
         self._refused = False
         self._header_timer: asyncio.TimerHandle | None = None
+        self._header_started: float | None = None  # when the current request's first byte came
 
     # ---- connection ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -129,6 +130,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._partial_bytes += len(data)
             if self._partial_bytes > self.max_header_bytes:
                 self._refuse_too_large()
+            elif self._header_started is not None:
+                self._arm(self._header_started)
 
     def send_400_response(self, msg: str) -> None:
         if self._refused:
@@ -141,7 +144,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_headers = True
         self._header_bytes = 0
         self._partial_bytes = 0
-        self._arm()
+        # The deadline counts from here (or from the connection opening, whose timer may still
+        # run), but a timer is only set if the headers are still incomplete once this chunk is
+        # parsed: most requests arrive whole, and a timer made and cancelled for each of them is a
+        # measurable share of a small request's cost.
+        self._header_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -153,6 +160,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
+        self._header_started = None
         self._disarm()
         super().on_headers_complete()
 
@@ -168,9 +176,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         message = f"request headers are larger than the {limit} KiB this server accepts"
         self._refuse(431, "Request Header Fields Too Large", message)
 
-    def _arm(self) -> None:
+    def _arm(self, since: float | None = None) -> None:
         if self._header_timer is None and self.header_timeout > 0:
-            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+            delay = self.header_timeout if since is None else since + self.header_timeout - self.loop.time()
+            self._header_timer = self.loop.call_later(max(delay, 0.0), self._headers_late)
 
     def _disarm(self) -> None:
         if self._header_timer is not None:

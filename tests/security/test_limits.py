@@ -133,6 +133,31 @@ async def test_slow_headers_are_cut_off(port: tuple[str, int], short_header_time
     assert status_of(out) in (408, None), out[:200]
 
 
+async def test_slow_headers_after_a_first_request_on_the_same_connection_are_cut_off_too(
+    port: tuple[str, int], short_header_timeout: float
+) -> None:
+    _, p = port
+    reader, writer = await asyncio.open_connection("127.0.0.1", p)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # whole: answered, no deadline left set
+    first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert status_of(first) in (200, 503)
+    started = time.monotonic()
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    out = b""
+    with contextlib.suppress(ConnectionError):
+        for i in range(40):  # the second request dribbles its headers
+            writer.write(b"X-Slow-%d: y\r\n" % i)
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                chunk = await asyncio.wait_for(reader.read(4096), 0.2)
+                out += chunk
+                if not chunk:
+                    break
+    writer.close()
+    assert time.monotonic() - started < short_header_timeout + 3
+    assert b"HTTP/1.1 408 Request Timeout" in out, out[-200:]
+
+
 async def test_silent_connections_are_closed(port: tuple[str, int], short_header_timeout: float) -> None:
     _, p = port
     started = time.monotonic()
