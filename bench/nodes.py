@@ -64,16 +64,23 @@ async def burst(url: str, model: str, n: int, clients: int, tokens: int) -> dict
             "first_error": errors[0] if errors else None}  # fmt: skip
 
 
-def latencies(url: str, model: str, n: int) -> list[float]:
-    out = []
+def latencies(urls: list[str], model: str, n: int) -> list[list[float]]:
+    """``n`` plain chats to each of ``urls``, one to each in turn (the order rotating), so drift on
+    the shared cores hits every target alike; each answer's text is checked."""
+    out: list[list[float]] = [[] for _ in urls]
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-    with httpx.Client(timeout=60, headers=auth_headers()) as c:
-        for _ in range(n):
-            t0 = time.perf_counter()
-            r = c.post(f"{url}/v1/chat/completions", json=body)
-            out.append((time.perf_counter() - t0) * 1000)
-            assert r.status_code == 200, r.text
-            assert r.json()["choices"][0]["message"]["content"] == expected(8)
+    clients = [httpx.Client(base_url=u, timeout=60, headers=auth_headers()) for u in urls]
+    try:
+        for i in range(n):
+            for j in [*range(i % len(urls), len(urls)), *range(i % len(urls))]:
+                t0 = time.perf_counter()
+                r = clients[j].post("/v1/chat/completions", json=body)
+                out[j].append((time.perf_counter() - t0) * 1000)
+                assert r.status_code == 200, r.text
+                assert r.json()["choices"][0]["message"]["content"] == expected(8)
+    finally:
+        for c in clients:
+            c.close()
     return out
 
 
@@ -157,12 +164,8 @@ def main() -> None:
             three["served_by"] = served_by(n1, args.requests)
             print(f"3 nodes: {three}  speed-up {result['speedup']}x")
 
-            latencies(n1.url, "tiny-b", 20)  # warm: loads tiny-b on n2 through n1
-            direct, hop, main_port = [], [], []
-            for _ in range(args.hops // 20):  # alternate so drift hits both alike
-                direct += latencies(n2.url, "tiny-b", 20)
-                hop += latencies(n1.url, "tiny-b", 20)
-                main_port += latencies(n2.api, "tiny-b", 20)
+            latencies([n1.url, n2.url, n2.api], "tiny-b", 20)  # warm: loads tiny-b on n2 through n1
+            direct, hop, main_port = latencies([n2.url, n1.url, n2.api], "tiny-b", args.hops)
             result["direct_main_port_p50_ms"] = round(percentile(main_port, 0.5), 2)
             d50, h50 = percentile(direct, 0.5), percentile(hop, 0.5)
             d99, h99 = percentile(direct, 0.99), percentile(hop, 0.99)
