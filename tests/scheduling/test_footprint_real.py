@@ -21,6 +21,8 @@ async def buffer_report(binary: str, model: Path, ctx: int) -> list[tuple[str, f
     """The '... buffer size = N MiB' lines llama-server logs while it loads ``model``."""
     proc = await asyncio.create_subprocess_exec(
         binary, "-m", str(model), "--port", str(port_block(1)), "-c", str(ctx), "-lv", "4",
+        # Neither a warm-up decode nor a second thread changes the buffers; both slow a busy machine.
+        "--no-warmup", "-t", "1",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     lines: list[str] = []
@@ -32,8 +34,14 @@ async def buffer_report(binary: str, model: Path, ctx: int) -> list[tuple[str, f
                 if "listening on" in line or "model loaded" in line:
                     break
     finally:
+        # A server still busy loading may take its time over SIGTERM: what it logged is all we need.
         proc.terminate()
-        await proc.wait()
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
     found = [(kind_line, float(m.group(2))) for kind_line in lines if (m := BUFFER.search(kind_line))]
     assert found, "llama-server reported no buffer sizes:\n" + "".join(lines[-20:])
     return found
