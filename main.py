@@ -20,13 +20,18 @@ def serve(settings: Settings, *, native: bool = False, show_ui: bool = True) -> 
     from nicegui import app, ui
 
     import pages
-    from llamaman.app import LlamaMan, install
+    from llamaman.app import LlamaMan, install, settle_heap
     from llamaman.core.secrets import storage_secret
     from llamaman.gateway.http_protocol import GuardedHttpToolsProtocol
 
     services = LlamaMan(settings)
     install(app, services)
-    app.on_startup(services.start)
+
+    async def start() -> None:
+        await services.start()
+        settle_heap()
+
+    app.on_startup(start)
     app.on_shutdown(services.stop)
     if show_ui:
         pages.register(services)
