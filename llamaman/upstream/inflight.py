@@ -11,7 +11,6 @@ generating and free the slot.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -103,37 +102,20 @@ async def abortable(ex: Exchange, work: Awaitable[T], receive: Receive | None = 
     ``RequestCancelled`` says why.
 
     For answers that only come whole (non-streamed): a stream notices its client leaving by itself.
-    ``work`` runs in the calling task (no task of its own per request): an abort cancels that task
-    while it waits here, and only then.
     """
-    if ex.cancelled is not None:
-        if inspect.iscoroutine(work):
-            work.close()
-        raise RequestCancelled(ex.cancelled)
-    task = asyncio.current_task()
-    assert task is not None
-    waiting = True
-    fired = False
-
-    def cancel() -> None:
-        nonlocal fired
-        if waiting and not fired:
-            fired = True
-            task.cancel()
-
-    ex.on_abort(cancel)
+    task = asyncio.ensure_future(work)
+    ex.on_abort(task.cancel)
     watcher: asyncio.Future[None] | None = None
     if receive is not None:
         watcher = asyncio.ensure_future(_disconnected(receive))
         watcher.add_done_callback(lambda w: w.cancelled() or w.exception() or ex.abort(CLIENT_LEFT))
     try:
-        return await work
+        return await task
     except asyncio.CancelledError:
-        # Ours (the exchange was aborted) unless the task was also cancelled from outside.
-        if fired and task.uncancel() == 0:
-            raise RequestCancelled(ex.cancelled or CANCELLED_BY_ADMIN) from None
+        task_cancelled = asyncio.current_task()
+        if ex.cancelled is not None and (task_cancelled is None or task_cancelled.cancelling() == 0):
+            raise RequestCancelled(ex.cancelled) from None
         raise
     finally:
-        waiting = False
         if watcher is not None:
             watcher.cancel()
