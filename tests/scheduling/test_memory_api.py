@@ -29,6 +29,9 @@ async def test_placement_lists_the_host_and_the_resident_model(
             "/v1/chat/completions", json={"model": "tiny-a", "messages": HI, "max_tokens": 3}
         )
         assert r.status_code == 200, r.text
+        # Once the server is up its footprint is recalibrated from its RSS, in the background; both
+        # reads below come after that (on a busy machine it landed between them), so they agree.
+        await asyncio.wait_for(asyncio.gather(*list(services.router._tasks)), 30)
         ps = (await proxy.get("/api/ps")).json()["models"]
     [cpu] = (await api.get("/api/placement")).json()["devices"]
     [resident] = cpu["models"]
