@@ -13,6 +13,7 @@ never forwarded again, so two nodes cannot bounce a request between them.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit
 from llamaman.cluster.nodes import NodeRegistry
 from llamaman.cluster.peers import PeerDirectory
 from llamaman.cluster.rates import SharedRates
-from llamaman.cluster.routing import Here, Kind, NodeState, Target, plan
+from llamaman.cluster.routing import Here, Kind, NodeState, Target, plan, resolve_alias
 from llamaman.core.config import Settings
 from llamaman.core.errors import LlamaManError
 
@@ -57,6 +58,7 @@ class LocalLease(Protocol):
     def keep_alive(self, seconds: float | None) -> None: ...
 
 
+@functools.lru_cache(maxsize=256)  # asked twice per forwarded request, of a handful of URLs
 def _split(url: str) -> tuple[str, str]:
     """``http://host:port/prefix`` → (``http://host:port``, ``/prefix``)."""
     parts = urlsplit(url)
@@ -172,6 +174,9 @@ class Cluster:
         self._failures = 0
         self._states: list[NodeState] = []
         self._states_key: tuple[object, ...] | None = None
+        # Plans made under the current node states, by what else a plan depends on.
+        self._plans: dict[tuple[object, ...], tuple[Target, ...]] = {}
+        self._plans_for: tuple[object, ...] | None = None
 
     def sent(self, node: str, delta: int) -> None:
         n = self._sent.get(node, 0) + delta
@@ -228,4 +233,16 @@ class Cluster:
         return out
 
     def targets(self, model: str, here: Here | None, aliases: Mapping[str, str]) -> list[Target]:
-        return plan(model, here, self.node_states(), self.peers.states(), aliases=aliases)
+        states = self.node_states()
+        peers = tuple(self.peers.states())
+        if self._plans_for != self._states_key:
+            self._plans, self._plans_for = {}, self._states_key
+        # A plan is pure: the same name, alias, view of this node, node states and peers give the same
+        # places. Requests at a steady rate ask the same question many times between two heartbeats.
+        key = (model, resolve_alias(model, aliases), here, peers)
+        made = self._plans.get(key)
+        if made is None:
+            if len(self._plans) >= 512:  # many names or changing loads: start again, never grow
+                self._plans.clear()
+            made = self._plans[key] = tuple(plan(model, here, states, peers, aliases=aliases))
+        return list(made)

@@ -74,3 +74,26 @@ def test_a_node_offers_its_proxy_port_on_the_host_other_nodes_reach_it_by(tmp_pa
     assert _proxy_url(settings("http://10.0.0.2:5000", 42069)) == "http://10.0.0.2:42069"
     assert _proxy_url(settings("http://[fd00::2]:5000/", 42069)) == "http://[fd00::2]:42069"
     assert _proxy_url(settings("http://10.0.0.2:5000", 0)) is None  # no proxy port: the main one
+
+
+def test_a_plan_is_kept_between_heartbeats_and_made_again_when_one_changes_the_picture(
+    tmp_path: Path,
+) -> None:
+    c = cluster(tmp_path)
+    for name in ("n2", "n3"):
+        v = c.nodes._views[name]
+        info = {**v.info, "models_resident": ["qwen"]}
+        c.nodes._views[name] = NodeView(name, v.url, 100.0, 0.0, True, info)
+    first = c.targets("qwen", None, {})
+    assert [t.name for t in first] == ["n3", "n2"]  # the idle one first
+    first.clear()  # a caller's changes to its list do not reach the kept plan
+    assert [t.name for t in c.targets("qwen", None, {})] == ["n3", "n2"]
+    # A heartbeat: n3 is now the busy one.
+    c.nodes._views["n3"] = NodeView(
+        "n3", "http://n3:5000", 101.0, 0.0, True, {"inflight": 5, "models_resident": ["qwen"]}
+    )
+    c.nodes.version += 1
+    assert [t.name for t in c.targets("qwen", None, {})] == ["n2", "n3"]
+    # An alias added meanwhile is honoured at once, without a heartbeat.
+    assert c.targets("q", None, {}) == []
+    assert [t.name for t in c.targets("q", None, {"q": "qwen"})] == ["n2", "n3"]
