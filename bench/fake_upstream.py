@@ -3,8 +3,9 @@
 It takes llama-server's flags (only ``--host`` and ``--port`` matter), answers ``--version`` and
 ``--help`` like llama-server so LlamaMan accepts it as LLAMA_SERVER_BIN (through a wrapper script,
 see ``wrapper_script``), serves ``/health`` at once, and answers ``/v1/chat/completions`` plain or
-as an SSE stream. Token *i* of an answer is the *i*-th letter of the alphabet (cycling), like the
-tiny model A, so a client can check every byte it got. A raw asyncio protocol with httptools keeps
+as an SSE stream, and ``/v1/embeddings`` with one short vector per input. Token *i* of an answer is
+the *i*-th letter of the alphabet (cycling), like the tiny model A, so a client can check every byte
+it got. A raw asyncio protocol with httptools keeps
 the server's own cost far below the proxy's.
 """
 
@@ -33,6 +34,20 @@ ALIAS = {"value": ""}
 
 def expected(n: int) -> str:
     return (ALPHABET * (n // len(ALPHABET) + 1))[:n]
+
+
+def _embeddings(given: object) -> dict[str, object]:
+    """One vector per input, from its length: enough to check which answer belongs to which input."""
+    texts = [given] if isinstance(given, str) else list(given) if isinstance(given, list) else []
+    data = [{"object": "embedding", "index": i, "embedding": [float(len(str(t))), 1.0, 0.0]}
+            for i, t in enumerate(texts)]  # fmt: skip
+    used = sum(len(str(t)) for t in texts)
+    return {
+        "object": "list",
+        "model": "fake",
+        "data": data,
+        "usage": {"prompt_tokens": used, "total_tokens": used},
+    }
 
 
 def _response(status: int, body: bytes, ctype: bytes = b"application/json", keep: bool = True) -> bytes:
@@ -115,6 +130,9 @@ class FakeServer(asyncio.Protocol):
             req = json.loads(b"".join(self.body) or b"{}")
         except ValueError:
             self.transport.write(_response(400, b'{"error":"bad json"}'))
+            return
+        if path == b"/v1/embeddings":
+            self.transport.write(_response(200, json.dumps(_embeddings(req.get("input"))).encode()))
             return
         n = int(req.get("max_tokens") or req.get("n_predict") or DEFAULT_TOKENS)
         if req.get("stream"):

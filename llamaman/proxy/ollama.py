@@ -28,7 +28,6 @@ from llamaman.proxy.openai import listing_identity
 from llamaman.proxy.translate import (
     OllamaChatStream,
     TranslateError,
-    format_rfc3339_ns,
     is_load_only,
     load_options,
     native_completion_to_ollama,
@@ -36,6 +35,7 @@ from llamaman.proxy.translate import (
     ollama_embed_to_openai,
     ollama_embeddings_to_openai,
     ollama_generate_to_openai,
+    ollama_load_reply,
     openai_chat_response_to_ollama,
     openai_embeddings_to_ollama_embed,
     openai_embeddings_to_ollama_embeddings,
@@ -226,17 +226,6 @@ async def ollama_show(request: Request) -> Response:
 # -- chat and generate ------------------------------------------------------------------------------
 
 
-def _load_reply(model: str, reason: str, *, generate: bool) -> dict[str, Any]:
-    obj: dict[str, Any] = {"model": model, "created_at": format_rfc3339_ns(time.time_ns())}
-    if generate:
-        obj["response"] = ""
-    else:
-        obj["message"] = {"role": "assistant", "content": ""}
-    obj["done_reason"] = reason
-    obj["done"] = True
-    return obj
-
-
 async def _load_or_unload(
     services: Services, model: str, keep_alive: float | None, min_ctx: int | None
 ) -> str:
@@ -269,7 +258,7 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         raise ProxyError(400, f'"{model}" does not support {"generate" if generate else "chat"}')
     if is_load_only(body):
         reason = await _load_or_unload(services, model, keep_alive, min_ctx)
-        return JSONResponse(_load_reply(model, reason, generate=generate))
+        return JSONResponse(ollama_load_reply(model, reason, generate=generate))
     if generate:
         path, payload = ollama_generate_to_openai(body, templated=generate_extra.is_templated(entry))
         generate_extra.check(body)  # refused before a model is loaded for it

@@ -271,6 +271,18 @@ class OllamaChatStream:
         }
 
 
+def ollama_load_reply(model: str, reason: str, *, generate: bool) -> dict[str, Any]:
+    """Ollama's answer to an empty chat or generate (load or unload the model): ``done_reason``."""
+    obj: dict[str, Any] = {"model": model, "created_at": format_rfc3339_ns(time.time_ns())}
+    if generate:
+        obj["response"] = ""
+    else:
+        obj["message"] = {"role": "assistant", "content": ""}
+    obj["done_reason"] = reason
+    obj["done"] = True
+    return obj
+
+
 def openai_chat_response_to_ollama(
     resp: Mapping[str, Any],
     model: str,

@@ -214,3 +214,37 @@ async def test_the_official_ollama_client_lists_and_chats_with_a_peer_model(
         ]
         assert "".join(parts) == "abc"
         assert seen[-1].node == "swap" and seen[-1].stream
+
+
+async def test_the_official_ollama_client_generates_and_embeds_with_a_peer_model(
+    box: tuple[LlamaMan, ProxyServer],
+) -> None:
+    svc, server = box
+    async with fake_peer() as (url, _), await admin(svc, server) as api:
+        await api.post("/api/peers", json={"name": "swap", "base_url": url, "api_key": PEER_KEY})
+        await svc.peers.poll_all()
+        seen: list = []
+        svc.relay.add_observer(seen.append)
+        client = ollama.AsyncClient(host=server.url)
+        reply = await client.generate(model="fake", prompt="hi", options={"num_predict": 4})
+        assert reply.response == "abcd" and reply.done and reply.eval_count == 4
+        assert (seen[-1].node, seen[-1].endpoint, seen[-1].completion_tokens) == ("swap", "/api/generate", 4)
+        parts = [
+            p.response
+            async for p in await client.generate(
+                model="fake", prompt="hi", options={"num_predict": 3}, stream=True
+            )
+        ]
+        assert "".join(parts) == "abc" and seen[-1].stream
+        loaded = await client.generate(model="fake")  # Ollama's "load it": nothing reaches the peer
+        assert loaded.done_reason == "load" and loaded.response == ""
+        embedded = await client.embed(model="fake", input=["one", "three"])
+        assert [v[0] for v in embedded.embeddings] == [3.0, 5.0]
+        assert (seen[-1].node, seen[-1].endpoint, seen[-1].prompt_tokens) == ("swap", "/api/embed", 8)
+        legacy = await client.embeddings(model="fake", prompt="four")
+        assert legacy.embedding[0] == 4.0
+        # A raw prompt needs llama-server's own completion route, which a peer need not have.
+        raw = await api.post("/api/generate", json={"model": "fake", "prompt": "hi", "raw": True})
+        assert raw.status_code == 404 and "fake" in raw.json()["error"]
+        bad = await api.post("/api/embed", json={"model": "fake", "input": 5})
+        assert bad.status_code == 400 and "input" in bad.json()["error"]
