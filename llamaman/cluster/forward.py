@@ -17,7 +17,7 @@ import functools
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from llamaman.cluster.nodes import NodeRegistry
@@ -65,8 +65,23 @@ def _split(url: str) -> tuple[str, str]:
     return f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/")
 
 
+class OtherKindNext(Exception):
+    """The next place to try is of another kind (this node, a peer) than the request was written for:
+    its caller serves the rest its own way (``rest``: the places left, best first)."""
+
+    def __init__(self, rest: list[Target]) -> None:
+        super().__init__(f"next: {rest[0].kind.value} {rest[0].name}")
+        self.rest = rest
+
+
 class RemoteLease:
-    """A request's hold on a place elsewhere, with the places after it to fail over to."""
+    """A request's hold on a place elsewhere, with the places after it to fail over to.
+
+    ``local_body`` makes the request's body again for this node's own instance when the lease falls
+    back to it (its sampling overrides applied, as for a request served here from the start).
+    ``one_kind`` keeps the lease to places of its first place's kind: failing over to another kind
+    raises ``OtherKindNext`` instead, for a request whose body only that kind understands (an Ollama
+    body forwarded as it came goes to another LlamaMan, never to a llama-server or a peer)."""
 
     def __init__(
         self,
@@ -74,6 +89,9 @@ class RemoteLease:
         model: str,
         targets: list[Target],
         acquire_local: Callable[[], Awaitable[LocalLease]],
+        *,
+        local_body: Callable[[Any], bytes] | None = None,
+        one_kind: bool = False,
     ) -> None:
         self.cluster = cluster
         self.model_name = model
@@ -81,6 +99,9 @@ class RemoteLease:
         self.index = 0
         self.local: LocalLease | None = None
         self._acquire_local = acquire_local
+        self._local_body = local_body
+        self._local_content: bytes | None = None
+        self._one_kind = one_kind
         self.tried: list[str] = []
         self._held: str | None = None
         self._hold()
@@ -136,8 +157,11 @@ class RemoteLease:
         self.tried.append(self.target.name)
         self.cluster.mark_failed(self.target, reason)
         self._unhold()
+        first = self.targets[0].kind
         while self.index + 1 < len(self.targets):
             self.index += 1
+            if self._one_kind and self.target.kind is not first:
+                raise OtherKindNext(self.targets[self.index :])
             if self.target.kind is not Kind.SELF:
                 self._hold()
                 return True
@@ -147,6 +171,14 @@ class RemoteLease:
             except (LlamaManError, TimeoutError) as exc:
                 log.info("no local fallback for %s: %s", self.model_name, exc)
         return False
+
+    def content_for_place(self, content: bytes | None) -> bytes | None:
+        """The body for the current place: as given, or remade for this node's own instance."""
+        if self.local is None or self._local_body is None or content is None:
+            return content
+        if self._local_content is None:
+            self._local_content = self._local_body(self.local)
+        return self._local_content
 
     def keep_alive(self, seconds: float | None) -> None:
         if self.local is not None:

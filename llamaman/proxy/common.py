@@ -3,7 +3,7 @@ client's own dialect (OpenAI, Ollama, Anthropic)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive
 
 from llamaman.cluster.forward import RemoteLease
-from llamaman.cluster.routing import Here, Kind
+from llamaman.cluster.routing import Here, Kind, Target
 from llamaman.core.errors import LlamaManError
 from llamaman.core.exchange import FORWARDED_BY, REQUEST_ID, Exchange
 from llamaman.gateway.bodies import BodyError, cached_body, parsed_body, remember_body
@@ -135,10 +135,17 @@ def here(services: Services, model: str) -> Here:
 
 
 def remote_lease(
-    services: Services, model: str, *, min_ctx: int | None = None, peers: bool = True
+    services: Services,
+    model: str,
+    *,
+    min_ctx: int | None = None,
+    peers: bool = True,
+    local_body: Callable[[Any], bytes] | None = None,
+    one_kind: bool = False,
 ) -> RemoteLease | None:
     """A lease elsewhere when another node or a peer is the better place for ``model``; None when this
     node serves it (or nothing else knows it: the local answer, a 404 included, is the right one).
+    ``local_body`` and ``one_kind``: see ``RemoteLease``.
 
     A request another node forwarded here is never forwarded again."""
     cluster = services.cluster
@@ -149,7 +156,23 @@ def remote_lease(
         targets = [t for t in targets if t.kind is not Kind.PEER]
     if not targets or targets[0].kind is Kind.SELF:
         return None
-    return RemoteLease(cluster, model, targets, lambda: services.router.acquire(model, min_ctx=min_ctx))
+    return lease_over(services, model, targets, min_ctx=min_ctx, local_body=local_body, one_kind=one_kind)
+
+
+def lease_over(
+    services: Services,
+    model: str,
+    targets: list[Target],
+    *,
+    min_ctx: int | None = None,
+    local_body: Callable[[Any], bytes] | None = None,
+    one_kind: bool = False,
+) -> RemoteLease:
+    """A lease on ``targets`` in order, falling back to this node's own instance where one is listed."""
+    return RemoteLease(
+        services.cluster, model, targets, lambda: services.router.acquire(model, min_ctx=min_ctx),
+        local_body=local_body, one_kind=one_kind,
+    )  # fmt: skip
 
 
 async def until_aborted(ex: Exchange, work: Awaitable[T], receive: Receive | None) -> T:

@@ -15,11 +15,11 @@ from typing import Any
 from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
-from llamaman.cluster.forward import RemoteLease
+from llamaman.cluster.forward import OtherKindNext, RemoteLease
 from llamaman.cluster.routing import Kind
 from llamaman.core.exchange import Exchange
 from llamaman.gateway.dialects import route_path
-from llamaman.proxy.common import ProxyError, remote_lease, services_of
+from llamaman.proxy.common import ProxyError, lease_over, remote_lease, services_of
 from llamaman.proxy.ndjson_stream import NdjsonTranslator, relay_ndjson
 from llamaman.proxy.translate import (
     OllamaChatStream,
@@ -59,15 +59,24 @@ async def answer(request: Request, model: str, raw: bytes, body: dict[str, Any])
     """The answer from elsewhere, or None to serve ``model`` here."""
     services = services_of(request)
     path = route_path(request.scope)
-    remote = remote_lease(services, model, peers=peer_can_serve(path, body))
-    if remote is None:
-        return None
-    if remote.target.kind is Kind.PEER:
-        return await _peer(request, services, remote, model, path, body)
-    return await services.relay.forward(
-        remote, "POST", path, content=raw, headers=raw_forward_headers(request.scope), style="ollama",
-        exchange=Exchange(model, path), receive=request.receive,
-    )  # fmt: skip
+    # The body goes to other nodes as it came, so it may fail over only to another node: this node
+    # and peers need it translated, which their own paths below do.
+    remote = remote_lease(services, model, peers=peer_can_serve(path, body), one_kind=True)
+    while remote is not None:
+        if remote.target.kind is Kind.PEER:
+            return await _peer(request, services, remote, model, path, body)
+        ex = Exchange(model, path)
+        try:
+            return await services.relay.forward(
+                remote, "POST", path, content=raw, headers=raw_forward_headers(request.scope),
+                style="ollama", exchange=ex, receive=request.receive,
+            )  # fmt: skip
+        except OtherKindNext as nxt:
+            services.relay.inflight.forget(ex)
+            if nxt.rest[0].kind is Kind.SELF:
+                return None  # served here, as if no other node had been tried
+            remote = lease_over(services, model, nxt.rest, one_kind=True)
+    return None
 
 
 def _message(raw: bytes, status: int) -> str:

@@ -103,9 +103,14 @@ async def pass_through(
     services = services_of(request)
     body, raw = body_and_raw if body_and_raw is not None else await read_json(request)
     model = require_model(body)
-    remote = remote_lease(services, model)
+    # Another node (or a peer) serves it; that node applies its own sampling overrides, and this
+    # node its own if the request falls back here.
+    remote = remote_lease(
+        services,
+        model,
+        local_body=lambda lease: encode_body(body, raw, lease, sampling=sampling, changed=changed),
+    )
     if remote is not None:
-        # Another node (or a peer) serves it; that node applies its own sampling overrides.
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() if changed else raw
         return await services.relay.forward(
             remote, "POST", path, content=content, headers=raw_forward_headers(request.scope),

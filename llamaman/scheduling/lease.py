@@ -123,6 +123,9 @@ class Lease:
         """Move to the next place that may serve the request; a local instance has none."""
         return False
 
+    def content_for_place(self, content: bytes | None) -> bytes | None:
+        return content  # the body was made for this instance
+
     @property
     def model_name(self) -> str:
         return self.instance.record.model_name

@@ -260,7 +260,8 @@ class Relay:
                 sent = [*_header_pairs(headers), *lease.extra_headers]
             try:
                 upstream = await abortable(ex, self.upstream.request(
-                    method, lease.base_url, lease.prefix + path, headers=sent, content=content,
+                    method, lease.base_url, lease.prefix + path, headers=sent,
+                    content=lease.content_for_place(content),
                     params=params, timeout=self.request_timeout, authorization=lease.auth_header,
                 ), receive)  # fmt: skip
             except UpstreamError as exc:

@@ -9,6 +9,7 @@ byte or dies mid-stream is a fault a real one will not produce on demand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,8 +25,12 @@ from llamaman.auth.sessions import SESSION_COOKIE
 from llamaman.cluster.forward import NODE_HEADER, VIA_HEADER
 from llamaman.core.config import Settings
 from llamaman.core.exchange import Exchange
+from llamaman.core.state import InstanceState
 from llamaman.core.tables import Node
+from llamaman.instances.launch import LaunchSettings, SamplingOverrides
 from llamaman.proxy.app import ProxyServer, create_proxy_app
+from llamaman.scheduling.lease import Lease
+from llamaman.testing.tiny_gguf import expected_text
 
 pytestmark = pytest.mark.auth
 
@@ -122,11 +127,28 @@ def _chunked(event: dict[str, Any]) -> bytes:
 
 @pytest.fixture
 async def entry(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[LlamaMan, ProxyServer]]:
-    """Node n1 with its main app on a real port; it knows no model itself."""
+    """Node n1 with its main app on a real port; it has no copy of the remote model."""
+    async with entry_node(make_settings) as box:
+        yield box
+
+
+@pytest.fixture
+async def entry_serving(
+    make_settings: Callable[..., Settings], llama_server_bin: str
+) -> AsyncIterator[tuple[LlamaMan, ProxyServer]]:
+    """The same entry node with a real llama-server for its own models."""
+    async with entry_node(make_settings, LLAMA_SERVER_BIN=llama_server_bin) as box:
+        yield box
+
+
+@contextlib.asynccontextmanager
+async def entry_node(
+    make_settings: Callable[..., Settings], **extra: Any
+) -> AsyncIterator[tuple[LlamaMan, ProxyServer]]:
     svc = LlamaMan(
         make_settings(
             LLAMAMAN_NODE_NAME="n1", LLAMAMAN_NODE_URL="http://127.0.0.1:1", LLAMAMAN_NODE_SECRET=SECRET,
-            LLAMAMAN_NODE_HEARTBEAT=30, LLAMAMAN_NODE_TIMEOUT=60,
+            LLAMAMAN_NODE_HEARTBEAT=30, LLAMAMAN_NODE_TIMEOUT=60, **extra,
         )
     )  # fmt: skip
     await svc.start()
@@ -346,6 +368,71 @@ async def test_a_dead_or_failing_node_gives_way_to_the_next_before_the_client_se
     finally:
         for st in (failing, good):
             await st.stop()
+
+
+async def _busy_here_idle_there(svc: LlamaMan, failing: StandIn) -> Lease:
+    """tiny-a loaded here with forced sampling and one request in flight; n2 reports it loaded and
+    idle, so n2 is tried first and this node is the place after it."""
+    ls = LaunchSettings(
+        model_path="tiny-a.gguf", ctx_size=512, sampling=SamplingOverrides(temperature=0, top_k=7)
+    )
+    m = await svc.supervisor.launch(ls)
+    assert (
+        await m.proc.wait_for({InstanceState.HEALTHY, InstanceState.FAILED}, timeout=30)
+        is InstanceState.HEALTHY
+    )
+    held = await svc.router.acquire("tiny-a")
+    await place(svc, failing, info={"n2": {"models_resident": ["tiny-a"], "inflight": 0}})
+    return held
+
+
+@pytest.mark.llama
+async def test_a_request_falling_back_here_gets_this_nodes_sampling_overrides(
+    entry_serving: tuple[LlamaMan, ProxyServer],
+) -> None:
+    svc, server = entry_serving
+    failing = StandIn("n2", mode="fail")
+    await failing.start()
+    held = await _busy_here_idle_there(svc, failing)
+    try:
+        key = await key_of(svc)
+        answer = await chat(server, key, model="tiny-a", max_tokens=4, temperature=1.5, top_k=50)
+        assert answer.status_code == 200
+        assert answer.json()["choices"][0]["message"]["content"] == expected_text("A", 4)
+        # n2 had the client's own sampling; this node's llama-server got its forced values.
+        assert json.loads(failing.requests[0]["body"])["temperature"] == 1.5
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            admin = {"Authorization": f"Bearer {(await svc.auth.keys.create('ops', scope='admin'))[1]}"}
+            slots = (await http.get("/slots", params={"model": "tiny-a"}, headers=admin)).json()
+        assert slots[0]["params"]["temperature"] == 0 and slots[0]["params"]["top_k"] == 7
+    finally:
+        held.release()
+        await failing.stop()
+
+
+@pytest.mark.llama
+async def test_an_ollama_request_falling_back_here_is_served_as_ollama_not_sent_on_as_it_came(
+    entry_serving: tuple[LlamaMan, ProxyServer],
+) -> None:
+    svc, server = entry_serving
+    failing = StandIn("n2", mode="fail")
+    await failing.start()
+    held = await _busy_here_idle_there(svc, failing)
+    try:
+        seen = watch(svc)
+        body = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "stream": False,
+                "options": {"num_predict": 4}}  # fmt: skip
+        headers = {"Authorization": f"Bearer {await key_of(svc)}"}
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            answer = await http.post("/api/chat", json=body, headers=headers)
+        assert failing.requests[0]["path"] == "/api/chat"
+        # Ollama's shape, made here from this node's llama-server: not its OpenAI answer passed on.
+        assert answer.status_code == 200 and answer.json()["message"]["content"] == expected_text("A", 4)
+        assert answer.json()["done"] is True
+        assert seen[-1].node is None and seen[-1].completion_tokens == 4
+    finally:
+        held.release()
+        await failing.stop()
 
 
 async def test_when_every_node_fails_the_client_gets_a_502_in_its_dialect(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llamaman.cluster.forward import Cluster, RemoteLease
+import pytest
+
+from llamaman.cluster.forward import Cluster, OtherKindNext, RemoteLease
 from llamaman.cluster.nodes import NodeRegistry, NodeView
 from llamaman.cluster.peers import PeerDirectory
 from llamaman.cluster.routing import Kind, Target
@@ -97,3 +99,16 @@ def test_a_plan_is_kept_between_heartbeats_and_made_again_when_one_changes_the_p
     # An alias added meanwhile is honoured at once, without a heartbeat.
     assert c.targets("q", None, {}) == []
     assert [t.name for t in c.targets("q", None, {"q": "qwen"})] == ["n2", "n3"]
+
+
+async def test_a_lease_kept_to_one_kind_hands_back_the_places_of_another_kind(tmp_path: Path) -> None:
+    c = cluster(tmp_path)
+    peer = Target(Kind.PEER, "swap", "http://swap:8080")
+    targets = [Target(Kind.NODE, "n2", "http://n2:5000"), Target(Kind.NODE, "n3", "http://n3:5000"), peer]
+    lease = RemoteLease(c, "qwen", targets, no_local, one_kind=True)  # type: ignore[arg-type]
+    assert await lease.fail_over("connection refused") and lease.target.name == "n3"
+    with pytest.raises(OtherKindNext) as nxt:
+        await lease.fail_over("answered 500")
+    assert nxt.value.rest == [peer]
+    assert c._sent == {}  # neither node still counts the request
+    lease.release()
