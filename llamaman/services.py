@@ -112,7 +112,15 @@ class Services:
         # llama.cpp RPC workers (`llamaman worker`) a launch may spread a model over.
         self.workers = WorkerDirectory(settings, self.db)
         self.supervisor.check_rpc = self.workers.check_launch
+        # A model too large for this box alone may be spread over them by the scheduler.
+        self.router.worker_memory = self._worker_memory
+        self.router.rpc_capable = lambda: (
+            self.supervisor.binary is not None and self.supervisor.binary.supports_rpc
+        )
         self.started = False
+
+    async def _worker_memory(self) -> dict[str, int]:
+        return {w.address: w.memory_free for w in await self.workers.workers() if w.alive}
 
     def _gpu_memory(self) -> list[Reading]:
         """Each GPU's memory from the sampler's latest sample, numbered as the scheduler names them."""

@@ -21,6 +21,7 @@ from llamaman.core.tables import RpcWorker
 from llamaman.instances.instance import InstanceRejected
 from llamaman.instances.launch import LaunchSettings
 from llamaman.instances.llama_bin import LlamaServerBinary
+from llamaman.scheduling.rpc_spread import choose_workers
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,7 @@ def refuse_unusable(addresses: Sequence[str], workers: Sequence[WorkerView]) -> 
 def choose(workers: Sequence[WorkerView], needed: int) -> list[str]:
     """The fewest alive workers whose free memory together covers ``needed`` bytes, largest first;
     empty when all of them together are not enough."""
-    chosen: list[str] = []
-    total = 0
-    for w in sorted((w for w in workers if w.alive), key=lambda w: (-w.memory_free, w.address)):
-        if total >= needed:
-            break
-        chosen.append(w.address)
-        total += w.memory_free
-    return chosen if total >= needed else []
+    return choose_workers({w.address: w.memory_free for w in workers if w.alive}, needed)
 
 
 class WorkerDirectory:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -26,10 +27,11 @@ from llamaman.scheduling.footprint import Footprint, estimate_footprint, flat_fo
 from llamaman.scheduling.footprint_store import FootprintStore
 from llamaman.scheduling.lease import ModelUnavailable, Waiter
 from llamaman.scheduling.placement import CPU, Placement, Policy, place
+from llamaman.scheduling.rpc_spread import spread
 from llamaman.scheduling.scheduler import Admit, Demand, Effect, Refuse, Resident, Start, Stop, World, plan
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from llamaman.core.events import EventBus
     from llamaman.core.runtime import RuntimeConfig
@@ -65,6 +67,10 @@ class MemoryPlanner:
     loading_usage: dict[str, dict[str, int]]  # model key → bytes reserved while it starts
     load_seconds: dict[str, float]  # instance id → how long its last load took
     store: FootprintStore
+    # Free bytes of each live llama.cpp RPC worker (None: workers are never looked at), and whether
+    # this box's llama-server can use them.
+    worker_memory: Callable[[], Awaitable[Mapping[str, int]]] | None
+    rpc_capable: Callable[[], bool]
 
     if TYPE_CHECKING:  # provided by the router
 
@@ -73,7 +79,9 @@ class MemoryPlanner:
         def _grant(self, w: Waiter, m: ManagedInstance) -> None: ...
         def _evictable(self, m: ManagedInstance) -> bool: ...
         def _counts(self, m: ManagedInstance) -> bool: ...
-        async def _bring_up(self, entry: ModelEntry, placement: Placement | None = None) -> None: ...
+        async def _bring_up(
+            self, entry: ModelEntry, placement: Placement | None = None, rpc_workers: tuple[str, ...] = ()
+        ) -> None: ...
         async def _unload(self, m: ManagedInstance, *, reason: str) -> None: ...
 
     def _init_memory(self, env_reserve: str | None, store: FootprintStore) -> None:
@@ -81,6 +89,8 @@ class MemoryPlanner:
         self.devices = DeviceInventory(env_reserve=env_reserve)
         self.gpu_reader = None
         self.can_offload = lambda: True
+        self.worker_memory = None
+        self.rpc_capable = lambda: False
         self.footprints = {}
         self.usage = {}
         self.loading_usage = {}
@@ -128,6 +138,28 @@ class MemoryPlanner:
             chosen = Policy.CPU_ONLY
         return Demand(self.footprint(entry, settings), chosen, pinned, not embedding, entry.name)
 
+    async def spread_if_too_large(self, settings: LaunchSettings, demand: Demand) -> Demand:
+        """A model that can never fit on this box alone goes over RPC workers when they can hold
+        its offloaded layers (``scheduling.rpc_spread``); any other demand stays as it is."""
+        if settings.n_gpu_layers == 0 or not self.rpc_capable():
+            return demand
+        self.refresh_devices()
+        limits = self.devices.limits()
+        if place(demand.footprint, limits, demand.policy, demand.pinned) is not None:
+            return demand  # it fits here: workers are only for what cannot
+        named = tuple(settings.rpc_workers)
+        if not named and self.worker_memory is None:
+            return demand
+        try:
+            free = {} if named or self.worker_memory is None else await self.worker_memory()
+        except Exception as exc:  # the workers table unreadable: decide as if there were none
+            log.warning("could not read the RPC workers: %s", exc)
+            return demand
+        s = spread(demand.footprint, limits, free, named)
+        if s is None:
+            return demand
+        return replace(demand, footprint=s.local, policy=Policy.CPU_ONLY, rpc_workers=s.workers)
+
     def usage_of(self, m: ManagedInstance) -> dict[str, int]:
         """Bytes accounted to ``m`` per device: what its placement reserved, or from its settings."""
         got = self.usage.get(m.id)
@@ -160,6 +192,8 @@ class MemoryPlanner:
         pid = m.proc.pid
         if pid is None or any(d != CPU for d in self.usage_of(m)):
             return  # GPU sizes come from NVML per process, read by the telemetry sampler
+        if m.settings.rpc_workers:
+            return  # its RSS is only the part kept here: it says nothing of the model's whole size
         try:
             rss = await asyncio.to_thread(lambda: psutil.Process(pid).memory_info().rss)
         except (psutil.Error, OSError):
@@ -235,7 +269,7 @@ class MemoryPlanner:
                 return
             self.loading[effect.model] = w.demand.counts
             self.loading_usage[effect.model] = dict(effect.placement.device_bytes)
-            self._spawn(self._bring_up(w.entry, effect.placement))
+            self._spawn(self._bring_up(w.entry, effect.placement, w.demand.rpc_workers))
         elif isinstance(effect, Stop):
             victim = self.sup.instances.get(effect.instance)
             if victim is None or self.slot(victim).draining:

@@ -187,12 +187,13 @@ class Router(IdleSleep, MemoryPlanner):
                 settings, policy = await self._launch_settings(entry)
             except ValueError as exc:  # a preset the policy refuses: the load would fail the same way
                 raise ModelUnavailable(f"could not start '{entry.name}': {exc}") from None
+            demand = await self.spread_if_too_large(settings, self.demand(entry, settings, policy))
             loop = asyncio.get_running_loop()
             w = Waiter(
                 entry.rel_path,
                 entry,
                 loop.create_future(),
-                demand=self.demand(entry, settings, policy),
+                demand=demand,
                 priority=priority,
                 key_name=key_name,
             )
@@ -309,8 +310,11 @@ class Router(IdleSleep, MemoryPlanner):
                 if not w.future.done():
                     w.future.set_exception(exc)
 
-    async def _bring_up(self, entry: ModelEntry, placement: Placement | None = None) -> None:
-        """Wake a sleeping instance of the model, or launch one from its preset where placed."""
+    async def _bring_up(
+        self, entry: ModelEntry, placement: Placement | None = None, rpc_workers: tuple[str, ...] = ()
+    ) -> None:
+        """Wake a sleeping instance of the model, or launch one from its preset where placed (over
+        ``rpc_workers`` when the scheduler spread it over them)."""
         t0 = time.monotonic()
         try:
             existing = [
@@ -325,7 +329,8 @@ class Router(IdleSleep, MemoryPlanner):
                 self.slot(m).draining = False
                 await self.sup.wake(m.id)
             else:
-                settings, _ = await self._launch_settings(entry, placement=placement)
+                spread = {"rpc_workers": list(rpc_workers), "n_gpu_layers": -1} if rpc_workers else {}
+                settings, _ = await self._launch_settings(entry, placement=placement, **spread)
                 if not self.still_wanted(entry.rel_path):
                     return
                 m = await self.sup.launch(settings, origin="proxy")
@@ -333,6 +338,7 @@ class Router(IdleSleep, MemoryPlanner):
                 self.usage[m.id] = dict(placement.device_bytes)
             self.swaps += 1
             where = f" on {describe_placement(placement)}" if placement is not None else ""
+            where += f" with RPC workers {', '.join(rpc_workers)}" if rpc_workers else ""
             log.info("loading %s%s", entry.name, where)
             self.events.publish("router.load", model=entry.name, instance=m.id)
             self._spawn(self._after_load(m, t0))

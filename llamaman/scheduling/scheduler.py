@@ -66,6 +66,8 @@ class Demand:
     pinned: tuple[str, ...] | None = None
     counts: bool = True
     name: str = ""
+    # llama.cpp RPC workers that take the offloaded layers (``footprint`` is then what stays here).
+    rpc_workers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ async def two_nodes(
                     )
                 )  # fmt: skip
                 await svc.start()
+                # The shared count is kept per calendar minute: a test crossing one would start over.
+                svc.cluster.rates.clock = lambda: 1_800_000_030.0
                 started.append(svc)
                 app = create_app(svc, manage_lifecycle=False)
                 clients.append(httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t"))

@@ -205,6 +205,40 @@ async def test_a_tiny_model_over_two_rpc_workers_answers_exactly_as_alone(
         await services.stop()
 
 
+async def test_a_model_too_large_for_this_box_alone_is_spread_over_workers_by_the_scheduler(
+    make_settings: Callable[..., Settings], workers: Callable[[str, Path], Worker]
+) -> None:
+    server_bin, rpc_bin = rpc_capable_build()
+    services = LlamaMan(make_settings(LLAMA_SERVER_BIN=server_bin))
+    await services.start()
+    try:
+        wa, wb = (workers(services.settings.effective_database_url, rpc_bin) for _ in range(2))
+        router = services.router
+        entry = await router.aresolve("tiny-a")
+        settings, _ = await router._launch_settings(entry)
+        fp = router.footprint(entry, settings)
+        # Room for what stays here (the process and the embeddings), not for the whole model.
+        await services.runtime.update({"memory_limit": f"cpu={(fp.host_full + fp.cpu_only) // 2}"})
+        async with api_client(services) as api:
+            deadline = time.monotonic() + 60
+            while not {wa.address, wb.address} <= {
+                w["address"] for w in (await api.get("/api/workers")).json()["workers"] if w["alive"]
+            }:
+                assert time.monotonic() < deadline, "the workers never registered"
+                await asyncio.sleep(0.2)
+            body = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 30}
+            r = await api.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["message"]["content"] == expected_text("A", 30)
+        [m] = services.supervisor.list()
+        # One worker holds it all (each offers this machine's RAM): the fewest that are enough.
+        assert len(m.settings.rpc_workers) == 1 and m.settings.rpc_workers[0] in (wa.address, wb.address)
+        assert m.record.command[m.record.command.index("--rpc") + 1] == m.settings.rpc_workers[0]
+        assert router.usage_of(m) == {"cpu": fp.host_full}  # what this box holds, within its limit
+    finally:
+        await services.stop()
+
+
 async def test_a_worker_serves_while_its_database_is_unreachable(
     workers: Callable[[str, Path], Worker],
 ) -> None:
