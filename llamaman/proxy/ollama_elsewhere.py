@@ -28,11 +28,11 @@ from llamaman.proxy.translate import (
     ollama_embed_to_openai,
     ollama_embeddings_to_openai,
     ollama_generate_to_openai,
-    ollama_load_reply,
     openai_chat_response_to_ollama,
     openai_embeddings_to_ollama_embed,
     openai_embeddings_to_ollama_embeddings,
 )
+from llamaman.proxy.translate_stream import ollama_load_reply
 from llamaman.services import Services
 from llamaman.upstream.client import UpstreamError, UpstreamResponse
 from llamaman.upstream.relay import (
