@@ -370,9 +370,24 @@ async def test_a_dead_or_failing_node_gives_way_to_the_next_before_the_client_se
             await st.stop()
 
 
+@pytest.fixture
+async def falling_back(
+    entry_serving: tuple[LlamaMan, ProxyServer],
+) -> AsyncIterator[tuple[LlamaMan, ProxyServer, StandIn]]:
+    """tiny-a loaded here with forced sampling and one request in flight; n2, which answers 500,
+    reports it loaded and idle, so n2 is tried first and this node is the place after it."""
+    svc, server = entry_serving
+    failing = StandIn("n2", mode="fail")
+    await failing.start()
+    held = await _busy_here_idle_there(svc, failing)
+    try:
+        yield svc, server, failing
+    finally:
+        held.release()
+        await failing.stop()
+
+
 async def _busy_here_idle_there(svc: LlamaMan, failing: StandIn) -> Lease:
-    """tiny-a loaded here with forced sampling and one request in flight; n2 reports it loaded and
-    idle, so n2 is tried first and this node is the place after it."""
     ls = LaunchSettings(
         model_path="tiny-a.gguf", ctx_size=512, sampling=SamplingOverrides(temperature=0, top_k=7)
     )
@@ -388,51 +403,37 @@ async def _busy_here_idle_there(svc: LlamaMan, failing: StandIn) -> Lease:
 
 @pytest.mark.llama
 async def test_a_request_falling_back_here_gets_this_nodes_sampling_overrides(
-    entry_serving: tuple[LlamaMan, ProxyServer],
+    falling_back: tuple[LlamaMan, ProxyServer, StandIn],
 ) -> None:
-    svc, server = entry_serving
-    failing = StandIn("n2", mode="fail")
-    await failing.start()
-    held = await _busy_here_idle_there(svc, failing)
-    try:
-        key = await key_of(svc)
-        answer = await chat(server, key, model="tiny-a", max_tokens=4, temperature=1.5, top_k=50)
-        assert answer.status_code == 200
-        assert answer.json()["choices"][0]["message"]["content"] == expected_text("A", 4)
-        # n2 had the client's own sampling; this node's llama-server got its forced values.
-        assert json.loads(failing.requests[0]["body"])["temperature"] == 1.5
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-            admin = {"Authorization": f"Bearer {(await svc.auth.keys.create('ops', scope='admin'))[1]}"}
-            slots = (await http.get("/slots", params={"model": "tiny-a"}, headers=admin)).json()
-        assert slots[0]["params"]["temperature"] == 0 and slots[0]["params"]["top_k"] == 7
-    finally:
-        held.release()
-        await failing.stop()
+    svc, server, failing = falling_back
+    key = await key_of(svc)
+    answer = await chat(server, key, model="tiny-a", max_tokens=4, temperature=1.5, top_k=50)
+    assert answer.status_code == 200
+    assert answer.json()["choices"][0]["message"]["content"] == expected_text("A", 4)
+    # n2 had the client's own sampling; this node's llama-server got its forced values.
+    assert json.loads(failing.requests[0]["body"])["temperature"] == 1.5
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        admin = {"Authorization": f"Bearer {(await svc.auth.keys.create('ops', scope='admin'))[1]}"}
+        slots = (await http.get("/slots", params={"model": "tiny-a"}, headers=admin)).json()
+    assert slots[0]["params"]["temperature"] == 0 and slots[0]["params"]["top_k"] == 7
 
 
 @pytest.mark.llama
 async def test_an_ollama_request_falling_back_here_is_served_as_ollama_not_sent_on_as_it_came(
-    entry_serving: tuple[LlamaMan, ProxyServer],
+    falling_back: tuple[LlamaMan, ProxyServer, StandIn],
 ) -> None:
-    svc, server = entry_serving
-    failing = StandIn("n2", mode="fail")
-    await failing.start()
-    held = await _busy_here_idle_there(svc, failing)
-    try:
-        seen = watch(svc)
-        body = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "stream": False,
-                "options": {"num_predict": 4}}  # fmt: skip
-        headers = {"Authorization": f"Bearer {await key_of(svc)}"}
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-            answer = await http.post("/api/chat", json=body, headers=headers)
-        assert failing.requests[0]["path"] == "/api/chat"
-        # Ollama's shape, made here from this node's llama-server: not its OpenAI answer passed on.
-        assert answer.status_code == 200 and answer.json()["message"]["content"] == expected_text("A", 4)
-        assert answer.json()["done"] is True
-        assert seen[-1].node is None and seen[-1].completion_tokens == 4
-    finally:
-        held.release()
-        await failing.stop()
+    svc, server, failing = falling_back
+    seen = watch(svc)
+    body = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "stream": False,
+            "options": {"num_predict": 4}}  # fmt: skip
+    headers = {"Authorization": f"Bearer {await key_of(svc)}"}
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        answer = await http.post("/api/chat", json=body, headers=headers)
+    assert failing.requests[0]["path"] == "/api/chat"
+    # Ollama's shape, made here from this node's llama-server: not its OpenAI answer passed on.
+    assert answer.status_code == 200 and answer.json()["message"]["content"] == expected_text("A", 4)
+    assert answer.json()["done"] is True
+    assert seen[-1].node is None and seen[-1].completion_tokens == 4
 
 
 async def test_when_every_node_fails_the_client_gets_a_502_in_its_dialect(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import ollama
@@ -186,16 +187,24 @@ async def test_a_peer_that_went_away_gives_way_to_the_next_peer(box: tuple[Llama
         assert peers["a-first"]["error"]  # why it was skipped, on its status
 
 
-async def test_the_official_ollama_client_lists_and_chats_with_a_peer_model(
+@contextlib.asynccontextmanager
+async def ollama_to_peer(
     box: tuple[LlamaMan, ProxyServer],
-) -> None:
+) -> AsyncIterator[tuple[ollama.AsyncClient, httpx.AsyncClient, list[Any]]]:
+    """The official Ollama client on the box, a peer "swap" added, and what the relay records."""
     svc, server = box
     async with fake_peer() as (url, _), await admin(svc, server) as api:
         await api.post("/api/peers", json={"name": "swap", "base_url": url, "api_key": PEER_KEY})
         await svc.peers.poll_all()
-        seen: list = []
+        seen: list[Any] = []
         svc.relay.add_observer(seen.append)
-        client = ollama.AsyncClient(host=server.url)
+        yield ollama.AsyncClient(host=server.url), api, seen
+
+
+async def test_the_official_ollama_client_lists_and_chats_with_a_peer_model(
+    box: tuple[LlamaMan, ProxyServer],
+) -> None:
+    async with ollama_to_peer(box) as (client, _, seen):
         tags = {m.model: m for m in (await client.list()).models}
         assert "fake:latest" in tags and "tiny-a:latest" in tags
         reply = await client.chat(
@@ -219,13 +228,7 @@ async def test_the_official_ollama_client_lists_and_chats_with_a_peer_model(
 async def test_the_official_ollama_client_generates_and_embeds_with_a_peer_model(
     box: tuple[LlamaMan, ProxyServer],
 ) -> None:
-    svc, server = box
-    async with fake_peer() as (url, _), await admin(svc, server) as api:
-        await api.post("/api/peers", json={"name": "swap", "base_url": url, "api_key": PEER_KEY})
-        await svc.peers.poll_all()
-        seen: list = []
-        svc.relay.add_observer(seen.append)
-        client = ollama.AsyncClient(host=server.url)
+    async with ollama_to_peer(box) as (client, api, seen):
         reply = await client.generate(model="fake", prompt="hi", options={"num_predict": 4})
         assert reply.response == "abcd" and reply.done and reply.eval_count == 4
         assert (seen[-1].node, seen[-1].endpoint, seen[-1].completion_tokens) == ("swap", "/api/generate", 4)

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,19 @@ async def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.1)
     return result
+
+
+async def all_alive(api: Any, addresses: set[str], timeout: float = 60) -> None:
+    """Wait until ``GET /api/workers`` lists every one of ``addresses`` as alive."""
+
+    async def alive() -> set[str]:
+        r = await api.get("/api/workers")
+        return {w["address"] for w in r.json()["workers"] if w["alive"]}
+
+    deadline = time.monotonic() + timeout
+    while not addresses <= await alive():
+        assert time.monotonic() < deadline, "the workers never registered"
+        await asyncio.sleep(0.2)
 
 
 @dataclass
@@ -161,82 +174,71 @@ async def test_a_worker_registers_comes_back_after_its_server_dies_and_leaves_cl
     assert address not in rows(db_url)  # no launch picks a worker that is gone
 
 
-async def test_a_tiny_model_over_two_rpc_workers_answers_exactly_as_alone(
+@pytest.fixture
+async def rpc_box(
     make_settings: Callable[..., Settings], workers: Callable[[str, Path], Worker]
-) -> None:
+) -> AsyncIterator[tuple[LlamaMan, Worker, Worker]]:
+    """A LlamaMan on an RPC-capable llama-server, and two workers registered in its database."""
     server_bin, rpc_bin = rpc_capable_build()
     services = LlamaMan(make_settings(LLAMA_SERVER_BIN=server_bin))
     await services.start()
     try:
         db_url = services.settings.effective_database_url
-        wa, wb = workers(db_url, rpc_bin), workers(db_url, rpc_bin)
-        a, b = wa.address, wb.address
-        async with api_client(services) as api:
-
-            async def alive() -> set[str]:
-                r = await api.get("/api/workers")
-                return {w["address"] for w in r.json()["workers"] if w["alive"]}
-
-            deadline = time.monotonic() + 60
-            while not {a, b} <= await alive():
-                assert time.monotonic() < deadline, "the workers never registered"
-                await asyncio.sleep(0.2)
-
-            answers = {}
-            for label, over in (("alone", []), ("over workers", [a, b])):
-                body = {"model_path": "tiny-a.gguf", "ctx_size": 256, "rpc_workers": over}
-                r = await api.post("/api/instances", json=body)
-                assert r.status_code == 201, r.text
-                m = services.supervisor.get(r.json()["id"])
-                state = await m.proc.wait_for({InstanceState.HEALTHY, InstanceState.FAILED}, timeout=60)
-                assert state == InstanceState.HEALTHY, m.proc.error
-                answers[label] = await chat(r.json()["port"], "hi", max_tokens=30)
-                assert r.json()["settings"]["rpc_workers"] == over
-                if over:
-                    assert m.record.command[m.record.command.index("--rpc") + 1] == f"{a},{b}"
-                    # llama-server really connected to both workers (beyond their readiness probe).
-                    assert wa.clients() > 1 and wb.clients() > 1
-                else:
-                    assert "--rpc" not in m.record.command
-                    assert wa.clients() == wb.clients() == 1
-                assert (await api.delete(f"/api/instances/{m.id}")).status_code in (200, 204)
-        assert answers["over workers"] == answers["alone"] == expected_text("A", 30)
+        yield services, workers(db_url, rpc_bin), workers(db_url, rpc_bin)
     finally:
         await services.stop()
+
+
+async def test_a_tiny_model_over_two_rpc_workers_answers_exactly_as_alone(
+    rpc_box: tuple[LlamaMan, Worker, Worker],
+) -> None:
+    services, wa, wb = rpc_box
+    a, b = wa.address, wb.address
+    async with api_client(services) as api:
+        await all_alive(api, {a, b})
+
+        answers = {}
+        for label, over in (("alone", []), ("over workers", [a, b])):
+            body = {"model_path": "tiny-a.gguf", "ctx_size": 256, "rpc_workers": over}
+            r = await api.post("/api/instances", json=body)
+            assert r.status_code == 201, r.text
+            m = services.supervisor.get(r.json()["id"])
+            state = await m.proc.wait_for({InstanceState.HEALTHY, InstanceState.FAILED}, timeout=60)
+            assert state == InstanceState.HEALTHY, m.proc.error
+            answers[label] = await chat(r.json()["port"], "hi", max_tokens=30)
+            assert r.json()["settings"]["rpc_workers"] == over
+            if over:
+                assert m.record.command[m.record.command.index("--rpc") + 1] == f"{a},{b}"
+                # llama-server really connected to both workers (beyond their readiness probe).
+                assert wa.clients() > 1 and wb.clients() > 1
+            else:
+                assert "--rpc" not in m.record.command
+                assert wa.clients() == wb.clients() == 1
+            assert (await api.delete(f"/api/instances/{m.id}")).status_code in (200, 204)
+    assert answers["over workers"] == answers["alone"] == expected_text("A", 30)
 
 
 async def test_a_model_too_large_for_this_box_alone_is_spread_over_workers_by_the_scheduler(
-    make_settings: Callable[..., Settings], workers: Callable[[str, Path], Worker]
+    rpc_box: tuple[LlamaMan, Worker, Worker],
 ) -> None:
-    server_bin, rpc_bin = rpc_capable_build()
-    services = LlamaMan(make_settings(LLAMA_SERVER_BIN=server_bin))
-    await services.start()
-    try:
-        wa, wb = (workers(services.settings.effective_database_url, rpc_bin) for _ in range(2))
-        router = services.router
-        entry = await router.aresolve("tiny-a")
-        settings, _ = await router._launch_settings(entry)
-        fp = router.footprint(entry, settings)
-        # Room for what stays here (the process and the embeddings), not for the whole model.
-        await services.runtime.update({"memory_limit": f"cpu={(fp.host_full + fp.cpu_only) // 2}"})
-        async with api_client(services) as api:
-            deadline = time.monotonic() + 60
-            while not {wa.address, wb.address} <= {
-                w["address"] for w in (await api.get("/api/workers")).json()["workers"] if w["alive"]
-            }:
-                assert time.monotonic() < deadline, "the workers never registered"
-                await asyncio.sleep(0.2)
-            body = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 30}
-            r = await api.post("/v1/chat/completions", json=body)
-            assert r.status_code == 200, r.text
-            assert r.json()["choices"][0]["message"]["content"] == expected_text("A", 30)
-        [m] = services.supervisor.list()
-        # One worker holds it all (each offers this machine's RAM): the fewest that are enough.
-        assert len(m.settings.rpc_workers) == 1 and m.settings.rpc_workers[0] in (wa.address, wb.address)
-        assert m.record.command[m.record.command.index("--rpc") + 1] == m.settings.rpc_workers[0]
-        assert router.usage_of(m) == {"cpu": fp.host_full}  # what this box holds, within its limit
-    finally:
-        await services.stop()
+    services, wa, wb = rpc_box
+    router = services.router
+    entry = await router.aresolve("tiny-a")
+    settings, _ = await router._launch_settings(entry)
+    fp = router.footprint(entry, settings)
+    # Room for what stays here (the process and the embeddings), not for the whole model.
+    await services.runtime.update({"memory_limit": f"cpu={(fp.host_full + fp.cpu_only) // 2}"})
+    async with api_client(services) as api:
+        await all_alive(api, {wa.address, wb.address})
+        body = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 30}
+        r = await api.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == expected_text("A", 30)
+    [m] = services.supervisor.list()
+    # One worker holds it all (each offers this machine's RAM): the fewest that are enough.
+    assert len(m.settings.rpc_workers) == 1 and m.settings.rpc_workers[0] in (wa.address, wb.address)
+    assert m.record.command[m.record.command.index("--rpc") + 1] == m.settings.rpc_workers[0]
+    assert router.usage_of(m) == {"cpu": fp.host_full}  # what this box holds, within its limit
 
 
 async def test_a_worker_serves_while_its_database_is_unreachable(
