@@ -31,6 +31,7 @@ from llamaman.proxy.translate import (
     openai_chat_response_to_ollama,
     openai_embeddings_to_ollama_embed,
     openai_embeddings_to_ollama_embeddings,
+    parse_keep_alive,
 )
 from llamaman.proxy.translate_stream import ollama_load_reply
 from llamaman.services import Services
@@ -101,7 +102,9 @@ async def _peer(
                 return JSONResponse(
                     {"embedding": []} if path == "/api/embeddings" else {"model": model, "embeddings": []}
                 )
-            return JSONResponse(ollama_load_reply(model, "load", generate=generate))
+            keep_alive = parse_keep_alive(body.get("keep_alive"))
+            reason = "unload" if keep_alive is not None and keep_alive <= 0 else "load"
+            return JSONResponse(ollama_load_reply(model, reason, generate=generate))
         if path == "/api/embeddings":
             upstream_path, payload = "/v1/embeddings", ollama_embeddings_to_openai(body)
         elif path == "/api/embed":

@@ -241,6 +241,10 @@ async def test_the_official_ollama_client_generates_and_embeds_with_a_peer_model
         assert "".join(parts) == "abc" and seen[-1].stream
         loaded = await client.generate(model="fake")  # Ollama's "load it": nothing reaches the peer
         assert loaded.done_reason == "load" and loaded.response == ""
+        unloaded = await client.chat(model="fake", messages=[], keep_alive=0)
+        assert unloaded.done_reason == "unload" and unloaded.message.content == ""
+        bad = await api.post("/api/generate", json={"model": "fake", "keep_alive": "soon"})
+        assert bad.status_code == 400 and "keep_alive" in bad.json()["error"]
         embedded = await client.embed(model="fake", input=["one", "three"])
         assert [v[0] for v in embedded.embeddings] == [3.0, 5.0]
         assert (seen[-1].node, seen[-1].endpoint, seen[-1].prompt_tokens) == ("swap", "/api/embed", 8)
