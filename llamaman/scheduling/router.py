@@ -200,7 +200,10 @@ class Router(IdleSleep, MemoryPlanner):
             self.waiting.append(w)
             self._kick()
             try:
-                m = await asyncio.wait_for(asyncio.shield(w.future), self.request_timeout)
+                # Not ``wait_for``, which on Python 3.11 may swallow a cancel that lands as the
+                # place is granted: the cancelled request would then run anyway.
+                async with asyncio.timeout(self.request_timeout):
+                    m = await asyncio.shield(w.future)
             except BaseException:
                 if w in self.waiting:
                     self.waiting.remove(w)

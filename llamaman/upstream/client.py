@@ -311,9 +311,10 @@ class UpstreamClient:
     async def _connect(self, key: tuple[str, int]) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(self, key), key[0], key[1]), self.connect_timeout
-            )
+            # Not ``wait_for``: on Python 3.11 it returns the connection, swallowing the cancel, when
+            # the request is cancelled (an administrator's cancel) just as the connection is made.
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(lambda: _Connection(self, key), key[0], key[1])
         except TimeoutError:
             raise UpstreamTimeout(f"connecting to {key[0]}:{key[1]} timed out") from None
         except OSError as exc:

@@ -101,7 +101,8 @@ async def test_cancelling_a_running_answer_that_comes_whole_answers_409_and_free
     services: LlamaMan, proxied: httpx.AsyncClient
 ) -> None:
     m = await launch(services)
-    body = {"model": "tiny-a", "messages": HELLO, "max_tokens": 1500}
+    # Long enough that the cancel lands while it runs, even on a busy machine.
+    body = {"model": "tiny-a", "messages": HELLO, "max_tokens": 3500}
     async with api_client(services) as api:
         asking = asyncio.create_task(proxied.post("/v1/chat/completions", json=body))
         [row] = await listed(api, "running")
