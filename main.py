@@ -17,12 +17,17 @@ def serve(settings: Settings, *, native: bool = False, show_ui: bool = True) -> 
             print(problem, file=sys.stderr)
             return 2
 
+    import nicegui.server
     from nicegui import app, ui
 
     import pages
     from llamaman.app import LlamaMan, install, settle_heap
     from llamaman.core.secrets import storage_secret
     from llamaman.gateway.http_protocol import GuardedHttpToolsProtocol
+    from llamaman.gateway.server_clock import share_clock
+
+    # NiceGUI's uvicorn server would wake the idle process ten times a second to look for a stop.
+    share_clock(nicegui.server.Server)
 
     services = LlamaMan(settings)
     install(app, services)

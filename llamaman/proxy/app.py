@@ -171,23 +171,18 @@ def _make_server(app: ASGIApp, host: str, port: int) -> Any:
             # uvicorn's version reconfigures process-wide loggers (shared with the UI's server).
             pass
 
-    class _Server(uvicorn.Server):
-        # The host application owns the signals; this server stops when told to.
+    from llamaman.gateway.server_clock import SharedClock
+
+    class _Server(SharedClock, uvicorn.Server):  # type: ignore[misc]
+        # The host application owns the signals; this server stops when told to. Ticked by the
+        # process' one shared clock: the proxy and every instance listener would otherwise each wake
+        # the idle process ten times a second.
         @contextlib.contextmanager
         def capture_signals(self) -> Generator[None, None, None]:
             yield
 
         def install_signal_handlers(self) -> None:  # uvicorn < 0.29
             pass
-
-        async def main_loop(self) -> None:
-            # One tick a second instead of ten: a tick only refreshes the Date header (on every tenth
-            # count), ``ProxyServer.stop`` does not wait for one, and each server (the proxy and every
-            # instance listener) would otherwise wake the idle process ten times a second.
-            counter = 0
-            while not await self.on_tick(counter):
-                counter = (counter + 10) % 864000
-                await asyncio.sleep(1.0)
 
     config = _Config(
         app,
