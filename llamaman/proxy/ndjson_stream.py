@@ -157,7 +157,7 @@ async def relay_ndjson(
     """The body of a streamed Ollama answer: each upstream block's lines in one write, the exchange
     recorded (usage from the final event) and the lease released however the stream ends."""
     try:
-        async for block in upstream.aiter_raw():
+        async for block in upstream.aiter_raw(paced=True):
             ex.progress_tokens += block.count(b"data: ")
             lines = ndjson.feed(block)
             if lines:

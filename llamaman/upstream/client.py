@@ -22,6 +22,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import httptools
 
 from llamaman.core.errors import UpstreamFailed
+from llamaman.upstream.pacing import PACER
 
 # Pause reading from llama-server while this much of its answer waits for a slow client.
 _HIGH_WATER = 256 * 1024
@@ -125,24 +126,41 @@ class UpstreamResponse:
             self._fail(UpstreamTimeout(f"no data from upstream for {self._timeout:g} s"))
             self._conn.close()
 
-    async def aiter_raw(self) -> AsyncIterator[bytes]:
-        """The body as llama-server writes it (chunked framing removed); ends quietly after ``abort``."""
-        while True:
-            if self._chunks:
-                chunks, self._chunks = self._chunks, []
-                self._buffered = 0
-                self._conn.resume()
-                # What has already arrived goes on in one piece: one send and one socket write for
-                # several tokens when the client side falls behind, never a wait for more.
-                yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                continue
-            if self._aborted:
-                return
-            if self._error is not None:
-                raise self._error
-            if self._complete:
-                return
-            await self._wait()
+    async def aiter_raw(self, paced: bool = False) -> AsyncIterator[bytes]:
+        """The body as llama-server writes it (chunked framing removed); ends quietly after ``abort``.
+
+        ``paced``: a stream relayed to a client. While many run at once it keeps to the shared beat
+        (see ``pacing``): after its first two blocks, it stops reading until the next beat and then
+        passes on in one block whatever arrived."""
+        if paced:
+            PACER.streams += 1
+        passed = 0
+        try:
+            while True:
+                if self._chunks:
+                    chunks, self._chunks = self._chunks, []
+                    self._buffered = 0
+                    self._conn.resume()
+                    # What has already arrived goes on in one piece: one send and one socket write
+                    # for several tokens when the client side falls behind, never a wait for more.
+                    yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    passed += 1
+                    if paced and passed >= 2 and PACER.engaged and not self._complete:
+                        # Unread, the tokens gather in the socket: one read and one write for all.
+                        self._conn.pause()
+                        await PACER.beat()
+                        self._conn.resume()
+                    continue
+                if self._aborted:
+                    return
+                if self._error is not None:
+                    raise self._error
+                if self._complete:
+                    return
+                await self._wait()
+        finally:
+            if paced:
+                PACER.streams -= 1
 
     async def aread(self) -> bytes:
         parts = [c async for c in self.aiter_raw()]

@@ -281,7 +281,7 @@ class Relay:
         recent: list[bytes] = []
         kept = 0
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.aiter_raw(paced=True):
                 if ex.first_byte is None:
                     ex.first_byte = time.monotonic()
                 ex.progress_tokens += chunk.count(b"data: ")

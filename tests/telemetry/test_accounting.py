@@ -4,6 +4,7 @@ Ollama surface (whose streams are relayed without parsing every event)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -13,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llamaman.app import LlamaMan
 from llamaman.proxy.app import ProxyServer
+from llamaman.testing.tiny_gguf import expected_text
+from llamaman.upstream.pacing import PACER
 
 pytestmark = pytest.mark.llama
 
@@ -125,3 +128,28 @@ async def test_a_request_that_waited_for_its_model_to_load_is_marked_as_a_cold_s
     waited = {r["endpoint"]: r["load_ms"] for r in rows}
     assert waited["/v1/chat/completions"] is not None and waited["/v1/chat/completions"] > 0
     assert waited["/api/chat"] is None
+
+
+async def test_streams_kept_to_the_pacing_beat_lose_no_token_and_are_counted_alike(
+    services: LlamaMan, proxy: ProxyServer, api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every stream paced, on a beat long enough that each block carries several tokens.
+    monkeypatch.setattr(PACER, "min_streams", 1)
+    monkeypatch.setattr(PACER, "interval", 0.05)
+    beats: list[int] = []
+    beat = PACER.beat
+    monkeypatch.setattr(PACER, "beat", lambda: beats.append(1) or beat())
+    _, key = await services.auth.keys.create("paced")
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=proxy.url, timeout=60, trust_env=False, headers=headers) as http:
+        told = await asyncio.gather(
+            *(_openai(http, 300 + i, stream=True) for i in range(3)),
+            *(_ollama(http, 300 + i, stream=True) for i in range(3)),
+        )
+    assert beats, "no stream kept to the beat"
+    for i, (_prompt, completion, text) in enumerate(told):
+        assert text == expected_text("A", 300 + i % 3) and completion == 300 + i % 3
+    await services.telemetry.activity.flush()
+    rows = (await api.get("/api/activity", params={"key_name": "paced"})).json()["items"]
+    assert sorted(r["completion_tokens"] for r in rows) == sorted(c for _, c, _ in told)
+    assert all(r["status"] == 200 for r in rows)

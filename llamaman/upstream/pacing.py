@@ -1,0 +1,69 @@
+"""Pacing of relayed streams: when many stream at once, each passes on what arrived on a shared beat.
+
+Relaying costs CPU for every block passed on (a socket read, a task step, a send, a socket write),
+and llama-server streams one token per block. With a few streams that cost is nothing. With dozens
+on a machine whose cores llama-server keeps busy, the work for each block preempts one of
+llama-server's compute threads, and the others wait for it at the end of their step: the relay then
+costs llama-server far more than its own CPU time.
+
+So while at least ``min_streams`` streams are relayed, a stream that has passed on its first two
+blocks stops reading after each block until the next beat (every ``interval`` seconds, one timer for
+all of them), and then passes on in one block whatever arrived meanwhile. The first blocks (the
+answer's start) are never held, and each later token waits at most one beat.
+
+Settings (environment): ``LLAMAMAN_STREAM_PACE_MS`` (the beat, default 20; 0 turns pacing off) and
+``LLAMAMAN_STREAM_PACE_MIN`` (streams at once before pacing starts, default 8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+    return value if value >= 0 else default
+
+
+class Pacer:
+    """The beat streams wait on while enough of them run; see the module's description."""
+
+    def __init__(self, interval: float, min_streams: int) -> None:
+        self.interval = interval
+        self.min_streams = max(1, min_streams)
+        self.streams = 0  # streams being relayed now
+        self._waiting: list[asyncio.Future[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def engaged(self) -> bool:
+        return self.interval > 0 and self.streams >= self.min_streams
+
+    def beat(self) -> asyncio.Future[None]:
+        """A future done at the next beat. Each waiter has its own, so one that is cancelled (its
+        client left) leaves the others be; one timer sounds the beat for all of them."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a new event loop (tests run several): the old timer is gone
+            self._waiting, self._timer, self._loop = [], None, loop
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(waiter)
+        if self._timer is None:
+            self._timer = loop.call_later(self.interval, self._sound)
+        return waiter
+
+    def _sound(self) -> None:
+        waiting, self._waiting, self._timer = self._waiting, [], None
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+PACER = Pacer(
+    _env_float("LLAMAMAN_STREAM_PACE_MS", 20.0) / 1000,
+    int(_env_float("LLAMAMAN_STREAM_PACE_MIN", 8)),
+)
