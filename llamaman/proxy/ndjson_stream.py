@@ -65,8 +65,23 @@ class NdjsonTranslator:
         self._buf = data[cut + 1 :]
         out: list[bytes] = []
         for line in data[:cut].split(b"\n"):
+            if not line:
+                continue  # the blank line after each event
             if self.finished:
                 break
+            if line.startswith(b"data: {") and not self.native:
+                # The common event, inline: no generator, one parse.
+                payload = line[6:]
+                obj = _parse(payload)
+                if obj is None:
+                    continue
+                text = _plain_text(obj)
+                if text is not None:
+                    self.chat.note_first_token()
+                    out.append(self._text_line(text))
+                else:
+                    out.extend(self._object(obj, payload))
+                continue
             out.extend(self._event(line))
         return out
 
@@ -90,8 +105,10 @@ class NdjsonTranslator:
         elif not line.startswith(b"{"):
             return  # blank separators, comments, event names
         obj = _parse(line)
-        if obj is None:
-            return
+        if obj is not None:
+            yield from self._object(obj, line)
+
+    def _object(self, obj: dict[str, Any], line: bytes) -> Iterator[bytes]:
         if b'"usage"' in line or b'"timings"' in line:
             self.accounting.append(obj)
         text = None if self.native else _plain_text(obj)
