@@ -29,13 +29,19 @@ from llamaman.upstream.responses import RAW_SEND
 log = logging.getLogger(__name__)
 
 
-def _ollama_routers(include_root: bool) -> list[APIRouter]:
+def _ollama_module() -> Any:
     try:
-        ollama = importlib.import_module("llamaman.proxy.ollama")
+        return importlib.import_module("llamaman.proxy.ollama")
     except ModuleNotFoundError as exc:
         if exc.name != "llamaman.proxy.ollama":
             raise  # a broken import inside the module must not pass for "not there"
         log.warning("the Ollama API surface (llamaman.proxy.ollama) is not available")
+        return None
+
+
+def _ollama_routers(include_root: bool) -> list[APIRouter]:
+    ollama = _ollama_module()
+    if ollama is None:
         return []
     routers: list[APIRouter] = [ollama.router]
     if include_root:
@@ -126,11 +132,23 @@ class FastRoutes:
         return None
 
 
-FAST_ROUTES: dict[str, Handler] = {
-    "/v1/chat/completions": openai.chat_completions,
-    "/v1/completions": openai.completions,
-    "/v1/embeddings": openai.embeddings,
-}
+def _fast_routes() -> dict[str, Handler]:
+    routes: dict[str, Handler] = {
+        "/v1/chat/completions": openai.chat_completions,
+        "/v1/completions": openai.completions,
+        "/v1/embeddings": openai.embeddings,
+        "/v1/messages": anthropic.messages,
+    }
+    ollama = _ollama_module()
+    if ollama is not None:
+        routes["/api/chat"] = ollama.ollama_chat
+        routes["/api/generate"] = ollama.ollama_generate
+        routes["/api/embed"] = ollama.ollama_embed
+        routes["/api/embeddings"] = ollama.ollama_embeddings
+    return routes
+
+
+FAST_ROUTES = _fast_routes()
 
 
 def create_proxy_app(services: Services) -> FastAPI:

@@ -48,3 +48,17 @@ async def test_fast_route_errors_speak_the_clients_dialect(
     assert r.json()["error"]["code"] == "model_not_found"
     # Other methods on the same paths still go through FastAPI (405, not a fast-route answer).
     assert (await http.get("/v1/chat/completions")).status_code == 405
+
+
+async def test_ollama_and_anthropic_fast_routes_answer_in_their_own_dialects(
+    proxy: ProxyServer, http: httpx.AsyncClient
+) -> None:
+    for path in ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/v1/messages"):
+        assert path in FAST_ROUTES, path
+    r = await http.post("/api/chat", json={"model": "no-such-model", "messages": []})
+    assert r.status_code == 404 and r.json() == {"error": "model 'no-such-model' not found"}
+    r = await http.post("/api/embed", json={"model": "no-such-model", "input": "x"})
+    assert r.status_code == 404 and "error" in r.json()
+    r = await http.post("/v1/messages", json={"model": "no-such-model", "max_tokens": 5, "messages": []})
+    assert r.status_code == 404 and r.json()["type"] == "error", r.text
+    assert (await http.get("/api/chat")).status_code == 405
