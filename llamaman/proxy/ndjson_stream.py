@@ -64,11 +64,19 @@ class NdjsonTranslator:
             return []
         self._buf = data[cut + 1 :]
         out: list[bytes] = []
+        stamp = b""  # one created_at for the lines of one block: they arrived together
         for line in data[:cut].split(b"\n"):
             if not line:
                 continue  # the blank line after each event
             if self.finished:
                 break
+            literal = None if self.native else _text_literal(line)
+            if literal is not None:
+                # llama-server's own text event: its JSON string goes into the line as it is.
+                self.chat.note_first_token()
+                stamp = stamp or self._stamp()
+                out.append(b"".join((self._head, stamp, self._mid, literal, self._tail)))
+                continue
             if line.startswith(b"data: {") and not self.native:
                 # The common event, inline: no generator, one parse.
                 payload = line[6:]
@@ -136,6 +144,29 @@ class NdjsonTranslator:
             self._second = secs
             self._stamp_head = datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S.").encode()
         return self._stamp_head + b"%09dZ" % frac
+
+
+_TEXT_HEAD = b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"content":"'
+_TEXT_END = b'"}}],"created":'
+_TEXT_TYPE = b',"object":"chat.completion.chunk"}'
+
+
+def _text_literal(line: bytes) -> bytes | None:
+    """The content's JSON string when ``line`` is llama-server's event for one piece of text and
+    nothing else (exactly what ``_plain_text`` takes), found without parsing; None for any other
+    line, which then takes the parsing path.
+
+    The string's closing quote is the first ``"}}],"created":``, since a quote inside a JSON string
+    is escaped. After it the event may hold only its id, model, fingerprint and type: four more keys,
+    the last one ``object``. Any other key (usage, timings, an error) adds a ``":`` and the count
+    differs, as it does for a name that holds one (those take the parsing path too)."""
+    if not line.startswith(_TEXT_HEAD):
+        return None
+    start = len(_TEXT_HEAD) - 1
+    end = line.find(_TEXT_END, start + 2)  # at least one character of text
+    if end < 0 or not line.endswith(_TEXT_TYPE) or line.count(b'":', end + len(_TEXT_END)) != 4:
+        return None
+    return line[start : end + 1]
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:

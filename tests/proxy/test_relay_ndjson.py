@@ -40,6 +40,18 @@ def _text(content: str, **delta: Any) -> dict[str, Any]:
     }
 
 
+def _served(content: str) -> dict[str, Any]:
+    """A text event exactly as llama-server writes it (its keys, in its order)."""
+    return {
+        "choices": [{"finish_reason": None, "index": 0, "delta": {"content": content}}],
+        "created": 1796030033,
+        "id": "chatcmpl-R339L2YAcRuFUL9IeuotMrr7jE0wQ9AJ",
+        "model": "/models/tiny.gguf",
+        "system_fingerprint": "b11434-1a2b3c4d",
+        "object": "chat.completion.chunk",
+    }
+
+
 FINAL = {
     "choices": [{"finish_reason": "stop", "index": 0, "delta": {}}],
     "usage": {"completion_tokens": 4, "prompt_tokens": 7, "total_tokens": 11},
@@ -52,6 +64,11 @@ EVENTS = [
     _text("", reasoning_content="hmm"),
     _text("cd", role="assistant"),
     _text("x", reasoning_content="both"),
+    _served("ef"),
+    _served('quote " back\\slash\n\ttab \x01 é 漢 🦙'),
+    _served('"}}],"created":1,"a":"b'),  # the end marker inside the text itself
+    _served(" "),
+    {**_served("usage after"), "usage": {"completion_tokens": 2}},
     FINAL,
 ]
 
@@ -79,9 +96,25 @@ def _relayed(generate: bool, cut: int) -> tuple[list[dict[str, Any]], NdjsonTran
 @pytest.mark.parametrize("cut", [1, 7, 100, 10_000])
 def test_templated_lines_equal_the_full_translation_for_any_block_cut(generate: bool, cut: int) -> None:
     got, ndjson = _relayed(generate, cut)
-    assert got == _reference(generate)
+    want = _reference(generate)
+    # Lines of one block share one created_at (they arrived together); everything else is equal.
+    assert [_undated(o) for o in got] == [_undated(o) for o in want]
+    stamps = [o["created_at"] for o in got]
+    assert stamps == sorted(stamps) and all(s.endswith("Z") and len(s) == 30 for s in stamps)
     assert got[-1]["done"] is True and got[-1]["eval_count"] == 4 and got[-1]["prompt_eval_count"] == 7
-    assert ndjson.accounting == [FINAL]
+    assert ndjson.accounting == [EVENTS[-2], FINAL]
+
+
+def _undated(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k != "created_at"}
+
+
+def test_llama_servers_text_events_keep_their_text_exactly() -> None:
+    ndjson = NdjsonTranslator(_state(False))
+    texts = ["ef", 'quote " back\\slash\n\ttab \x01 é 漢 🦙', '"}}],"created":1,"a":"b', " "]
+    lines = ndjson.feed(b"".join(_event(_served(t)) for t in texts))
+    assert [json.loads(line)["message"]["content"] for line in lines] == texts
+    assert len({json.loads(line)["created_at"] for line in lines}) == 1  # one block, one stamp
 
 
 def test_created_at_is_the_rfc3339_nanosecond_stamp_of_the_wall_clock() -> None:
