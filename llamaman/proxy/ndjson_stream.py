@@ -9,6 +9,7 @@ template around the JSON-escaped text: one orjson parse in, one string escape ou
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -77,6 +78,7 @@ class NdjsonTranslator:
                 stamp = stamp or self._stamp()
                 out.append(b"".join((self._head, stamp, self._mid, literal, self._tail)))
                 continue
+            stamp = b""  # a line stamped below is later: a text line after it takes a fresh stamp
             if line.startswith(b"data: {") and not self.native:
                 # The common event, inline: no generator, one parse.
                 payload = line[6:]
@@ -149,6 +151,7 @@ class NdjsonTranslator:
 _TEXT_HEAD = b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"content":"'
 _TEXT_END = b'"}}],"created":'
 _TEXT_TYPE = b',"object":"chat.completion.chunk"}'
+_NOT_PLAIN = re.compile(rb'[\x00-\x1f"\\]')
 
 
 def _text_literal(line: bytes) -> bytes | None:
@@ -165,6 +168,15 @@ def _text_literal(line: bytes) -> bytes | None:
     start = len(_TEXT_HEAD) - 1
     end = line.find(_TEXT_END, start + 2)  # at least one character of text
     if end < 0 or not line.endswith(_TEXT_TYPE) or line.count(b'":', end + len(_TEXT_END)) != 4:
+        return None
+    # Copied into the answer as it is, so it must be one well-formed JSON string whatever the
+    # server sent (a peer may be anyone's): no quote, backslash or control byte inside (escaped
+    # text takes the parsing path), and UTF-8.
+    if _NOT_PLAIN.search(line, start + 1, end) is not None:
+        return None
+    try:
+        line[start + 1 : end].decode()
+    except UnicodeDecodeError:
         return None
     return line[start : end + 1]
 

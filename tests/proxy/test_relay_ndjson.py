@@ -111,10 +111,16 @@ def _undated(obj: dict[str, Any]) -> dict[str, Any]:
 
 def test_llama_servers_text_events_keep_their_text_exactly() -> None:
     ndjson = NdjsonTranslator(_state(False))
-    texts = ["ef", 'quote " back\\slash\n\ttab \x01 é 漢 🦙', '"}}],"created":1,"a":"b', " "]
-    lines = ndjson.feed(b"".join(_event(_served(t)) for t in texts))
-    assert [json.loads(line)["message"]["content"] for line in lines] == texts
-    assert len({json.loads(line)["created_at"] for line in lines}) == 1  # one block, one stamp
+    plain = ["ef", "é 漢 🦙", " ", "a}}],b"]  # copied as they are
+    escaped = ['quote "', "back\\slash", "new\nline", '"}}],"created":1,"a":"b']  # parsed
+    texts = plain + escaped
+    block = b"".join(
+        b"data: " + json.dumps(_served(t), ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+        for t in texts
+    )
+    lines = [json.loads(line) for line in ndjson.feed(block)]
+    assert [line["message"]["content"] for line in lines] == texts
+    assert len({line["created_at"] for line in lines[: len(plain)]}) == 1  # one block, one stamp
 
 
 def test_created_at_is_the_rfc3339_nanosecond_stamp_of_the_wall_clock() -> None:
@@ -155,3 +161,35 @@ def test_native_completion_events_go_through_the_native_translation() -> None:
     lines = [json.loads(line) for line in ndjson.feed(block) + ndjson.close()]
     assert [line.get("response") for line in lines] == ["ab", ""]
     assert lines[-1]["done_reason"] == "length" and lines[-1]["eval_count"] == 2
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'x","injected":1,"y":"z',  # closes the string early to add keys to the message
+        b'x"},"done":true,"eval_count":999,"z":{"a":"',  # or to forge the end of the stream
+        b"trailing backslash \\",  # escapes the closing quote: the line would run on
+        b"raw \x01 control",
+        b"bad utf-8 \xff\xfe",
+    ],
+)
+def test_a_servers_text_event_cannot_reshape_the_ollama_line(content: bytes) -> None:
+    """What a server (a peer may be anyone's) writes as text goes into the line only as one JSON
+    string: an event that is not exactly that takes the parsing path, which gives what the full
+    translation gives or drops an event it cannot read."""
+    event = (
+        b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"content":"' + content + b'"}}],'
+        b'"created":1,"id":"a","model":"m","system_fingerprint":"f","object":"chat.completion.chunk"}\n\n'
+    )
+    lines = NdjsonTranslator(_state(False)).feed(event)
+    for line in lines:
+        obj = json.loads(line)  # every line is one valid JSON object
+        assert set(obj) == {"model", "created_at", "message", "done"} and obj["done"] is False
+        assert set(obj["message"]) == {"role", "content"}
+    try:
+        parsed = json.loads(event[6:])
+    except ValueError:
+        assert lines == []  # unreadable: dropped, as the parsing path does
+        return
+    want = [_undated(o) for o in _state(False).feed(parsed)]
+    assert [_undated(json.loads(line)) for line in lines] == want
