@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from llamaman.app import LlamaMan
 from llamaman.proxy.app import ProxyServer
 from llamaman.testing.tiny_gguf import expected_text
+from llamaman.upstream.client import UpstreamResponse
 from llamaman.upstream.pacing import PACER
 
 pytestmark = pytest.mark.llama
@@ -133,12 +135,19 @@ async def test_a_request_that_waited_for_its_model_to_load_is_marked_as_a_cold_s
 async def test_streams_kept_to_the_pacing_beat_lose_no_token_and_are_counted_alike(
     services: LlamaMan, proxy: ProxyServer, api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Every stream paced, on a beat long enough that each block carries several tokens.
+    # Every stream paced, on a beat long enough that a block may carry many tokens. Whether a
+    # block is held depends on how fast this machine runs llama-server; that holding gathers
+    # tokens is shown in tests/upstream/test_pacing.py, with a server whose pace the test sets.
     monkeypatch.setattr(PACER, "min_streams", 1)
     monkeypatch.setattr(PACER, "interval", 0.05)
-    beats: list[int] = []
-    beat = PACER.beat
-    monkeypatch.setattr(PACER, "beat", lambda: beats.append(1) or beat())
+    relayed: list[bool] = []
+    aiter_raw = UpstreamResponse.aiter_raw
+
+    def recording(self: UpstreamResponse, paced: bool = False) -> AsyncIterator[bytes]:
+        relayed.append(paced)  # with min_streams 1, a paced stream is kept to the beat
+        return aiter_raw(self, paced)
+
+    monkeypatch.setattr(UpstreamResponse, "aiter_raw", recording)
     _, key = await services.auth.keys.create("paced")
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=proxy.url, timeout=60, trust_env=False, headers=headers) as http:
@@ -146,7 +155,7 @@ async def test_streams_kept_to_the_pacing_beat_lose_no_token_and_are_counted_ali
             *(_openai(http, 300 + i, stream=True) for i in range(3)),
             *(_ollama(http, 300 + i, stream=True) for i in range(3)),
         )
-    assert beats, "no stream kept to the beat"
+    assert relayed == [True] * 6  # every answer went through the relay kept to the beat
     for i, (_prompt, completion, text) in enumerate(told):
         assert text == expected_text("A", 300 + i % 3) and completion == 300 + i % 3
     await services.telemetry.activity.flush()
