@@ -4,6 +4,11 @@ serve is never sent there however ``raw`` is spelled."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
 import pytest
 
 from llamaman.app import LlamaMan
@@ -11,6 +16,19 @@ from llamaman.proxy.app import ProxyServer
 from tests.cluster.test_peers import PEER_KEY, admin, box, fake_peer  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.auth
+
+
+@contextlib.asynccontextmanager
+async def with_peer(svc: LlamaMan, server: ProxyServer) -> AsyncIterator[tuple[httpx.AsyncClient, list[Any]]]:
+    """An admin client on a box that knows the peer ``swap`` (model ``fake``), and the exchanges it
+    relays from now on."""
+    async with fake_peer() as (url, _), await admin(svc, server) as api:
+        await api.post("/api/peers", json={"name": "swap", "base_url": url, "api_key": PEER_KEY})
+        await svc.peers.poll_all()
+        seen: list[Any] = []
+        svc.relay.add_observer(seen.append)
+        yield api, seen
+
 
 ROUTES = [
     ("/api/generate", {"prompt": "hi"}),
@@ -24,12 +42,8 @@ async def test_a_key_limited_to_other_models_reaches_no_peer_model_by_any_ollama
     box: tuple[LlamaMan, ProxyServer],  # noqa: F811
 ) -> None:
     svc, server = box
-    async with fake_peer() as (url, _), await admin(svc, server) as api:
-        await api.post("/api/peers", json={"name": "swap", "base_url": url, "api_key": PEER_KEY})
-        await svc.peers.poll_all()
+    async with with_peer(svc, server) as (api, seen):
         _, limited = await svc.auth.keys.create("limited", allowed_models=["tiny-a"])
-        seen: list = []
-        svc.relay.add_observer(seen.append)
         headers = {"Authorization": f"Bearer {limited}"}
         for path, extra in ROUTES:
             for name in ("fake", "FAKE", "fake:latest", " fake "):
@@ -45,11 +59,7 @@ async def test_a_raw_prompt_is_never_sent_to_a_peer_however_raw_is_spelled(
     box: tuple[LlamaMan, ProxyServer],  # noqa: F811
 ) -> None:
     svc, server = box
-    async with fake_peer() as (url, _), await admin(svc, server) as api:
-        await api.post("/api/peers", json={"name": "swap", "base_url": url, "api_key": PEER_KEY})
-        await svc.peers.poll_all()
-        seen: list = []
-        svc.relay.add_observer(seen.append)
+    async with with_peer(svc, server) as (api, seen):
         for raw in (True, 1, "true", "yes"):
             r = await api.post(
                 "/api/generate", json={"model": "fake", "prompt": "hi", "raw": raw, "stream": False}
