@@ -107,7 +107,7 @@ async def test_rows_and_usage_made_while_mariadb_was_down_are_all_written_once(
         ), m.proc.error
         record, key = await app.auth.keys.create("outage")
         headers = {"Authorization": f"Bearer {key}"}
-        body = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}]}
+        body = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
         async def client() -> None:
             async with asgi(app, "proxy") as http:
