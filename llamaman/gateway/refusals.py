@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamaman.auth.access import MODEL_SURFACE, Surface, classify
-from llamaman.core.exchange import Exchange
+from llamaman.core.exchange import FORWARDED_BY, Exchange, new_request_id
 from llamaman.gateway.bodies import json_of, model_names
 from llamaman.gateway.dialects import route_path
 
@@ -67,15 +67,20 @@ class RefusalRecorder:
         if scope["type"] != "http" or classify(route_path(scope), self.surface) not in MODEL_SURFACE:
             await self.app(scope, receive, send)
             return
-        ex = Exchange("", route_path(scope))
+        # The record itself is made only for a refusal: most requests are answered, and an
+        # ``Exchange`` made for each of them was a measurable share of a small request's cost.
+        started = time.monotonic()
+        forwarded = FORWARDED_BY.get()
+        status = 0
         recorded: list[Exchange] = []
         token = _RECORDED.set(recorded)
         body = bytearray()
 
         async def watched(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                ex.status = int(message["status"])
-            elif message["type"] == "http.response.body" and ex.status >= 400 and len(body) < _BODY_LIMIT:
+                status = int(message["status"])
+            elif message["type"] == "http.response.body" and status >= 400 and len(body) < _BODY_LIMIT:
                 body.extend(message.get("body", b"")[: _BODY_LIMIT - len(body)])
             await send(message)
 
@@ -83,7 +88,10 @@ class RefusalRecorder:
             await self.app(scope, receive, watched)
         finally:
             _RECORDED.reset(token)
-            if ex.status >= 400 and not recorded:
+            if status >= 400 and not recorded:
+                ex = Exchange(
+                    "", route_path(scope), started=started, status=status, id=new_request_id(), via=forwarded
+                )
                 self._record(ex, scope, bytes(body))
 
     def _record(self, ex: Exchange, scope: Scope, body: bytes) -> None:
