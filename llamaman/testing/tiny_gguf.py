@@ -14,6 +14,10 @@ After the chat prompt (which ends in a newline byte token) model "A" therefore w
 ``abcdefghijklmnopqrstuvwxyzabc...`` and model "B" ``zyxwvutsrqponmlkjihgfedcbazyx...``.
 A raw ``/completion`` prompt ending in a lowercase letter continues the cycle after that letter.
 
+Neither model ever writes an end-of-generation token: a request without a token limit runs until the
+context is full, which takes well under a second on an idle machine and minutes on one whose cores
+are busy. Tests always bound their answers (``max_tokens``, ``num_predict``).
+
 The margin beats temperature, top-k/top-p/min-p, typical-p, XTC, mirostat and the usual
 repetition/presence/frequency penalties. DRY (off by default in llama-server) does not qualify: its
 penalty grows exponentially with the length of a repeated run and eventually breaks the cycle.
