@@ -2,8 +2,8 @@
 
 ``gguf.GGUFReader`` builds a numpy view per array element, so a real 150k-token vocabulary costs it
 over ten seconds per file. This reader walks the same header with ``struct`` and skips long arrays
-without materialising them; types and block sizes come from the gguf package. Only the header is
-read (a few MB at most); tensor data is never touched.
+without materialising them; types and block sizes come from the gguf package (``gguf_types``).
+Only the header is read (a few MB at most); tensor data is never touched.
 """
 
 from __future__ import annotations
@@ -16,10 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType, LlamaFileType
-
 from llamaman.core.errors import Invalid, NotFound
+from llamaman.library.gguf_types import (
+    GGML_QUANT_SIZES,
+    GGUF_MAGIC,
+    GGMLQuantizationType,
+    GGUFValueType,
+    LlamaFileType,
+    float32_value,
+)
 
 
 class LibraryError(Invalid, ValueError):
@@ -107,8 +112,7 @@ class _Cursor:
         st = self.structs[vtype]
         (value,) = st.unpack_from(self.buf, self._take(st.size))
         if vtype == GGUFValueType.FLOAT32:
-            # Shortest repr of the float32 so 1e-5 reads back as 1e-05, not 9.99999974e-06.
-            return float(str(np.float32(value)))
+            return float32_value(value)
         return value
 
     def string(self) -> str:
