@@ -3,10 +3,15 @@
 huggingface_hub answers the metadata questions (it knows the Hub's error codes and relative
 redirects); the bytes are streamed by ``llamaman.downloads.transfer`` so that throttling, Range requests and
 the final rename stay under LlamaMan's control. Every function here blocks: call it in a thread.
+
+huggingface_hub is imported by the functions that use it, on the first download or repo listing:
+with the HTTP stack it brings it is about 10 MB of resident memory and a third of a second of
+start-up that a LlamaMan which never downloads does not need.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
@@ -14,17 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import httpx
-from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
-from huggingface_hub import errors as hf_errors
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    GatedRepoError,
-    HfHubHTTPError,
-    HFValidationError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from huggingface_hub.utils import build_hf_headers, validate_repo_id
 
 from llamaman.core.errors import (
     Conflict,
@@ -110,6 +104,9 @@ def check_repo_id(repo_id: str) -> str:
     repo_id = (repo_id or "").strip()
     if not repo_id:
         raise DownloadInvalid("repo_id is required (e.g. 'bartowski/Qwen2.5-0.5B-Instruct-GGUF')")
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
@@ -241,14 +238,14 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-TRANSPORT_ERRORS = _transport_errors()
-# Not in every release: absent ones match nothing.
-_OFFLINE_MODE: tuple[type[BaseException], ...] = tuple(
-    k for k in (getattr(hf_errors, "OfflineModeIsEnabled", None),) if isinstance(k, type)
-)
-_DISABLED_REPO: tuple[type[BaseException], ...] = tuple(
-    k for k in (getattr(hf_errors, "DisabledRepoError", None),) if isinstance(k, type)
-)
+@functools.cache
+def transport_errors() -> tuple[type[BaseException], ...]:
+    return _transport_errors()
+
+
+def _hub_kinds(*names: str) -> tuple[type[BaseException], ...]:
+    """huggingface_hub's error classes of these names; those its release lacks match nothing."""
+    return tuple(k for name in names if (k := _optional("huggingface_hub.errors", name)) is not None)
 
 
 def unreachable(endpoint: str, detail: object = None) -> str:
@@ -259,12 +256,21 @@ def unreachable(endpoint: str, detail: object = None) -> str:
 
 def _hub_error(exc: Exception, repo_id: str, endpoint: str, filename: str | None = None) -> Exception:
     """Translate huggingface_hub's errors into what a user can act on."""
-    if isinstance(exc, _OFFLINE_MODE):
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, _hub_kinds("OfflineModeIsEnabled")):
         return DownloadUpstreamFailed(
             f"the Hugging Face hub is switched off here (HF_HUB_OFFLINE is set): unset it to "
             f"download {repo_id}"
         )
-    if isinstance(exc, _DISABLED_REPO):
+    if isinstance(exc, _hub_kinds("DisabledRepoError")):
         return DownloadForbidden(f"{repo_id} has been disabled on {endpoint}")
     if isinstance(exc, GatedRepoError):
         return DownloadForbidden(
@@ -292,7 +298,7 @@ def _hub_error(exc: Exception, repo_id: str, endpoint: str, filename: str | None
                 return DownloadNotFound(f"{repo_id} has no file {filename!r} on {endpoint}")
             return DownloadNotFound(f"repository {repo_id!r} not found on {endpoint}")
         return DownloadUpstreamFailed(f"the Hub refused the request (HTTP {status}): {exc}")
-    if isinstance(exc, TRANSPORT_ERRORS):
+    if isinstance(exc, transport_errors()):
         return TransientError(unreachable(endpoint, _reason(exc)))
     if isinstance(exc, OSError):
         # huggingface_hub's own OSErrors (FileMetadataError: a HEAD answer without size or ETag).
@@ -308,6 +314,8 @@ def _reason(exc: BaseException) -> str:
 
 def list_repo(endpoint: str, repo_id: str, revision: str, token: str | None) -> RepoListing:
     """The repo's commit and files (with sizes and LFS hashes) at ``revision``."""
+    from huggingface_hub import HfApi
+
     api = HfApi(endpoint=endpoint)
     try:
         info = api.model_info(repo_id, revision=revision, files_metadata=True, token=token or False)
@@ -324,11 +332,15 @@ def list_repo(endpoint: str, repo_id: str, revision: str, token: str | None) -> 
 
 
 def file_url(endpoint: str, repo_id: str, name: str, revision: str) -> str:
+    from huggingface_hub import hf_hub_url
+
     return hf_hub_url(repo_id, name, revision=revision, endpoint=endpoint)
 
 
 def file_metadata(endpoint: str, repo_id: str, name: str, revision: str, token: str | None) -> FileMeta:
     """Size and ETag of one file (a HEAD request); raises DownloadError or TransientError."""
+    from huggingface_hub import get_hf_file_metadata
+
     url = file_url(endpoint, repo_id, name, revision)
     try:
         meta = get_hf_file_metadata(url, token=token or False, endpoint=endpoint)
@@ -338,4 +350,6 @@ def file_metadata(endpoint: str, repo_id: str, name: str, revision: str, token: 
 
 
 def auth_headers(token: str | None) -> dict[str, str]:
+    from huggingface_hub.utils import build_hf_headers
+
     return build_hf_headers(token=token or False)

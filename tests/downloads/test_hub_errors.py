@@ -97,7 +97,7 @@ async def test_the_hub_vanishing_after_the_listing_fails_the_download_after_its_
     assert no_tracebacks(caplog) == []
 
 
-@pytest.mark.parametrize("kind", hub.TRANSPORT_ERRORS, ids=lambda k: f"{k.__module__}.{k.__name__}")
+@pytest.mark.parametrize("kind", hub.transport_errors(), ids=lambda k: f"{k.__module__}.{k.__name__}")
 def test_every_installed_http_stack_s_connection_errors_mean_unreachable(kind: type[BaseException]) -> None:
     err = hub._hub_error(kind("Connection refused"), "user/repo", OFFLINE)  # type: ignore[arg-type]
     assert isinstance(err, TransientError) and str(err).startswith(REASON)
