@@ -156,19 +156,24 @@ class FakeServer(asyncio.Protocol):
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
             b"Connection: keep-alive\r\n\r\n"
         )
-        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": "fake"}  # fmt: skip
-        t.write(head + _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant"}}]}))
+        # Each event's keys in llama-server's own order, so a relay's fast paths for its exact shape
+        # are measured here as they run in front of a real one.
+        tail = {"created": int(time.time()), "id": "chatcmpl-fake", "model": "fake",
+                "system_fingerprint": "b0-fake", "object": "chat.completion.chunk"}  # fmt: skip
+
+        def event(delta: dict[str, object], finish: str | None = None, **extra: object) -> bytes:
+            choice = {"finish_reason": finish, "index": 0, "delta": delta}
+            return _sse({"choices": [choice], **tail, **extra})
+
+        t.write(head + event({"role": "assistant", "content": None}))
         for i in range(n):
             if t.is_closing():
                 return
-            delta = {"content": ALPHABET[i % 26]}
-            t.write(_sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
+            t.write(event({"content": ALPHABET[i % 26]}))
             # Yield between tokens, as a real server does, so streams interleave.
             await asyncio.sleep(TOKEN_DELAY)
-        final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
-                 "usage": {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": n + 5}}  # fmt: skip
-        t.write(_sse(final) + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        usage = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": n + 5}
+        t.write(event({}, "length", usage=usage) + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
 
 
 async def serve(host: str, port: int) -> None:
