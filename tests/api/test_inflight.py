@@ -22,8 +22,16 @@ S = InstanceState
 HELLO = [{"role": "user", "content": "hi"}]
 
 
+# Generations these tests cancel or hang up on must still run when the test gets to them, however
+# busy the machine: far more tokens than the test could wait for. A stream its client stops reading
+# then stalls once the socket buffers between them are full (a few MB), long before its end.
+CTX = 65536
+LONG = 60000
+SHORT = {"options": {"num_predict": 8}}
+
+
 async def launch(services: LlamaMan, **kw: Any) -> ManagedInstance:
-    m = await services.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=4096, **kw))
+    m = await services.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=CTX, **kw))
     assert await m.proc.wait_for({S.HEALTHY, S.FAILED}, timeout=30) == S.HEALTHY
     return m
 
@@ -64,14 +72,14 @@ async def test_a_queued_request_leaves_the_queue_and_a_running_stream_ends_when_
     services: LlamaMan, proxied: httpx.AsyncClient
 ) -> None:
     m = await launch(services, max_concurrent=1, max_queue_depth=4)
-    body = {"model": "tiny-a", "messages": HELLO, "max_tokens": 3500, "stream": True}
+    body = {"model": "tiny-a", "messages": HELLO, "max_tokens": LONG, "stream": True}
     async with api_client(services) as api, proxied.stream("POST", "/v1/chat/completions", json=body) as run:
         lines = run.aiter_lines()
         async for line in lines:
             if line.startswith("data: {"):
                 break
         waiting = asyncio.create_task(
-            proxied.post("/api/chat", json={"model": "tiny-a", "messages": HELLO, "stream": False})
+            proxied.post("/api/chat", json={"model": "tiny-a", "messages": HELLO, "stream": False, **SHORT})
         )
         running, queued = await listed(api, "running", "queued")
         assert running["model"] == queued["model"] == "tiny-a"
@@ -101,8 +109,7 @@ async def test_cancelling_a_running_answer_that_comes_whole_answers_409_and_free
     services: LlamaMan, proxied: httpx.AsyncClient
 ) -> None:
     m = await launch(services)
-    # Long enough that the cancel lands while it runs, even on a busy machine.
-    body = {"model": "tiny-a", "messages": HELLO, "max_tokens": 3500}
+    body = {"model": "tiny-a", "messages": HELLO, "max_tokens": LONG}
     async with api_client(services) as api:
         asking = asyncio.create_task(proxied.post("/v1/chat/completions", json=body))
         [row] = await listed(api, "running")
@@ -126,7 +133,7 @@ async def test_a_client_hanging_up_on_a_generation_that_comes_whole_gives_its_pl
     seen: list[Exchange] = []
     services.relay.add_observer(seen.append)
     body: dict[str, Any] = {"model": "tiny-a", "messages": HELLO, "stream": False}
-    body |= {"options": {"num_predict": 1500}} if path == "/api/chat" else {"max_tokens": 1500}
+    body |= {"options": {"num_predict": LONG}} if path == "/api/chat" else {"max_tokens": LONG}
     async with httpx.AsyncClient(base_url=proxy.url, timeout=60, trust_env=False) as c:
         asking = asyncio.create_task(c.post(path, json=body))
         await eventually(lambda: processing(services, m), "llama-server generating")
