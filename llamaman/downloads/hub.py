@@ -224,7 +224,8 @@ def _optional(module: str, name: str) -> type[BaseException] | None:
     return found if isinstance(found, type) and issubclass(found, BaseException) else None
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
+@functools.cache
+def transport_errors() -> tuple[type[BaseException], ...]:
     """Connection failures as each huggingface_hub generation raises them: 0.x through requests,
     1.x through httpx, 2.x through httpx2 (whose classes are not httpx's)."""
     found: list[type[BaseException]] = [httpx.TransportError]
@@ -236,11 +237,6 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
         if (kind := _optional(module, name)) is not None:
             found.append(kind)
     return tuple(found)
-
-
-@functools.cache
-def transport_errors() -> tuple[type[BaseException], ...]:
-    return _transport_errors()
 
 
 def _hub_kinds(*names: str) -> tuple[type[BaseException], ...]:
