@@ -13,13 +13,41 @@ quantisation type arrives with a gguf update and never needs a table of our own.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import importlib.util
 import struct
 import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import TYPE_CHECKING
 
 _NAME = "gguf.constants"
+
+
+class _BindOnPackageImport(importlib.abc.MetaPathFinder):
+    """Once, when the gguf package is imported after its tables were loaded alone: binds them as
+    its ``constants`` attribute. Python sets that attribute only when it loads the submodule itself,
+    so without this ``gguf.constants`` would be missing from the package."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname != "gguf":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        loader = spec.loader if spec is not None else None
+        if loader is not None:
+            run = loader.exec_module
+
+            def exec_module(module: ModuleType) -> None:
+                run(module)
+                if _NAME in sys.modules:
+                    module.__dict__["constants"] = sys.modules[_NAME]
+
+            loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
 
 
 def _load() -> ModuleType:
@@ -38,6 +66,7 @@ def _load() -> ModuleType:
     except Exception:
         del sys.modules[_NAME]
         return importlib.import_module(_NAME)
+    sys.meta_path.insert(0, _BindOnPackageImport())
     return module
 
 

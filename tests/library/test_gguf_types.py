@@ -48,6 +48,8 @@ def test_a_later_import_of_the_whole_package_shares_the_tables() -> None:
         "assert gguf.GGUFValueType is gguf_types.GGUFValueType\n"
         "assert gguf.GGML_QUANT_SIZES is gguf_types.GGML_QUANT_SIZES\n"
         "assert gguf.GGUFWriter is not None\n"
+        "assert gguf.constants is sys.modules['gguf.constants']\n"
+        "assert gguf.constants.GGUFValueType is gguf_types.GGUFValueType\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
