@@ -1,6 +1,10 @@
 """Downloads and pulls refuse file names that could become markup, quotes or paths elsewhere: a
 repo on a (fake) Hugging Face hub offers such files, and both the REST download and Ollama's
-/api/pull refuse them with a 400 naming the file, writing nothing."""
+/api/pull refuse them with a 400 naming the file, writing nothing.
+
+A repo id is part of every URL LlamaMan asks the hub for: one that carries a query, a fragment, an
+extra path segment, an encoded slash, markup or a line break is refused with a 400 before any
+request leaves for the hub, and queues nothing."""
 
 from __future__ import annotations
 
@@ -23,6 +27,19 @@ EVIL = [
     "mmproj-new\nline.gguf",
     "mmproj-bell\x07.gguf",
     "mmproj-`tick`.gguf",
+]
+
+HOSTILE = [
+    "user/good?expand=everything",  # a query of the attacker's own on the hub's API
+    "user/good#fragment",
+    "user/good/tree",  # an extra segment: another route of the hub's API
+    "user/good%2F..%2Fother",
+    "user/../../api/whoami",
+    "user/<script>alert(1)</script>",
+    "user/good repo",
+    "user/good\r\nX-Injected: 1",
+    "user/good\x00",
+    "user/ｇｏｏｄ",  # fullwidth letters: not the repo they look like
 ]
 
 
@@ -105,3 +122,33 @@ async def test_a_repo_the_hub_does_not_know_is_a_404_not_a_gateway_error(dl: Lla
             r = await c.post("/api/downloads", json={"repo_id": repo})
             assert r.status_code == 404 and "not found" in r.json()["detail"], (repo, r.text)
     assert dl.downloads.list() == []
+
+
+async def test_a_repo_id_that_would_reshape_the_hubs_url_is_refused_before_the_hub_is_asked(
+    dl: LlamaMan, hub: FakeHub
+) -> None:
+    headers = await admin_headers(dl)
+    app = create_app(dl, manage_lifecycle=False)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers
+    ) as c:
+        for repo_id in HOSTILE:
+            # A plain destination folder, so only the repo id itself can be the reason for a refusal.
+            for body in (
+                {"repo_id": repo_id, "dest_dir": "safe"},
+                {"repo_id": repo_id, "filename": "good-Q4_K_M.gguf", "dest_dir": "safe"},
+            ):
+                r = await c.post("/api/downloads", json=body)
+                assert r.status_code == 400, (repo_id, r.text)
+                assert "invalid repo id" in r.json()["detail"], (repo_id, r.text)
+    assert hub.requests == []
+    assert dl.downloads.list() == []
+    # The guard refuses only what is hostile: the plain id of the same repo is fetched.
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t", headers=headers
+    ) as c:
+        r = await c.post("/api/downloads", json={"repo_id": "user/good", "dest_dir": "safe"})
+        assert r.status_code == 201, r.text
+    job = await dl.downloads.wait(r.json()["id"], timeout=60)
+    assert job.record.status == "completed", job.record
+    assert hub.requests
