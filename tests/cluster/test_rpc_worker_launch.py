@@ -1,14 +1,14 @@
 """Real ``llamaman worker`` processes on loopback: they register, survive their server dying, stop
 cleanly, and a tiny model spread over two of them answers exactly as it does alone.
 
-The launch needs a llama-server built with GGML_RPC=ON (LLAMA_SERVER_BIN, with ggml-rpc-server
-beside it); the supervision test needs any ggml-rpc-server. Each skips with the reason otherwise.
+The launch needs a llama-server built with GGML_RPC=ON, with ggml-rpc-server beside it: the one
+LlamaMan resolves, LLAMA_SERVER_BIN, or the wheel's where the CPU lacks only AVX-VNNI (the tiny F32
+models run there); the supervision test needs any ggml-rpc-server. Each skips with the reason otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import signal
 import subprocess
@@ -29,8 +29,7 @@ from llamaman.core.config import Settings
 from llamaman.core.db import Database
 from llamaman.core.state import InstanceState
 from llamaman.core.tables import RpcWorker
-from llamaman.instances import llama_bin
-from llamaman.instances.llama_bin import LlamaBinaryNotFound, LlamaServerBinary, resolve_llama_server
+from llamaman.testing.binaries import rpc_capable_llama_server
 from llamaman.testing.tiny_gguf import expected_text
 from tests.conftest import port_block
 from tests.helpers import api_client, chat
@@ -40,30 +39,12 @@ pytestmark = pytest.mark.llama
 MAIN = Path(__file__).resolve().parents[2] / "main.py"
 
 
-def wheel_build_for_f32_models() -> LlamaServerBinary | None:
-    """The wheel's llama-server on a CPU that lacks only AVX-VNNI. LlamaMan does not pick it there by
-    itself (its quantized kernels need AVX-VNNI), but the tiny F32 models these tests load never
-    reach those kernels, and it is the RPC-capable build at hand."""
-    if llama_bin.wheel_cpu_gaps() != ["avx_vnni"]:
-        return None
-    try:
-        binary = importlib.import_module(llama_bin.WHEEL_MODULE).binary_path()
-        return resolve_llama_server(Settings(LLAMA_SERVER_BIN=str(binary)))
-    except (ImportError, AttributeError, FileNotFoundError, LlamaBinaryNotFound):
-        return None
-
-
 def rpc_capable_build() -> tuple[str, Path]:
-    try:
-        found = resolve_llama_server(Settings())
-    except LlamaBinaryNotFound:
-        pytest.skip("no llama-server here")
-    if not found.supports_rpc:
-        found = wheel_build_for_f32_models() or found
-    if not found.supports_rpc:
+    found = rpc_capable_llama_server()
+    if found is None:
         pytest.skip(
-            f"{found.path} has no --rpc: point LLAMA_SERVER_BIN at a llama-server built with "
-            "GGML_RPC=ON (scripts/build_llama_server.sh)"
+            "no llama-server with --rpc here: point LLAMA_SERVER_BIN at one built with GGML_RPC=ON "
+            "(scripts/build_llama_server.sh)"
         )
     try:
         return found.path, find_rpc_server(None, os.environ.get(RPC_SERVER_ENV), found.path, None)

@@ -17,7 +17,7 @@ from llamaman.core.config import Settings
 from llamaman.core.tables import Instance, RpcWorker
 from llamaman.instances.instance import InstanceRejected
 from llamaman.instances.launch import LaunchSettings
-from llamaman.instances.llama_bin import LlamaBinaryNotFound, resolve_llama_server
+from llamaman.testing.binaries import rpc_capable_llama_server
 from tests.helpers import api_client, asgi, servers_of
 
 GIB = 1024**3
@@ -141,11 +141,8 @@ async def test_rpc_through_the_extra_flags_stays_refused_and_points_at_rpc_worke
 
 
 def _rpc_capable_llama_server() -> str:
-    try:
-        found = resolve_llama_server(Settings())
-    except LlamaBinaryNotFound:
-        found = None
-    if found is None or not found.supports_rpc:
+    found = rpc_capable_llama_server()
+    if found is None:
         pytest.skip(
             "needs a llama-server built with GGML_RPC=ON in LLAMA_SERVER_BIN (its --help lists --rpc)"
         )
