@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from llamaman import __version__
 from llamaman.app import LlamaMan
-from llamaman.cluster import rpc_worker
+from llamaman.cluster import rpc_setup, rpc_worker
 from llamaman.core.config import Settings
 from llamaman.telemetry.loadtest import BenchError, BenchmarkParams, format_table, run_benchmark
 
@@ -69,10 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "network address.",
     )
     w.add_argument("--host", required=True, help="address to listen on, on a private network")
-    w.add_argument("--port", type=int, default=rpc_worker.DEFAULT_PORT)
+    w.add_argument("--port", type=int, default=rpc_setup.DEFAULT_PORT)
     w.add_argument("--threads", type=int, default=None, help="CPU threads of the CPU device")
     w.add_argument("--cache", action="store_true", help="keep a local cache of tensors sent to it")
-    w.add_argument("--bin", default=None, help=f"ggml-rpc-server binary [{rpc_worker.RPC_SERVER_ENV}]")
+    w.add_argument("--bin", default=None, help=f"ggml-rpc-server binary [{rpc_setup.RPC_SERVER_ENV}]")
     w.add_argument("--advertise", default=None, help="address other boxes dial (default: --host)")
     w.add_argument(
         "--allow-any-address",
@@ -158,11 +158,11 @@ def worker_options(
     args: argparse.Namespace, settings: Settings
 ) -> tuple[rpc_worker.WorkerOptions, str | None]:
     """Checked options of ``llamaman worker`` and a warning to print, or ``WorkerSetupError``."""
-    warning = rpc_worker.check_bind_address(args.host, args.allow_any_address)
+    warning = rpc_setup.check_bind_address(args.host, args.allow_any_address)
     if args.threads is not None and args.threads < 1:
-        raise rpc_worker.WorkerSetupError("--threads must be at least 1")
-    address = rpc_worker.registered_address(args.host, args.port, args.advertise)
-    binary = rpc_worker.locate_rpc_server(settings, args.bin)
+        raise rpc_setup.WorkerSetupError("--threads must be at least 1")
+    address = rpc_setup.registered_address(args.host, args.port, args.advertise)
+    binary = rpc_setup.locate_rpc_server(settings, args.bin)
     return rpc_worker.WorkerOptions(
         args.host.strip(), args.port, address, binary, args.threads, args.cache
     ), warning
@@ -173,7 +173,7 @@ def run_worker(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     try:
         opts, warning = worker_options(args, settings)
-    except rpc_worker.WorkerSetupError as exc:
+    except rpc_setup.WorkerSetupError as exc:
         print(f"llamaman worker: {exc}", file=sys.stderr)
         return 2
     if warning:
