@@ -81,12 +81,16 @@ async def test_sampling_overrides_are_forced_onto_requests(services: LlamaMan) -
 
 
 async def test_gate_serves_three_and_refuses_seven_then_counters_return_to_zero(services: LlamaMan) -> None:
-    m = await launch(services, max_concurrent=1, max_queue_depth=2)
+    # The answers are long so that all ten arrive while the first is served. One thread: a thread
+    # pool as wide as the machine slows to a crawl when anything else wants a core (beside a CPU hog
+    # on two cores, three 400-token answers took 2 to 48 s, and once over a minute; with one thread,
+    # three of 1,200 tokens take about 2 s, with the hog or without).
+    m = await launch(services, max_concurrent=1, max_queue_depth=2, threads=1)
     async with httpx.AsyncClient(timeout=60) as c:
 
         async def one() -> int:
             r = await c.post(
-                f"http://127.0.0.1:{m.record.port}/v1/chat/completions", json=chat_body(max_tokens=400)
+                f"http://127.0.0.1:{m.record.port}/v1/chat/completions", json=chat_body(max_tokens=1200)
             )
             if r.status_code == 429:
                 assert int(r.headers["Retry-After"]) >= 1
