@@ -86,7 +86,11 @@ async def lease_for(services: Services, model: str, *, min_ctx: int | None = Non
     """A lease on an instance serving ``model``; router failures become ProxyErrors.
 
     While it waits the request is listed as queued, and an administrator may cancel it there; the
-    record made once it runs takes the same id (``REQUEST_ID``)."""
+    record made once it runs takes the same id (``REQUEST_ID``). A place free at once is taken at
+    once: no queue entry, no task to watch it."""
+    lease = services.router.lease_now(model, min_ctx=min_ctx)
+    if lease is not None:
+        return lease
     ticket = Exchange(model, "queued")
     REQUEST_ID.set(ticket.id)
     services.relay.inflight.queued(ticket)

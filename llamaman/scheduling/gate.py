@@ -35,9 +35,15 @@ class Gate:
     def _has_room(self) -> bool:
         return self.max_concurrent <= 0 or self.active < self.max_concurrent
 
-    async def acquire(self) -> None:
+    def try_acquire(self) -> bool:
+        """A place now, if one is free and nobody waits for one (FIFO); False otherwise."""
         if self._has_room() and not self._waiters:
             self.active += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
             return
         if len(self._waiters) >= self.max_queue:
             raise QueueFull(

@@ -32,13 +32,14 @@ from llamaman.scheduling.memory import MemoryPlanner, ModelTooLarge, apply_place
 from llamaman.scheduling.names import ModelNames
 from llamaman.scheduling.placement import Placement
 from llamaman.scheduling.presets import PresetStore
+from llamaman.scheduling.replica_gates import ReplicaGates
 
 log = logging.getLogger(__name__)
 S = InstanceState
 LIVE = (S.STARTING, S.HEALTHY, S.RESTARTING)  # restarting: back after a crash, requests wait for it
 
 
-class Router(IdleSleep, MemoryPlanner):
+class Router(ReplicaGates, IdleSleep, MemoryPlanner):
     def __init__(
         self,
         supervisor: Supervisor,
@@ -131,23 +132,6 @@ class Router(IdleSleep, MemoryPlanner):
             s = self.slots[m.id] = Slot()
         return s
 
-    def gate_for(self, m: ManagedInstance) -> Gate:
-        key = f"model:{m.record.model_path}" if m.settings.share_queue else m.id
-        gate = self.gates.get(key)
-        if gate is None:
-            gate = self.gates[key] = Gate()
-        if m.settings.share_queue:
-            replicas = [r for r in self._instances_of(m.record.model_path) if r.settings.share_queue]
-            conc = (
-                sum(r.settings.max_concurrent for r in replicas)
-                if all(r.settings.max_concurrent for r in replicas)
-                else 0
-            )
-            gate.configure(conc, max((r.settings.max_queue_depth for r in replicas), default=0))
-        else:
-            gate.configure(m.settings.max_concurrent, m.settings.max_queue_depth)
-        return gate
-
     def _instances_of(self, model_path: str) -> list[ManagedInstance]:
         return [m for m in self.sup.list() if m.record.model_path == model_path]
 
@@ -216,7 +200,7 @@ class Router(IdleSleep, MemoryPlanner):
         else:
             self.slot(m).enter()
         try:
-            if min_ctx and m.record.origin == "proxy" and m.settings.request_ctx(_trained(entry)) < min_ctx:
+            if min_ctx and self._too_short(m, entry, min_ctx):
                 m = await self._relaunch_with_ctx(m, entry, min_ctx)
             return await self._lease(m, t0 if waited else None, f"model '{name}' failed to load")
         except BaseException:
@@ -231,11 +215,33 @@ class Router(IdleSleep, MemoryPlanner):
                 raise ModelUnavailable(f"{failure}: {m.proc.error or state.value}")
         gate = self.gate_for(m)
         await gate.acquire()
+        return self._begin(m, gate, time.monotonic_ns() - t0 if t0 is not None else 0)
+
+    def lease_now(self, name: str, *, min_ctx: int | None = None) -> Lease | None:
+        """The lease ``acquire`` would grant without waiting for anything (a healthy instance with
+        room at its gate), or None: ``acquire`` then queues, loads or waits as it always does."""
+        entry = self.resolve(name)
+        if entry is None:
+            return None
+        m = self._admissible(entry)
+        if m is None or m.state != S.HEALTHY or (min_ctx and self._too_short(m, entry, min_ctx)):
+            return None
+        gate = self.gate_for(m)
+        if not gate.try_acquire():
+            return None
+        self.slot(m).enter()
+        return self._begin(m, gate, 0)
+
+    def _begin(self, m: ManagedInstance, gate: Gate, load_ns: int) -> Lease:
         if m.settings.share_queue:
             m = self._hand_to_freest_replica(m)
         self.slot(m).begin()
         self.sup.touch(m)
-        return self._new_lease(m, gate, time.monotonic_ns() - t0 if t0 is not None else 0)
+        return self._new_lease(m, gate, load_ns)
+
+    def _too_short(self, m: ManagedInstance, entry: ModelEntry, min_ctx: int) -> bool:
+        """A proxy-started instance whose context is below what the request needs: relaunched."""
+        return m.record.origin == "proxy" and m.settings.request_ctx(_trained(entry)) < min_ctx
 
     def _new_lease(self, m: ManagedInstance, gate: Gate, load_ns: int) -> Lease:
         def release() -> None:
@@ -244,19 +250,6 @@ class Router(IdleSleep, MemoryPlanner):
             self._release(m)
 
         return Lease(m, gate, load_ns, release=release, keep_alive=lambda s: self.set_keep_alive(m, s))
-
-    def _hand_to_freest_replica(self, m: ManagedInstance) -> ManagedInstance:
-        """With a shared queue the request was admitted by the model's gate, not by one replica's:
-        give it to whichever healthy replica has the fewest requests running now."""
-        replicas = [
-            r
-            for r in self._instances_of(m.record.model_path)
-            if r.settings.share_queue and r.state == S.HEALTHY and not self.slot(r).draining
-        ]
-        best = min(replicas, key=lambda r: self.slot(r).running, default=m)
-        if best is not m:
-            self.slot(m).move_to(self.slot(best))
-        return best
 
     async def acquire_instance(self, m: ManagedInstance) -> Lease:
         """A lease on one given instance (its own listener port), waking it if it sleeps."""

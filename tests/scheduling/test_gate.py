@@ -72,3 +72,21 @@ async def test_raising_the_limit_admits_waiters_at_once() -> None:
     gate.configure(2, 5)
     await asyncio.wait_for(waiter, 1)
     assert gate.active == 2
+
+
+async def test_a_place_taken_without_waiting_never_jumps_the_queue() -> None:
+    gate = Gate(max_concurrent=1, max_queue=5)
+    assert gate.try_acquire() and gate.active == 1
+    assert not gate.try_acquire()  # full
+    waiter = asyncio.create_task(gate.acquire())
+    await asyncio.sleep(0)
+    gate.configure(2, 5)  # room again, handed to the waiter first
+    await asyncio.wait_for(waiter, 1)
+    gate.configure(3, 5)
+    patient = asyncio.create_task(gate.acquire())
+    gate.configure(2, 5)
+    await asyncio.sleep(0)
+    assert gate.queued == 1 and not gate.try_acquire()  # someone waits: no place taken past them
+    gate.release()
+    await asyncio.wait_for(patient, 1)
+    assert gate.active == 2 and gate.queued == 0

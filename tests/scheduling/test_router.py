@@ -208,3 +208,27 @@ async def test_a_removed_instance_takes_its_slot_and_gate_with_it(services: Llam
     assert m.id in services.router.slots and m.id in services.router.gates
     await services.supervisor.remove(m.id)
     assert m.id not in services.router.slots and m.id not in services.router.gates
+
+
+async def test_a_free_place_is_leased_at_once_and_anything_else_takes_the_waiting_path(
+    services: LlamaMan,
+) -> None:
+    router = services.router
+    assert router.lease_now("tiny-a") is None  # not running: acquire starts it
+    assert router.lease_now("no-such-model") is None  # acquire rescans and answers 404
+    await services.presets.put("tiny-a.gguf", {"max_concurrent": 1, "max_queue_depth": 4})
+    assert (await ask(services, "tiny-a")).startswith("abcdef")
+    [m] = services.supervisor.list()
+
+    lease = router.lease_now("tiny-a:latest")
+    assert lease is not None and lease.instance is m and lease.load_duration_ns == 0
+    assert router.slot(m).inflight == 1 and router.gate_for(m).active == 1
+    assert router.lease_now("tiny-a") is None  # its one place is taken
+    waiter = asyncio.create_task(router.acquire("tiny-a"))
+    lease.release()
+    second = await asyncio.wait_for(waiter, 30)
+    assert second.instance is m
+    second.release()
+    assert router.slot(m).inflight == 0 and router.gate_for(m).active == 0
+    # A request that needs more context than the instance has goes the slow way (a relaunch).
+    assert router.lease_now("tiny-a", min_ctx=10**6) is None
