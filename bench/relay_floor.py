@@ -1,13 +1,15 @@
 """What any relay costs on this machine, beside what LlamaMan's costs: the floor under P1.
 
-Four targets answer the same plain chat (max_tokens 8, tiny model): a direct llama-server, a bare
-byte relay in front of it (uvloop, no HTTP parsing), a bare ASGI relay in front of it (uvicorn with
-httptools, LlamaMan's own upstream client, nothing else), and LlamaMan. Each target gets blocks of
-requests in turn (not one request each in turn: on a 2-core machine a llama-server's threads keep
-polling for a moment after each answer and slow a request to another server process, which would
-blur the comparison), and each relay's CPU time per request is read from its process.
+The same plain chat (max_tokens 8, tiny model) goes to: a direct llama-server; llama.cpp's router
+mode; ``socat`` relaying bytes to a llama-server of its own (a compiled relay that parses nothing:
+the floor of any relay; left out where socat is not installed); a bare ASGI relay in front of a
+llama-server of its own (uvicorn with httptools and LlamaMan's own upstream client, nothing else);
+and LlamaMan. Every target has its own llama-server process, as in P1, and the requests go to the
+targets one each in turn, the first target rotating, as in P1 (``--blocks`` sends each target a block
+of ``-n`` requests in turn instead, ``--rounds`` times). Each relay's CPU time per request is read
+from its process.
 
-Run: python bench/relay_floor.py [-n 200] [--rounds 3]
+Run: python bench/relay_floor.py [-n 300] [--blocks] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
 import socket
 import statistics
 import subprocess
@@ -36,55 +39,13 @@ from bench.harness import (
     llamaman,
     machine,
     make_models,
+    maybe_router_mode,
     wait_http,
 )
-from bench.scenarios import prepare_llamaman
+from bench.scenarios import Target, prepare_llamaman
 
 
-# ---- the two bare relays, run as ``python bench/relay_floor.py --serve KIND PORT UPSTREAM_PORT`` --
-def serve_bytes(port: int, upstream: int) -> None:
-    import uvloop
-
-    class Up(asyncio.Protocol):
-        def __init__(self, down: asyncio.Transport) -> None:
-            self.down = down
-
-        def data_received(self, data: bytes) -> None:
-            self.down.write(data)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self.down.close()
-
-    class Down(asyncio.Protocol):
-        def connection_made(self, transport: Any) -> None:
-            self.t: asyncio.Transport = transport
-            self.up: asyncio.Transport | None = None
-            self.held: list[bytes] = []
-            self.connecting = asyncio.ensure_future(self.connect())
-
-        async def connect(self) -> None:
-            loop = asyncio.get_running_loop()
-            self.up, _ = await loop.create_connection(lambda: Up(self.t), "127.0.0.1", upstream)
-            for data in self.held:
-                self.up.write(data)
-
-        def data_received(self, data: bytes) -> None:
-            if self.up is None:
-                self.held.append(data)
-            else:
-                self.up.write(data)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self.up is not None:
-                self.up.close()
-
-    async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(Down, "127.0.0.1", port)
-        await server.serve_forever()
-
-    uvloop.run(main())
-
-
+# ---- the bare ASGI relay, run as ``python bench/relay_floor.py --serve asgi PORT UPSTREAM_PORT`` --
 def serve_asgi(port: int, upstream: int) -> None:
     import uvicorn
 
@@ -136,51 +97,100 @@ def cpu_s(pid: int | None) -> float:
     return t.user + t.system
 
 
+def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+async def interleaved(targets: list[Target], n: int) -> dict[str, list[float]]:
+    check = expected("tiny-a", 8)
+    ms: dict[str, list[float]] = {t.name: [] for t in targets}
+    async with session() as s:
+        for t in targets:
+            for _ in range(20):
+                await chat(s, t.url, "tiny-a", 8, headers=t.headers)
+        for i in range(n):
+            for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
+                r = await chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check)
+                assert r.error is None, f"{t.name}: {r.error}"
+                ms[t.name].append(r.ms)
+    return ms
+
+
+def _relay_targets(stack: contextlib.ExitStack, models: Path) -> list[Target]:
+    """socat (where installed) and the bare ASGI relay, each in front of a llama-server of its own."""
+    out: list[Target] = []
+    socat = shutil.which("socat")
+    if socat is None:
+        print("socat is not installed: measured without the compiled byte relay", file=sys.stderr)
+    else:
+        own = stack.enter_context(direct_server(models / "tiny-a.gguf"))
+        port = free_port()
+        argv = [
+            socat,
+            f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,nodelay",
+            f"TCP:127.0.0.1:{own.port},nodelay",
+        ]
+        proc = subprocess.Popen(argv)
+        stack.callback(proc.kill)
+        _wait_port(port)
+        # No pid: socat relays in a child per connection, so its own CPU time says nothing.
+        out.append(Target("byte relay (socat)", f"http://127.0.0.1:{port}", {}))
+    own = stack.enter_context(direct_server(models / "tiny-a.gguf"))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", "asgi", str(port), str(own.port)])
+    stack.callback(proc.kill)
+    _wait_port(port)
+    out.append(Target("bare ASGI relay", f"http://127.0.0.1:{port}", {}, pid=proc.pid))
+    return out
+
+
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--serve":
-        {"bytes": serve_bytes, "asgi": serve_asgi}[sys.argv[2]](int(sys.argv[3]), int(sys.argv[4]))
+    if len(sys.argv) == 5 and sys.argv[1:3] == ["--serve", "asgi"]:
+        serve_asgi(int(sys.argv[3]), int(sys.argv[4]))
         return
     ap = argparse.ArgumentParser()
-    ap.add_argument("-n", type=int, default=200, help="requests per target and round")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("-n", type=int, default=300, help="requests per target (per round with --blocks)")
+    ap.add_argument("--blocks", action="store_true", help="a block of -n requests per target in turn")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of blocks (with --blocks)")
     args = ap.parse_args()
     models = make_models(Path(tempfile.mkdtemp(prefix="bench-models-")))
     with contextlib.ExitStack() as stack:
         direct = stack.enter_context(direct_server(models / "tiny-a.gguf"))
-        upstream = int(direct.url.rsplit(":", 1)[1])
-        targets: list[tuple[str, str, dict[str, str], int | None]] = [
-            ("direct llama-server", direct.url, {}, None)
-        ]
-        for kind, name in (("bytes", "byte relay (uvloop)"), ("asgi", "bare ASGI relay")):
-            port = free_port()
-            proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port), str(upstream)])
-            stack.callback(proc.kill)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                with contextlib.suppress(OSError):
-                    with socket.create_connection(("127.0.0.1", port), timeout=1):
-                        break
-                time.sleep(0.05)
-            targets.append((name, f"http://127.0.0.1:{port}", {}, proc.pid))
+        targets = [Target("direct llama-server", direct.url, {})]
+        router = stack.enter_context(maybe_router_mode(models, 2))
+        if router is not None:
+            targets.append(Target("router mode (C++)", router.url, {}))
+        targets += _relay_targets(stack, models)
         lm = stack.enter_context(llamaman(models))
         prepare_llamaman(lm, ctx=2048, parallel=1)
         wait_http(f"{lm.url}/health", timeout=30)
-        targets.append(("LlamaMan", lm.url, auth_headers(), lm.popen.pid))
-        ms: dict[str, list[float]] = {t[0]: [] for t in targets}
-        cpu: dict[str, float] = {t[0]: 0.0 for t in targets}
-        for _ in range(args.rounds):
-            for name, url, headers, pid in targets:
-                c0 = cpu_s(pid)
-                ms[name] += asyncio.run(block(url, headers, args.n))
-                cpu[name] += cpu_s(pid) - c0
-    base = statistics.median(ms[targets[0][0]])
+        targets.append(Target("LlamaMan", lm.url, auth_headers(), pid=lm.popen.pid))
+        cpu0 = {t.name: cpu_s(t.pid) for t in targets}
+        if args.blocks:
+            ms: dict[str, list[float]] = {t.name: [] for t in targets}
+            for _ in range(args.rounds):
+                for t in targets:
+                    ms[t.name] += asyncio.run(block(t.url, t.headers, args.n))
+            sent = args.rounds * (args.n + 20)
+        else:
+            ms = asyncio.run(interleaved(targets, args.n))
+            sent = args.n + 20
+        cpu = {t.name: cpu_s(t.pid) - cpu0[t.name] for t in targets}
+    base = statistics.median(ms[targets[0].name])
+    how = f" --blocks --rounds {args.rounds}" if args.blocks else ""
     print(f"machine: {machine()}")
-    print(f"command: python bench/relay_floor.py -n {args.n} --rounds {args.rounds}")
+    print(f"command: python bench/relay_floor.py -n {args.n}{how}")
     print(f"{'target':<22} {'p50 (ms)':>9} {'added p50':>10} {'CPU/request (ms)':>17}")
-    for name, _, _, pid in targets:
-        p50 = statistics.median(ms[name])
-        per = f"{1000 * cpu[name] / (args.rounds * (args.n + 20)):.3f}" if pid is not None else ""
-        print(f"{name:<22} {p50:>9.2f} {p50 - base:>10.2f} {per:>17}")
+    for t in targets:
+        p50 = statistics.median(ms[t.name])
+        per = f"{1000 * cpu[t.name] / sent:.3f}" if t.pid is not None else ""
+        print(f"{t.name:<22} {p50:>9.2f} {p50 - base:>10.2f} {per:>17}")
 
 
 if __name__ == "__main__":
