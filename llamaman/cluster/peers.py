@@ -8,7 +8,6 @@ lists and of routing until it answers again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -23,7 +22,7 @@ from llamaman.cluster.routing import PeerState, parse_filter, passes_filter
 from llamaman.core.db import Database
 from llamaman.core.errors import Conflict, NotFound, Rejected
 from llamaman.core.tables import Peer
-from llamaman.core.tasks import cancel_and_wait
+from llamaman.core.tasks import cancel_and_wait, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +256,7 @@ class PeerDirectory:
             except Exception:
                 log.exception("peer poll failed")
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+            await wait_event(self._wake, self.poll_seconds)
 
     def start(self) -> None:
         if self._task is None:

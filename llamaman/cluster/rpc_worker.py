@@ -30,6 +30,7 @@ from llamaman.cluster.rpc_setup import rpc_server_argv
 from llamaman.core.config import Settings
 from llamaman.core.db import Database
 from llamaman.core.tables import RpcWorker
+from llamaman.core.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,7 @@ class RpcServerProcess:
             self._set_state(WorkerState.RESTARTING)
             delay = backoff_delay(failures)
             log.warning("ggml-rpc-server exited with %s; restarting in %.0f s", code, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+            await wait_event(self._stopping, delay)
         self._set_state(WorkerState.STOPPED)
 
     async def _run_once(self) -> int:

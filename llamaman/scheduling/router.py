@@ -10,7 +10,6 @@ releases it; eviction and sleep only touch instances without leases.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from llamaman.core.events import Event, EventBus
 from llamaman.core.identity import current_identity
 from llamaman.core.runtime import RuntimeConfig
 from llamaman.core.state import InstanceState
+from llamaman.core.tasks import wait_event
 from llamaman.instances.launch import LaunchSettings
 from llamaman.instances.supervisor import InstanceError, ManagedInstance, Supervisor
 from llamaman.library.catalog import ModelEntry, ModelLibrary
@@ -367,8 +367,7 @@ class Router(ReplicaGates, IdleSleep, MemoryPlanner):
         """Wait for in-flight requests to finish (bounded by REQUEST_TIMEOUT), then stop."""
         s = self.slot(m)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(s.idle.wait(), self.request_timeout)
+            await wait_event(s.idle, self.request_timeout)
             if reason.startswith("evicted") and not any(not w.future.done() for w in self.waiting):
                 log.info("kept %s: nobody waits any more for the model it made room for", m.record.model_name)
                 return
@@ -392,8 +391,7 @@ class Router(ReplicaGates, IdleSleep, MemoryPlanner):
         s.draining = True
         s.leave()  # our own lease must not block the drain
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(s.idle.wait(), self.request_timeout)
+            await wait_event(s.idle, self.request_timeout)
             await self.sup.relaunch_with_context(m, ctx * max(1, m.settings.parallel))
         finally:
             s.draining = False

@@ -29,6 +29,7 @@ from llamaman.core.exchange import Exchange
 from llamaman.core.identity import Identity, current_identity
 from llamaman.core.runtime import RuntimeConfig
 from llamaman.core.tables import RequestLog
+from llamaman.core.tasks import wait_event
 from llamaman.telemetry.activity_query import ERROR_CHARS, model_label
 from llamaman.telemetry.energy import EnergyAttributor, Span
 
@@ -223,8 +224,7 @@ class ActivityLog:
 
     async def _loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.seconds_to_next_round())
+            await wait_event(self._wake, self.seconds_to_next_round())
             if self._wake.is_set():
                 # Let a burst of requests accumulate into one transaction.
                 await asyncio.sleep(self.batch_delay)
