@@ -22,6 +22,7 @@ from llamaman.gateway.api_docs import install_api_docs
 from llamaman.gateway.errors import install_error_handlers
 from llamaman.gateway.middleware import wrap_with_auth
 from llamaman.proxy.app import ProxyServer, build_proxy_router, create_proxy_app, install_proxy_error_handler
+from llamaman.proxy.fast_lane import FastLane
 from llamaman.proxy.listeners import InstanceListeners
 from llamaman.services import Services
 
@@ -44,13 +45,19 @@ class LlamaMan(Services):
             return
         await super().start()
         if self.settings.proxy_port:
-            server = ProxyServer(create_proxy_app(self), self.settings.host, self.settings.proxy_port)
+            server = ProxyServer(
+                create_proxy_app(self), self.settings.host, self.settings.proxy_port, lane=self.fast_lane()
+            )
             try:
                 await server.start()
             except OSError:
                 await self.stop()  # a clear failure beats a LlamaMan whose proxy port is silently dead
                 raise
             self.proxy_server = server
+
+    def fast_lane(self) -> FastLane | None:
+        """The proxy port's fast lane, unless the settings turn it off."""
+        return FastLane(self) if self.settings.proxy_fast_lane else None
 
     async def stop(self) -> None:
         if not self.started:
@@ -70,7 +77,7 @@ class LlamaMan(Services):
         if served is not None and served.running:
             yield served.url
             return
-        server = ProxyServer(create_proxy_app(self), "127.0.0.1", 0)
+        server = ProxyServer(create_proxy_app(self), "127.0.0.1", 0, lane=self.fast_lane())
         await server.start()
         try:
             yield server.url

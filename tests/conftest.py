@@ -166,15 +166,31 @@ def truncated_model(models_dir: Path) -> Iterator[Path]:
 
 @pytest.fixture
 async def proxy(services: Any) -> AsyncIterator[Any]:
-    """The proxy app listening on a free loopback port."""
+    """The proxy app listening on a free loopback port, served as LlamaMan serves its proxy port."""
     from llamaman.proxy.app import ProxyServer, create_proxy_app
 
-    server = ProxyServer(create_proxy_app(services), "127.0.0.1", 0)
+    server = ProxyServer(create_proxy_app(services), "127.0.0.1", 0, lane=services.fast_lane())
     await server.start()
     try:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+async def proxy_pair(services: Any) -> AsyncIterator[Any]:
+    """Two proxy ports of ``services``: one served as LlamaMan serves it (with the fast lane, its
+    answers counted), one without the lane, to compare the two ways."""
+    from tests.proxy.lane_ports import Ports
+
+    pair = Ports(services)
+    await pair.lane.start()
+    await pair.full.start()
+    try:
+        yield pair
+    finally:
+        await pair.lane.stop()
+        await pair.full.stop()
 
 
 @pytest.fixture(scope="session")

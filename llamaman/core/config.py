@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     host: str = Field(default="0.0.0.0", alias="LLAMAMAN_HOST")
     port: int = Field(default=5000, alias="LLAMAMAN_PORT", ge=1, le=65535)
     proxy_port: int = Field(default=42069, alias="LLAMAMAN_PROXY_PORT", ge=0, le=65535)
+    # The proxy port's fast lane for plain model requests (see proxy/fast_lane.py); off: every
+    # request takes the full ASGI path.
+    proxy_fast_lane: bool = Field(default=True, alias="LLAMAMAN_PROXY_FAST_LANE")
 
     port_range_start: int = Field(default=8000, alias="PORT_RANGE_START", ge=1, le=65535)
     port_range_end: int = Field(default=8020, alias="PORT_RANGE_END", ge=1, le=65535)

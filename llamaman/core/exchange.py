@@ -91,6 +91,11 @@ class Exchange:
         else:
             self._abort_hooks.append(hook)
 
+    def off_abort(self, hook: Callable[[], object]) -> None:
+        """Forget ``hook`` (what it would stop is over)."""
+        if hook in self._abort_hooks:
+            self._abort_hooks.remove(hook)
+
     def abort(self, reason: str) -> bool:
         """Stop the request for ``reason``; False if it was already stopped."""
         if self.cancelled is not None or self.finished is not None:

@@ -162,6 +162,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_headers = False
         self._header_started = None
         self._disarm()
+        self.start_request()
+
+    def start_request(self) -> None:
+        """Hand the request whose headers are in to the ASGI app (a subclass may serve it itself)."""
         super().on_headers_complete()
 
     # ---- limits ----------------------------------------------------------------------------------

@@ -219,7 +219,7 @@ class AuthMiddleware:
         if path.startswith("/api/blobs/"):  # Ollama's blob upload: raw bytes by design
             return None
         headers = Headers(scope=scope)
-        if not _has_body(headers) or _is_json(headers.get("content-type")):
+        if not _has_body(headers) or is_json_media(headers.get("content-type")):
             return None
         sent = headers.get("content-type") or "none"
         return (
@@ -249,7 +249,7 @@ class AuthMiddleware:
                 403,
                 f"refused a request from another origin ({origin[:100]}) that carried the session cookie",
             )
-        if _has_body(headers) and not _is_json(headers.get("content-type")):
+        if _has_body(headers) and not is_json_media(headers.get("content-type")):
             sent = headers.get("content-type") or "none"
             return 415, f"the request body must be JSON: send 'Content-Type: application/json' (got '{sent}')"
         return 0, ""
@@ -394,7 +394,7 @@ def _has_body(headers: Headers) -> bool:
     return "transfer-encoding" in headers
 
 
-def _is_json(content_type: str | None) -> bool:
+def is_json_media(content_type: str | None) -> bool:
     """``application/json`` or ``application/<something>+json``, with or without parameters."""
     media = (content_type or "").split(";")[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))

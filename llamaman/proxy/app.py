@@ -22,6 +22,7 @@ from llamaman.gateway.errors import install_error_handlers
 from llamaman.gateway.middleware import wrap_with_auth
 from llamaman.proxy import anthropic, manage, native, openai, pull
 from llamaman.proxy.common import ProxyError
+from llamaman.proxy.fast_lane import FastLane
 from llamaman.services import Services
 from llamaman.upstream.relay import ErrorStyle, error_payload
 from llamaman.upstream.responses import RAW_SEND
@@ -173,15 +174,19 @@ def create_proxy_app(services: Services) -> FastAPI:
 
 
 # ---- serving -----------------------------------------------------------------------------------
-def _quiet_protocol() -> Any:
+def _quiet_protocol(lane: FastLane | None) -> Any:
     """The guarded httptools protocol (header size and read-time limits) with the access log off
-    for this server only."""
+    for this server only, with ``lane`` in front when given."""
+    if lane is not None:
+        from llamaman.proxy.fast_protocol import lane_protocol
+
+        return lane_protocol(lane)
     from llamaman.gateway.http_protocol import QuietProtocol
 
     return QuietProtocol
 
 
-def _make_server(app: ASGIApp, host: str, port: int) -> Any:
+def _make_server(app: ASGIApp, host: str, port: int, lane: FastLane | None = None) -> Any:
     import uvicorn
 
     class _Config(uvicorn.Config):
@@ -206,7 +211,7 @@ def _make_server(app: ASGIApp, host: str, port: int) -> Any:
         app,
         host=host,
         port=port,
-        http=_quiet_protocol(),
+        http=_quiet_protocol(lane),
         ws="none",
         lifespan="off",
         log_config=None,
@@ -289,10 +294,12 @@ def _lean_stack(app: Starlette) -> ASGIApp:
 
 
 class ProxyServer:
-    """A uvicorn server for ``app`` on (host, port), run as a task of the current event loop."""
+    """A uvicorn server for ``app`` on (host, port), run as a task of the current event loop;
+    ``lane`` answers the plainest model requests before they reach ``app`` (see ``fast_lane``)."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+    def __init__(self, app: ASGIApp, host: str, port: int, lane: FastLane | None = None) -> None:
         self.app = app
+        self.lane = lane
         self.host = host
         self.requested_port = port
         self.port = port
@@ -318,7 +325,10 @@ class ProxyServer:
             return
         sock = _bind(self.host, self.requested_port)
         self.port = sock.getsockname()[1]
-        self.server = _make_server(_front(self.app), self.host, self.port)
+        front = _front(self.app)
+        # Traced requests keep every layer, so their traces show them.
+        lane = self.lane if front is not self.app else None
+        self.server = _make_server(front, self.host, self.port, lane)
         self._task = asyncio.create_task(self.server.serve(sockets=[sock]), name=f"proxy-server-{self.port}")
         while not self.server.started:
             if self._task.done():

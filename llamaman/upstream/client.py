@@ -163,6 +163,11 @@ class UpstreamResponse:
                 PACER.streams -= 1
 
     async def aread(self) -> bytes:
+        if self._complete and self._error is None and not self._aborted:
+            # A small answer is usually whole by the time its head is read: no iterator needed.
+            chunks, self._chunks = self._chunks, []
+            self._buffered = 0
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         parts = [c async for c in self.aiter_raw()]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 

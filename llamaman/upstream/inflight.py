@@ -103,6 +103,8 @@ async def abortable(ex: Exchange, work: Awaitable[T], receive: Receive | None = 
 
     For answers that only come whole (non-streamed): a stream notices its client leaving by itself.
     """
+    if receive is None and (current := asyncio.current_task()) is not None:
+        return await _abortable_here(ex, work, current)
     task = asyncio.ensure_future(work)
     ex.on_abort(task.cancel)
     watcher: asyncio.Future[None] | None = None
@@ -119,3 +121,23 @@ async def abortable(ex: Exchange, work: Awaitable[T], receive: Receive | None = 
     finally:
         if watcher is not None:
             watcher.cancel()
+
+
+async def _abortable_here(ex: Exchange, work: Awaitable[T], task: asyncio.Task[Any]) -> T:
+    """``abortable`` without a task of its own (one task and one event-loop turn fewer per request):
+    an abort cancels the calling task while it waits for ``work``. Only that cancel becomes
+    ``RequestCancelled``; a cancel of the task from elsewhere stays a cancel."""
+    if ex.cancelled is not None:
+        if asyncio.iscoroutine(work):
+            work.close()
+        raise RequestCancelled(ex.cancelled)
+    hook = task.cancel
+    ex.on_abort(hook)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if ex.cancelled is not None and task.uncancel() == 0:
+            raise RequestCancelled(ex.cancelled) from None
+        raise
+    finally:
+        ex.off_abort(hook)

@@ -44,9 +44,11 @@ log = logging.getLogger(__name__)
 
 
 # Hop-by-hop and length headers are the transport's business, not the payload's.
+# ``expect`` too: LlamaMan answered the client's 100-continue and holds the whole body, and passed on,
+# it had llama-server answer "100 Continue" as if it were the final answer.
 _DROP_REQUEST = {
-    "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade",
-    "proxy-authorization", "authorization", "x-api-key", "cookie", "accept-encoding",
+    "host", "content-length", "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
+    "upgrade", "expect", "proxy-authorization", "authorization", "x-api-key", "cookie", "accept-encoding",
 }  # fmt: skip
 _DROP_RESPONSE = {
     "content-length",
@@ -74,6 +76,11 @@ def stream_headers(content_type: bytes) -> list[tuple[bytes, bytes]]:
 
 def forward_headers(headers: Any) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in _DROP_REQUEST}
+
+
+def forward_header_allowed(name: bytes) -> bool:
+    """Whether a request header (name lower-case) goes on to llama-server."""
+    return name not in _DROP_REQUEST_RAW
 
 
 def raw_forward_headers(scope: Scope) -> list[tuple[bytes, bytes]]:

@@ -46,7 +46,7 @@ class RelayStream(StreamingResponse):
         while True:
             message: Message = await receive()
             if message["type"] == "http.disconnect":
-                self._upstream.abort()
+                self.abort()
                 return
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -66,11 +66,19 @@ class RelayStream(StreamingResponse):
         finally:
             if watcher is not None:
                 watcher.cancel()
-            closer = getattr(self.body_iterator, "aclose", None)
-            if closer is not None:
-                await closer()
-            self._lease.release()
-            self._upstream.close()
+            await self.close()
+
+    def abort(self) -> None:
+        """The client left: stop reading upstream (llama-server then frees the slot)."""
+        self._upstream.abort()
+
+    async def close(self) -> None:
+        """End the relay however far it got: the body's own cleanup, the lease, the upstream request."""
+        closer = getattr(self.body_iterator, "aclose", None)
+        if closer is not None:
+            await closer()
+        self._lease.release()
+        self._upstream.close()
 
 
 class RawResponse(Response):

@@ -36,7 +36,9 @@ async def test_waiting_for_an_event_says_whether_it_came() -> None:
     assert await wait_event(event, 5) is True
 
 
-async def test_the_box_stops_at_once_right_after_a_peer_is_added(make_settings: Callable[..., Settings]) -> None:
+async def test_the_box_stops_at_once_right_after_a_peer_is_added(
+    make_settings: Callable[..., Settings],
+) -> None:
     box = LlamaMan(make_settings())
     await box.start()
     try:

@@ -1,0 +1,184 @@
+"""The proxy port's fast lane: the plainest model requests, answered without the ASGI stack.
+
+Most requests a proxy sees are the same: a JSON POST to ``/v1/chat/completions`` with a valid key
+that may use every model, for a model that is loaded and has a free place. For those, the ASGI
+server's request cycle, the middleware layers and the router add about half of LlamaMan's cost per
+request on a small CPU, and decide nothing. The lane takes such a request straight from the
+connection (``fast_protocol``) to ``Relay.forward``, the very code the handler would call.
+
+It decides nothing of its own either. Each step asks the code the ASGI path asks (the key store,
+the strict JSON parser, the body's model check, the router's lease), and anything outside the plain
+case goes the ASGI way, where every check and refusal lives:
+
+- headers: POST to one of ``FAST_PATHS`` without a query; HTTP/1.1 kept alive; one JSON
+  ``Content-Type``; one ``Content-Length`` of at most ``BODY_LIMIT``; no ``Transfer-Encoding``,
+  ``Expect`` or ``Upgrade``; no ``Connection`` but ``keep-alive`` (what HTTP clients such as
+  httpx send); no node or loading-progress header; at most one ``Authorization`` (Bearer) and no
+  ``X-Api-Key``;
+- the caller: a key that passes the key store's check and has no model list, no rate limit and no
+  daily quota, or no key at all where keys are not required;
+- the body: parsed by ``parse_json`` and checked by ``check_model_fields`` without an error, a JSON
+  object naming a model, without the loading-progress field;
+- the box: not part of a cluster and without peers; the lane is off when tracing is;
+- the model: ``Router.lease_now`` gives a lease at once (loaded, healthy, a free place, nobody queued).
+
+A refusal, a model to load, a queue, a body the parser rejects: all take the ASGI path, which answers
+them exactly as before, in the endpoint's dialect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from starlette.datastructures import Headers
+
+from llamaman.auth.access import Access, classify
+from llamaman.cluster.forward import NODE_HEADER, VIA_HEADER
+from llamaman.core.exchange import Exchange
+from llamaman.core.identity import Identity
+from llamaman.gateway.bodies import MODEL_FIELDS, BodyError, check_model_fields, parse_json
+from llamaman.gateway.middleware import is_json_media
+from llamaman.proxy.openai import PROGRESS_FIELD, PROGRESS_HEADER, encode_body
+from llamaman.scheduling.lease import Lease
+from llamaman.upstream.relay import forward_header_allowed
+
+if TYPE_CHECKING:
+    from starlette.responses import Response
+
+    from llamaman.services import Services
+
+# Request target -> (path upstream, whether the instance's forced sampling values apply).
+FAST_PATHS: dict[bytes, tuple[str, bool]] = {
+    b"/v1/chat/completions": ("/v1/chat/completions", True),
+    b"/v1/completions": ("/v1/completions", True),
+    b"/v1/embeddings": ("/v1/embeddings", False),
+}
+# Larger bodies (images, long documents) are rare, and their relay cost is not the request's.
+BODY_LIMIT = 256 * 1024
+
+_ONCE = frozenset({b"content-type", b"content-length", b"authorization", b"connection"})
+_NEVER = frozenset(
+    {
+        b"transfer-encoding", b"expect", b"upgrade", b"x-api-key",
+        NODE_HEADER.encode(), VIA_HEADER.encode(), PROGRESS_HEADER.encode(),
+    }
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Admitted:
+    """A request whose headers qualify; its body is still to come."""
+
+    path: str
+    sampling: bool
+    identity: Identity | None
+    length: int
+    forward: list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class Ready:
+    """A whole request the lane can serve once it has a place."""
+
+    admitted: Admitted
+    body: dict[str, Any]
+    raw: bytes
+    model: str
+
+
+class FastLane:
+    """Decides whether a request may skip the ASGI stack, and serves those that may."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    # ---- decisions ---------------------------------------------------------------------------------
+    def admit(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> Admitted | None:
+        """The request, if its method, target and headers (names lower-case) qualify; else None."""
+        if method != b"POST":
+            return None
+        route = FAST_PATHS.get(target)
+        if route is None or self._spread():
+            return None
+        seen: set[bytes] = set()
+        length = -1
+        json_type = False
+        for name, value in headers:
+            if name in _NEVER:
+                return None
+            if name in _ONCE:
+                if name in seen:
+                    return None
+                seen.add(name)
+                if name == b"content-length":
+                    if not value.isdigit():
+                        return None
+                    length = int(value)
+                elif name == b"content-type":
+                    json_type = is_json_media(value.decode("latin-1"))
+                elif name == b"connection" and value.strip().lower() != b"keep-alive":
+                    return None  # a Connection header naming other headers, or asking to close
+        if not json_type or not 0 < length <= BODY_LIMIT:
+            return None
+        path, sampling = route
+        if classify(path, "proxy") is not Access.MODEL:  # pragma: no cover - the table says so
+            return None
+        auth = self.services.auth
+        credential = auth.authenticate(Headers(raw=headers), cookie=False)
+        identity = credential.identity
+        if credential.problem is not None:
+            return None
+        if identity is None:
+            if auth.require_auth:
+                return None
+        elif (
+            identity.kind != "key"
+            or identity.restricted
+            or identity.daily_token_quota
+            or (identity.key_id and identity.rpm_limit)
+        ):
+            return None
+        forward = [(k, v) for k, v in headers if forward_header_allowed(k)]
+        return Admitted(path, sampling, identity, length, forward)
+
+    def ready(self, admitted: Admitted, raw: bytes) -> Ready | None:
+        """The request with its body, if the body qualifies; else None."""
+        try:
+            body = parse_json(raw)
+            if type(body) is not dict:
+                return None
+            check_model_fields(body, MODEL_FIELDS)
+        except BodyError:
+            return None
+        model = body.get("model")
+        if not isinstance(model, str) or not model.strip() or PROGRESS_FIELD in body:
+            return None
+        return Ready(admitted, body, raw, model.strip())
+
+    def lease(self, ready: Ready) -> Lease | None:
+        """A place on the model's instance taken at once, or None (the ASGI path then waits for one)."""
+        if self._spread():
+            return None
+        return self.services.router.lease_now(ready.model)
+
+    def _spread(self) -> bool:
+        """Whether another box may be the place to answer (the ASGI path decides where)."""
+        services = self.services
+        return bool(services.cluster.clustered or services.peers.configured)
+
+    # ---- serving -----------------------------------------------------------------------------------
+    async def answer(self, ready: Ready, lease: Lease, ex: Exchange) -> Response:
+        """What the handler would answer, through the relay the handler would use."""
+        a = ready.admitted
+        try:
+            content = encode_body(ready.body, ready.raw, lease, sampling=a.sampling, changed=False)
+        except BaseException:
+            lease.release()
+            raise
+        return await self.services.relay.forward(
+            lease, "POST", a.path, content=content, headers=a.forward, exchange=ex
+        )
+
+    def exchange(self, ready: Ready, lease: Lease) -> Exchange:
+        return Exchange(lease.model_name, ready.admitted.path, identity=ready.admitted.identity)

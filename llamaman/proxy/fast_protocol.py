@@ -1,0 +1,205 @@
+"""The proxy port's HTTP protocol: the guarded httptools protocol, with the fast lane (``fast_lane``)
+taking the requests it may straight from the parser.
+
+A request goes the lane's way only when nothing else is being answered on its connection. While the
+lane answers, a stand-in occupies uvicorn's cycle slot: a request pipelined behind it is queued by
+uvicorn as behind any other answer, a server shutdown asks it to close once done, and a lost
+connection marks it like any other. A request the lane turns down after reading its headers (its
+body, or no free place) is handed to uvicorn then, as if the headers had just arrived, with the body
+read so far.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.responses import Response
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from llamaman.core.exchange import Exchange
+from llamaman.core.identity import CURRENT_IDENTITY
+from llamaman.gateway.http_protocol import QuietProtocol
+from llamaman.proxy.fast_lane import Admitted, FastLane, Ready
+from llamaman.scheduling.lease import Lease
+from llamaman.upstream.inflight import CLIENT_LEFT
+from llamaman.upstream.responses import RelayStream
+
+log = logging.getLogger(__name__)
+
+_ERROR_500 = (
+    b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 21\r\nconnection: close\r\n\r\nInternal Server Error"
+)
+
+
+class _NoWaiter:
+    """The cycle's body event: nobody waits on the lane's."""
+
+    def set(self) -> None:
+        pass
+
+
+_NO_WAITER = _NoWaiter()
+
+
+class _LaneCycle:
+    """What uvicorn reads of its request cycle, for the request the lane is answering."""
+
+    __slots__ = ("body", "disconnected", "keep_alive", "message_event", "more_body", "response_complete")
+
+    def __init__(self) -> None:
+        self.response_complete = False
+        self.keep_alive = True  # uvicorn's shutdown sets it False: close once answered
+        self.disconnected = False
+        self.more_body = False
+        self.body = b""
+        self.message_event = _NO_WAITER
+
+
+class FastLaneProtocol(QuietProtocol):
+    lane: FastLane  # set per server by ``lane_protocol``
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._admitted: Admitted | None = None
+        self._parts: list[bytes] = []
+        self._received = 0
+        self._before: Any = None  # uvicorn's cycle before the lane's stand-in took its place
+        self._exchange: Exchange | None = None
+        self._stream: RelayStream | None = None
+
+    # ---- the parser's callbacks ------------------------------------------------------------------
+    def start_request(self) -> None:
+        cycle = self.cycle
+        admitted = None
+        if (cycle is None or cycle.response_complete) and not self.pipeline:
+            parser = self.parser
+            plain = parser.get_http_version() == "1.1" and parser.should_keep_alive()
+            if plain and not parser.should_upgrade():
+                admitted = self.lane.admit(parser.get_method(), self.url, self.headers)
+        if admitted is None:
+            super().start_request()
+            return
+        self._admitted = admitted
+        self._parts = []
+        self._received = 0
+        self._before = cycle
+        self.cycle = _LaneCycle()  # type: ignore[assignment]
+
+    def on_body(self, body: bytes) -> None:
+        if self._admitted is None:
+            super().on_body(body)
+            return
+        self._parts.append(body)
+        self._received += len(body)
+        if self._received > self._admitted.length:  # pragma: no cover - the parser frames by length
+            self._hand_over(complete=False)
+
+    def on_message_complete(self) -> None:
+        admitted = self._admitted
+        if admitted is None:
+            super().on_message_complete()
+            return
+        raw = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        ready = self.lane.ready(admitted, raw)
+        lease = self.lane.lease(ready) if ready is not None else None
+        if ready is None or lease is None:
+            self._hand_over(complete=True)
+            return
+        self._admitted = None
+        self._parts = []
+        task = self.loop.create_task(self._serve(ready, lease, self.cycle))  # type: ignore[arg-type]
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    def _hand_over(self, *, complete: bool) -> None:
+        """Give the request to uvicorn, as if its headers had just arrived (the parser is still on it)."""
+        parts = self._parts
+        self._admitted = None
+        self._parts = []
+        self.cycle = self._before
+        HttpToolsProtocol.on_headers_complete(self)
+        if parts:
+            HttpToolsProtocol.on_body(self, b"".join(parts))
+        if complete:
+            HttpToolsProtocol.on_message_complete(self)
+
+    # ---- the connection --------------------------------------------------------------------------
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._stream is not None:
+            self._stream.abort()  # as the ASGI path does when a stream's client leaves
+        elif self._exchange is not None:
+            self._exchange.abort(CLIENT_LEFT)
+
+    # ---- answering -------------------------------------------------------------------------------
+    async def _serve(self, ready: Ready, lease: Lease, cycle: _LaneCycle) -> None:
+        ex = self.lane.exchange(ready, lease)
+        CURRENT_IDENTITY.set(ready.admitted.identity)  # this task's own context: what observers read
+        self._exchange = ex
+        started = False
+        try:
+            response = await self.lane.answer(ready, lease, ex)
+            started = True
+            if isinstance(response, RelayStream):
+                await self._relay(response, cycle)
+            else:
+                self._write(response)
+        except Exception:
+            log.exception("the proxy's answer to %s failed", ready.admitted.path)
+            if not started and not self.transport.is_closing():
+                self.transport.write(_ERROR_500)
+            cycle.keep_alive = False
+        finally:
+            self._exchange = None
+            self._stream = None
+            cycle.response_complete = True
+            if self.transport.is_closing():
+                pass
+            elif cycle.keep_alive:
+                self.on_response_complete()  # uvicorn's: the next request, or the keep-alive timer
+            else:
+                self.transport.close()
+
+    def _head(self, response: Response, extra: bytes = b"") -> list[bytes]:
+        out = [STATUS_LINE[response.status_code]]
+        for name, value in (*self.server_state.default_headers, *response.raw_headers):
+            out += (name, b": ", value, b"\r\n")
+        out.append(extra)
+        out.append(b"\r\n")
+        return out
+
+    def _write(self, response: Response) -> None:
+        if self.transport.is_closing():
+            return
+        out = self._head(response)
+        out.append(response.body)
+        self.transport.write(b"".join(out))
+
+    async def _relay(self, response: RelayStream, cycle: _LaneCycle) -> None:
+        self._stream = response
+        try:
+            if self.transport.is_closing():
+                response.abort()
+                return
+            self.transport.write(b"".join(self._head(response, b"transfer-encoding: chunked\r\n")))
+            async for chunk in response.body_iterator:
+                if cycle.disconnected:
+                    break
+                if not isinstance(chunk, bytes):  # pragma: no cover - the relay yields bytes
+                    chunk = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
+                if chunk:
+                    self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                if self.flow.write_paused:
+                    await self.flow.drain()
+            else:
+                if not self.transport.is_closing():
+                    self.transport.write(b"0\r\n\r\n")
+        finally:
+            await response.close()
+
+
+def lane_protocol(lane: FastLane) -> type[FastLaneProtocol]:
+    """The protocol class for one proxy server, bound to its lane."""
+    return type("BoundFastLaneProtocol", (FastLaneProtocol,), {"lane": lane})

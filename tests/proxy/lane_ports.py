@@ -1,0 +1,85 @@
+"""Two proxy ports of one box, with and without the fast lane, and plain HTTP/1.1 on a socket: what
+the lane's tests need to compare the two ways and to send what no HTTP client would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httptools
+
+from llamaman.app import LlamaMan
+from llamaman.proxy.app import ProxyServer, create_proxy_app
+
+
+class Ports:
+    """Two proxy servers of one box: ``lane`` serves as LlamaMan does, ``full`` without the lane."""
+
+    def __init__(self, services: LlamaMan) -> None:
+        lane = services.fast_lane()
+        assert lane is not None
+        self.taken = 0
+        answer = lane.answer
+
+        async def counted(*args: Any) -> Any:
+            self.taken += 1
+            return await answer(*args)
+
+        lane.answer = counted  # type: ignore[method-assign]
+        self.lane = ProxyServer(create_proxy_app(services), "127.0.0.1", 0, lane=lane)
+        self.full = ProxyServer(create_proxy_app(services), "127.0.0.1", 0)
+
+
+class Answers:
+    """Responses read off one connection, in order."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.done: list[tuple[int, bytes]] = []
+        self._body = b""
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        self.done.append((self.parser.get_status_code(), self._body))
+        self._body = b""
+
+    async def read(self, reader: asyncio.StreamReader, n: int) -> list[tuple[int, bytes]]:
+        while len(self.done) < n:
+            data = await asyncio.wait_for(reader.read(65536), 60)
+            assert data, f"the connection closed after {len(self.done)} of {n} answers"
+            self.parser.feed_data(data)
+        got, self.done = self.done[:n], self.done[n:]
+        return got
+
+
+def request(key: str, body: dict[str, Any], target: str = "/v1/chat/completions", extra: str = "") -> bytes:
+    raw = json.dumps(body).encode()
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n{extra}\r\n"
+    )
+    return head.encode() + raw
+
+
+def text_of(answer: tuple[int, bytes]) -> str:
+    status, body = answer
+    assert status == 200, body
+    return str(json.loads(body)["choices"][0]["message"]["content"])
+
+
+async def exchange(port: int, data: bytes) -> list[tuple[int, bytes]]:
+    """Every answer to ``data`` written on a new connection, read until the server closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answers = Answers()
+    try:
+        writer.write(data)
+        while chunk := await asyncio.wait_for(reader.read(65536), 60):
+            answers.parser.feed_data(chunk)
+    except httptools.HttpParserError:  # pragma: no cover - what the server sent is the failure shown
+        raise AssertionError(f"not HTTP: {answers.done}") from None
+    finally:
+        writer.close()
+    return answers.done

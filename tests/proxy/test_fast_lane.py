@@ -1,0 +1,195 @@
+"""What the proxy port's fast lane takes and what it leaves to the full path: its decisions, one by one.
+
+The lane may only take a request the full path would answer by relaying it, so every way a request
+can differ from the plain case must send it the full way (``test_fast_lane_served`` shows the two
+ways answer alike; ``tests/security/test_fast_lane_trust.py`` attacks it)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from llamaman.app import LlamaMan
+from llamaman.core.config import Settings
+from llamaman.proxy.fast_lane import BODY_LIMIT, Admitted, FastLane
+
+H = list[tuple[bytes, bytes]]
+BODY = b'{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"max_tokens":4}'
+
+
+def plain(key: str, body: bytes = BODY) -> H:
+    return [
+        (b"host", b"127.0.0.1:42069"),
+        (b"user-agent", b"OpenAI/Python 1.0"),
+        (b"authorization", f"Bearer {key}".encode()),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"keep-alive"),  # as httpx, and so the openai package, sends on every request
+    ]
+
+
+def swap(headers: H, name: bytes, value: bytes | None) -> H:
+    """``headers`` with ``name`` given ``value`` (None: left out)."""
+    out = [(k, v) for k, v in headers if k != name]
+    return out if value is None else [*out, (name, value)]
+
+
+@pytest.fixture
+async def lane(box: LlamaMan) -> FastLane:
+    return FastLane(box)
+
+
+async def test_a_plain_request_with_a_key_that_may_use_everything_is_admitted(
+    box: LlamaMan, lane: FastLane
+) -> None:
+    record, key = await box.auth.keys.create("plain")
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        target = path.encode()
+        a = lane.admit(b"POST", target, plain(key))
+        assert isinstance(a, Admitted) and a.path == path and a.sampling
+        assert a.identity is not None and a.identity.key_id == record.id
+        # The caller's key stays here: llama-server gets its own, and no hop-by-hop header.
+        assert [k for k, _ in a.forward] == [b"user-agent", b"content-type"]
+    alive = lane.admit(b"POST", b"/v1/chat/completions", swap(plain(key), b"connection", b" Keep-Alive"))
+    assert alive is not None and [k for k, _ in alive.forward] == [b"user-agent", b"content-type"]
+    embed = lane.admit(b"POST", b"/v1/embeddings", plain(key))
+    assert embed is not None and not embed.sampling
+    ready = lane.ready(embed, BODY)
+    assert ready is not None and ready.model == "tiny-a" and ready.body["max_tokens"] == 4
+
+
+@pytest.mark.parametrize(
+    ("why", "method", "target", "change"),
+    [
+        ("another method", b"PUT", b"/v1/chat/completions", None),
+        ("a query string", b"POST", b"/v1/chat/completions?autoload=false", None),
+        ("a path it does not relay plainly", b"POST", b"/v1/messages", None),
+        ("an absolute target", b"POST", b"http://x/v1/chat/completions", None),
+        ("a percent-encoded path", b"POST", b"/v1/chat%2Fcompletions", None),
+        ("no content type", b"POST", b"/v1/chat/completions", (b"content-type", None)),
+        ("form", b"POST", b"/v1/chat/completions", (b"content-type", b"application/x-www-form-urlencoded")),
+        ("text", b"POST", b"/v1/chat/completions", (b"content-type", b"text/plain")),
+        ("no length", b"POST", b"/v1/chat/completions", (b"content-length", None)),
+        ("an empty body", b"POST", b"/v1/chat/completions", (b"content-length", b"0")),
+        ("a signed length", b"POST", b"/v1/chat/completions", (b"content-length", b"+70")),
+        ("a large body", b"POST", b"/v1/chat/completions", (b"content-length", str(BODY_LIMIT + 1).encode())),
+        ("a chunked body", b"POST", b"/v1/chat/completions", (b"transfer-encoding", b"chunked")),
+        ("expect", b"POST", b"/v1/chat/completions", (b"expect", b"100-continue")),
+        ("upgrade", b"POST", b"/v1/chat/completions", (b"upgrade", b"websocket")),
+        ("connection: close", b"POST", b"/v1/chat/completions", (b"connection", b"close")),
+        ("connection naming a header", b"POST", b"/v1/chat/completions", (b"connection", b"keep-alive, te")),
+        ("a connection upgrade", b"POST", b"/v1/chat/completions", (b"connection", b"upgrade")),
+        ("an x-api-key", b"POST", b"/v1/chat/completions", (b"x-api-key", b"anything")),
+        ("the node secret", b"POST", b"/v1/chat/completions", (b"x-llamaman-node-secret", b"guess")),
+        ("a node name", b"POST", b"/v1/chat/completions", (b"x-llamaman-via", b"node-2")),
+        ("loading progress", b"POST", b"/v1/chat/completions", (b"x-llamaman-loading-progress", b"1")),
+        ("a basic credential", b"POST", b"/v1/chat/completions", (b"authorization", b"Basic eDp5")),
+        ("an empty bearer", b"POST", b"/v1/chat/completions", (b"authorization", b"Bearer ")),
+        ("an unknown key", b"POST", b"/v1/chat/completions", (b"authorization", b"Bearer not-a-key")),
+    ],
+)
+async def test_anything_but_the_plain_case_goes_the_full_way(
+    box: LlamaMan,
+    lane: FastLane,
+    why: str,
+    method: bytes,
+    target: bytes,
+    change: tuple[bytes, bytes | None] | None,
+) -> None:
+    _, key = await box.auth.keys.create("plain")
+    headers = plain(key) if change is None else swap(plain(key), *change)
+    assert lane.admit(method, target, headers) is None, why
+
+
+async def test_a_header_given_twice_goes_the_full_way(box: LlamaMan, lane: FastLane) -> None:
+    _, key = await box.auth.keys.create("plain")
+    _, other = await box.auth.keys.create("other", allowed_models=["tiny-b"])
+    for name, value in (
+        (b"authorization", f"Bearer {other}".encode()),
+        (b"authorization", f"Bearer {key}".encode()),
+        (b"content-length", str(len(BODY)).encode()),
+        (b"content-type", b"application/json"),
+        (b"connection", b"keep-alive"),
+    ):
+        assert lane.admit(b"POST", b"/v1/chat/completions", [*plain(key), (name, value)]) is None, name
+
+
+async def test_keys_with_anything_to_enforce_go_the_full_way(box: LlamaMan, lane: FastLane) -> None:
+    """Model lists, rate limits and quotas are the full path's to check and count."""
+    limited = [
+        await box.auth.keys.create("models", allowed_models=["tiny-a"]),
+        await box.auth.keys.create("rate", rpm_limit=100),
+        await box.auth.keys.create("quota", daily_token_quota=10_000),
+        await box.auth.keys.create("expired", expires_at=time.time() - 1),
+    ]
+    revoked, revoked_key = await box.auth.keys.create("revoked")
+    await box.auth.keys.revoke(revoked.id)
+    for _, key in [*limited, (revoked, revoked_key)]:
+        assert lane.admit(b"POST", b"/v1/chat/completions", plain(key)) is None
+    _, admin = await box.auth.keys.create("admin", scope="admin")
+    assert lane.admit(b"POST", b"/v1/chat/completions", plain(admin)) is not None
+
+
+async def test_without_a_key_only_a_box_that_requires_none_admits_the_request(
+    box: LlamaMan, lane: FastLane
+) -> None:
+    anonymous = swap(plain("x"), b"authorization", None)
+    await box.runtime.update({"require_auth": True})
+    assert lane.admit(b"POST", b"/v1/chat/completions", anonymous) is None
+    await box.runtime.update({"require_auth": False})
+    a = lane.admit(b"POST", b"/v1/chat/completions", anonymous)
+    assert a is not None and a.identity is None
+    # A key that does not verify is still no way in: the full path says what is wrong with it.
+    assert lane.admit(b"POST", b"/v1/chat/completions", plain("not-a-key")) is None
+
+
+async def test_a_box_with_peers_leaves_every_request_to_the_full_path(box: LlamaMan, lane: FastLane) -> None:
+    _, key = await box.auth.keys.create("plain")
+    admitted = lane.admit(b"POST", b"/v1/chat/completions", plain(key))
+    assert admitted is not None
+    await box.peers.create("elsewhere", "http://127.0.0.1:9", None, "*", enabled=False)
+    try:
+        assert lane.admit(b"POST", b"/v1/chat/completions", plain(key)) is None
+        ready = lane.ready(admitted, BODY)
+        assert ready is not None and lane.lease(ready) is None  # another box may be the place
+    finally:
+        await box.peers.delete("elsewhere")
+
+
+@pytest.mark.parametrize(
+    ("why", "body"),
+    [
+        ("not JSON", b'{"model": "tiny-a",'),
+        ("an array", b'[{"model": "tiny-a"}]'),
+        ("no model", b'{"messages": []}'),
+        ("a model that is no string", b'{"model": 7}'),
+        ("a blank model", b'{"model": "  "}'),
+        ("a model given twice", b'{"model": "tiny-a", "model": "tiny-b"}'),
+        ("a byte-order mark", b'\xef\xbb\xbf{"model": "tiny-a"}'),
+        ("NaN", b'{"model": "tiny-a", "temperature": NaN}'),
+        ("the loading-progress field", b'{"model": "tiny-a", "llamaman_loading_progress": true}'),
+    ],
+)
+async def test_a_body_the_full_path_would_refuse_or_treat_apart_goes_the_full_way(
+    box: LlamaMan, lane: FastLane, why: str, body: bytes
+) -> None:
+    _, key = await box.auth.keys.create("plain")
+    admitted = lane.admit(b"POST", b"/v1/chat/completions", plain(key, body))
+    assert admitted is not None
+    assert lane.ready(admitted, body) is None, why
+
+
+async def test_a_model_that_is_not_loaded_gets_no_place_from_the_lane(box: LlamaMan, lane: FastLane) -> None:
+    _, key = await box.auth.keys.create("plain")
+    admitted = lane.admit(b"POST", b"/v1/chat/completions", plain(key))
+    assert admitted is not None
+    for body in (BODY, BODY.replace(b"tiny-a", b"no-such-model")):
+        ready = lane.ready(admitted, body)
+        assert ready is not None and lane.lease(ready) is None  # loading and 404s are the full path's
+
+
+async def test_the_setting_turns_the_lane_off(make_settings: Callable[..., Settings]) -> None:
+    assert isinstance(LlamaMan(make_settings()).fast_lane(), FastLane)
+    assert LlamaMan(make_settings(LLAMAMAN_PROXY_FAST_LANE="0")).fast_lane() is None

@@ -1,0 +1,222 @@
+"""The fast lane on a listening proxy port, beside a port without it, in front of one real llama-server:
+what the lane answers must be what the full path answers, recorded alike, and whatever it leaves must
+reach the full path whole and in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from llamaman.app import LlamaMan
+from llamaman.testing.tiny_gguf import expected_text
+from tests.proxy.lane_ports import Answers, Ports, request, text_of
+
+pytestmark = pytest.mark.llama
+
+HI = [{"role": "user", "content": "hi"}]
+COUNTS = ("prompt_tokens", "completion_tokens")
+
+
+def chat(n: int, **more: Any) -> dict[str, Any]:
+    return {"model": "tiny-a", "messages": HI, "max_tokens": n, **more}
+
+
+async def key_headers(services: LlamaMan, name: str) -> dict[str, str]:
+    _, key = await services.auth.keys.create(name)
+    return {"Authorization": f"Bearer {key}"}
+
+
+def spent_today(services: LlamaMan, name: str) -> int:
+    record = next(k for k in services.auth.keys.by_id.values() if k.name == name)
+    return services.auth.keys.tokens_today(record.id)
+
+
+async def streamed(c: httpx.AsyncClient, body: dict[str, Any]) -> tuple[str, dict[str, Any], httpx.Headers]:
+    text, usage = "", None
+    async with c.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                event = json.loads(line[6:])
+                usage = event.get("usage") or usage
+                for choice in event.get("choices") or []:
+                    text += (choice.get("delta") or {}).get("content") or ""
+        headers = r.headers
+    assert usage is not None
+    return text, usage, headers
+
+
+async def test_the_lane_answers_a_plain_request_as_the_full_path_does_and_it_is_counted_alike(
+    services: LlamaMan, proxy_pair: Ports, api: httpx.AsyncClient
+) -> None:
+    await services.router.load("tiny-a")
+    told: dict[str, list[Any]] = {"lane": [], "full": []}
+    for name, server in (("lane", proxy_pair.lane), ("full", proxy_pair.full)):
+        h = await key_headers(services, name)
+        async with httpx.AsyncClient(base_url=server.url, headers=h, timeout=60, trust_env=False) as c:
+            r = await c.post("/v1/chat/completions", json=chat(5))
+            assert r.status_code == 200, r.text
+            reply = r.json()
+            assert reply["choices"][0]["message"]["content"] == expected_text("A", 5)
+            asked = chat(7, stream=True, stream_options={"include_usage": True})
+            text, usage, stream_headers = await streamed(c, asked)
+            assert text == expected_text("A", 7) and usage["completion_tokens"] == 7
+            heads = [sorted(k for k in h if k != "date") for h in (r.headers, stream_headers)]
+            # (The second run of a prompt finds it in llama-server's cache: only that differs.)
+            counts = [{k: u[k] for k in COUNTS} for u in (reply["usage"], usage)]
+            told[name] = [*counts, heads]
+    assert proxy_pair.taken == 2  # both answers on the lane's port came the lane's way
+    assert told["lane"] == told["full"]  # the same counts, the same headers
+
+    await services.telemetry.activity.flush()
+    rows = (await api.get("/api/activity")).json()["items"]
+    logged = {
+        (r["key_name"], r["endpoint"], r["status"], r["prompt_tokens"], r["completion_tokens"]) for r in rows
+    }
+    for name in ("lane", "full"):
+        for usage in told[name][:2]:
+            counted = (usage["prompt_tokens"], usage["completion_tokens"])
+            assert (name, "/v1/chat/completions", 200, *counted) in logged
+    for name in ("lane", "full"):
+        spent = sum(u["prompt_tokens"] + u["completion_tokens"] for u in told[name][:2])
+        assert spent_today(services, name) == spent
+
+
+async def test_what_the_lane_leaves_is_answered_by_the_full_path_exactly_as_on_a_port_without_it(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    await services.router.load("tiny-a")
+    h = await key_headers(services, "plain")
+    as_json = {"content-type": "application/json"}
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("a query", {"url": "/v1/chat/completions?autoload=true", "json": chat(2)}),
+        ("text", {"content": json.dumps(chat(2)), "headers": {"content-type": "text/plain"}}),
+        ("not JSON", {"content": b'{"model": "tiny-a",', "headers": as_json}),
+        ("two models", {"content": b'{"model":"tiny-a","model":"tiny-b"}', "headers": as_json}),
+        ("an unknown model", {"json": {**chat(2), "model": "nothing-here"}}),
+        ("no key", {"json": chat(2), "headers": {"authorization": ""}}),
+        ("a wrong key", {"json": chat(2), "headers": {"authorization": "Bearer wrong"}}),
+        ("connection close", {"json": chat(3), "headers": {"connection": "close"}}),
+        ("a chunked body", {"content": _chunks(json.dumps(chat(4)).encode()), "headers": as_json}),
+    ]
+    for why, asked in cases:
+        answers = []
+        for server in (proxy_pair.lane, proxy_pair.full):
+            async with httpx.AsyncClient(base_url=server.url, headers=h, timeout=60, trust_env=False) as c:
+                kw = dict(asked)
+                if isinstance(kw.get("content"), _chunks):
+                    kw["content"] = _chunks(kw["content"].data)  # a fresh stream for each port
+                r = await c.post(kw.pop("url", "/v1/chat/completions"), **kw)
+                body = r.json()
+                answers.append((r.status_code, body.get("error") or body["choices"][0]["message"]["content"]))
+        assert answers[0] == answers[1], why
+    assert proxy_pair.taken == 0  # not one of them went the lane's way
+
+
+class _chunks:
+    """A request body sent with chunked framing (an async iterator, as httpx does)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._parts()
+
+    async def _parts(self) -> AsyncIterator[bytes]:
+        yield self.data[:10]
+        yield self.data[10:]
+
+
+async def test_requests_sent_in_one_go_are_answered_in_order_whichever_way_each_goes(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    await services.router.load("tiny-a")
+    _, key = await services.auth.keys.create("pipelining")
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_pair.lane.port)
+    try:
+        answers = Answers()
+        # Four requests in one write: the first goes the lane's way, the others wait behind it in
+        # uvicorn's queue (the third would go the full way anyway, for its query).
+        writer.write(
+            request(key, chat(3)) + request(key, chat(5)) + request(key, chat(2), "/v1/chat/completions?x=1")
+            + request(key, chat(4))
+        )  # fmt: skip
+        got = await answers.read(reader, 4)
+        assert [text_of(a) for a in got] == [expected_text("A", n) for n in (3, 5, 2, 4)]
+        assert proxy_pair.taken == 1
+        # The connection is kept: the next request, alone, goes the lane's way again.
+        writer.write(request(key, chat(6)))
+        assert text_of((await answers.read(reader, 1))[0]) == expected_text("A", 6)
+        assert proxy_pair.taken == 2
+        # A request the lane admits by its headers, but whose model the full path must load, is
+        # handed over with its body: the full path answers it.
+        writer.write(request(key, {**chat(2), "model": "tiny-b"}))
+        assert text_of((await answers.read(reader, 1))[0]) == expected_text("B", 2)
+        assert proxy_pair.taken == 2
+    finally:
+        writer.close()
+
+
+async def test_http_1_0_and_expect_continue_are_the_full_paths_and_answered(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    await services.router.load("tiny-a")
+    _, key = await services.auth.keys.create("old-clients")
+    old = request(key, chat(3)).replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_pair.lane.port)
+    writer.write(old)
+    assert text_of((await Answers().read(reader, 1))[0]) == expected_text("A", 3)
+    writer.close()
+    # The 100 is LlamaMan's to send; passed on to llama-server, Expect had it answer "100 Continue" as
+    # the final answer, now and then: a few tries.
+    for n in (4, 5, 6):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy_pair.lane.port)
+        raw = request(key, chat(n), extra="Expect: 100-continue\r\n")
+        head, _, body = raw.partition(b"\r\n\r\n")
+        writer.write(head + b"\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)).startswith(b"HTTP/1.1 100")
+        writer.write(body)
+        assert text_of((await Answers().read(reader, 1))[0]) == expected_text("A", n)
+        writer.close()
+    assert proxy_pair.taken == 0
+
+
+async def test_a_port_stopping_lets_the_answer_on_the_lane_finish(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    await services.router.load("tiny-a")
+    h = await key_headers(services, "stopping")
+    async with httpx.AsyncClient(base_url=proxy_pair.lane.url, headers=h, timeout=60, trust_env=False) as c:
+        asking = asyncio.create_task(c.post("/v1/chat/completions", json=chat(400)))
+        while not len(services.relay.inflight):
+            await asyncio.sleep(0.005)
+        await proxy_pair.lane.stop()
+        r = await asking
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == expected_text("A", 400)
+    assert r.headers.get("connection") != "keep-alive"
+    assert proxy_pair.taken == 1
+
+
+async def test_a_client_that_leaves_before_its_body_is_done_takes_no_place(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    m = await services.router.load("tiny-a")
+    _, key = await services.auth.keys.create("leaving")
+    raw = request(key, chat(3))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_pair.lane.port)
+    writer.write(raw[:-5])
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    # The next request is served: nothing was held for the one that left.
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_pair.lane.port)
+    writer.write(raw)
+    assert text_of((await Answers().read(reader, 1))[0]) == expected_text("A", 3)
+    writer.close()
+    assert proxy_pair.taken == 1
+    assert services.router.slot(m).inflight == 0 and len(services.relay.inflight) == 0
