@@ -4,10 +4,11 @@ The same plain chat (max_tokens 8, tiny model) goes to: a direct llama-server; l
 mode; ``socat`` relaying bytes to a llama-server of its own (a compiled relay that parses nothing:
 the floor of any relay; left out where socat is not installed); a bare ASGI relay in front of a
 llama-server of its own (uvicorn with httptools and LlamaMan's own upstream client, nothing else);
-and LlamaMan. Every target has its own llama-server process, as in P1, and the requests go to the
-targets one each in turn, the first target rotating, as in P1 (``--blocks`` sends each target a block
-of ``-n`` requests in turn instead, ``--rounds`` times). Each relay's CPU time per request is read
-from its process.
+and LlamaMan, with its proxy's fast lane and without it (``LLAMAMAN_PROXY_FAST_LANE=0``: every
+request through the ASGI stack). Every target has its own llama-server process, as in P1, and the
+requests go to the targets one each in turn, the first target rotating, as in P1 (``--blocks`` sends
+each target a block of ``-n`` requests in turn instead, ``--rounds`` times). Each relay's CPU time per
+request is read from its process.
 
 Run: python bench/relay_floor.py [-n 300] [--blocks] [--rounds 3]
 """
@@ -167,10 +168,11 @@ def main() -> None:
         if router is not None:
             targets.append(Target("router mode (C++)", router.url, {}))
         targets += _relay_targets(stack, models)
-        lm = stack.enter_context(llamaman(models))
-        prepare_llamaman(lm, ctx=2048, parallel=1)
-        wait_http(f"{lm.url}/health", timeout=30)
-        targets.append(Target("LlamaMan", lm.url, auth_headers(), pid=lm.popen.pid))
+        for name, env in (("LlamaMan", {}), ("LlamaMan, no fast lane", {"LLAMAMAN_PROXY_FAST_LANE": "0"})):
+            lm = stack.enter_context(llamaman(models, extra_env=env))
+            prepare_llamaman(lm, ctx=2048, parallel=1)
+            wait_http(f"{lm.url}/health", timeout=30)
+            targets.append(Target(name, lm.url, auth_headers(), pid=lm.popen.pid))
         cpu0 = {t.name: cpu_s(t.pid) for t in targets}
         if args.blocks:
             ms: dict[str, list[float]] = {t.name: [] for t in targets}
@@ -186,11 +188,11 @@ def main() -> None:
     how = f" --blocks --rounds {args.rounds}" if args.blocks else ""
     print(f"machine: {machine()}")
     print(f"command: python bench/relay_floor.py -n {args.n}{how}")
-    print(f"{'target':<22} {'p50 (ms)':>9} {'added p50':>10} {'CPU/request (ms)':>17}")
+    print(f"{'target':<24} {'p50 (ms)':>9} {'added p50':>10} {'CPU/request (ms)':>17}")
     for t in targets:
         p50 = statistics.median(ms[t.name])
         per = f"{1000 * cpu[t.name] / sent:.3f}" if t.pid is not None else ""
-        print(f"{t.name:<22} {p50:>9.2f} {p50 - base:>10.2f} {per:>17}")
+        print(f"{t.name:<24} {p50:>9.2f} {p50 - base:>10.2f} {per:>17}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ case goes the ASGI way, where every check and refusal lives:
 - the body: parsed by ``parse_json`` and checked by ``check_model_fields`` without an error, a JSON
   object naming a model, without the loading-progress field;
 - the box: not part of a cluster and without peers; the lane is off when tracing is;
-- the model: ``Router.lease_now`` gives a lease at once (loaded, healthy, a free place, nobody queued).
+- the model: ``Router.lease_now`` gives a lease at once (loaded, healthy, a free place, nobody queued);
+  while no instance has a free place, the lane does not even read the request's headers.
 
 A refusal, a model to load, a queue, a body the parser rejects: all take the ASGI path, which answers
 them exactly as before, in the endpoint's dialect.
@@ -100,6 +101,9 @@ class FastLane:
             return None
         route = FAST_PATHS.get(target)
         if route is None or self._spread():
+            return None
+        # In a burst every place is taken: the lane would read the request only to hand it over.
+        if not self.services.router.any_place_open():
             return None
         seen: set[bytes] = set()
         length = -1

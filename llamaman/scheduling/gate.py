@@ -35,6 +35,10 @@ class Gate:
     def _has_room(self) -> bool:
         return self.max_concurrent <= 0 or self.active < self.max_concurrent
 
+    def open_now(self) -> bool:
+        """Whether ``try_acquire`` would give a place now."""
+        return self._has_room() and not self._waiters
+
     def try_acquire(self) -> bool:
         """A place now, if one is free and nobody waits for one (FIFO); False otherwise."""
         if self._has_room() and not self._waiters:

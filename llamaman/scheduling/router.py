@@ -217,6 +217,12 @@ class Router(ReplicaGates, IdleSleep, MemoryPlanner):
         await gate.acquire()
         return self._begin(m, gate, time.monotonic_ns() - t0 if t0 is not None else 0)
 
+    def any_place_open(self) -> bool:
+        """False when every instance's gate is full or has a queue, so that ``lease_now`` would give
+        nothing whatever the model (cheap: no model is looked up). A gate is made on an instance's
+        first request; before any, the answer is True."""
+        return not self.gates or any(gate.open_now() for gate in self.gates.values())
+
     def lease_now(self, name: str, *, min_ctx: int | None = None) -> Lease | None:
         """The lease ``acquire`` would grant without waiting for anything (a healthy instance with
         room at its gate), or None: ``acquire`` then queues, loads or waits as it always does."""
