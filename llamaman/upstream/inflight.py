@@ -103,21 +103,25 @@ async def abortable(ex: Exchange, work: Awaitable[T], receive: Receive | None = 
 
     For answers that only come whole (non-streamed): a stream notices its client leaving by itself.
     """
-    if receive is None and (current := asyncio.current_task()) is not None:
-        return await _abortable_here(ex, work, current)
-    task = asyncio.ensure_future(work)
-    ex.on_abort(task.cancel)
+    current = asyncio.current_task()
     watcher: asyncio.Future[None] | None = None
     if receive is not None:
         watcher = asyncio.ensure_future(_disconnected(receive))
         watcher.add_done_callback(lambda w: w.cancelled() or w.exception() or ex.abort(CLIENT_LEFT))
     try:
-        return await task
-    except asyncio.CancelledError:
-        task_cancelled = asyncio.current_task()
-        if ex.cancelled is not None and (task_cancelled is None or task_cancelled.cancelling() == 0):
-            raise RequestCancelled(ex.cancelled) from None
-        raise
+        if current is not None:
+            # The work runs in this very task: a queued request handed its place goes on to write
+            # upstream in the same turn of the loop, not one task hop later.
+            return await _abortable_here(ex, work, current)
+        task = asyncio.ensure_future(work)
+        ex.on_abort(task.cancel)
+        try:
+            return await task
+        except asyncio.CancelledError:  # pragma: no cover - awaited outside a task
+            task_cancelled = asyncio.current_task()
+            if ex.cancelled is not None and (task_cancelled is None or task_cancelled.cancelling() == 0):
+                raise RequestCancelled(ex.cancelled) from None
+            raise
     finally:
         if watcher is not None:
             watcher.cancel()
