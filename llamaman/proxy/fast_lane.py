@@ -173,7 +173,8 @@ class FastLane:
 
     # ---- serving -----------------------------------------------------------------------------------
     async def answer(self, ready: Ready, lease: Lease, ex: Exchange) -> Response:
-        """What the handler would answer, through the relay the handler would use."""
+        """What the handler would answer, through the relay the handler would use. An answer that
+        comes whole carries its ``settle``, for the caller to call once it is written."""
         a = ready.admitted
         try:
             content = encode_body(ready.body, ready.raw, lease, sampling=a.sampling, changed=False)
@@ -181,7 +182,7 @@ class FastLane:
             lease.release()
             raise
         return await self.services.relay.forward(
-            lease, "POST", a.path, content=content, headers=a.forward, exchange=ex
+            lease, "POST", a.path, content=content, headers=a.forward, exchange=ex, settle_later=True
         )
 
     def exchange(self, ready: Ready, lease: Lease) -> Exchange:

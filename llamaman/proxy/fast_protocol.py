@@ -145,7 +145,13 @@ class FastLaneProtocol(QuietProtocol):
             if isinstance(response, RelayStream):
                 await self._relay(response, cycle)
             else:
-                self._write(response)
+                try:
+                    self._write(response)
+                finally:
+                    # The lease, the connection and the accounting: after the answer, not before it.
+                    settle = getattr(response, "settle", None)
+                    if settle is not None:
+                        settle()
         except Exception:
             log.exception("the proxy's answer to %s failed", ready.admitted.path)
             if not started and not self.transport.is_closing():

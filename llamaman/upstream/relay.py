@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import httpx
@@ -201,11 +202,14 @@ class Relay:
         style: ErrorStyle = "openai",
         exchange: Exchange | None = None,
         receive: Receive | None = None,
+        settle_later: bool = False,
     ) -> Response:
         """Pass a request through unchanged and relay the answer (streamed if upstream streams).
 
         Given the client's ``receive``, a client that hangs up before the answer's head arrives (all
-        of a non-streamed generation) aborts the request upstream."""
+        of a non-streamed generation) aborts the request upstream. With ``settle_later``, an answer
+        that comes whole is returned with its ``settle`` (the connection back to the pool, the lease
+        released, the accounting) left to the caller, who must call it once the answer is sent."""
         ex = exchange or Exchange(lease.model_name, path)
         ex.note_load(lease.load_duration_ns)
         self.inflight.running(ex)
@@ -233,16 +237,19 @@ class Relay:
                 body = await upstream.aread()
             except UpstreamError as exc:
                 ex.status, ex.error = 502, f"upstream failed: {exc}"
+                self._settle(upstream, lease, ex, ctype, b"")
                 return JSONResponse(error_payload(style, ex.error, 502), status_code=502)
-            finally:
-                upstream.close()
-                lease.release()
-                ex.first_byte = ex.first_byte or time.monotonic()
-                if "json" in ctype and ex.status < 300:
-                    _absorb_json(ex, body)
-                self.record_soon(ex)
+            except BaseException:
+                self._settle(upstream, lease, ex, ctype, b"")
+                raise
+            ex.first_byte = ex.first_byte or time.monotonic()
             status = client_fault_status(upstream.status_code, body)
-            return RawResponse(body, status, _raw_response_headers(upstream))
+            response = RawResponse(body, status, _raw_response_headers(upstream))
+            if settle_later:
+                response.settle = partial(self._settle, upstream, lease, ex, ctype, body)
+            else:
+                self._settle(upstream, lease, ex, ctype, body)
+            return response
         ex.stream = True
         ex.on_abort(upstream.abort)
         raw = _raw_response_headers(upstream)
@@ -254,6 +261,17 @@ class Relay:
             status_code=upstream.status_code,
             raw_headers=raw,
         )
+
+    def _settle(
+        self, upstream: UpstreamResponse, lease: UpstreamTarget, ex: Exchange, ctype: str, body: bytes
+    ) -> None:
+        """What is left once a whole answer is read: nobody waits for it."""
+        upstream.close()
+        lease.release()
+        ex.first_byte = ex.first_byte or time.monotonic()
+        if body and "json" in ctype and ex.status < 300:
+            _absorb_json(ex, body)
+        self.record_soon(ex)
 
     async def connect(
         self, lease: UpstreamTarget, method: str, path: str, headers: Headers | None, content: bytes | None,

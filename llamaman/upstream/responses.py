@@ -4,7 +4,7 @@ they end, and buffered answers with ready-made headers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
@@ -83,6 +83,9 @@ class RelayStream(StreamingResponse):
 
 class RawResponse(Response):
     """A buffered answer with headers already in ASGI form (Response's own header building skipped)."""
+
+    # Set by ``Relay.forward(settle_later=True)``: to be called once the answer is sent.
+    settle: Callable[[], None] | None = None
 
     def __init__(self, body: bytes, status_code: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
         self.body = body
