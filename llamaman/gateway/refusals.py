@@ -53,6 +53,17 @@ def reason_of(body: bytes) -> str:
     return str(error) if error else ""
 
 
+def record_refusal(services: Services, ex: Exchange, body: bytes, model: str, identity: Any) -> None:
+    """The activity row (and metrics) of a refused request: ``ex`` with its status, ``body`` the
+    answer its client was given."""
+    ex.error = reason_of(body) or f"HTTP {ex.status}"
+    ex.model = model
+    ex.identity = identity
+    ex.finished = time.monotonic()
+    # The activity log and the metrics only: a refusal used none of its key's tokens.
+    services.telemetry.observe(ex)
+
+
 class RefusalRecorder:
     def __init__(self, app: ASGIApp, services: Services, surface: Surface = "main") -> None:
         self.app = app
@@ -95,12 +106,7 @@ class RefusalRecorder:
                 self._record(ex, scope, bytes(body))
 
     def _record(self, ex: Exchange, scope: Scope, body: bytes) -> None:
-        ex.error = reason_of(body) or f"HTTP {ex.status}"
-        ex.model = self._model(scope)
-        ex.identity = scope.get("state", {}).get("identity")
-        ex.finished = time.monotonic()
-        # The activity log and the metrics only: a refusal used none of its key's tokens.
-        self.services.telemetry.observe(ex)
+        record_refusal(self.services, ex, body, self._model(scope), scope.get("state", {}).get("identity"))
 
     def _model(self, scope: Scope) -> str:
         obj = json_of(scope)  # what the body guard parsed, if it got that far

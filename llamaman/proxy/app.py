@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llamaman import __version__
@@ -21,10 +21,10 @@ from llamaman.api.telemetry import metrics_router
 from llamaman.gateway.errors import install_error_handlers
 from llamaman.gateway.middleware import wrap_with_auth
 from llamaman.proxy import anthropic, manage, native, openai, pull
-from llamaman.proxy.common import ProxyError
+from llamaman.proxy.common import ProxyError, render_proxy_error
 from llamaman.proxy.fast_lane import FastLane
 from llamaman.services import Services
-from llamaman.upstream.relay import ErrorStyle, error_payload
+from llamaman.upstream.relay import ErrorStyle
 from llamaman.upstream.responses import RAW_SEND
 
 log = logging.getLogger(__name__)
@@ -73,15 +73,6 @@ def error_style(path: str) -> ErrorStyle:
     if path.startswith("/v1/messages"):
         return "anthropic"
     return "openai"
-
-
-def render_proxy_error(exc: ProxyError, style: ErrorStyle) -> Response:
-    if style == "openai" and 400 <= exc.status < 500 and exc.status != 404:
-        # A client mistake, typed the way OpenAI and llama-server type them (not "server_error").
-        body = error_payload(style, exc.message, exc.status)
-        body["error"]["type"] = "rate_limit_exceeded" if exc.status == 429 else "invalid_request_error"
-        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
-    return exc.response(style)
 
 
 def install_proxy_error_handler(app: FastAPI) -> None:

@@ -47,6 +47,16 @@ class ProxyError(Exception):
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
+def render_proxy_error(exc: ProxyError, style: ErrorStyle) -> Response:
+    """``exc`` as the model endpoints answer it in ``style``."""
+    if style == "openai" and 400 <= exc.status < 500 and exc.status != 404:
+        # A client mistake, typed the way OpenAI and llama-server type them (not "server_error").
+        body = error_payload(style, exc.message, exc.status)
+        body["error"]["type"] = "rate_limit_exceeded" if exc.status == 429 else "invalid_request_error"
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+    return exc.response(style)
+
+
 def services_of(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 

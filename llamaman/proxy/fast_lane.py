@@ -20,11 +20,13 @@ case goes the ASGI way, where every check and refusal lives:
 - the body: parsed by ``parse_json`` and checked by ``check_model_fields`` without an error, a JSON
   object naming a model, without the loading-progress field;
 - the box: not part of a cluster and without peers; the lane is off when tracing is;
-- the model: ``Router.lease_now`` gives a lease at once (loaded, healthy, a free place, nobody queued);
-  while no instance has a free place, the lane does not even read the request's headers.
+- the model: ``Router.lease_now`` gives a lease at once (loaded, healthy, a free place, nobody
+  queued), or its instance is healthy and only its gate is full: then the lane waits in the queue
+  with ``lease_for``, the full path's own wait, and answers and records what the queue refuses as
+  the full path does.
 
-A refusal, a model to load, a queue, a body the parser rejects: all take the ASGI path, which answers
-them exactly as before, in the endpoint's dialect.
+A refusal by the middleware, a model to load, a body the parser rejects: all take the ASGI path,
+which answers them exactly as before, in the endpoint's dialect.
 """
 
 from __future__ import annotations
@@ -33,20 +35,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers
+from starlette.responses import Response
 
 from llamaman.auth.access import Access, classify
 from llamaman.cluster.forward import NODE_HEADER, VIA_HEADER
-from llamaman.core.exchange import Exchange
+from llamaman.core.exchange import Exchange, new_request_id
 from llamaman.core.identity import Identity
-from llamaman.gateway.bodies import MODEL_FIELDS, BodyError, check_model_fields, parse_json
+from llamaman.gateway.bodies import MODEL_FIELDS, BodyError, check_model_fields, model_names, parse_json
 from llamaman.gateway.middleware import is_json_media
+from llamaman.gateway.refusals import record_refusal
+from llamaman.proxy.common import ProxyError, lease_for, render_proxy_error
 from llamaman.proxy.openai import PROGRESS_FIELD, PROGRESS_HEADER, encode_body
 from llamaman.scheduling.lease import Lease
 from llamaman.upstream.relay import forward_header_allowed
 
 if TYPE_CHECKING:
-    from starlette.responses import Response
-
     from llamaman.services import Services
 
 # Request target -> (path upstream, whether the instance's forced sampling values apply).
@@ -101,9 +104,6 @@ class FastLane:
             return None
         route = FAST_PATHS.get(target)
         if route is None or self._spread():
-            return None
-        # In a burst every place is taken: the lane would read the request only to hand it over.
-        if not self.services.router.any_place_open():
             return None
         seen: set[bytes] = set()
         length = -1
@@ -165,6 +165,26 @@ class FastLane:
         if self._spread():
             return None
         return self.services.router.lease_now(ready.model)
+
+    def may_wait(self, ready: Ready) -> bool:
+        """Whether the request, given no place at once, may wait for one on the lane: its model's
+        instance is healthy and only its gate is full, so waiting is all the full path would do."""
+        return not self._spread() and self.services.router.waits_at_gate(ready.model)
+
+    async def wait(self, ready: Ready) -> Lease:
+        """A place, waited for in the queue exactly as the full path waits (``lease_for``: the
+        in-flight list shows it queued, an administrator may cancel it); raises ProxyError."""
+        return await lease_for(self.services, ready.model)
+
+    def refusal(self, ready: Ready, exc: ProxyError, started: float) -> Response:
+        """The answer to a request the queue turned away, recorded as the full path records it."""
+        response = render_proxy_error(exc, "openai")
+        ex = Exchange("", ready.admitted.path, started=started, status=exc.status, id=new_request_id())
+        names = model_names(ready.body, ollama=False)
+        record_refusal(
+            self.services, ex, bytes(response.body), names[0] if names else "", ready.admitted.identity
+        )
+        return response
 
     def _spread(self) -> bool:
         """Whether another box may be the place to answer (the ASGI path decides where)."""

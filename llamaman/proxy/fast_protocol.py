@@ -5,13 +5,14 @@ A request goes the lane's way only when nothing else is being answered on its co
 lane answers, a stand-in occupies uvicorn's cycle slot: a request pipelined behind it is queued by
 uvicorn as behind any other answer, a server shutdown asks it to close once done, and a lost
 connection marks it like any other. A request the lane turns down after reading its headers (its
-body, or no free place) is handed to uvicorn then, as if the headers had just arrived, with the body
-read so far.
+body, or a model it cannot serve or wait for) is handed to uvicorn then, as if the headers had just
+arrived, with the body read so far.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from starlette.responses import Response
@@ -20,6 +21,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from llamaman.core.exchange import Exchange
 from llamaman.core.identity import CURRENT_IDENTITY
 from llamaman.gateway.http_protocol import QuietProtocol
+from llamaman.proxy.common import ProxyError
 from llamaman.proxy.fast_lane import Admitted, FastLane, Ready
 from llamaman.scheduling.lease import Lease
 from llamaman.upstream.inflight import CLIENT_LEFT
@@ -104,7 +106,7 @@ class FastLaneProtocol(QuietProtocol):
         raw = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
         ready = self.lane.ready(admitted, raw)
         lease = self.lane.lease(ready) if ready is not None else None
-        if ready is None or lease is None:
+        if ready is None or (lease is None and not self.lane.may_wait(ready)):
             self._hand_over(complete=True)
             return
         self._admitted = None
@@ -134,12 +136,21 @@ class FastLaneProtocol(QuietProtocol):
             self._exchange.abort(CLIENT_LEFT)
 
     # ---- answering -------------------------------------------------------------------------------
-    async def _serve(self, ready: Ready, lease: Lease, cycle: _LaneCycle) -> None:
-        ex = self.lane.exchange(ready, lease)
+    async def _serve(self, ready: Ready, lease: Lease | None, cycle: _LaneCycle) -> None:
         CURRENT_IDENTITY.set(ready.admitted.identity)  # this task's own context: what observers read
-        self._exchange = ex
         started = False
         try:
+            if lease is None:
+                asked = time.monotonic()
+                try:
+                    lease = await self.lane.wait(ready)
+                except ProxyError as exc:
+                    started = True
+                    self._write(self.lane.refusal(ready, exc, asked))
+                    return
+            ex = self._exchange = self.lane.exchange(ready, lease)
+            if cycle.disconnected or self.transport.is_closing():
+                ex.abort(CLIENT_LEFT)  # it left while queued: ended at once, and recorded so
             response = await self.lane.answer(ready, lease, ex)
             started = True
             if isinstance(response, RelayStream):

@@ -217,11 +217,14 @@ class Router(ReplicaGates, IdleSleep, MemoryPlanner):
         await gate.acquire()
         return self._begin(m, gate, time.monotonic_ns() - t0 if t0 is not None else 0)
 
-    def any_place_open(self) -> bool:
-        """False when every instance's gate is full or has a queue, so that ``lease_now`` would give
-        nothing whatever the model (cheap: no model is looked up). A gate is made on an instance's
-        first request; before any, the answer is True."""
-        return not self.gates or any(gate.open_now() for gate in self.gates.values())
+    def waits_at_gate(self, name: str) -> bool:
+        """Whether ``acquire`` would find the model's instance healthy and wait only for a place at
+        its gate (full, or with others queued): nothing to load, start or relaunch."""
+        entry = self.resolve(name)
+        if entry is None:
+            return False
+        m = self._admissible(entry)
+        return m is not None and m.state == S.HEALTHY and not self.gate_for(m).open_now()
 
     def lease_now(self, name: str, *, min_ctx: int | None = None) -> Lease | None:
         """The lease ``acquire`` would grant without waiting for anything (a healthy instance with

@@ -14,7 +14,8 @@ from llamaman.proxy.app import ProxyServer, create_proxy_app
 
 
 class Ports:
-    """Two proxy servers of one box: ``lane`` serves as LlamaMan does, ``full`` without the lane."""
+    """Two proxy servers of one box: ``lane`` serves as LlamaMan does, ``full`` without the lane;
+    ``taken`` counts the answers the lane gave, ``waited`` the requests that queued on it."""
 
     def __init__(self, services: LlamaMan) -> None:
         lane = services.fast_lane()
@@ -27,6 +28,14 @@ class Ports:
             return await answer(*args)
 
         lane.answer = counted  # type: ignore[method-assign]
+        self.waited = 0  # requests that waited for a place on the lane
+        wait = lane.wait
+
+        async def waiting(*args: Any) -> Any:
+            self.waited += 1
+            return await wait(*args)
+
+        lane.wait = waiting  # type: ignore[method-assign]
         self.lane = ProxyServer(create_proxy_app(services), "127.0.0.1", 0, lane=lane)
         self.full = ProxyServer(create_proxy_app(services), "127.0.0.1", 0)
 

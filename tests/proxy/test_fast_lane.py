@@ -14,7 +14,6 @@ import pytest
 from llamaman.app import LlamaMan
 from llamaman.core.config import Settings
 from llamaman.proxy.fast_lane import BODY_LIMIT, Admitted, FastLane
-from llamaman.scheduling.gate import Gate
 
 H = list[tuple[bytes, bytes]]
 BODY = b'{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"max_tokens":4}'
@@ -194,19 +193,3 @@ async def test_a_model_that_is_not_loaded_gets_no_place_from_the_lane(box: Llama
 async def test_the_setting_turns_the_lane_off(make_settings: Callable[..., Settings]) -> None:
     assert isinstance(LlamaMan(make_settings()).fast_lane(), FastLane)
     assert LlamaMan(make_settings(LLAMAMAN_PROXY_FAST_LANE="0")).fast_lane() is None
-
-
-async def test_while_every_place_is_taken_the_lane_leaves_requests_at_their_headers(
-    box: LlamaMan, lane: FastLane
-) -> None:
-    """In a burst the lane would read and check each request only to hand it over."""
-    _, key = await box.auth.keys.create("plain")
-    assert lane.admit(b"POST", b"/v1/chat/completions", plain(key)) is not None  # no instance served yet
-    one, other = Gate(1), Gate(1)
-    box.router.gates.update({"one": one, "other": other})
-    assert one.try_acquire()
-    assert lane.admit(b"POST", b"/v1/chat/completions", plain(key)) is not None  # "other" has room
-    assert other.try_acquire()
-    assert lane.admit(b"POST", b"/v1/chat/completions", plain(key)) is None
-    one.release()
-    assert lane.admit(b"POST", b"/v1/chat/completions", plain(key)) is not None

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from llamaman.app import LlamaMan
+from llamaman.core.exchange import Exchange
 from llamaman.testing.tiny_gguf import expected_text
 from tests.proxy.lane_ports import Answers, Ports, request, text_of
 
@@ -220,3 +221,103 @@ async def test_a_client_that_leaves_before_its_body_is_done_takes_no_place(
     writer.close()
     assert proxy_pair.taken == 1
     assert services.router.slot(m).inflight == 0 and len(services.relay.inflight) == 0
+
+
+# ---- a full place: the lane waits in the queue as the full path does --------------------------------
+async def until(check: Callable[[], bool], what: str) -> None:
+    for _ in range(2000):
+        if check():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{what}: not reached")
+
+
+def queued(services: LlamaMan) -> list[dict[str, Any]]:
+    return [r for r in services.relay.inflight.snapshot() if r["state"] == "queued"]
+
+
+async def test_requests_queued_behind_a_full_place_wait_on_the_lane_and_are_answered_and_counted(
+    services: LlamaMan, proxy_pair: Ports, api: httpx.AsyncClient
+) -> None:
+    await services.presets.put("tiny-a.gguf", {"max_concurrent": 1, "max_queue_depth": 8})
+    m = await services.router.load("tiny-a")
+    h = await key_headers(services, "burst")
+    async with httpx.AsyncClient(base_url=proxy_pair.lane.url, headers=h, timeout=60, trust_env=False) as c:
+        answers = await asyncio.gather(
+            *(c.post("/v1/chat/completions", json=chat(n)) for n in (3, 4, 5, 6, 7))
+        )
+    assert [r.json()["choices"][0]["message"]["content"] for r in answers] == [
+        expected_text("A", n) for n in (3, 4, 5, 6, 7)
+    ]
+    assert proxy_pair.taken == 5  # the first had a place at once, the others waited for one on the lane
+    assert proxy_pair.waited >= 1
+    await services.telemetry.activity.flush()
+    rows = (await api.get("/api/activity", params={"key_name": "burst"})).json()["items"]
+    assert sorted(r["completion_tokens"] for r in rows) == [3, 4, 5, 6, 7]
+    assert all(r["status"] == 200 for r in rows)
+    assert services.router.slot(m).inflight == 0 and len(services.relay.inflight) == 0
+    assert spent_today(services, "burst") == sum(r.json()["usage"]["total_tokens"] for r in answers)
+
+
+async def test_a_full_queue_turns_the_request_away_on_the_lane_as_on_the_full_path(
+    services: LlamaMan, proxy_pair: Ports, api: httpx.AsyncClient
+) -> None:
+    await services.presets.put("tiny-a.gguf", {"max_concurrent": 1, "max_queue_depth": 0})
+    held = await services.router.acquire("tiny-a")  # the one place, taken; no room to queue
+    told = []
+    for name, server in (("lane-refused", proxy_pair.lane), ("full-refused", proxy_pair.full)):
+        h = await key_headers(services, name)
+        async with httpx.AsyncClient(base_url=server.url, headers=h, timeout=60, trust_env=False) as c:
+            r = await c.post("/v1/chat/completions", json=chat(2))
+        told.append((r.status_code, r.json(), r.headers.get("retry-after")))
+    held.release()
+    assert told[0] == told[1] and told[0][0] == 429
+    await services.telemetry.activity.flush()
+    rows = {
+        r["key_name"]: (r["status"], r["model"], r["error"], r["endpoint"])
+        for r in (await api.get("/api/activity")).json()["items"]
+    }
+    assert rows["lane-refused"] == rows["full-refused"]
+    assert rows["lane-refused"][:2] == (429, "tiny-a")
+    assert proxy_pair.taken == 0 and proxy_pair.waited == 1
+
+
+async def test_a_queued_request_an_administrator_cancels_is_answered_as_on_the_full_path(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    await services.presets.put("tiny-a.gguf", {"max_concurrent": 1, "max_queue_depth": 4})
+    held = await services.router.acquire("tiny-a")
+    told = []
+    for server in (proxy_pair.lane, proxy_pair.full):
+        h = await key_headers(services, "cancelled")
+        async with httpx.AsyncClient(base_url=server.url, headers=h, timeout=60, trust_env=False) as c:
+            asking = asyncio.create_task(c.post("/v1/chat/completions", json=chat(2)))
+            await until(lambda: bool(queued(services)), "the request queued")
+            services.relay.inflight.cancel(queued(services)[0]["id"])
+            r = await asking
+        told.append((r.status_code, r.json()))
+    held.release()
+    assert told[0] == told[1] and told[0][0] >= 400
+    assert proxy_pair.taken == 0 and proxy_pair.waited == 1 and len(services.relay.inflight) == 0
+
+
+async def test_a_client_that_leaves_while_queued_is_recorded_and_keeps_no_place(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    await services.presets.put("tiny-a.gguf", {"max_concurrent": 1, "max_queue_depth": 4})
+    held = await services.router.acquire("tiny-a")
+    m = held.instance
+    seen: list[Exchange] = []
+    services.relay.add_observer(seen.append)
+    _, key = await services.auth.keys.create("gone")
+    _, writer = await asyncio.open_connection("127.0.0.1", proxy_pair.lane.port)
+    writer.write(request(key, chat(300)))
+    await until(lambda: bool(queued(services)), "the request queued")
+    writer.close()
+    await writer.wait_closed()
+    held.release()  # its turn comes after it left
+    await until(lambda: bool(seen), "the request recorded")
+    [ex] = seen
+    assert (ex.status, ex.error) == (499, "the client disconnected")
+    await until(lambda: services.router.slot(m).inflight == 0, "the place given back")
+    assert len(services.relay.inflight) == 0 and proxy_pair.waited == 1
