@@ -10,7 +10,10 @@ requests go to the targets one each in turn, the first target rotating, as in P1
 each target a block of ``-n`` requests in turn instead, ``--rounds`` times). Each relay's CPU time per
 request is read from its process.
 
-Run: python bench/relay_floor.py [-n 300] [--blocks] [--rounds 3]
+``--burst 16`` sends each target sixteen requests at once per round, each on a fresh connection,
+as P1 does at concurrency 16.
+
+Run: python bench/relay_floor.py [-n 300] [--blocks] [--rounds 3] [--burst 16]
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import asyncio
 import contextlib
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +43,7 @@ from bench.harness import (
     machine,
     make_models,
     maybe_router_mode,
+    percentile,
     wait_http,
 )
 from bench.scenarios import Target, prepare_llamaman
@@ -108,18 +111,22 @@ def _wait_port(port: int) -> None:
     raise TimeoutError(f"nothing listens on port {port}")
 
 
-async def interleaved(targets: list[Target], n: int) -> dict[str, list[float]]:
+async def interleaved(targets: list[Target], n: int, burst: int = 1) -> dict[str, list[float]]:
+    """``n`` rounds, one request (or a burst of ``burst`` at once, each on a fresh connection, as P1's
+    concurrency 16) to each target in turn."""
     check = expected("tiny-a", 8)
     ms: dict[str, list[float]] = {t.name: [] for t in targets}
     async with session() as s:
         for t in targets:
             for _ in range(20):
                 await chat(s, t.url, "tiny-a", 8, headers=t.headers)
+    async with session(keep_alive=burst == 1) as s:
         for i in range(n):
             for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
-                r = await chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check)
-                assert r.error is None, f"{t.name}: {r.error}"
-                ms[t.name].append(r.ms)
+                asked = [chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check) for _ in range(burst)]
+                for r in await asyncio.gather(*asked):
+                    assert r.error is None, f"{t.name}: {r.error}"
+                    ms[t.name].append(r.ms)
     return ms
 
 
@@ -159,6 +166,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=300, help="requests per target (per round with --blocks)")
     ap.add_argument("--blocks", action="store_true", help="a block of -n requests per target in turn")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of blocks (with --blocks)")
+    ap.add_argument("--burst", type=int, default=1, help="requests sent at once per target and round")
     args = ap.parse_args()
     models = make_models(Path(tempfile.mkdtemp(prefix="bench-models-")))
     with contextlib.ExitStack() as stack:
@@ -181,18 +189,21 @@ def main() -> None:
                     ms[t.name] += asyncio.run(block(t.url, t.headers, args.n))
             sent = args.rounds * (args.n + 20)
         else:
-            ms = asyncio.run(interleaved(targets, args.n))
-            sent = args.n + 20
+            ms = asyncio.run(interleaved(targets, args.n, args.burst))
+            sent = args.n * args.burst + 20
         cpu = {t.name: cpu_s(t.pid) - cpu0[t.name] for t in targets}
-    base = statistics.median(ms[targets[0].name])
+    base = {q: percentile(ms[targets[0].name], q) for q in (0.5, 0.9, 0.99)}
     how = f" --blocks --rounds {args.rounds}" if args.blocks else ""
+    how += f" --burst {args.burst}" if args.burst > 1 else ""
     print(f"machine: {machine()}")
     print(f"command: python bench/relay_floor.py -n {args.n}{how}")
-    print(f"{'target':<24} {'p50 (ms)':>9} {'added p50':>10} {'CPU/request (ms)':>17}")
+    head = f"{'target':<24} {'p50 (ms)':>9} {'added p50':>10} {'added p90':>10} {'added p99':>10}"
+    print(f"{head} {'CPU/request (ms)':>17}")
     for t in targets:
-        p50 = statistics.median(ms[t.name])
+        added = [percentile(ms[t.name], q) - base[q] for q in (0.5, 0.9, 0.99)]
         per = f"{1000 * cpu[t.name] / sent:.3f}" if t.pid is not None else ""
-        print(f"{t.name:<24} {p50:>9.2f} {p50 - base:>10.2f} {per:>17}")
+        cols = " ".join(f"{a:>10.2f}" for a in added)
+        print(f"{t.name:<24} {percentile(ms[t.name], 0.5):>9.2f} {cols} {per:>17}")
 
 
 if __name__ == "__main__":
