@@ -27,7 +27,7 @@ class Ports:
             self.taken += 1
             return await answer(*args)
 
-        lane.answer = counted  # type: ignore[method-assign]
+        lane.answer = counted  # type: ignore[method-assign,assignment]
         self.waited = 0  # requests that waited for a place on the lane
         wait = lane.wait
 
@@ -35,7 +35,7 @@ class Ports:
             self.waited += 1
             return await wait(*args)
 
-        lane.wait = waiting  # type: ignore[method-assign]
+        lane.wait = waiting  # type: ignore[method-assign,assignment]
         self.lane = ProxyServer(create_proxy_app(services), "127.0.0.1", 0, lane=lane)
         self.full = ProxyServer(create_proxy_app(services), "127.0.0.1", 0)
 

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from llamaman.app import LlamaMan
 from llamaman.core.exchange import Exchange
@@ -321,3 +323,24 @@ async def test_a_client_that_leaves_while_queued_is_recorded_and_keeps_no_place(
     assert (ex.status, ex.error) == (499, "the client disconnected")
     await until(lambda: services.router.slot(m).inflight == 0, "the place given back")
     assert len(services.relay.inflight) == 0 and proxy_pair.waited == 1
+
+
+async def test_the_official_openai_client_is_served_by_the_lane_plain_and_streamed(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    """What the clients people use send (``Connection: keep-alive``, their own headers) qualifies."""
+    await services.router.load("tiny-a")
+    _, key = await services.auth.keys.create("sdk")
+    oai = openai.AsyncOpenAI(base_url=f"{proxy_pair.lane.url}/v1", api_key=key, max_retries=0, timeout=60)
+    try:
+        hi: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+        reply = await oai.chat.completions.create(model="tiny-a", messages=hi, max_tokens=4)
+        assert reply.choices[0].message.content == expected_text("A", 4)
+        stream = await oai.chat.completions.create(model="tiny-a", messages=hi, max_tokens=5, stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text == expected_text("A", 5)
+        done = await oai.completions.create(model="tiny-a", prompt="hi", max_tokens=3)
+        assert done.usage is not None and done.usage.completion_tokens == 3 and len(done.choices[0].text) == 3
+    finally:
+        await oai.close()
+    assert proxy_pair.taken == 3
