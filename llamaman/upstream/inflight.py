@@ -101,40 +101,22 @@ async def abortable(ex: Exchange, work: Awaitable[T], receive: Receive | None = 
     first: then ``work`` is cancelled, closing its upstream connection so llama-server stops, and
     ``RequestCancelled`` says why.
 
+    ``work`` runs in the calling task (a queued request handed its place goes on to write upstream
+    in the same turn of the loop): an abort cancels that task while it waits, and only that cancel
+    becomes ``RequestCancelled``; a cancel of the task from elsewhere stays a cancel.
+
     For answers that only come whole (non-streamed): a stream notices its client leaving by itself.
     """
-    current = asyncio.current_task()
-    watcher: asyncio.Future[None] | None = None
-    if receive is not None:
-        watcher = asyncio.ensure_future(_disconnected(receive))
-        watcher.add_done_callback(lambda w: w.cancelled() or w.exception() or ex.abort(CLIENT_LEFT))
-    try:
-        if current is not None:
-            # The work runs in this very task: a queued request handed its place goes on to write
-            # upstream in the same turn of the loop, not one task hop later.
-            return await _abortable_here(ex, work, current)
-        task = asyncio.ensure_future(work)
-        ex.on_abort(task.cancel)
-        try:
-            return await task
-        except asyncio.CancelledError:  # pragma: no cover - awaited outside a task
-            task_cancelled = asyncio.current_task()
-            if ex.cancelled is not None and (task_cancelled is None or task_cancelled.cancelling() == 0):
-                raise RequestCancelled(ex.cancelled) from None
-            raise
-    finally:
-        if watcher is not None:
-            watcher.cancel()
-
-
-async def _abortable_here(ex: Exchange, work: Awaitable[T], task: asyncio.Task[Any]) -> T:
-    """``abortable`` without a task of its own (one task and one event-loop turn fewer per request):
-    an abort cancels the calling task while it waits for ``work``. Only that cancel becomes
-    ``RequestCancelled``; a cancel of the task from elsewhere stays a cancel."""
     if ex.cancelled is not None:
         if asyncio.iscoroutine(work):
             work.close()
         raise RequestCancelled(ex.cancelled)
+    task = asyncio.current_task()
+    assert task is not None, "abortable runs in a task"
+    watcher: asyncio.Future[None] | None = None
+    if receive is not None:
+        watcher = asyncio.ensure_future(_disconnected(receive))
+        watcher.add_done_callback(lambda w: w.cancelled() or w.exception() or ex.abort(CLIENT_LEFT))
     hook = task.cancel
     ex.on_abort(hook)
     try:
@@ -145,3 +127,5 @@ async def _abortable_here(ex: Exchange, work: Awaitable[T], task: asyncio.Task[A
         raise
     finally:
         ex.off_abort(hook)
+        if watcher is not None:
+            watcher.cancel()

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import httptools
+import httpx
 
 from llamaman.app import LlamaMan
 from llamaman.proxy.app import ProxyServer, create_proxy_app
@@ -38,6 +39,11 @@ class Ports:
         lane.wait = waiting  # type: ignore[method-assign,assignment]
         self.lane = ProxyServer(create_proxy_app(services), "127.0.0.1", 0, lane=lane)
         self.full = ProxyServer(create_proxy_app(services), "127.0.0.1", 0)
+
+
+def client(url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    """An HTTP client for one of the ports, sending ``headers`` with every request."""
+    return httpx.AsyncClient(base_url=url, headers=headers, timeout=60, trust_env=False)
 
 
 class Answers:

@@ -12,8 +12,9 @@ from collections.abc import Callable
 import pytest
 
 from llamaman.app import LlamaMan
+from llamaman.auth.access import Access, classify
 from llamaman.core.config import Settings
-from llamaman.proxy.fast_lane import BODY_LIMIT, Admitted, FastLane
+from llamaman.proxy.fast_lane import BODY_LIMIT, FAST_PATHS, Admitted, FastLane
 
 H = list[tuple[bytes, bytes]]
 BODY = b'{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"max_tokens":4}'
@@ -61,46 +62,52 @@ async def test_a_plain_request_with_a_key_that_may_use_everything_is_admitted(
 
 
 @pytest.mark.parametrize(
-    ("why", "method", "target", "change"),
+    ("why", "method", "target"),
     [
-        ("another method", b"PUT", b"/v1/chat/completions", None),
-        ("a query string", b"POST", b"/v1/chat/completions?autoload=false", None),
-        ("a path it does not relay plainly", b"POST", b"/v1/messages", None),
-        ("an absolute target", b"POST", b"http://x/v1/chat/completions", None),
-        ("a percent-encoded path", b"POST", b"/v1/chat%2Fcompletions", None),
-        ("no content type", b"POST", b"/v1/chat/completions", (b"content-type", None)),
-        ("form", b"POST", b"/v1/chat/completions", (b"content-type", b"application/x-www-form-urlencoded")),
-        ("text", b"POST", b"/v1/chat/completions", (b"content-type", b"text/plain")),
-        ("no length", b"POST", b"/v1/chat/completions", (b"content-length", None)),
-        ("an empty body", b"POST", b"/v1/chat/completions", (b"content-length", b"0")),
-        ("a signed length", b"POST", b"/v1/chat/completions", (b"content-length", b"+70")),
-        ("a large body", b"POST", b"/v1/chat/completions", (b"content-length", str(BODY_LIMIT + 1).encode())),
-        ("a chunked body", b"POST", b"/v1/chat/completions", (b"transfer-encoding", b"chunked")),
-        ("expect", b"POST", b"/v1/chat/completions", (b"expect", b"100-continue")),
-        ("upgrade", b"POST", b"/v1/chat/completions", (b"upgrade", b"websocket")),
-        ("connection: close", b"POST", b"/v1/chat/completions", (b"connection", b"close")),
-        ("connection naming a header", b"POST", b"/v1/chat/completions", (b"connection", b"keep-alive, te")),
-        ("a connection upgrade", b"POST", b"/v1/chat/completions", (b"connection", b"upgrade")),
-        ("an x-api-key", b"POST", b"/v1/chat/completions", (b"x-api-key", b"anything")),
-        ("the node secret", b"POST", b"/v1/chat/completions", (b"x-llamaman-node-secret", b"guess")),
-        ("a node name", b"POST", b"/v1/chat/completions", (b"x-llamaman-via", b"node-2")),
-        ("loading progress", b"POST", b"/v1/chat/completions", (b"x-llamaman-loading-progress", b"1")),
-        ("a basic credential", b"POST", b"/v1/chat/completions", (b"authorization", b"Basic eDp5")),
-        ("an empty bearer", b"POST", b"/v1/chat/completions", (b"authorization", b"Bearer ")),
-        ("an unknown key", b"POST", b"/v1/chat/completions", (b"authorization", b"Bearer not-a-key")),
+        ("another method", b"PUT", b"/v1/chat/completions"),
+        ("a query string", b"POST", b"/v1/chat/completions?autoload=false"),
+        ("a path it does not relay plainly", b"POST", b"/v1/messages"),
+        ("an absolute target", b"POST", b"http://x/v1/chat/completions"),
+        ("a percent-encoded path", b"POST", b"/v1/chat%2Fcompletions"),
     ],
 )
-async def test_anything_but_the_plain_case_goes_the_full_way(
-    box: LlamaMan,
-    lane: FastLane,
-    why: str,
-    method: bytes,
-    target: bytes,
-    change: tuple[bytes, bytes | None] | None,
+async def test_a_request_line_other_than_a_post_to_a_plain_path_goes_the_full_way(
+    box: LlamaMan, lane: FastLane, why: str, method: bytes, target: bytes
 ) -> None:
     _, key = await box.auth.keys.create("plain")
-    headers = plain(key) if change is None else swap(plain(key), *change)
-    assert lane.admit(method, target, headers) is None, why
+    assert lane.admit(method, target, plain(key)) is None, why
+
+
+@pytest.mark.parametrize(
+    ("why", "name", "value"),
+    [
+        ("no content type", b"content-type", None),
+        ("form", b"content-type", b"application/x-www-form-urlencoded"),
+        ("text", b"content-type", b"text/plain"),
+        ("no length", b"content-length", None),
+        ("an empty body", b"content-length", b"0"),
+        ("a signed length", b"content-length", b"+70"),
+        ("a large body", b"content-length", str(BODY_LIMIT + 1).encode()),
+        ("a chunked body", b"transfer-encoding", b"chunked"),
+        ("expect", b"expect", b"100-continue"),
+        ("upgrade", b"upgrade", b"websocket"),
+        ("connection: close", b"connection", b"close"),
+        ("connection naming a header", b"connection", b"keep-alive, te"),
+        ("a connection upgrade", b"connection", b"upgrade"),
+        ("an x-api-key", b"x-api-key", b"anything"),
+        ("the node secret", b"x-llamaman-node-secret", b"guess"),
+        ("a node name", b"x-llamaman-via", b"node-2"),
+        ("loading progress", b"x-llamaman-loading-progress", b"1"),
+        ("a basic credential", b"authorization", b"Basic eDp5"),
+        ("an empty bearer", b"authorization", b"Bearer "),
+        ("an unknown key", b"authorization", b"Bearer not-a-key"),
+    ],
+)
+async def test_headers_other_than_the_plain_case_send_the_request_the_full_way(
+    box: LlamaMan, lane: FastLane, why: str, name: bytes, value: bytes | None
+) -> None:
+    _, key = await box.auth.keys.create("plain")
+    assert lane.admit(b"POST", b"/v1/chat/completions", swap(plain(key), name, value)) is None, why
 
 
 async def test_a_header_given_twice_goes_the_full_way(box: LlamaMan, lane: FastLane) -> None:
@@ -193,3 +200,9 @@ async def test_a_model_that_is_not_loaded_gets_no_place_from_the_lane(box: Llama
 async def test_the_setting_turns_the_lane_off(make_settings: Callable[..., Settings]) -> None:
     assert isinstance(LlamaMan(make_settings()).fast_lane(), FastLane)
     assert LlamaMan(make_settings(LLAMAMAN_PROXY_FAST_LANE="0")).fast_lane() is None
+
+
+def test_every_path_the_lane_serves_is_a_model_endpoint_that_any_inference_key_may_call() -> None:
+    for target, (path, _) in FAST_PATHS.items():
+        assert target.decode() == path
+        assert classify(path, "proxy") is Access.MODEL

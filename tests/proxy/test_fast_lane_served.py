@@ -17,7 +17,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from llamaman.app import LlamaMan
 from llamaman.core.exchange import Exchange
 from llamaman.testing.tiny_gguf import expected_text
-from tests.proxy.lane_ports import Answers, Ports, request, text_of
+from tests.proxy.lane_ports import Answers, Ports, client, request, text_of
 
 pytestmark = pytest.mark.llama
 
@@ -61,7 +61,7 @@ async def test_the_lane_answers_a_plain_request_as_the_full_path_does_and_it_is_
     told: dict[str, list[Any]] = {"lane": [], "full": []}
     for name, server in (("lane", proxy_pair.lane), ("full", proxy_pair.full)):
         h = await key_headers(services, name)
-        async with httpx.AsyncClient(base_url=server.url, headers=h, timeout=60, trust_env=False) as c:
+        async with client(server.url, h) as c:
             r = await c.post("/v1/chat/completions", json=chat(5))
             assert r.status_code == 200, r.text
             reply = r.json()
@@ -110,7 +110,7 @@ async def test_what_the_lane_leaves_is_answered_by_the_full_path_exactly_as_on_a
     for why, asked in cases:
         answers = []
         for server in (proxy_pair.lane, proxy_pair.full):
-            async with httpx.AsyncClient(base_url=server.url, headers=h, timeout=60, trust_env=False) as c:
+            async with client(server.url, h) as c:
                 kw = dict(asked)
                 if isinstance(kw.get("content"), _chunks):
                     kw["content"] = _chunks(kw["content"].data)  # a fresh stream for each port
@@ -194,7 +194,7 @@ async def test_a_port_stopping_lets_the_answer_on_the_lane_finish(
 ) -> None:
     await services.router.load("tiny-a")
     h = await key_headers(services, "stopping")
-    async with httpx.AsyncClient(base_url=proxy_pair.lane.url, headers=h, timeout=60, trust_env=False) as c:
+    async with client(proxy_pair.lane.url, h) as c:
         asking = asyncio.create_task(c.post("/v1/chat/completions", json=chat(400)))
         while not len(services.relay.inflight):
             await asyncio.sleep(0.005)
@@ -244,7 +244,7 @@ async def test_requests_queued_behind_a_full_place_wait_on_the_lane_and_are_answ
     await services.presets.put("tiny-a.gguf", {"max_concurrent": 1, "max_queue_depth": 8})
     m = await services.router.load("tiny-a")
     h = await key_headers(services, "burst")
-    async with httpx.AsyncClient(base_url=proxy_pair.lane.url, headers=h, timeout=60, trust_env=False) as c:
+    async with client(proxy_pair.lane.url, h) as c:
         answers = await asyncio.gather(
             *(c.post("/v1/chat/completions", json=chat(n)) for n in (3, 4, 5, 6, 7))
         )
@@ -269,7 +269,7 @@ async def test_a_full_queue_turns_the_request_away_on_the_lane_as_on_the_full_pa
     told = []
     for name, server in (("lane-refused", proxy_pair.lane), ("full-refused", proxy_pair.full)):
         h = await key_headers(services, name)
-        async with httpx.AsyncClient(base_url=server.url, headers=h, timeout=60, trust_env=False) as c:
+        async with client(server.url, h) as c:
             r = await c.post("/v1/chat/completions", json=chat(2))
         told.append((r.status_code, r.json(), r.headers.get("retry-after")))
     held.release()
@@ -292,7 +292,7 @@ async def test_a_queued_request_an_administrator_cancels_is_answered_as_on_the_f
     told = []
     for server in (proxy_pair.lane, proxy_pair.full):
         h = await key_headers(services, "cancelled")
-        async with httpx.AsyncClient(base_url=server.url, headers=h, timeout=60, trust_env=False) as c:
+        async with client(server.url, h) as c:
             asking = asyncio.create_task(c.post("/v1/chat/completions", json=chat(2)))
             await until(lambda: bool(queued(services)), "the request queued")
             services.relay.inflight.cancel(queued(services)[0]["id"])
