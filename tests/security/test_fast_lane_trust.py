@@ -15,7 +15,7 @@ import pytest
 from llamaman.app import LlamaMan
 from llamaman.cluster.forward import NODE_HEADER, VIA_HEADER
 from llamaman.testing.tiny_gguf import expected_text
-from tests.proxy.lane_ports import Answers, Ports, exchange, request, text_of
+from tests.proxy.lane_ports import Answers, Ports, client, exchange, request, text_of
 
 pytestmark = [pytest.mark.auth, pytest.mark.llama]
 
@@ -32,7 +32,7 @@ async def on_both(
     """The same request to the port with the lane and to the one without it."""
     answers = []
     for server in (pair.lane, pair.full):
-        async with httpx.AsyncClient(base_url=server.url, timeout=60, trust_env=False) as c:
+        async with client(server.url) as c:
             content = body if isinstance(body, bytes) else json.dumps(body).encode()
             sent = [("content-type", "application/json"), *headers]
             answers.append(await c.post(path, content=content, headers=sent))
@@ -68,7 +68,7 @@ async def test_a_keys_rate_and_quota_hold_on_the_lane_port(services: LlamaMan, p
     await services.router.load("tiny-a")
     _, paced = await services.auth.keys.create("paced", rpm_limit=2)
     _, thrifty = await services.auth.keys.create("thrifty", daily_token_quota=5)
-    async with httpx.AsyncClient(base_url=proxy_pair.lane.url, timeout=60, trust_env=False) as c:
+    async with client(proxy_pair.lane.url) as c:
         h = {"Authorization": f"Bearer {paced}"}
         statuses = [
             (await c.post("/v1/chat/completions", json=chat(), headers=h)).status_code for _ in range(3)
@@ -86,7 +86,7 @@ async def test_a_key_revoked_between_two_requests_on_one_connection_is_refused_t
 ) -> None:
     await services.router.load("tiny-a")
     record, key = await services.auth.keys.create("soon-gone")
-    async with httpx.AsyncClient(base_url=proxy_pair.lane.url, timeout=60, trust_env=False) as c:
+    async with client(proxy_pair.lane.url) as c:
         h = {"Authorization": f"Bearer {key}"}
         r = await c.post("/v1/chat/completions", json=chat(n=3), headers=h)
         assert r.json()["choices"][0]["message"]["content"] == expected_text("A", 3)
@@ -211,3 +211,45 @@ async def test_ambiguous_framing_is_read_alike_with_and_without_the_lane(
     full = await exchange(proxy_pair.full.port, plain)
     assert [s for s, _ in lane] == [s for s, _ in full] == [200, 403, 200]
     assert proxy_pair.taken == 1
+
+
+async def test_a_full_place_lets_no_caller_queue_on_the_lane_past_a_check(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    """Requests behind a full place wait on the lane; the checks come before that wait. Each
+    attacker is refused at once on both ports, with the same answer, and never joins the queue."""
+    await services.presets.put("tiny-b.gguf", {"max_concurrent": 1, "max_queue_depth": 4})
+    await services.router.load("tiny-a")
+    held = await services.router.acquire("tiny-b")  # tiny-b's one place, taken
+    _, only_a = await services.auth.keys.create("only-a", allowed_models=["tiny-a"])
+    gone, revoked = await services.auth.keys.create("gone")
+    await services.auth.keys.revoke(gone.id)
+    _, paced = await services.auth.keys.create("paced", rpm_limit=1)
+    async with client(proxy_pair.lane.url, {"Authorization": f"Bearer {paced}"}) as c:
+        assert (await c.post("/v1/chat/completions", json=chat("tiny-a"))).status_code == 200
+    attackers = {
+        "a key for another model": [("authorization", f"Bearer {only_a}")],
+        "a revoked key": [("authorization", f"Bearer {revoked}")],
+        "a key over its rate": [("authorization", f"Bearer {paced}")],
+        "a wrong key": [("authorization", "Bearer llm-guess")],
+        "no key": [],
+    }
+    try:
+        for why, headers in attackers.items():
+            told = []
+            for server in (proxy_pair.lane, proxy_pair.full):
+                async with client(server.url) as c:
+                    asking = asyncio.create_task(
+                        c.post("/v1/chat/completions", json=chat("tiny-b"), headers=headers)
+                    )
+                    for _ in range(400):
+                        if asking.done() or services.relay.inflight.snapshot():
+                            break
+                        await asyncio.sleep(0.005)
+                    assert asking.done() and not services.relay.inflight.snapshot(), f"{why}: it queued"
+                    r = await asking
+                told.append((r.status_code, r.json()))
+            assert told[0] == told[1] and told[0][0] in (401, 403, 429), why
+    finally:
+        held.release()
+    assert proxy_pair.waited == 0 and proxy_pair.taken == 0
