@@ -10,11 +10,11 @@ It decides nothing of its own either. Each step asks the code the ASGI path asks
 the strict JSON parser, the body's model check, the router's lease), and anything outside the plain
 case goes the ASGI way, where every check and refusal lives:
 
-- headers: POST to one of ``FAST_PATHS`` without a query; HTTP/1.1 kept alive; one JSON
-  ``Content-Type``; one ``Content-Length`` of at most ``BODY_LIMIT``; no ``Transfer-Encoding``,
-  ``Expect`` or ``Upgrade``; no ``Connection`` but ``keep-alive`` (what HTTP clients such as
-  httpx send); no node or loading-progress header; at most one ``Authorization`` (Bearer) and no
-  ``X-Api-Key``;
+- headers: POST to one of ``FAST_PATHS`` without a query; HTTP/1.1; one JSON ``Content-Type``;
+  one ``Content-Length`` of at most ``BODY_LIMIT``; no ``Transfer-Encoding``, ``Expect`` or
+  ``Upgrade``; no ``Connection`` but ``keep-alive`` (what HTTP clients such as httpx send) or
+  ``close`` (a client opening a connection per request); no node or loading-progress header; at
+  most one ``Authorization`` (Bearer) and no ``X-Api-Key``;
 - the caller: a key that passes the key store's check and has no model list, no rate limit and no
   daily quota, or no key at all where keys are not required;
 - the body: parsed by ``parse_json`` and checked by ``check_model_fields`` without an error, a JSON
@@ -58,6 +58,8 @@ FAST_PATHS: dict[bytes, tuple[str, bool]] = {
     b"/v1/completions": ("/v1/completions", True),
     b"/v1/embeddings": ("/v1/embeddings", False),
 }
+# The Connection values a plain request may carry: anything else names headers or asks an upgrade.
+_CONNECTION = frozenset({b"keep-alive", b"close"})
 # Larger bodies (images, long documents) are rare, and their relay cost is not the request's.
 BODY_LIMIT = 256 * 1024
 
@@ -121,8 +123,8 @@ class FastLane:
                     length = int(value)
                 elif name == b"content-type":
                     json_type = is_json_media(value.decode("latin-1"))
-                elif name == b"connection" and value.strip().lower() != b"keep-alive":
-                    return None  # a Connection header naming other headers, or asking to close
+                elif name == b"connection" and value.strip().lower() not in _CONNECTION:
+                    return None  # a Connection header naming other headers, or an upgrade
         if not json_type or not 0 < length <= BODY_LIMIT:
             return None
         path, sampling = route

@@ -77,8 +77,7 @@ class FastLaneProtocol(QuietProtocol):
         admitted = None
         if (cycle is None or cycle.response_complete) and not self.pipeline:
             parser = self.parser
-            plain = parser.get_http_version() == "1.1" and parser.should_keep_alive()
-            if plain and not parser.should_upgrade():
+            if parser.get_http_version() == "1.1" and not parser.should_upgrade():
                 admitted = self.lane.admit(parser.get_method(), self.url, self.headers)
         if admitted is None:
             super().start_request()
@@ -87,7 +86,10 @@ class FastLaneProtocol(QuietProtocol):
         self._parts = []
         self._received = 0
         self._before = cycle
-        self.cycle = _LaneCycle()  # type: ignore[assignment]
+        lane_cycle = _LaneCycle()
+        # "Connection: close": answered like any other, then closed (as uvicorn's cycle does).
+        lane_cycle.keep_alive = self.parser.should_keep_alive()
+        self.cycle = lane_cycle  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         if self._admitted is None:
@@ -146,7 +148,7 @@ class FastLaneProtocol(QuietProtocol):
                     lease = await self.lane.wait(ready)
                 except ProxyError as exc:
                     started = True
-                    self._write(self.lane.refusal(ready, exc, asked))
+                    self._write(self.lane.refusal(ready, exc, asked), cycle)
                     return
             ex = self._exchange = self.lane.exchange(ready, lease)
             if cycle.disconnected or self.transport.is_closing():
@@ -157,7 +159,7 @@ class FastLaneProtocol(QuietProtocol):
                 await self._relay(response, cycle)
             else:
                 try:
-                    self._write(response)
+                    self._write(response, cycle)
                 finally:
                     # The lease, the connection and the accounting: after the answer, not before it.
                     settle = getattr(response, "settle", None)
@@ -179,18 +181,20 @@ class FastLaneProtocol(QuietProtocol):
             else:
                 self.transport.close()
 
-    def _head(self, response: Response, extra: bytes = b"") -> list[bytes]:
+    def _head(self, response: Response, cycle: _LaneCycle, extra: bytes = b"") -> list[bytes]:
         out = [STATUS_LINE[response.status_code]]
         for name, value in (*self.server_state.default_headers, *response.raw_headers):
             out += (name, b": ", value, b"\r\n")
         out.append(extra)
+        if not cycle.keep_alive:
+            out.append(b"connection: close\r\n")
         out.append(b"\r\n")
         return out
 
-    def _write(self, response: Response) -> None:
+    def _write(self, response: Response, cycle: _LaneCycle) -> None:
         if self.transport.is_closing():
             return
-        out = self._head(response)
+        out = self._head(response, cycle)
         out.append(response.body)
         self.transport.write(b"".join(out))
 
@@ -200,7 +204,7 @@ class FastLaneProtocol(QuietProtocol):
             if self.transport.is_closing():
                 response.abort()
                 return
-            self.transport.write(b"".join(self._head(response, b"transfer-encoding: chunked\r\n")))
+            self.transport.write(b"".join(self._head(response, cycle, b"transfer-encoding: chunked\r\n")))
             async for chunk in response.body_iterator:
                 if cycle.disconnected:
                     break

@@ -55,6 +55,9 @@ async def test_a_plain_request_with_a_key_that_may_use_everything_is_admitted(
         assert [k for k, _ in a.forward] == [b"user-agent", b"content-type"]
     alive = lane.admit(b"POST", b"/v1/chat/completions", swap(plain(key), b"connection", b" Keep-Alive"))
     assert alive is not None and [k for k, _ in alive.forward] == [b"user-agent", b"content-type"]
+    # A client opening a connection per request (a burst of them) asks to close after the answer.
+    closing = lane.admit(b"POST", b"/v1/chat/completions", swap(plain(key), b"connection", b"close"))
+    assert closing is not None and [k for k, _ in closing.forward] == [b"user-agent", b"content-type"]
     embed = lane.admit(b"POST", b"/v1/embeddings", plain(key))
     assert embed is not None and not embed.sampling
     ready = lane.ready(embed, BODY)
@@ -91,7 +94,7 @@ async def test_a_request_line_other_than_a_post_to_a_plain_path_goes_the_full_wa
         ("a chunked body", b"transfer-encoding", b"chunked"),
         ("expect", b"expect", b"100-continue"),
         ("upgrade", b"upgrade", b"websocket"),
-        ("connection: close", b"connection", b"close"),
+        ("connection: close naming a header", b"connection", b"close, te"),
         ("connection naming a header", b"connection", b"keep-alive, te"),
         ("a connection upgrade", b"connection", b"upgrade"),
         ("an x-api-key", b"x-api-key", b"anything"),

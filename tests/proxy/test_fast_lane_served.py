@@ -104,7 +104,6 @@ async def test_what_the_lane_leaves_is_answered_by_the_full_path_exactly_as_on_a
         ("an unknown model", {"json": {**chat(2), "model": "nothing-here"}}),
         ("no key", {"json": chat(2), "headers": {"authorization": ""}}),
         ("a wrong key", {"json": chat(2), "headers": {"authorization": "Bearer wrong"}}),
-        ("connection close", {"json": chat(3), "headers": {"connection": "close"}}),
         ("a chunked body", {"content": _chunks(json.dumps(chat(4)).encode()), "headers": as_json}),
     ]
     for why, asked in cases:
@@ -163,6 +162,41 @@ async def test_requests_sent_in_one_go_are_answered_in_order_whichever_way_each_
         assert proxy_pair.taken == 2
     finally:
         writer.close()
+
+
+async def test_a_request_asking_to_close_its_connection_is_answered_on_the_lane_and_the_connection_closed(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    """A client that opens a connection per request (a burst of them) sends ``Connection: close``:
+    answered on the lane, plain or streamed, told the connection closes, and nothing pipelined
+    behind it answered, as on the full path."""
+    await services.router.load("tiny-a")
+    _, key = await services.auth.keys.create("closing")
+    close = "Connection: close\r\n"
+    for n, body in ((3, chat(3)), (4, chat(4, stream=True))):
+        asked = request(key, body, extra=close) + request(key, chat(5))
+        heads, texts = [], []
+        for port in (proxy_pair.lane.port, proxy_pair.full.port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(asked)
+            raw = await asyncio.wait_for(reader.read(-1), 60)  # up to the server's close
+            writer.close()
+            head, _, rest = raw.partition(b"\r\n\r\n")
+            lines = head.lower().split(b"\r\n")[1:]  # names only: lengths and dates differ from run to run
+            heads.append(sorted(h if h.startswith(b"connection:") else h.partition(b":")[0] for h in lines))
+            texts.append(rest if body.get("stream") else [text_of(a) for a in _answers(raw)])
+        assert b"connection: close" in heads[0] and heads[0] == heads[1]
+        if body.get("stream"):
+            assert all(t.count(b"data: [DONE]") == 1 and t.endswith(b"0\r\n\r\n") for t in texts)
+        else:
+            assert texts == [[expected_text("A", n)]] * 2
+    assert proxy_pair.taken == 2
+
+
+def _answers(raw: bytes) -> list[tuple[int, bytes]]:
+    answers = Answers()
+    answers.parser.feed_data(raw)
+    return answers.done
 
 
 async def test_http_1_0_and_expect_continue_are_the_full_paths_and_answered(
