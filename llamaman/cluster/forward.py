@@ -50,6 +50,8 @@ class LocalLease(Protocol):
     @property
     def auth_header(self) -> bytes | None: ...
     @property
+    def connections(self) -> int | None: ...
+    @property
     def load_duration_ns(self) -> int: ...
 
     prefix: str
@@ -136,6 +138,11 @@ class RemoteLease:
     @property
     def prefix(self) -> str:
         return self.local.prefix if self.local is not None else _split(self.target.url)[1]
+
+    @property
+    def connections(self) -> int | None:
+        # Another LlamaMan queues for its own llama-servers; a peer's server is not ours to size.
+        return self.local.connections if self.local is not None else None
 
     @property
     def auth_header(self) -> bytes | None:

@@ -47,6 +47,7 @@ class ManagedInstance:
         self.proc = proc
         self.last_used = time.monotonic()
         self.listener_active = False
+        self._connections: tuple[LaunchSettings, int] | None = None
 
     @property
     def id(self) -> str:
@@ -64,6 +65,14 @@ class ManagedInstance:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.upstream_port}"
+
+    @property
+    def connections(self) -> int:
+        """How many requests the proxy sends its llama-server at once (``http_connections``)."""
+        cached = self._connections
+        if cached is None or cached[0] is not self.settings:  # settings are replaced, never changed
+            cached = self._connections = (self.settings, self.settings.http_connections())
+        return cached[1]
 
     def view(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         r, p = self.record, self.proc

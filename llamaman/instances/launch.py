@@ -87,6 +87,20 @@ class LaunchSettings(LaunchBase):
             ctx //= self.parallel
         return ctx
 
+    def http_connections(self) -> int:
+        """How many requests LlamaMan sends llama-server at once: it reads each connection on one
+        of its HTTP threads (``--threads-http``, by default ``parallel + 2`` or more), and one is
+        left for health checks and other clients. One more than its slots keeps a request queued
+        inside llama-server, ready the moment a slot frees."""
+        argv = self.extra_argv()
+        for i, word in enumerate(argv):
+            name, _, value = word.partition("=")
+            if name == "--threads-http":
+                value = value or (argv[i + 1] if i + 1 < len(argv) else "")
+                if value.isdigit() and int(value) > 0:
+                    return max(1, min(self.parallel + 1, int(value) - 1))
+        return self.parallel + 1
+
     def needs_listener(self) -> bool:
         """Whether requests must pass through LlamaMan's own listener on the public port."""
         return bool(self.idle_timeout_min or self.max_concurrent or self.sampling.active())

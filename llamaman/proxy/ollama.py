@@ -43,13 +43,13 @@ from llamaman.proxy.translate import (
 from llamaman.proxy.translate_stream import ollama_load_reply
 from llamaman.scheduling.router import Lease, ModelNotFound
 from llamaman.services import Services
-from llamaman.upstream.client import UpstreamError, UpstreamResponse
 from llamaman.upstream.relay import (
     Exchange,
     RelayStream,
     client_fault_status,
     stream_headers,
 )
+from llamaman.upstream.wire import UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,6 @@ from llamaman.proxy.translate import (
 )
 from llamaman.proxy.translate_stream import ollama_load_reply
 from llamaman.services import Services
-from llamaman.upstream.client import UpstreamError, UpstreamResponse
 from llamaman.upstream.relay import (
     Relay,
     RelayStream,
@@ -43,6 +42,7 @@ from llamaman.upstream.relay import (
     raw_forward_headers,
     stream_headers,
 )
+from llamaman.upstream.wire import UpstreamError, UpstreamResponse
 
 _JSON = [(b"content-type", b"application/json")]
 _EMBEDDINGS = ("/api/embed", "/api/embeddings")

@@ -119,6 +119,10 @@ class Lease:
     def auth_header(self) -> bytes | None:
         return self.instance.proc.auth_header
 
+    @property
+    def connections(self) -> int | None:
+        return self.instance.connections
+
     async def fail_over(self, reason: str) -> bool:
         """Move to the next place that may serve the request; a local instance has none."""
         return False

@@ -4,40 +4,36 @@ httpx costs about 1 ms of CPU per request under uvloop (anyio, httpcore and h11 
 client writes each request in one ``write`` and parses the answer with httptools (uvicorn's own
 parser), about 50 µs. It only does what the relay needs: one request per connection at a time,
 ``Content-Length`` or chunked answers, the body relayed as it arrives with back-pressure, a read
-timeout, and ``abort`` to drop a request whose client left (llama-server then frees its slot).
+timeout, and ``abort`` to drop a request whose client left (llama-server then frees its slot); the
+connection and its answer are ``wire``'s.
+
+Given a server's ``connections`` (how many it reads at once), requests beyond them wait here, in
+order, and each takes over a connection the one before it finished with. llama-server serves each
+connection on one of a few HTTP threads; a connection beyond them would only wait in its accept
+queue, and every fresh one costs a connect and a close on both sides: in a burst of sixteen that
+was most of LlamaMan's CPU per request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import functools
 import re
-import socket
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import httptools
 
-from llamaman.core.errors import UpstreamFailed
-from llamaman.upstream.pacing import PACER
-
-# Pause reading from llama-server while this much of its answer waits for a slow client.
-_HIGH_WATER = 256 * 1024
-
-
-class UpstreamError(UpstreamFailed):
-    """The upstream request failed: refused, reset, timed out or answered with garbage."""
-
-
-class UpstreamTimeout(UpstreamError):
-    pass
-
-
-class UpstreamClosed(UpstreamError):
-    """The server closed the connection before the answer was complete."""
+from llamaman.upstream.wire import (
+    Connection,
+    UpstreamClosed,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -47,246 +43,6 @@ def _split(base_url: str) -> tuple[str, int, bytes]:
         raise UpstreamError(f"unsupported upstream URL {base_url!r}")
     port = u.port or 80
     return u.hostname, port, f"{u.hostname}:{port}".encode()
-
-
-class UpstreamResponse:
-    """An answer whose body is read as it arrives; ``close`` hands the connection back when the body
-    was read to its end, and closes it otherwise."""
-
-    def __init__(self, conn: _Connection, timeout: float, loop: asyncio.AbstractEventLoop) -> None:
-        self._conn = conn
-        self._loop = loop
-        self._timeout = timeout
-        self.status_code = 0
-        self.raw_headers: list[tuple[bytes, bytes]] = []
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._complete = False
-        self._error: BaseException | None = None
-        self._aborted = False
-        self._closed = False
-        self._activity = loop.time()
-        self._timer: asyncio.TimerHandle | None = None
-        self._keep_alive = False
-
-    @property
-    def aborted(self) -> bool:
-        """Whether the request was dropped because its client left."""
-        return self._aborted
-
-    def header(self, name: bytes) -> str | None:
-        for k, v in self.raw_headers:
-            if k.lower() == name:
-                return v.decode("latin-1")
-        return None
-
-    # ---- fed by the connection -----------------------------------------------------------------
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def _feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._buffered += len(data)
-        self._activity = self._loop.time()
-        if self._buffered > _HIGH_WATER:
-            self._conn.pause()
-        self._wake()
-
-    def _finish(self, keep_alive: bool) -> None:
-        self._complete = True
-        self._keep_alive = keep_alive
-        self._wake()
-
-    def _fail(self, exc: BaseException) -> None:
-        if not self._complete and self._error is None:
-            self._error = exc
-        self._wake()
-
-    # ---- read ----------------------------------------------------------------------------------
-    async def _wait(self) -> None:
-        self._waiter = self._loop.create_future()
-        if self._timer is None:
-            self._timer = self._loop.call_at(self._activity + self._timeout, self._check_timeout)
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    def _check_timeout(self) -> None:
-        # One timer per response, pushed forward while data keeps arriving.
-        due = self._activity + self._timeout
-        if self._loop.time() < due - 0.001 and not self._complete and self._error is None:
-            self._timer = self._loop.call_at(due, self._check_timeout)
-            return
-        self._timer = None
-        if not self._complete:
-            self._fail(UpstreamTimeout(f"no data from upstream for {self._timeout:g} s"))
-            self._conn.close()
-
-    async def aiter_raw(self, paced: bool = False) -> AsyncIterator[bytes]:
-        """The body as llama-server writes it (chunked framing removed); ends quietly after ``abort``.
-
-        ``paced``: a stream relayed to a client. While many run at once it keeps to the shared beat
-        (see ``pacing``): after its first two blocks, it stops reading until the next beat and then
-        passes on in one block whatever arrived."""
-        if paced:
-            PACER.streams += 1
-        passed = 0
-        try:
-            while True:
-                if self._chunks:
-                    chunks, self._chunks = self._chunks, []
-                    self._buffered = 0
-                    self._conn.resume()
-                    # What has already arrived goes on in one piece: one send and one socket write
-                    # for several tokens when the client side falls behind, never a wait for more.
-                    yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                    passed += 1
-                    if paced and passed >= 2 and PACER.engaged and not self._complete:
-                        # Unread, the tokens gather in the socket: one read and one write for all.
-                        self._conn.pause()
-                        await PACER.beat()
-                        self._conn.resume()
-                    continue
-                if self._aborted:
-                    return
-                if self._error is not None:
-                    raise self._error
-                if self._complete:
-                    return
-                await self._wait()
-        finally:
-            if paced:
-                PACER.streams -= 1
-
-    async def aread(self) -> bytes:
-        if self._complete and self._error is None and not self._aborted:
-            # A small answer is usually whole by the time its head is read: no iterator needed.
-            chunks, self._chunks = self._chunks, []
-            self._buffered = 0
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        parts = [c async for c in self.aiter_raw()]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def abort(self) -> None:
-        """Drop the request (its client is gone): the connection closes and reading stops."""
-        self._aborted = True
-        self.close()
-        self._wake()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._conn.done(self._complete and self._keep_alive and self._error is None and not self._aborted)
-
-    async def aclose(self) -> None:
-        self.close()
-
-
-class _Connection(asyncio.Protocol):
-    def __init__(self, pool: UpstreamClient, key: tuple[str, int]) -> None:
-        self.pool = pool
-        self.key = key
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.response: UpstreamResponse | None = None
-        self.head: asyncio.Future[None] | None = None
-        self.lost = False
-        self.got_data = False
-        self.paused = False
-        self.idle_since = 0.0
-        self.head_only = False
-        self.until_close = False
-
-    # ---- asyncio.Protocol ------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        self.got_data = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._error(UpstreamError(f"malformed answer from upstream: {exc}"))
-            self.close()
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self.response is not None and not self.response._complete:
-            if self.until_close and self.head is not None and self.head.done():
-                self.response._finish(False)  # no length and not chunked: the close ends the body
-                return
-            self._error(UpstreamClosed(f"upstream closed the connection{f': {exc}' if exc else ''}"))
-
-    # ---- httptools callbacks ---------------------------------------------------------------------
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.response is not None:
-            self.response.raw_headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        r = self.response
-        if r is not None:
-            r.status_code = self.parser.get_status_code()
-            names = {k.lower() for k, _ in r.raw_headers}
-            self.until_close = b"content-length" not in names and b"transfer-encoding" not in names
-            if self.head_only or r.status_code in (204, 304):
-                r._finish(False)  # no body follows; the parser cannot know that for HEAD
-        if self.head is not None and not self.head.done():
-            self.head.set_result(None)
-
-    def on_body(self, body: bytes) -> None:
-        if self.response is not None:
-            self.response._feed(body)
-
-    def on_message_complete(self) -> None:
-        if self.response is not None:
-            self.response._finish(self.parser.should_keep_alive())
-
-    # ---- use -------------------------------------------------------------------------------------
-    def _error(self, exc: BaseException) -> None:
-        if self.head is not None and not self.head.done():
-            self.head.set_exception(exc)
-        if self.response is not None:
-            self.response._fail(exc)
-
-    def pause(self) -> None:
-        if not self.paused and self.transport is not None and not self.lost:
-            self.paused = True
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self.paused and self.transport is not None and not self.lost:
-            self.paused = False
-            self.transport.resume_reading()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-        self.lost = True
-
-    def done(self, reusable: bool) -> None:
-        """The response is finished with: back to the pool, or closed."""
-        self.response = None
-        self.head = None
-        if reusable and not self.lost:
-            self.resume()
-            self.pool._put(self)
-        else:
-            self.close()
 
 
 def _encode_headers(headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]] | None) -> bytes:
@@ -304,23 +60,29 @@ class UpstreamClient:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self.idle_expiry = idle_expiry
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._idle: dict[tuple[str, int], list[Connection]] = {}
         # Requests per (host, port) still waiting for their answer's head.
         self._waiting: dict[tuple[str, int], int] = {}
+        # Where the caller gave the server's ``connections``: requests holding one, and those in line.
+        self._busy: dict[tuple[str, int], int] = {}
+        self._turns: dict[tuple[str, int], collections.deque[asyncio.Future[None]]] = {}
         self._closed = False
 
-    def _put(self, conn: _Connection) -> None:
+    def put_back(self, conn: Connection) -> None:
+        """A connection whose answer was read to its end: kept for the next request, or closed."""
         idle = self._idle.setdefault(conn.key, [])
         # llama-server serves each connection on one of a few HTTP threads for as long as it is kept
         # alive (5 s idle): a kept connection while other requests wait could leave them queued
-        # behind it for those 5 s. Close it so a waiting connection gets the thread.
-        if self._closed or len(idle) >= self.max_idle or self._waiting.get(conn.key):
+        # behind it for those 5 s. Close it so a waiting connection gets the thread; unless the
+        # requests keep to the server's connections, and the next in line takes this one over.
+        waiting = self._waiting.get(conn.key) and conn.key not in self._turns
+        if self._closed or len(idle) >= self.max_idle or waiting:
             conn.close()
             return
         conn.idle_since = time.monotonic()
         idle.append(conn)
 
-    def _take(self, key: tuple[str, int]) -> _Connection | None:
+    def _take(self, key: tuple[str, int]) -> Connection | None:
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle:
@@ -331,13 +93,13 @@ class UpstreamClient:
             return conn
         return None
 
-    async def _connect(self, key: tuple[str, int]) -> _Connection:
+    async def _connect(self, key: tuple[str, int]) -> Connection:
         loop = asyncio.get_running_loop()
         try:
             # Not ``wait_for``: on Python 3.11 it returns the connection, swallowing the cancel, when
             # the request is cancelled (an administrator's cancel) just as the connection is made.
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(lambda: _Connection(self, key), key[0], key[1])
+                _, conn = await loop.create_connection(lambda: Connection(self, key), key[0], key[1])
         except TimeoutError:
             raise UpstreamTimeout(f"connecting to {key[0]}:{key[1]} timed out") from None
         except OSError as exc:
@@ -355,9 +117,12 @@ class UpstreamClient:
         params: Any = None,
         timeout: float = 300.0,
         authorization: bytes | None = None,
+        connections: int | None = None,
     ) -> UpstreamResponse:
         """Send a request and return once the answer's status and headers are in. ``authorization``
-        is the value of an ``Authorization`` header (the server's own key), added as is."""
+        is the value of an ``Authorization`` header (the server's own key), added as is. Given
+        ``connections``, the request waits its turn while that many requests to the server hold one
+        (``timeout`` counts from the request's write, as llama-server's own queue has no limit)."""
         host, port, host_header = _split(base_url)
         if params:
             target += ("&" if "?" in target else "?") + urlencode(params)
@@ -372,13 +137,56 @@ class UpstreamClient:
             head += b"Content-Length: %d\r\n" % len(content or b"")
         data = head + b"\r\n" + (content or b"")
         key = (host, port)
+        if not connections:
+            return await self._exchange(key, data, timeout, method == "HEAD")
+        await self._turn(key, connections)
+        try:
+            response = await self._exchange(key, data, timeout, method == "HEAD")
+        except BaseException:
+            self._next_turn(key)
+            raise
+        response._end_turn = functools.partial(self._next_turn, key)
+        return response
+
+    async def _turn(self, key: tuple[str, int], connections: int) -> None:
+        """Wait, in order, until fewer than ``connections`` requests to the server hold one."""
+        turns = self._turns.setdefault(key, collections.deque())
+        busy = self._busy.get(key, 0)
+        if busy < connections and not turns:
+            self._busy[key] = busy + 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        turns.append(turn)
+        try:
+            await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self._next_turn(key)  # handed the turn just as it gave up: pass it on
+            else:
+                turns.remove(turn)
+            raise
+
+    def _next_turn(self, key: tuple[str, int]) -> None:
+        """A request is done with its connection: the next in line takes its turn (and, kept alive,
+        its connection), or there is one request fewer."""
+        turns = self._turns.get(key)
+        while turns:
+            turn = turns.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._busy[key] -= 1
+
+    async def _exchange(
+        self, key: tuple[str, int], data: bytes, timeout: float, head_only: bool
+    ) -> UpstreamResponse:
         conn = self._take(key)
         reused = conn is not None
         for _attempt in range(2):
             if conn is None:
                 conn = await self._connect(key)
             try:
-                return await self._send(conn, data, timeout, method == "HEAD")
+                return await self._send(conn, data, timeout, head_only)
             except UpstreamClosed:
                 # A kept-alive connection the server closed as we reused it: nothing was answered,
                 # so one retry on a fresh connection is safe.
@@ -387,9 +195,7 @@ class UpstreamClient:
                 conn, reused = None, False
         raise UpstreamClosed("upstream closed the connection")  # pragma: no cover - loop returns or raises
 
-    async def _send(
-        self, conn: _Connection, data: bytes, timeout: float, head_only: bool
-    ) -> UpstreamResponse:
+    async def _send(self, conn: Connection, data: bytes, timeout: float, head_only: bool) -> UpstreamResponse:
         loop = asyncio.get_running_loop()
         response = UpstreamResponse(conn, timeout, loop)
         conn.response = response

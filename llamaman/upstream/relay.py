@@ -31,10 +31,11 @@ from starlette.types import Receive, Scope
 from llamaman.core.exchange import Exchange, Observer
 from llamaman.scheduling.router import Lease
 from llamaman.upstream.answers import ErrorStyle, client_fault_status, error_payload, stream_error_line
-from llamaman.upstream.client import UpstreamClient, UpstreamError, UpstreamResponse
+from llamaman.upstream.client import UpstreamClient
 from llamaman.upstream.inflight import CLIENT_LEFT, InflightRegistry, RequestCancelled, abortable
 from llamaman.upstream.responses import RawResponse, RelayStream
 from llamaman.upstream.target import UpstreamTarget
+from llamaman.upstream.wire import UpstreamError, UpstreamResponse
 
 try:
     from orjson import loads as _loads
@@ -188,6 +189,7 @@ class Relay:
         return await self.upstream.request(
             "POST", lease.base_url, path, headers=headers, content=content,
             timeout=self.request_timeout, authorization=lease.instance.proc.auth_header,
+            connections=lease.connections,
         )  # fmt: skip
 
     async def forward(
@@ -288,6 +290,7 @@ class Relay:
                     method, lease.base_url, lease.prefix + path, headers=sent,
                     content=lease.content_for_place(content),
                     params=params, timeout=self.request_timeout, authorization=lease.auth_header,
+                    connections=lease.connections,
                 ), receive)  # fmt: skip
             except UpstreamError as exc:
                 if await lease.fail_over(str(exc)):

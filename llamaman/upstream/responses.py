@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from llamaman.upstream.client import UpstreamResponse
 from llamaman.upstream.target import UpstreamTarget
+from llamaman.upstream.wire import UpstreamResponse
 
 # Where the proxy's front door leaves the server's own ``send`` in the scope, before the middleware
 # layers that wrap it.

@@ -14,6 +14,10 @@ class UpstreamTarget(Protocol):
     @property
     def auth_header(self) -> bytes | None: ...
     @property
+    def connections(self) -> int | None:
+        """How many requests the place reads at once (more wait their turn), or None: no limit."""
+
+    @property
     def extra_headers(self) -> tuple[tuple[bytes, bytes], ...]: ...
     @property
     def node(self) -> str | None: ...

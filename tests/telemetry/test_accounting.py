@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from llamaman.app import LlamaMan
 from llamaman.proxy.app import ProxyServer
 from llamaman.testing.tiny_gguf import expected_text
-from llamaman.upstream.client import UpstreamResponse
 from llamaman.upstream.pacing import PACER
+from llamaman.upstream.wire import UpstreamResponse
 
 pytestmark = pytest.mark.llama
 

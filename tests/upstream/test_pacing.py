@@ -39,7 +39,7 @@ async def _server(script: Callable[[asyncio.StreamWriter], object]) -> tuple[asy
 def pacer(monkeypatch: pytest.MonkeyPatch) -> Pacer:
     p = Pacer(interval=0.05, min_streams=1)
     monkeypatch.setattr(pacing, "PACER", p)
-    monkeypatch.setattr("llamaman.upstream.client.PACER", p)
+    monkeypatch.setattr("llamaman.upstream.wire.PACER", p)
     return p
 
 
@@ -78,7 +78,7 @@ async def test_a_paced_stream_passes_on_what_arrived_between_beats_in_one_block(
 
 async def test_below_the_stream_count_nothing_is_held(monkeypatch: pytest.MonkeyPatch) -> None:
     p = Pacer(interval=30.0, min_streams=2)  # a beat that would time the test out
-    monkeypatch.setattr("llamaman.upstream.client.PACER", p)
+    monkeypatch.setattr("llamaman.upstream.wire.PACER", p)
     server, url = await _server(_tokens_apart)
     async with server:
         blocks = await asyncio.wait_for(_blocks(url, paced=True), 10)
@@ -87,7 +87,7 @@ async def test_below_the_stream_count_nothing_is_held(monkeypatch: pytest.Monkey
 
 async def test_the_first_blocks_of_an_answer_are_never_held(monkeypatch: pytest.MonkeyPatch) -> None:
     p = Pacer(interval=30.0, min_streams=1)
-    monkeypatch.setattr("llamaman.upstream.client.PACER", p)
+    monkeypatch.setattr("llamaman.upstream.wire.PACER", p)
     seen = [asyncio.Event(), asyncio.Event()]
 
     async def two_then_wait(writer: asyncio.StreamWriter) -> None:

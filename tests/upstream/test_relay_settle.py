@@ -27,6 +27,7 @@ class Place:
     released: int = 0
     prefix: str = ""
     auth_header: bytes | None = None
+    connections: int | None = None
     extra_headers: tuple[tuple[bytes, bytes], ...] = ()
     node: str | None = None
     model_name: str = "m"
