@@ -43,6 +43,7 @@ class ManagedInstance:
 
     def __init__(self, record: Instance, settings: LaunchSettings, proc: LlamaProcess) -> None:
         self.record = record
+        self._id = record.id
         self.settings = settings
         self.proc = proc
         self.last_used = time.monotonic()
@@ -51,7 +52,8 @@ class ManagedInstance:
 
     @property
     def id(self) -> str:
-        return self.record.id
+        # Asked several times per request: a plain attribute, not the row's instrumented one.
+        return self._id
 
     @property
     def state(self) -> InstanceState:

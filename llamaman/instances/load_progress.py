@@ -62,14 +62,25 @@ class LoadTracker:
         self.loading: dict[str, Loading] = {}
         self.past: dict[str, float] = {}
         self._unlisten: Callable[[], None] | None = None
+        self._unlisten_lines: Callable[[], None] | None = None
 
     def start(self) -> None:
-        self._unlisten = self.events.listen(self._on_event, "instance.")
+        self._unlisten = self.events.listen(self._on_event, "instance.state")
 
     def stop(self) -> None:
-        if self._unlisten is not None:
-            self._unlisten()
-            self._unlisten = None
+        for off in (self._unlisten, self._unlisten_lines):
+            if off is not None:
+                off()
+        self._unlisten = self._unlisten_lines = None
+
+    def _read_lines_while_loading(self) -> None:
+        # Log lines tell a load's stage; a serving server writes several per request, which are
+        # then published to nobody (unless a browser watches the log).
+        if self.loading and self._unlisten_lines is None and self._unlisten is not None:
+            self._unlisten_lines = self.events.listen(self._on_event, "instance.log")
+        elif not self.loading and self._unlisten_lines is not None:
+            self._unlisten_lines()
+            self._unlisten_lines = None
 
     def _on_event(self, ev: Event) -> None:
         iid = ev.data.get("id", "")
@@ -93,6 +104,7 @@ class LoadTracker:
             self.events.publish("instance.progress", id=iid, stage="loaded", fraction=1.0)
         else:
             self.loading.pop(iid, None)
+        self._read_lines_while_loading()
 
     def _publish(self, iid: str) -> None:
         now = self.progress(iid)

@@ -73,3 +73,26 @@ def test_the_tracker_publishes_stage_changes_and_remembers_how_long_a_load_took(
     bus.publish("instance.state", id="i1", old="healthy", new="starting")
     assert tracker.loading["i1"].key in tracker.past
     tracker.stop()
+
+
+def test_a_serving_servers_log_lines_reach_no_listener_and_a_new_load_is_read_again() -> None:
+    """A healthy llama-server writes several lines per request: with nothing loading, they are
+    published to nobody (the tracker listens to lines only while a load is in progress)."""
+    bus = EventBus()
+    tracker = LoadTracker(bus, {"i1": _Instance(), "i2": _Instance()})
+    tracker.start()
+    listeners = lambda: bus._route("instance.log")[0]  # noqa: E731
+    assert listeners() == ()
+    bus.publish("instance.state", id="i1", old="stopped", new="starting")
+    bus.publish("instance.state", id="i2", old="stopped", new="starting")
+    assert len(listeners()) == 1
+    bus.publish("instance.state", id="i1", old="starting", new="healthy")
+    bus.publish("instance.log", id="i2", line=LOG[3])
+    assert tracker.progress("i2") == {"stage": "starting server", "fraction": 0.95}  # still read
+    bus.publish("instance.state", id="i2", old="starting", new="failed")
+    assert listeners() == ()
+    bus.publish("instance.state", id="i1", old="healthy", new="starting")
+    bus.publish("instance.log", id="i1", line=LOG[0])
+    assert tracker.loading["i1"].stage == "reading model"
+    tracker.stop()
+    assert listeners() == () and bus._route("instance.state")[0] == ()
