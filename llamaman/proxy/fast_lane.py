@@ -46,6 +46,7 @@ from llamaman.gateway.refusals import record_refusal
 from llamaman.proxy.common import ProxyError, lease_for, render_proxy_error
 from llamaman.proxy.openai import PROGRESS_FIELD, PROGRESS_HEADER, encode_body
 from llamaman.scheduling.lease import Lease
+from llamaman.upstream.client import Pending
 from llamaman.upstream.relay import forward_header_allowed
 
 if TYPE_CHECKING:
@@ -91,6 +92,15 @@ class Ready:
     body: dict[str, Any]
     raw: bytes
     model: str
+
+
+@dataclass(slots=True)
+class Sent:
+    """A request's body for llama-server, and the request itself when it is already written
+    (``FastLane.send_now``)."""
+
+    content: bytes
+    pending: Pending | None
 
 
 class FastLane:
@@ -192,18 +202,35 @@ class FastLane:
         return bool(services.cluster.clustered or services.peers.configured)
 
     # ---- serving -----------------------------------------------------------------------------------
-    async def answer(self, ready: Ready, lease: Lease, ex: Exchange) -> Response:
+    def send_now(self, ready: Ready, lease: Lease, ex: Exchange) -> Sent | None:
+        """The body for llama-server, written to it at once from the parser's callback when a kept
+        connection is free (``Relay.send_now``): the hop to the task that waits for the answer then
+        overlaps llama-server's work instead of coming before it. None: ``answer`` makes the body."""
+        a = ready.admitted
+        try:
+            # Made once: the forced sampling values it applies are in the body after that.
+            content = encode_body(ready.body, ready.raw, lease, sampling=a.sampling, changed=False)
+        except Exception:
+            return None  # ``answer`` meets it again, and answers it
+        return Sent(content, self.services.relay.send_now(lease, a.path, content, a.forward, ex))
+
+    async def answer(self, ready: Ready, lease: Lease, ex: Exchange, sent: Sent | None = None) -> Response:
         """What the handler would answer, through the relay the handler would use. An answer that
         comes whole carries its ``settle``, for the caller to call once it is written."""
         a = ready.admitted
-        try:
-            content = encode_body(ready.body, ready.raw, lease, sampling=a.sampling, changed=False)
-        except BaseException:
-            lease.release()
-            raise
+        if sent is not None:
+            content, pending = sent.content, sent.pending
+        else:
+            pending = None
+            try:
+                content = encode_body(ready.body, ready.raw, lease, sampling=a.sampling, changed=False)
+            except BaseException:
+                lease.release()
+                raise
         return await self.services.relay.forward(
-            lease, "POST", a.path, content=content, headers=a.forward, exchange=ex, settle_later=True
-        )
+            lease, "POST", a.path, content=content, headers=a.forward, exchange=ex, settle_later=True,
+            sent=pending,
+        )  # fmt: skip
 
     def exchange(self, ready: Ready, lease: Lease) -> Exchange:
         return Exchange(lease.model_name, ready.admitted.path, identity=ready.admitted.identity)

@@ -22,7 +22,7 @@ from llamaman.core.exchange import Exchange
 from llamaman.core.identity import CURRENT_IDENTITY
 from llamaman.gateway.http_protocol import QuietProtocol
 from llamaman.proxy.common import ProxyError
-from llamaman.proxy.fast_lane import Admitted, FastLane, Ready
+from llamaman.proxy.fast_lane import Admitted, FastLane, Ready, Sent
 from llamaman.scheduling.lease import Lease
 from llamaman.upstream.inflight import CLIENT_LEFT
 from llamaman.upstream.responses import RelayStream
@@ -113,7 +113,11 @@ class FastLaneProtocol(QuietProtocol):
             return
         self._admitted = None
         self._parts = []
-        task = self.loop.create_task(self._serve(ready, lease, self.cycle))  # type: ignore[arg-type]
+        ex = sent = None
+        if lease is not None:
+            ex = self._exchange = self.lane.exchange(ready, lease)
+            sent = self.lane.send_now(ready, lease, ex)
+        task = self.loop.create_task(self._serve(ready, lease, self.cycle, ex, sent))  # type: ignore[arg-type]
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
@@ -138,7 +142,9 @@ class FastLaneProtocol(QuietProtocol):
             self._exchange.abort(CLIENT_LEFT)
 
     # ---- answering -------------------------------------------------------------------------------
-    async def _serve(self, ready: Ready, lease: Lease | None, cycle: _LaneCycle) -> None:
+    async def _serve(
+        self, ready: Ready, lease: Lease | None, cycle: _LaneCycle, ex: Exchange | None, sent: Sent | None
+    ) -> None:
         CURRENT_IDENTITY.set(ready.admitted.identity)  # this task's own context: what observers read
         started = False
         try:
@@ -150,10 +156,11 @@ class FastLaneProtocol(QuietProtocol):
                     started = True
                     self._write(self.lane.refusal(ready, exc, asked), cycle)
                     return
-            ex = self._exchange = self.lane.exchange(ready, lease)
+            if ex is None:
+                ex = self._exchange = self.lane.exchange(ready, lease)
             if cycle.disconnected or self.transport.is_closing():
                 ex.abort(CLIENT_LEFT)  # it left while queued: ended at once, and recorded so
-            response = await self.lane.answer(ready, lease, ex)
+            response = await self.lane.answer(ready, lease, ex, sent)
             started = True
             if isinstance(response, RelayStream):
                 await self._relay(response, cycle)

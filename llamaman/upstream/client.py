@@ -123,20 +123,7 @@ class UpstreamClient:
         is the value of an ``Authorization`` header (the server's own key), added as is. Given
         ``connections``, the request waits its turn while that many requests to the server hold one
         (``timeout`` counts from the request's write, as llama-server's own queue has no limit)."""
-        host, port, host_header = _split(base_url)
-        if params:
-            target += ("&" if "?" in target else "?") + urlencode(params)
-        if not _PLAIN_TARGET(target):
-            target = quote(target, safe=_TARGET_SAFE)
-        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (
-            method.encode(), target.encode("latin-1"), host_header, _encode_headers(headers),
-        )  # fmt: skip
-        if authorization:
-            head += b"Authorization: " + authorization + b"\r\n"
-        if content is not None or method in ("POST", "PUT", "PATCH"):
-            head += b"Content-Length: %d\r\n" % len(content or b"")
-        data = head + b"\r\n" + (content or b"")
-        key = (host, port)
+        key, data = _encode(method, base_url, target, headers, content, params, authorization)
         if not connections:
             return await self._exchange(key, data, timeout, method == "HEAD")
         await self._turn(key, connections)
@@ -147,6 +134,35 @@ class UpstreamClient:
             raise
         response._end_turn = functools.partial(self._next_turn, key)
         return response
+
+    def send_now(
+        self,
+        base_url: str,
+        target: str,
+        *,
+        headers: Iterable[tuple[bytes, bytes]] | None,
+        content: bytes,
+        timeout: float = 300.0,
+        authorization: bytes | None = None,
+        connections: int | None = None,
+    ) -> Pending | None:
+        """A POST written at once, from a plain callback, where a kept connection is idle and the
+        server has a turn free with nobody in line; its answer's head is awaited later with
+        ``Pending.head``, so the write waits for no turn of the loop. None: use ``request``."""
+        key, data = _encode("POST", base_url, target, headers, content, None, authorization)
+        if connections and (self._busy.get(key, 0) >= connections or self._turns.get(key)):
+            return None
+        conn = self._take(key)
+        if conn is None:
+            return None
+        try:
+            started = self._start(conn, data, timeout, False)
+        except UpstreamClosed:
+            return None  # closed by the server while it was idle: ``request`` connects afresh
+        if connections:
+            self._turns.setdefault(key, collections.deque())
+            self._busy[key] = self._busy.get(key, 0) + 1
+        return Pending(self, conn, data, timeout, started, bool(connections))
 
     async def _turn(self, key: tuple[str, int], connections: int) -> None:
         """Wait, in order, until fewer than ``connections`` requests to the server hold one."""
@@ -196,6 +212,12 @@ class UpstreamClient:
         raise UpstreamClosed("upstream closed the connection")  # pragma: no cover - loop returns or raises
 
     async def _send(self, conn: Connection, data: bytes, timeout: float, head_only: bool) -> UpstreamResponse:
+        return await self._head(conn, *self._start(conn, data, timeout, head_only))
+
+    def _start(
+        self, conn: Connection, data: bytes, timeout: float, head_only: bool
+    ) -> tuple[UpstreamResponse, asyncio.Future[None], asyncio.TimerHandle]:
+        """Write the request; the answer's head is ``_head``'s to wait for."""
         loop = asyncio.get_running_loop()
         response = UpstreamResponse(conn, timeout, loop)
         conn.response = response
@@ -212,6 +234,16 @@ class UpstreamClient:
         timer = loop.call_later(timeout, _expire, head, timeout)
         key = conn.key
         self._waiting[key] = self._waiting.get(key, 0) + 1
+        return response, head, timer
+
+    async def _head(
+        self,
+        conn: Connection,
+        response: UpstreamResponse,
+        head: asyncio.Future[None],
+        timer: asyncio.TimerHandle,
+    ) -> UpstreamResponse:
+        key = conn.key
         try:
             await head
         except BaseException:
@@ -235,6 +267,88 @@ class UpstreamClient:
             for c in conns:
                 c.close()
         self._idle.clear()
+
+
+class Pending:
+    """A request ``send_now`` wrote on a kept connection; its answer's head is still to come."""
+
+    def __init__(
+        self,
+        client: UpstreamClient,
+        conn: Connection,
+        data: bytes,
+        timeout: float,
+        started: tuple[UpstreamResponse, asyncio.Future[None], asyncio.TimerHandle],
+        turn: bool,
+    ) -> None:
+        self._client, self._conn, self._data, self._timeout = client, conn, data, timeout
+        self._started = started
+        self._turn = turn
+        self._waited = False
+
+    async def head(self) -> UpstreamResponse:
+        """The answer with its status and headers in, as ``UpstreamClient.request`` returns it."""
+        self._waited = True
+        client, conn = self._client, self._conn
+        try:
+            try:
+                response = await client._head(conn, *self._started)
+            except UpstreamClosed:
+                # The server closed the kept connection as it was reused: nothing was answered, so
+                # once more on a fresh one (as ``request`` does).
+                if conn.got_data:
+                    raise
+                response = await client._exchange(conn.key, self._data, self._timeout, False)
+        except BaseException:
+            self._end_turn()
+            raise
+        if self._turn:
+            response._end_turn = self._end_turn
+        return response
+
+    def abort(self) -> None:
+        """The request is given up before anyone waited for its answer: the connection closes (so
+        llama-server drops it) and the turn passes on. Once ``head`` is awaited, its caller's
+        cancel does this."""
+        if self._waited:
+            return
+        self._waited = True
+        _, head, timer = self._started
+        timer.cancel()
+        head.cancel()
+        self._client._waiting[self._conn.key] -= 1
+        self._conn.done(False)
+        self._end_turn()
+
+    def _end_turn(self) -> None:
+        if self._turn:
+            self._turn = False
+            self._client._next_turn(self._conn.key)
+
+
+def _encode(
+    method: str,
+    base_url: str,
+    target: str,
+    headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]] | None,
+    content: bytes | None,
+    params: Any,
+    authorization: bytes | None,
+) -> tuple[tuple[str, int], bytes]:
+    """The server's (host, port) and the request as written, in one piece."""
+    host, port, host_header = _split(base_url)
+    if params:
+        target += ("&" if "?" in target else "?") + urlencode(params)
+    if not _PLAIN_TARGET(target):
+        target = quote(target, safe=_TARGET_SAFE)
+    head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (
+        method.encode(), target.encode("latin-1"), host_header, _encode_headers(headers),
+    )  # fmt: skip
+    if authorization:
+        head += b"Authorization: " + authorization + b"\r\n"
+    if content is not None or method in ("POST", "PUT", "PATCH"):
+        head += b"Content-Length: %d\r\n" % len(content or b"")
+    return (host, port), head + b"\r\n" + (content or b"")
 
 
 def _expire(head: asyncio.Future[None], timeout: float) -> None:

@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope
 from llamaman.core.exchange import Exchange, Observer
 from llamaman.scheduling.router import Lease
 from llamaman.upstream.answers import ErrorStyle, client_fault_status, error_payload, stream_error_line
-from llamaman.upstream.client import UpstreamClient
+from llamaman.upstream.client import Pending, UpstreamClient
 from llamaman.upstream.inflight import CLIENT_LEFT, InflightRegistry, RequestCancelled, abortable
 from llamaman.upstream.responses import RawResponse, RelayStream
 from llamaman.upstream.target import UpstreamTarget
@@ -192,6 +192,27 @@ class Relay:
             connections=lease.connections,
         )  # fmt: skip
 
+    def send_now(
+        self,
+        lease: UpstreamTarget,
+        path: str,
+        content: bytes,
+        headers: list[tuple[bytes, bytes]],
+        ex: Exchange,
+    ) -> Pending | None:
+        """A POST written to a local lease's instance at once, from a plain callback (see
+        ``UpstreamClient.send_now``), for ``forward(sent=...)`` to wait on; an abort before then
+        drops it. None: ``forward`` sends the request itself."""
+        if lease.prefix or lease.extra_headers:
+            return None  # a place elsewhere, with a fail-over of its own: ``forward``'s way
+        sent = self.upstream.send_now(
+            lease.base_url, path, headers=headers, content=content,
+            timeout=self.request_timeout, authorization=lease.auth_header, connections=lease.connections,
+        )  # fmt: skip
+        if sent is not None:
+            ex.on_abort(sent.abort)
+        return sent
+
     async def forward(
         self,
         lease: UpstreamTarget,
@@ -205,18 +226,20 @@ class Relay:
         exchange: Exchange | None = None,
         receive: Receive | None = None,
         settle_later: bool = False,
+        sent: Pending | None = None,
     ) -> Response:
         """Pass a request through unchanged and relay the answer (streamed if upstream streams).
 
         Given the client's ``receive``, a client that hangs up before the answer's head arrives (all
         of a non-streamed generation) aborts the request upstream. With ``settle_later``, an answer
         that comes whole is returned with its ``settle`` (the connection back to the pool, the lease
-        released, the accounting) left to the caller, who must call it once the answer is sent."""
+        released, the accounting) left to the caller, who must call it once the answer is sent.
+        ``sent``: the request as ``send_now`` already wrote it."""
         ex = exchange or Exchange(lease.model_name, path)
         ex.note_load(lease.load_duration_ns)
         self.inflight.running(ex)
         try:
-            upstream = await self.connect(lease, method, path, headers, content, params, ex, receive)
+            upstream = await self.connect(lease, method, path, headers, content, params, ex, receive, sent)
         except RequestCancelled as exc:
             lease.release()
             ex.status, ex.error = exc_status(exc), exc.message
@@ -277,21 +300,24 @@ class Relay:
 
     async def connect(
         self, lease: UpstreamTarget, method: str, path: str, headers: Headers | None, content: bytes | None,
-        params: Any, ex: Exchange, receive: Receive | None,
+        params: Any, ex: Exchange, receive: Receive | None, sent: Pending | None = None,
     ) -> UpstreamResponse:  # fmt: skip
         """The answer's head from the lease's place, or from the next one the lease offers when a
         place cannot be reached or fails (5xx) before its first byte: nothing reached the client yet."""
+        early = sent
         while True:
-            sent: Headers | None = headers
+            pairs: Headers | None = headers
             if lease.extra_headers:
-                sent = [*_header_pairs(headers), *lease.extra_headers]
+                pairs = [*_header_pairs(headers), *lease.extra_headers]
             try:
-                upstream = await abortable(ex, self.upstream.request(
-                    method, lease.base_url, lease.prefix + path, headers=sent,
+                work = early.head() if early is not None else self.upstream.request(
+                    method, lease.base_url, lease.prefix + path, headers=pairs,
                     content=lease.content_for_place(content),
                     params=params, timeout=self.request_timeout, authorization=lease.auth_header,
                     connections=lease.connections,
-                ), receive)  # fmt: skip
+                )  # fmt: skip
+                early = None
+                upstream = await abortable(ex, work, receive)
             except UpstreamError as exc:
                 if await lease.fail_over(str(exc)):
                     continue

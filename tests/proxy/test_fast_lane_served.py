@@ -378,3 +378,42 @@ async def test_the_official_openai_client_is_served_by_the_lane_plain_and_stream
     finally:
         await oai.close()
     assert proxy_pair.taken == 3
+
+
+async def test_the_lane_writes_upstream_from_the_parsers_callback_and_a_client_leaving_still_ends_it(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    """With a kept connection to llama-server free, the lane writes the request before its serving
+    task runs. A client that leaves mid-answer still ends it upstream, is recorded as 499, and
+    leaves the place, the connection's turn and the in-flight list free for the next request."""
+    m = await services.router.load("tiny-a")
+    relay = services.relay
+    send_now = relay.send_now
+    written: list[bool] = []
+
+    def counted(*args: Any) -> Any:
+        sent = send_now(*args)
+        written.append(sent is not None)
+        return sent
+
+    relay.send_now = counted  # type: ignore[method-assign]
+    seen: list[Exchange] = []
+    relay.add_observer(seen.append)
+    _, key = await services.auth.keys.create("early")
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_pair.lane.port)
+    answers = Answers()
+    for n in (3, 4):  # the first finds no kept connection (a fresh instance), the second does
+        writer.write(request(key, chat(n)))
+        assert text_of((await answers.read(reader, 1))[0]) == expected_text("A", n)
+    assert written[-1] is True
+    writer.write(request(key, chat(2000)))
+    await until(lambda: len(relay.inflight) == 1, "the long request running")
+    writer.close()
+    await writer.wait_closed()
+    await until(lambda: any(ex.status == 499 for ex in seen), "the request recorded")
+    await until(lambda: services.router.slot(m).inflight == 0, "the place given back")
+    assert len(relay.inflight) == 0 and written[-1] is True
+    async with client(proxy_pair.lane.url, {"Authorization": f"Bearer {key}"}) as c:
+        r = await asyncio.wait_for(c.post("/v1/chat/completions", json=chat(5)), 30)
+    assert r.json()["choices"][0]["message"]["content"] == expected_text("A", 5)
+    assert [ex.status for ex in seen] == [200, 200, 499, 200]

@@ -5,62 +5,13 @@ that gives up or fails never keeps a turn from the next."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import pytest
 
 from llamaman.upstream.client import UpstreamClient
 from llamaman.upstream.wire import UpstreamError
-
-
-@dataclass
-class Server:
-    """Answers each request with its body once ``go`` is set; counts connections and requests."""
-
-    url: str = ""
-    go: asyncio.Event = field(default_factory=asyncio.Event)
-    connections: int = 0
-    reading: int = 0  # requests the server holds now
-    most: int = 0
-    order: list[bytes] = field(default_factory=list)
-    writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.writers.append(writer)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                body = await reader.readexactly(length)
-                self.order.append(body)
-                self.reading += 1
-                self.most = max(self.most, self.reading)
-                await self.go.wait()
-                self.reading -= 1
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[Server]:
-    s = Server()
-    listening = await asyncio.start_server(s.serve, "127.0.0.1", 0)
-    s.url = f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
-    yield s
-    for w in s.writers:
-        w.close()
-    listening.close()
-
-
-async def ask(client: UpstreamClient, server: Server, body: bytes, connections: int | None = 2) -> bytes:
-    r = await client.request("POST", server.url, "/x", content=body, connections=connections)
-    try:
-        return await r.aread()
-    finally:
-        r.close()
+from tests.upstream.answering import Server, ask
 
 
 async def until(check: Callable[[], bool]) -> None:

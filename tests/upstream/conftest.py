@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.upstream.answering import Server
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    s = Server()
+    listening = await asyncio.start_server(s.serve, "127.0.0.1", 0)
+    s.url = f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
+    yield s
+    for w in s.writers:
+        w.close()
+    listening.close()
