@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from llamaman.upstream.client import UpstreamClient
 from tests.upstream.answering import Server
 
 
@@ -17,3 +18,10 @@ async def server() -> AsyncIterator[Server]:
     for w in s.writers:
         w.close()
     listening.close()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[UpstreamClient]:
+    c = UpstreamClient()
+    yield c
+    await c.aclose()
