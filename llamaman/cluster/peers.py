@@ -84,6 +84,7 @@ class PeerStatus:
     error: str | None = None
     checked_at: float | None = None
     failed_until: float = 0.0  # a request failed on it: out of routing until its next good poll
+    failed_at: float = 0.0  # when (monotonic) that request failed
 
 
 @dataclass
@@ -220,13 +221,15 @@ class PeerDirectory:
         """A request failed on the peer: skip it until a poll finds it answering again."""
         view = self._peers.get(name)
         if view is not None:
-            view.status.failed_until = time.monotonic() + self.poll_seconds * 2
+            view.status.failed_at = time.monotonic()
+            view.status.failed_until = view.status.failed_at + self.poll_seconds * 2
             view.status.error = reason
 
     # ---- polling ------------------------------------------------------------------------------
     async def poll(self, view: PeerView) -> None:
         st = view.status
         headers = {"Authorization": f"Bearer {view.row.api_key}"} if view.row.api_key else {}
+        asked = time.monotonic()
         try:
             r = await self.http.get(f"{view.row.base_url}/v1/models", headers=headers, timeout=POLL_TIMEOUT)
             r.raise_for_status()
@@ -234,7 +237,10 @@ class PeerDirectory:
             if not isinstance(data, list):
                 raise ValueError("its /v1/models answer has no 'data' list")
             st.models = tuple(str(m["id"]) for m in data if isinstance(m, dict) and m.get("id"))
-            st.ok, st.error, st.failed_until = True, None, 0.0
+            st.ok = True
+            # A request that failed after this poll asked is the newer word: it stands.
+            if st.failed_at <= asked:
+                st.error, st.failed_until = None, 0.0
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
             st.ok, st.error = False, f"{exc.__class__.__name__}: {exc}"[:500]
         st.checked_at = time.time()

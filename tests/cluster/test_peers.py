@@ -164,6 +164,39 @@ async def test_a_peer_with_a_wrong_key_or_filtered_model_is_not_used(
         assert (await api.post("/v1/chat/completions", json=body)).status_code == 404
 
 
+async def test_a_poll_that_asked_before_a_request_failed_does_not_clear_the_failure(
+    box: tuple[LlamaMan, ProxyServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll in flight when the peer goes away may still bring back its last good answer: the
+    request that failed after it asked is the newer word, and the peer stays out until a poll
+    asked after the failure finds it answering."""
+    svc, server = box
+    async with fake_peer() as (url, _), await admin(svc, server) as api:
+        await api.post("/api/peers", json={"name": "late", "base_url": url, "api_key": PEER_KEY})
+        await svc.peers.poll_all()
+        [view] = [v for v in svc.peers.views() if v.row.name == "late"]
+        real_get = svc.peers.http.get
+        asked, read = asyncio.Event(), asyncio.Event()
+
+        async def late_get(*args: Any, **kwargs: Any) -> httpx.Response:
+            r = await real_get(*args, **kwargs)  # the peer answered: it was up when asked
+            asked.set()
+            await read.wait()  # ...and the answer is taken in only after a request failed on it
+            return r
+
+        monkeypatch.setattr(svc.peers.http, "get", late_get)
+        polling = asyncio.create_task(svc.peers.poll(view))
+        await asyncio.wait_for(asked.wait(), 10)
+        svc.peers.mark_failed("late", "cannot connect")
+        read.set()
+        await polling
+        assert view.status.error == "cannot connect"
+        assert "late" not in [p.name for p in svc.peers.states()]
+        monkeypatch.setattr(svc.peers.http, "get", real_get)
+        await svc.peers.poll(view)  # asked after the failure, and answered: back in rotation
+        assert view.status.error is None and [p.name for p in svc.peers.states()] == ["late"]
+
+
 async def test_a_peer_that_went_away_gives_way_to_the_next_peer(box: tuple[LlamaMan, ProxyServer]) -> None:
     svc, server = box
     async with (
