@@ -253,3 +253,30 @@ async def test_a_full_place_lets_no_caller_queue_on_the_lane_past_a_check(
     finally:
         held.release()
     assert proxy_pair.waited == 0 and proxy_pair.taken == 0
+
+
+async def test_a_request_asking_to_close_its_connection_hides_no_request_behind_it(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    """The lane takes ``Connection: close`` and closes once it has answered. A request written
+    behind it on the same connection (one for a model the key may not use, one with a valid key)
+    is answered by neither port, however the header is spelled; and a key with a model list still
+    goes the full way and is refused alike."""
+    await services.router.load("tiny-a")
+    await services.router.load("tiny-b")
+    _, key = await services.auth.keys.create("plain")
+    _, only_a = await services.auth.keys.create("only-a", allowed_models=["tiny-a"])
+    behind = request(only_a, chat("tiny-b", 3)) + request(key, chat("tiny-b", 4))
+    for spelling in ("close", "Close", " close ", "CLOSE", "close, keep-alive", "keep-alive, close"):
+        first = request(key, chat(n=2), extra=f"Connection: {spelling}\r\n")
+        lane = await exchange(proxy_pair.lane.port, first + behind)
+        full = await exchange(proxy_pair.full.port, first + behind)
+        assert [s for s, _ in lane] == [s for s, _ in full] == [200], spelling
+        assert text_of(lane[0]) == text_of(full[0]) == expected_text("A", 2), spelling
+    taken = proxy_pair.taken
+    assert taken == 4  # the four plain spellings; the lists of tokens went the full way
+    limited = request(only_a, chat("tiny-b", 2), extra="Connection: close\r\n")
+    lane = await exchange(proxy_pair.lane.port, limited + behind)
+    full = await exchange(proxy_pair.full.port, limited + behind)
+    assert [s for s, _ in lane] == [s for s, _ in full] == [403]
+    assert proxy_pair.taken == taken
