@@ -54,11 +54,16 @@ async def eventually(check: Any, what: str, timeout: float = 10.0) -> Any:
 async def listed(api: httpx.AsyncClient, *states: str) -> Any:
     """The in-flight list once it holds requests in exactly these states, oldest first."""
 
+    seen: list[Any] = [None]
+
     async def check() -> tuple[list[dict[str, Any]]] | None:
-        rows = (await api.get("/api/inflight")).json()
+        rows = seen[0] = (await api.get("/api/inflight")).json()
         return (rows,) if tuple(r["state"] for r in rows) == states else None
 
-    [rows] = await eventually(check, f"requests in flight: {states}")
+    try:
+        [rows] = await eventually(check, f"requests in flight: {states}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the list last held {seen[0]}") from None
     return rows
 
 

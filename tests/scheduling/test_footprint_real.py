@@ -60,9 +60,22 @@ async def test_estimate_matches_llama_servers_buffers_on_gemma_3_270m(
 
     report = await buffer_report(llama_server_bin, model, 4096)
     kv = sum(mib for line, mib in report if "KV buffer" in line) * MiB
-    total = sum(mib for _, mib in report) * MiB
+    total = sum(mib for line, mib in report if not repacked_copy(line, report)) * MiB
     est = estimate_memory(entry, 4096, 0)
     # The KV cache is exact once sliding-window layers keep only their window.
     assert abs(est.kv_bytes - kv) <= 0.02 * kv, (est.kv_bytes / MiB, kv / MiB)
-    # Everything together within 15% (the CPU repacks a few quantized tensors into a copy of its own).
-    assert abs(est.total_bytes - total) <= 0.15 * total, (est.total_bytes / MiB, total / MiB, report)
+    # Everything together within 10%, the weights counted once.
+    assert abs(est.total_bytes - total) <= 0.10 * total, (est.total_bytes / MiB, total / MiB, report)
+
+
+# Buffers a CPU with AMX (or an ARM or AVX2 one, for some quantizations) fills with a repacked copy of
+# weights that stay mapped from the file: the copy takes the place of the mapped pages in use, which
+# the kernel may then drop, so the weights are counted once. Seen on a Xeon with AMX: an "AMX model
+# buffer" of 214 MiB beside the 235 MiB "CPU_Mapped" one, for 295 MiB of anonymous memory in all.
+REPACK_BUFFERS = ("AMX", "CPU_REPACK")
+
+
+def repacked_copy(line: str, report: list[tuple[str, float]]) -> bool:
+    m = BUFFER.search(line)
+    mapped = any("CPU_Mapped model buffer" in other for other, _ in report)
+    return mapped and m is not None and m.group(1) in REPACK_BUFFERS and "model buffer" in line
