@@ -29,6 +29,8 @@ from llamaman.upstream.responses import RelayStream
 
 log = logging.getLogger(__name__)
 
+LANE_FAILED = "the fast lane failed; the full path answered instead"
+
 _ERROR_500 = (
     b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 21\r\nconnection: close\r\n\r\nInternal Server Error"
@@ -78,7 +80,10 @@ class FastLaneProtocol(QuietProtocol):
         if (cycle is None or cycle.response_complete) and not self.pipeline:
             parser = self.parser
             if parser.get_http_version() == "1.1" and not parser.should_upgrade():
-                admitted = self.lane.admit(parser.get_method(), self.url, self.headers)
+                try:
+                    admitted = self.lane.admit(parser.get_method(), self.url, self.headers)
+                except Exception:  # the lane's own fault: the full path takes the request
+                    log.exception("the fast lane failed on a request's headers; the full path takes it")
         if admitted is None:
             super().start_request()
             return
@@ -106,17 +111,35 @@ class FastLaneProtocol(QuietProtocol):
             super().on_message_complete()
             return
         raw = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-        ready = self.lane.ready(admitted, raw)
-        lease = self.lane.lease(ready) if ready is not None else None
-        if ready is None or (lease is None and not self.lane.may_wait(ready)):
+        ready: Ready | None = None
+        lease: Lease | None = None
+        ex: Exchange | None = None
+        sent: Sent | None = None
+        take = False
+        try:
+            ready = self.lane.ready(admitted, raw)
+            if ready is not None:
+                lease = self.lane.lease(ready)
+                take = lease is not None or self.lane.may_wait(ready)
+                if lease is not None:
+                    ex = self.lane.exchange(ready, lease)
+                    sent = self.lane.send_now(ready, lease, ex)
+        except Exception:
+            # A fault of the lane's own, raised out of the parser's callback, would drop the
+            # connection with nothing said: the full path takes the request instead (and answers it,
+            # or says it failed), and what the lane took is given back.
+            log.exception("the fast lane failed on a request to %s; the full path takes it", admitted.path)
+            if ex is not None:
+                ex.abort(LANE_FAILED)  # a request already written to llama-server is dropped there
+            if lease is not None:
+                lease.release()
+            take = False
+        if not take or ready is None:
             self._hand_over(complete=True)
             return
         self._admitted = None
         self._parts = []
-        ex = sent = None
-        if lease is not None:
-            ex = self._exchange = self.lane.exchange(ready, lease)
-            sent = self.lane.send_now(ready, lease, ex)
+        self._exchange = ex
         task = self.loop.create_task(self._serve(ready, lease, self.cycle, ex, sent))  # type: ignore[arg-type]
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
