@@ -342,6 +342,11 @@ class ProxyServer:
         deadline = loop.time() + server.config.timeout_graceful_shutdown
         while (state.connections or state.tasks) and loop.time() < deadline:
             await asyncio.sleep(0.005)
+        if state.tasks:
+            log.warning(
+                "proxy on port %s: %d answer(s) still running after %g s of shutdown grace were cut off",
+                self.port, len(state.tasks), server.config.timeout_graceful_shutdown,
+            )  # fmt: skip
         for t in list(state.tasks):
             t.cancel(msg="graceful shutdown time exceeded")
         for s in server.servers:

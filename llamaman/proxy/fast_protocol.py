@@ -11,6 +11,8 @@ arrived, with the body read so far.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -24,7 +26,8 @@ from llamaman.gateway.http_protocol import QuietProtocol
 from llamaman.proxy.common import ProxyError
 from llamaman.proxy.fast_lane import Admitted, FastLane, Ready, Sent
 from llamaman.scheduling.lease import Lease
-from llamaman.upstream.inflight import CLIENT_LEFT
+from llamaman.upstream.answers import error_payload
+from llamaman.upstream.inflight import CLIENT_LEFT, CUT_OFF
 from llamaman.upstream.responses import RelayStream
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,13 @@ LANE_FAILED = "the fast lane failed; the full path answered instead"
 _ERROR_500 = (
     b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 21\r\nconnection: close\r\n\r\nInternal Server Error"
+)
+
+
+_CUT_OFF_BODY = json.dumps(error_payload("openai", CUT_OFF, 503)).encode()
+_CUT_OFF_503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(_CUT_OFF_BODY), _CUT_OFF_BODY)
 )
 
 
@@ -195,6 +205,13 @@ class FastLaneProtocol(QuietProtocol):
                     settle = getattr(response, "settle", None)
                     if settle is not None:
                         settle()
+        except asyncio.CancelledError:
+            # Only a server stopping cancels the lane's answers, once its grace is over: the client
+            # is told so, as the full path tells it, rather than dropped with nothing said.
+            if not started and not self.transport.is_closing():
+                self.transport.write(_CUT_OFF_503)
+            cycle.keep_alive = False
+            raise
         except Exception:
             log.exception("the proxy's answer to %s failed", ready.admitted.path)
             if not started and not self.transport.is_closing():

@@ -24,6 +24,7 @@ T = TypeVar("T")
 
 CANCELLED_BY_ADMIN = "cancelled by an administrator"
 CLIENT_LEFT = "the client disconnected"
+CUT_OFF = "cut off: the server stopped before the answer was ready"
 
 
 class RequestCancelled(Conflict):

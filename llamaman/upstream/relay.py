@@ -32,7 +32,7 @@ from llamaman.core.exchange import Exchange, Observer
 from llamaman.scheduling.router import Lease
 from llamaman.upstream.answers import ErrorStyle, client_fault_status, error_payload, stream_error_line
 from llamaman.upstream.client import Pending, UpstreamClient
-from llamaman.upstream.inflight import CLIENT_LEFT, InflightRegistry, RequestCancelled, abortable
+from llamaman.upstream.inflight import CLIENT_LEFT, CUT_OFF, InflightRegistry, RequestCancelled, abortable
 from llamaman.upstream.responses import RawResponse, RelayStream
 from llamaman.upstream.target import UpstreamTarget
 from llamaman.upstream.wire import UpstreamError, UpstreamResponse
@@ -251,7 +251,12 @@ class Relay:
             self.record(ex)
             return JSONResponse(error_payload(style, ex.error, 502), status_code=502)
         except BaseException:
+            # Cancelled (a server stopping past its grace): the request ends here, recorded as cut
+            # off rather than left listed in flight.
             lease.release()
+            if ex.finished is None:
+                ex.status, ex.error = 503, CUT_OFF
+                self.record(ex)
             raise
         ex.note_load(lease.load_duration_ns)
         ex.node = lease.node
@@ -265,6 +270,7 @@ class Relay:
                 self._settle(upstream, lease, ex, ctype, b"")
                 return JSONResponse(error_payload(style, ex.error, 502), status_code=502)
             except BaseException:
+                ex.status, ex.error = 503, CUT_OFF
                 self._settle(upstream, lease, ex, ctype, b"")
                 raise
             ex.first_byte = ex.first_byte or time.monotonic()

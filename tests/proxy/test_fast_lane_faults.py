@@ -1,17 +1,20 @@
-"""A fault of the fast lane's own, in front of a real llama-server: the lane decides from the HTTP
-parser's callbacks, where an exception would drop the connection with nothing said. The full path
-takes the request instead, and whatever the lane had taken (a place, a request already written to
-llama-server) is given back."""
+"""Faults around the fast lane, in front of a real llama-server: the lane decides from the HTTP
+parser's callbacks, where an exception would drop the connection with nothing said (the full path
+takes the request instead, and whatever the lane had taken is given back); and a port stopping with
+an answer still running past its grace tells the client so instead of hanging up on it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import pytest
 
 from llamaman.app import LlamaMan
+from llamaman.core.exchange import Exchange
 from llamaman.testing.tiny_gguf import expected_text
+from llamaman.upstream.inflight import CUT_OFF
 from tests.proxy.lane_ports import Ports, client
 
 pytestmark = pytest.mark.llama
@@ -59,4 +62,30 @@ async def test_a_fault_in_the_lanes_decision_leaves_the_request_to_the_full_path
     assert faults == 1 and proxy_pair.taken == 1  # the first went the full way, the second the lane's
     assert "the fast lane failed" in caplog.text
     # Nothing the failed step took is still held: no place, no request in flight.
+    assert services.router.slot(m).inflight == 0 and len(services.relay.inflight) == 0
+
+
+async def test_an_answer_still_running_when_a_stopping_ports_grace_ends_is_told_503_and_gives_its_place_back(
+    services: LlamaMan, proxy_pair: Ports, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A generation far longer than the grace, however fast the machine.
+    await services.presets.put("tiny-a.gguf", {"ctx_size": 32768})
+    m = await services.router.load("tiny-a")
+    seen: list[Exchange] = []
+    services.relay.add_observer(seen.append)
+    _, key = await services.auth.keys.create("cut-off")
+    port = proxy_pair.lane
+    with caplog.at_level(logging.WARNING, logger="llamaman.proxy.app"):
+        async with client(port.url, {"Authorization": f"Bearer {key}"}) as c:
+            asking = asyncio.create_task(c.post("/v1/chat/completions", json=chat(30000)))
+            while not len(services.relay.inflight):
+                await asyncio.sleep(0.005)
+            port.server.config.timeout_graceful_shutdown = 0.2
+            await port.stop()
+            r = await asking
+    assert r.status_code == 503 and r.json()["error"]["message"] == CUT_OFF
+    assert "cut off" in caplog.text
+    # Recorded as cut off, listed in flight no longer, its place free. (llama-server notices the
+    # closed connection in its own time: seconds, for an answer that comes whole.)
+    assert [(ex.status, ex.error) for ex in seen] == [(503, CUT_OFF)]
     assert services.router.slot(m).inflight == 0 and len(services.relay.inflight) == 0
