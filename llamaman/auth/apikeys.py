@@ -30,15 +30,13 @@ from llamaman.core.db import Database, is_unreachable
 from llamaman.core.errors import NotFound
 from llamaman.core.identity import Identity, KeyScope
 from llamaman.core.tables import ApiKey, KeyUsage
-from llamaman.core.tasks import cancel_and_wait
+from llamaman.core.tasks import cancel_and_wait, until_idle
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "llm-"
-# Shown in listings so a person can tell keys apart without the secret: "llm-" plus 8 characters.
-SHOWN_PREFIX_LEN = len(KEY_PREFIX) + 8
-# The last-used time of a key is written at most this often (seconds).
-LAST_USED_WRITE_INTERVAL = 60.0
+SHOWN_PREFIX_LEN = len(KEY_PREFIX) + 8  # listings tell keys apart by "llm-" and 8 characters more
+LAST_USED_WRITE_INTERVAL = 60.0  # a key's last-used time is written at most this often (seconds)
 FLUSH_INTERVAL = 15.0
 RATE_WINDOW = 60.0
 
@@ -176,6 +174,7 @@ class KeyStore:
         self._usage: dict[tuple[str, str, str], list[int]] = {}
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self.idle = lambda: True  # no request in flight (the services' router says): writes wait for it
 
     # ---- lifecycle -------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -221,6 +220,7 @@ class KeyStore:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
+            await until_idle(self.idle, FLUSH_INTERVAL)
             try:
                 await self.flush()
             except Exception as exc:  # kept by flush and written at a later try

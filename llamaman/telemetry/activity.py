@@ -29,7 +29,7 @@ from llamaman.core.exchange import Exchange
 from llamaman.core.identity import Identity, current_identity
 from llamaman.core.runtime import RuntimeConfig
 from llamaman.core.tables import RequestLog
-from llamaman.core.tasks import wait_event
+from llamaman.core.tasks import until_idle, wait_event
 from llamaman.telemetry.activity_query import ERROR_CHARS, model_label
 from llamaman.telemetry.energy import EnergyAttributor, Span
 
@@ -138,6 +138,7 @@ class ActivityLog:
         energy_enabled: Callable[[], bool] = lambda: False,
         idle: Callable[[], bool] = lambda: True,
         batch_delay: float = 0.25,
+        max_defer: float = 2.0,
         prune_every_s: float = 30.0,
         node: str | None = None,
     ) -> None:
@@ -149,6 +150,7 @@ class ActivityLog:
         self.energy_enabled = energy_enabled
         self.idle = idle
         self.batch_delay = batch_delay
+        self.max_defer = max_defer
         self.prune_every_s = prune_every_s
         self._queue: deque[tuple[Exchange, Identity | None]] = deque(maxlen=MAX_QUEUED)
         self._unwritten: deque[Finished] = deque()
@@ -229,6 +231,8 @@ class ActivityLog:
                 # Let a burst of requests accumulate into one transaction.
                 await asyncio.sleep(self.batch_delay)
                 self._wake.clear()
+                self.pump()  # the metrics count the requests now; only the write waits
+                await until_idle(self.idle, self.max_defer)
             try:
                 await self.flush()
                 grown = self.written != self._pruned_at

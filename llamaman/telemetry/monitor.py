@@ -72,7 +72,7 @@ class Telemetry:
             on_record=self.metrics.record,
             energy=self.energy,
             energy_enabled=lambda: self.gpu.has_power(),
-            idle=self._proxy_idle,
+            idle=router.idle,
             node=settings.node_name,
         )
         self.benchmarks = BenchmarkRuns(db, router, auth)
@@ -90,9 +90,6 @@ class Telemetry:
     def observe(self, ex: Exchange) -> None:
         """The relay's observer (only queues; see ActivityLog.observe)."""
         self.activity.observe(ex)
-
-    def _proxy_idle(self) -> bool:
-        return all(s.inflight == 0 for s in self.router.slots.values())
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:

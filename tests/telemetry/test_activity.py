@@ -207,6 +207,35 @@ async def test_energy_per_request_and_per_1k_tokens(
     assert line["model"] == "tiny-a" and float(line["j_per_1k_tokens"]) == pytest.approx(a["j_per_1k_tokens"])
 
 
+async def test_the_writer_counts_a_request_at_once_and_writes_its_row_once_nothing_is_in_flight(
+    make_settings: Callable[..., Settings],
+) -> None:
+    db, runtime = _settings_db(make_settings)
+    busy = True
+    recorded: list[Any] = []
+    log = ActivityLog(
+        db, runtime, batch_delay=0.01, max_defer=60.0, idle=lambda: not busy, on_record=recorded.append
+    )
+    await log.start()
+    try:
+        log.observe(_exchange(7))
+        # The metrics count it after the batch delay, while other answers are still being given...
+        async with asyncio.timeout(30):
+            while not recorded:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # ...and for as long as they are, the write waits.
+        assert log.written == 0
+        busy = False
+        async with asyncio.timeout(30):
+            while log.written == 0:
+                await asyncio.sleep(0.01)
+        with db.session() as s:
+            assert [r.completion_tokens for r in s.exec(select(RequestLog)).all()] == [7]
+    finally:
+        await log.stop()
+        db.dispose()
+
+
 async def test_an_idle_writer_sleeps_until_a_request_ends(make_settings: Callable[..., Settings]) -> None:
     db, runtime = _settings_db(make_settings)
     energy = EnergyAttributor(lambda a, b: None, lambda: None)
