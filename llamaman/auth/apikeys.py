@@ -220,7 +220,7 @@ class KeyStore:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
-            await until_idle(self.idle, FLUSH_INTERVAL)
+            await until_idle(self.idle, FLUSH_INTERVAL, every=0.05)
             try:
                 await self.flush()
             except Exception as exc:  # kept by flush and written at a later try

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from llamaman.core.state import InstanceState
+from llamaman.core.tasks import wait_event
 from llamaman.instances.supervisor import ManagedInstance
 
 if TYPE_CHECKING:
@@ -35,6 +36,17 @@ class IdleSleep:
         def slot(self, m: ManagedInstance) -> Slot: ...
         def _spawn(self, coro: Any) -> None: ...
         def _kick(self) -> None: ...
+
+    def idle(self) -> bool:
+        """No request holds a place on an instance, or waits for one."""
+        return all(s.inflight == 0 for s in self.slots.values())
+
+    async def wait_idle(self, at_most: float) -> None:
+        """Return once ``idle`` holds, or after ``at_most`` seconds (woken by the slots, not a timer)."""
+        deadline = time.monotonic() + at_most
+        while (busy := next((s for s in self.slots.values() if s.inflight), None)) is not None:
+            if not await wait_event(busy.idle, deadline - time.monotonic()):
+                return
 
     def set_keep_alive(self, m: ManagedInstance, seconds: float | None) -> None:
         s = self.slot(m)

@@ -226,10 +226,6 @@ class Router(ReplicaGates, IdleSleep, MemoryPlanner):
         m = self._admissible(entry)
         return m is not None and m.state == S.HEALTHY and not self.gate_for(m).open_now()
 
-    def idle(self) -> bool:
-        """No request holds a place on an instance, or waits for one."""
-        return all(s.inflight == 0 for s in self.slots.values())
-
     def lease_now(self, name: str, *, min_ctx: int | None = None) -> Lease | None:
         """The lease ``acquire`` would grant without waiting for anything (a healthy instance with
         room at its gate), or None: ``acquire`` then queues, loads or waits as it always does."""

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +137,7 @@ class ActivityLog:
         energy: EnergyAttributor | None = None,
         energy_enabled: Callable[[], bool] = lambda: False,
         idle: Callable[[], bool] = lambda: True,
+        wait_idle: Callable[[float], Awaitable[None]] | None = None,
         batch_delay: float = 0.25,
         max_defer: float = 2.0,
         prune_every_s: float = 30.0,
@@ -149,6 +150,7 @@ class ActivityLog:
         self.energy = energy
         self.energy_enabled = energy_enabled
         self.idle = idle
+        self.wait_idle = wait_idle or (lambda at_most: until_idle(idle, at_most))
         self.batch_delay = batch_delay
         self.max_defer = max_defer
         self.prune_every_s = prune_every_s
@@ -232,7 +234,7 @@ class ActivityLog:
                 await asyncio.sleep(self.batch_delay)
                 self._wake.clear()
                 self.pump()  # the metrics count the requests now; only the write waits
-                await until_idle(self.idle, self.max_defer)
+                await self.wait_idle(self.max_defer)
             try:
                 await self.flush()
                 grown = self.written != self._pruned_at

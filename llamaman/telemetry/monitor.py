@@ -73,6 +73,7 @@ class Telemetry:
             energy=self.energy,
             energy_enabled=lambda: self.gpu.has_power(),
             idle=router.idle,
+            wait_idle=router.wait_idle,
             node=settings.node_name,
         )
         self.benchmarks = BenchmarkRuns(db, router, auth)
