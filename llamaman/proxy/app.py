@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Generator, Mapping
@@ -24,6 +25,8 @@ from llamaman.proxy import anthropic, manage, native, openai, pull
 from llamaman.proxy.common import ProxyError, render_proxy_error
 from llamaman.proxy.fast_lane import FastLane
 from llamaman.services import Services
+from llamaman.upstream.answers import error_payload
+from llamaman.upstream.inflight import CUT_OFF
 from llamaman.upstream.relay import ErrorStyle
 from llamaman.upstream.responses import RAW_SEND
 
@@ -259,9 +262,24 @@ def _front(app: ASGIApp) -> ASGIApp:
             scope["root_path"] = root_path
         scope["app"] = app
         scope[RAW_SEND] = send
-        await stack(scope, receive, send)
+        try:
+            await stack(scope, receive, send)
+        except asyncio.CancelledError:
+            # The server stopping cancels what still runs once its grace is over: the client is told
+            # why, in its dialect, as on the fast lane (an answer already begun just ends: the send
+            # of a second start is refused).
+            with contextlib.suppress(Exception):
+                await _send_cut_off(scope["path"], send)
+            raise
 
     return front
+
+
+async def _send_cut_off(path: str, send: Send) -> None:
+    body = json.dumps(error_payload(error_style(path), CUT_OFF, 503)).encode()
+    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _lean_stack(app: Starlette) -> ASGIApp:

@@ -8,6 +8,7 @@ from before the upstream call until a ``finally`` after the last byte, whatever 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -43,6 +44,7 @@ from llamaman.proxy.translate import (
 from llamaman.proxy.translate_stream import ollama_load_reply
 from llamaman.scheduling.router import Lease, ModelNotFound
 from llamaman.services import Services
+from llamaman.upstream.inflight import CUT_OFF
 from llamaman.upstream.relay import (
     Exchange,
     RelayStream,
@@ -297,6 +299,9 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         if isinstance(exc, ProxyError):
             ex.status, ex.error = exc.status, exc.message
             services.relay.record(ex)
+        elif isinstance(exc, asyncio.CancelledError):  # the server stopping, its grace over
+            ex.status, ex.error = 503, CUT_OFF
+            services.relay.record(ex)
         raise
     ex.status = 200
     try:
@@ -306,6 +311,10 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         )
     except ProxyError as exc:
         ex.status, ex.error = exc.status, exc.message
+        services.relay.record(ex)
+        raise
+    except asyncio.CancelledError:  # the server stopping, its grace over
+        ex.status, ex.error = 503, CUT_OFF
         services.relay.record(ex)
         raise
     finally:

@@ -89,3 +89,32 @@ async def test_an_answer_still_running_when_a_stopping_ports_grace_ends_is_told_
     # closed connection in its own time: seconds, for an answer that comes whole.)
     assert [(ex.status, ex.error) for ex in seen] == [(503, CUT_OFF)]
     assert services.router.slot(m).inflight == 0 and len(services.relay.inflight) == 0
+
+
+FULL_PATH = [
+    ("/v1/chat/completions", {"model": "tiny-a", "messages": HI, "max_tokens": 30000}),
+    ("/api/chat", {"model": "tiny-a", "messages": HI, "stream": False, "options": {"num_predict": 30000}}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), FULL_PATH, ids=["openai", "ollama"])
+async def test_the_full_path_tells_a_cut_off_answer_why_in_its_clients_dialect(
+    services: LlamaMan, proxy_pair: Ports, path: str, body: dict[str, Any]
+) -> None:
+    await services.presets.put("tiny-a.gguf", {"ctx_size": 32768})
+    m = await services.router.load("tiny-a")
+    seen: list[Exchange] = []
+    services.relay.add_observer(seen.append)
+    port = proxy_pair.full
+    async with client(port.url) as c:
+        asking = asyncio.create_task(c.post(path, json=body))
+        while not len(services.relay.inflight):
+            await asyncio.sleep(0.005)
+        port.server.config.timeout_graceful_shutdown = 0.2
+        await port.stop()
+        r = await asking
+    assert r.status_code == 503
+    said = r.json()["error"]
+    assert (said if path == "/api/chat" else said["message"]) == CUT_OFF
+    assert [(ex.status, ex.error) for ex in seen] == [(503, CUT_OFF)]
+    assert services.router.slot(m).inflight == 0 and len(services.relay.inflight) == 0
