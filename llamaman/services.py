@@ -87,7 +87,7 @@ class Services:
         self.supervisor.on_stopping.append(lambda m: self.relay.upstream.drop_idle(m.base_url))
         # Accounts, sessions and API keys; it counts each key's tokens from the relay's exchanges.
         self.auth = AuthService(settings, self.db, self.runtime)
-        self.auth.keys.idle = self.router.idle
+        self.auth.keys.wait_idle = self.router.wait_idle
         # Metrics, activity log, GPU sampling and benchmarks; it observes every proxied request.
         self.telemetry = Telemetry(
             settings, self.db, self.runtime, self.events, self.supervisor, self.router, self.auth

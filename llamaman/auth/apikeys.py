@@ -30,7 +30,7 @@ from llamaman.core.db import Database, is_unreachable
 from llamaman.core.errors import NotFound
 from llamaman.core.identity import Identity, KeyScope
 from llamaman.core.tables import ApiKey, KeyUsage
-from llamaman.core.tasks import cancel_and_wait, until_idle
+from llamaman.core.tasks import at_once, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class KeyStore:
         self._usage: dict[tuple[str, str, str], list[int]] = {}
         self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self.idle = lambda: True  # no request in flight (the services' router says): writes wait for it
+        self.wait_idle = at_once  # for no request in flight (the services' router says): writes wait
 
     # ---- lifecycle -------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -220,7 +220,7 @@ class KeyStore:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
-            await until_idle(self.idle, FLUSH_INTERVAL, every=0.05)
+            await self.wait_idle(FLUSH_INTERVAL)
             try:
                 await self.flush()
             except Exception as exc:  # kept by flush and written at a later try

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Callable
 from typing import Any
 
 
@@ -31,10 +29,5 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     return True
 
 
-async def until_idle(idle: Callable[[], bool], at_most: float, every: float = 0.005) -> None:
-    """Return once ``idle()`` holds, or after ``at_most`` seconds: for bookkeeping (a database write,
-    and a thread's hold on the interpreter) that would otherwise take its CPU time out of the answers
-    being given, on a box whose proxy shares its cores with llama-server."""
-    deadline = time.monotonic() + at_most
-    while not idle() and time.monotonic() < deadline:
-        await asyncio.sleep(every)
+async def at_once(at_most: float) -> None:
+    """A ``wait_idle`` for a store with no router to ask: nothing to wait for."""

@@ -44,7 +44,6 @@ from llamaman.proxy.translate import (
 from llamaman.proxy.translate_stream import ollama_load_reply
 from llamaman.scheduling.router import Lease, ModelNotFound
 from llamaman.services import Services
-from llamaman.upstream.inflight import CUT_OFF
 from llamaman.upstream.relay import (
     Exchange,
     RelayStream,
@@ -300,8 +299,7 @@ async def _generation(request: Request, *, generate: bool) -> Response:
             ex.status, ex.error = exc.status, exc.message
             services.relay.record(ex)
         elif isinstance(exc, asyncio.CancelledError):  # the server stopping, its grace over
-            ex.status, ex.error = 503, CUT_OFF
-            services.relay.record(ex)
+            services.relay.cut_off(ex)
         raise
     ex.status = 200
     try:
@@ -314,8 +312,7 @@ async def _generation(request: Request, *, generate: bool) -> Response:
         services.relay.record(ex)
         raise
     except asyncio.CancelledError:  # the server stopping, its grace over
-        ex.status, ex.error = 503, CUT_OFF
-        services.relay.record(ex)
+        services.relay.cut_off(ex)
         raise
     finally:
         lease.release()

@@ -29,7 +29,7 @@ from llamaman.core.exchange import Exchange
 from llamaman.core.identity import Identity, current_identity
 from llamaman.core.runtime import RuntimeConfig
 from llamaman.core.tables import RequestLog
-from llamaman.core.tasks import until_idle, wait_event
+from llamaman.core.tasks import at_once, wait_event
 from llamaman.telemetry.activity_query import ERROR_CHARS, model_label
 from llamaman.telemetry.energy import EnergyAttributor, Span
 
@@ -137,7 +137,7 @@ class ActivityLog:
         energy: EnergyAttributor | None = None,
         energy_enabled: Callable[[], bool] = lambda: False,
         idle: Callable[[], bool] = lambda: True,
-        wait_idle: Callable[[float], Awaitable[None]] | None = None,
+        wait_idle: Callable[[float], Awaitable[None]] = at_once,
         batch_delay: float = 0.25,
         max_defer: float = 2.0,
         prune_every_s: float = 30.0,
@@ -150,7 +150,9 @@ class ActivityLog:
         self.energy = energy
         self.energy_enabled = energy_enabled
         self.idle = idle
-        self.wait_idle = wait_idle or (lambda at_most: until_idle(idle, at_most))
+        # Writes wait, at most ``max_defer`` seconds, for no request to be in flight: their CPU time
+        # (the insert, and the thread's hold on the interpreter) would come out of the answers.
+        self.wait_idle = wait_idle
         self.batch_delay = batch_delay
         self.max_defer = max_defer
         self.prune_every_s = prune_every_s

@@ -149,6 +149,12 @@ class Relay:
         self._claim(ex)
         self._observe(ex)
 
+    def cut_off(self, ex: Exchange) -> None:
+        """Record ``ex`` as cut off: its task was cancelled (a server stopping, its grace over)."""
+        if ex.finished is None:
+            ex.status, ex.error = 503, CUT_OFF
+            self.record(ex)
+
     def _claim(self, ex: Exchange) -> None:
         if ex.via is None:
             for claim in self.claims:
@@ -254,9 +260,7 @@ class Relay:
             # Cancelled (a server stopping past its grace): the request ends here, recorded as cut
             # off rather than left listed in flight.
             lease.release()
-            if ex.finished is None:
-                ex.status, ex.error = 503, CUT_OFF
-                self.record(ex)
+            self.cut_off(ex)
             raise
         ex.note_load(lease.load_duration_ns)
         ex.node = lease.node

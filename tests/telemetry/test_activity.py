@@ -21,6 +21,7 @@ from llamaman.core.events import EventBus
 from llamaman.core.exchange import Exchange
 from llamaman.core.runtime import RuntimeConfig
 from llamaman.core.tables import RequestLog
+from llamaman.core.tasks import wait_event
 from llamaman.proxy.app import ProxyServer, create_proxy_app
 from llamaman.telemetry.activity import ActivityLog
 from llamaman.telemetry.energy import EnergyAttributor, Span
@@ -211,10 +212,14 @@ async def test_the_writer_counts_a_request_at_once_and_writes_its_row_once_nothi
     make_settings: Callable[..., Settings],
 ) -> None:
     db, runtime = _settings_db(make_settings)
-    busy = True
+    idle = asyncio.Event()  # requests in flight until it is set
     recorded: list[Any] = []
+
+    async def wait_idle(at_most: float) -> None:
+        await wait_event(idle, at_most)
+
     log = ActivityLog(
-        db, runtime, batch_delay=0.01, max_defer=60.0, idle=lambda: not busy, on_record=recorded.append
+        db, runtime, batch_delay=0.01, max_defer=60.0, wait_idle=wait_idle, on_record=recorded.append
     )
     await log.start()
     try:
@@ -225,7 +230,7 @@ async def test_the_writer_counts_a_request_at_once_and_writes_its_row_once_nothi
                 await asyncio.sleep(0.01)
         await asyncio.sleep(0.1)  # ...and for as long as they are, the write waits.
         assert log.written == 0
-        busy = False
+        idle.set()
         async with asyncio.timeout(30):
             while log.written == 0:
                 await asyncio.sleep(0.01)
