@@ -280,3 +280,32 @@ async def test_a_request_asking_to_close_its_connection_hides_no_request_behind_
     full = await exchange(proxy_pair.full.port, limited + behind)
     assert [s for s, _ in lane] == [s for s, _ in full] == [403]
     assert proxy_pair.taken == taken
+
+
+async def test_a_fault_in_the_lanes_decision_hands_the_full_path_a_request_it_still_checks_whole(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    # The lane's own fault (here: each of its header checks raising) sends the request the full way,
+    # which must refuse it exactly as the port without the lane does: a fallback is no way around.
+    await services.router.load("tiny-a")
+    await services.router.load("tiny-b")
+    _, limited = await services.auth.keys.create("only-a", allowed_models=["tiny-a"])
+    _, revoked_key = await services.auth.keys.create("revoked")
+    revoked = next(k for k in services.auth.keys.by_id.values() if k.name == "revoked")
+    await services.auth.keys.revoke(revoked.id)
+    lane: Any = proxy_pair.lane.lane
+
+    def faulty(*args: Any) -> Any:
+        raise RuntimeError("a fault of the lane's own")
+
+    lane.admit = faulty
+    for headers in (
+        [("authorization", f"Bearer {limited}")],  # a model its key does not allow
+        [("authorization", f"Bearer {revoked_key}")],
+        [("authorization", "Bearer llm-guessed")],
+        [],
+    ):
+        lane_answer, full = await on_both(proxy_pair, "/v1/chat/completions", chat("tiny-b"), headers)
+        assert lane_answer.status_code in (401, 403), (headers, lane_answer.status_code, lane_answer.text)
+        assert (lane_answer.status_code, lane_answer.json()) == (full.status_code, full.json()), headers
+    assert proxy_pair.taken == 0
