@@ -179,10 +179,12 @@ def llamaman(
     server_bin: str | None = None,
     profile: Path | None = None,
     node: str | None = None,
+    launcher: Path | None = None,
 ) -> Iterator[LlamaManProc]:
     """A LlamaMan process (``main.py``, with ``--no-ui`` unless ``ui``) on free ports; ``profile``
     runs it under cProfile with the stats written there when it stops; ``node`` names it as one
-    of several boxes (with the shared DATABASE_URL and LLAMAMAN_NODE_SECRET in ``extra_env``)."""
+    of several boxes (with the shared DATABASE_URL and LLAMAMAN_NODE_SECRET in ``extra_env``);
+    ``launcher``: a script that runs ``main.py`` itself, given its path and arguments."""
     data = Path(tempfile.mkdtemp(prefix="llamaman-bench-"))
     proxy_port, main_port = free_port(), free_port()
     if node is not None:
@@ -209,6 +211,8 @@ def llamaman(
         **(extra_env or {}),
     }
     profiler = ["-m", "cProfile", "-o", str(profile.resolve())] if profile is not None else []
+    if launcher is not None:
+        profiler = [*profiler, str(launcher)]
     argv = [sys.executable, *profiler, str(ROOT / "main.py"), *([] if ui else ["--no-ui"])]
     popen = subprocess.Popen(argv, env=env, cwd=data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)  # fmt: skip

@@ -61,6 +61,12 @@ class CoalescingTransport:
         else:
             self._t.write(data)
 
+    def write_whole(self, data: bytes) -> None:
+        """A whole answer (head and body): it leaves at once, behind anything held. Held instead,
+        it would wait for the end of the loop's turn, behind the bookkeeping that follows it."""
+        held, self._held = self._held, None
+        self._t.write(data if held is None else held + data)
+
     def flush(self) -> None:
         held, self._held = self._held, None
         if held is not None and not self._t.is_closing():
@@ -132,6 +138,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse_too_large()
             elif self._header_started is not None:
                 self._arm(self._header_started)
+
+    def write_whole(self, data: bytes) -> None:
+        """Send a whole answer at once (see ``CoalescingTransport.write_whole``)."""
+        transport = self.transport
+        if isinstance(transport, CoalescingTransport):
+            transport.write_whole(data)
+        else:
+            transport.write(data)
 
     def send_400_response(self, msg: str) -> None:
         if self._refused:

@@ -243,7 +243,7 @@ class FastLaneProtocol(QuietProtocol):
             return
         out = self._head(response, cycle)
         out.append(response.body)
-        self.transport.write(b"".join(out))
+        self.write_whole(b"".join(out))
 
     async def _relay(self, response: RelayStream, cycle: _LaneCycle) -> None:
         self._stream = response

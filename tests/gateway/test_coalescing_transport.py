@@ -88,3 +88,15 @@ async def test_everything_else_is_the_wrapped_transports() -> None:
     t.abort()
     await asyncio.sleep(0)
     assert raw.writes == [] and raw.closed
+
+
+async def test_a_whole_answer_leaves_at_once_behind_anything_held() -> None:
+    raw = RecordingTransport()
+    t = CoalescingTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t.write_whole(HEAD + b"ok")
+    assert raw.writes == [HEAD + b"ok"]  # not held for the end of the turn
+    t.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+    t.write_whole(HEAD + b"ok")
+    assert raw.writes == [HEAD + b"ok", b"HTTP/1.1 204 No Content\r\n\r\n" + HEAD + b"ok"]
+    await asyncio.sleep(0)
+    assert len(raw.writes) == 2  # nothing sent twice

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -419,3 +420,41 @@ async def test_the_lane_writes_upstream_from_the_parsers_callback_and_a_client_l
         r = await asyncio.wait_for(c.post("/v1/chat/completions", json=chat(5)), 30)
     assert r.json()["choices"][0]["message"]["content"] == expected_text("A", 5)
     assert [ex.status for ex in seen] == [200, 200, 499, 200]
+
+
+async def test_a_whole_answer_on_the_lane_reaches_its_client_before_the_bookkeeping_after_it(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    """The lease, the upstream connection and the accounting are settled once the answer is sent,
+    not before: when the relay settles a plain answer, its bytes are already at the client (a
+    loopback send lands in the receiver's buffer within the call), and each answer is still whole."""
+    await services.router.load("tiny-a")
+    relay = services.relay
+    settle = relay._settle
+    sock = socket.create_connection(("127.0.0.1", proxy_pair.lane.port))
+    sock.setblocking(False)
+    arrived: list[bool] = []
+
+    def settled(*args: Any) -> None:
+        try:
+            waiting = sock.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            waiting = b""
+        arrived.append(waiting.startswith(b"HTTP/1.1 200"))
+        settle(*args)
+
+    relay._settle = settled  # type: ignore[method-assign]
+    _, key = await services.auth.keys.create("first")
+    answers = Answers()
+    loop = asyncio.get_running_loop()
+    try:
+        for n in (3, 4):  # the task's own upstream request, then one written from the callback
+            await loop.sock_sendall(sock, request(key, chat(n)))
+            while not answers.done:
+                data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 60)
+                assert data, "the connection closed"
+                answers.parser.feed_data(data)
+            assert text_of(answers.done.pop()) == expected_text("A", n)
+    finally:
+        sock.close()
+    assert arrived == [True, True]

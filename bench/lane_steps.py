@@ -1,0 +1,137 @@
+"""Where the proxy's time goes on P1's plain chat at concurrency 1: the fast lane's steps, timed
+inside LlamaMan (``bench/steps_probe.py``), in two settings.
+
+- **P1's rotation**: requests go to a direct llama-server, router mode and LlamaMan one each in
+  turn, as P1 sends them, so llama-server processes run between any two of LlamaMan's requests.
+- **Back to back**: requests go to LlamaMan alone, each as soon as the last is answered.
+
+For each step, the p50 of when it ended, counted from the moment the request's bytes reached the
+proxy; the answer's step is counted from the moment llama-server's answer reached it. P1's added
+latency (LlamaMan's p50 less the direct server's, in the rotation) is printed beside them.
+
+Run: python bench/lane_steps.py [-n 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.client import chat, expected, session
+from bench.harness import (
+    auth_headers,
+    direct_server,
+    llamaman,
+    machine,
+    make_models,
+    maybe_router_mode,
+    percentile,
+)
+from bench.scenarios import Target, prepare_llamaman
+
+PROBE = Path(__file__).resolve().parent / "steps_probe.py"
+
+
+def _collect(pid: int, out: Path) -> dict[str, list[float]]:
+    """The probe's samples since the last call (it writes them on SIGUSR1)."""
+    out.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while not out.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the probe wrote no samples")
+        time.sleep(0.05)
+    samples: dict[str, list[float]] = json.loads(out.read_text())
+    return samples
+
+
+async def _rotation(targets: list[Target], n: int) -> dict[str, list[float]]:
+    check = expected("tiny-a", 8)
+    ms: dict[str, list[float]] = {t.name: [] for t in targets}
+    async with session() as s:
+        for i in range(n):
+            for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
+                r = await chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check)
+                if r.error:
+                    raise RuntimeError(f"{t.name}: {r.error}")
+                ms[t.name].append(r.ms)
+    return ms
+
+
+async def _warm_up(targets: list[Target]) -> None:
+    async with session() as s:
+        for t in targets:
+            for _ in range(20):
+                await chat(s, t.url, "tiny-a", 8, headers=t.headers)
+
+
+def run(n: int) -> dict[str, Any]:
+    models = make_models(Path(tempfile.mkdtemp(prefix="bench-models-")))
+    out = Path(tempfile.mkdtemp(prefix="bench-steps-")) / "steps.json"
+    with contextlib.ExitStack() as stack:
+        direct = stack.enter_context(direct_server(models / "tiny-a.gguf"))
+        router = stack.enter_context(maybe_router_mode(models, 2))
+        lm = stack.enter_context(llamaman(models, launcher=PROBE, extra_env={"LLAMAMAN_STEPS_OUT": str(out)}))
+        prepare_llamaman(lm, ctx=2048, parallel=1)
+        mine = Target("llamaman", lm.url, auth_headers())
+        targets = [
+            Target("direct", direct.url, {}),
+            *([Target("router", router.url, {})] if router is not None else []),
+            mine,
+        ]
+        asyncio.run(_warm_up(targets))
+        _collect(lm.popen.pid, out)
+        ms = asyncio.run(_rotation(targets, n))
+        rotation = _collect(lm.popen.pid, out)
+        alone = asyncio.run(_rotation([mine], n))["llamaman"]
+        back_to_back = _collect(lm.popen.pid, out)
+    direct_p50 = percentile(ms["direct"], 0.5)
+    return {
+        "added_p50_ms": {k: percentile(v, 0.5) - direct_p50 for k, v in ms.items() if k != "direct"},
+        "llamaman_p50_ms": {
+            "rotation": percentile(ms["llamaman"], 0.5),
+            "back_to_back": percentile(alone, 0.5),
+        },
+        "steps_us": {
+            step: {
+                "rotation": percentile(rotation.get(step, [0.0]), 0.5),
+                "back_to_back": percentile(back_to_back.get(step, [0.0]), 0.5),
+                "n": len(rotation.get(step, [])),
+            }
+            for step in sorted(set(rotation) | set(back_to_back))
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=300, help="requests to each target in each setting")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    figures = run(args.n)
+    print(f"{'step (p50, µs since the request arrived)':48s} {'P1 rotation':>12s} {'back to back':>13s}")
+    for step, row in figures["steps_us"].items():
+        print(f"{step:48s} {row['rotation']:12.0f} {row['back_to_back']:13.0f}")
+    added = ", ".join(f"{k} {v:.2f} ms" for k, v in figures["added_p50_ms"].items())
+    p50 = figures["llamaman_p50_ms"]
+    print(f"added p50 in the rotation: {added}")
+    print(f"LlamaMan p50: {p50['rotation']:.2f} ms in the rotation, {p50['back_to_back']:.2f} ms alone")
+    print(f"machine: {machine()}")
+    print(f"command: python bench/lane_steps.py -n {args.n}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Runs ``main.py`` with the proxy's fast lane timed step by step (``bench/lane_steps.py`` reads it).
+
+Run as ``python bench/steps_probe.py main.py [args]``. Before ``main.py`` starts, the lane's steps
+are wrapped with a clock: for each request, when each step ended, counted from the moment its bytes
+reached the proxy (``data_received``), and for the answer, from the moment llama-server's answer
+reached the proxy until it was written to the client. Nothing in LlamaMan changes but the wrappers.
+
+SIGUSR1 writes the samples so far to ``LLAMAMAN_STEPS_OUT`` (JSON: step -> microseconds, one per
+request) and starts a new set: the caller marks its phases that way.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import runpy
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+_clock = time.perf_counter_ns
+_samples: dict[str, list[float]] = {}
+_t0 = 0  # the current request's bytes arrived
+_t_answer = 0  # llama-server's answer arrived
+
+
+def _mark(step: str, since: int) -> None:
+    if since:
+        _samples.setdefault(step, []).append((_clock() - since) / 1000)
+
+
+def _after(cls: type, name: str, step: str) -> None:
+    """Mark ``step`` when ``cls.name`` returns (counted from the request's arrival)."""
+    inner: Callable[..., Any] = getattr(cls, name)
+
+    @functools.wraps(inner)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        result = inner(*args, **kwargs)
+        _mark(step, _t0)
+        return result
+
+    setattr(cls, name, timed)
+
+
+def _before(cls: type, name: str, step: str) -> None:
+    """Mark ``step`` when ``cls.name`` is called."""
+    inner: Callable[..., Any] = getattr(cls, name)
+
+    @functools.wraps(inner)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        _mark(step, _t0)
+        return inner(*args, **kwargs)
+
+    setattr(cls, name, timed)
+
+
+def _install() -> None:
+    from llamaman.gateway.http_protocol import CoalescingTransport
+    from llamaman.proxy.fast_lane import FastLane
+    from llamaman.proxy.fast_protocol import FastLaneProtocol
+    from llamaman.upstream.wire import Connection
+
+    arrived = FastLaneProtocol.data_received
+
+    def data_received(self: FastLaneProtocol, data: bytes) -> None:
+        global _t0
+        if self._admitted is None and self._exchange is None:
+            _t0 = _clock()
+        arrived(self, data)
+
+    FastLaneProtocol.data_received = data_received  # type: ignore[method-assign]
+    _before(FastLaneProtocol, "start_request", "1 headers parsed")
+    _after(FastLane, "admit", "2 headers admitted (key checked)")
+    _before(FastLaneProtocol, "on_message_complete", "3 body read")
+    _after(FastLane, "ready", "4 body parsed and checked")
+    _after(FastLane, "lease", "5 place taken")
+    _after(FastLane, "exchange", "6 request recorded in flight")
+    _after(FastLane, "send_now", "7 written to llama-server")
+
+    upstream = Connection.data_received
+
+    def answer_received(self: Connection, data: bytes) -> None:
+        global _t_answer
+        _t_answer = _clock()
+        upstream(self, data)
+
+    Connection.data_received = answer_received  # type: ignore[method-assign]
+
+    # The answer's bytes reach the socket in one of these: the transport holds a response's head
+    # until the end of the event loop's turn unless its body follows at once.
+    def on_socket(name: str) -> None:
+        inner = getattr(CoalescingTransport, name)
+
+        @functools.wraps(inner)
+        def sent(self: CoalescingTransport, *args: Any) -> Any:
+            global _t_answer
+            result = inner(self, *args)
+            if _t_answer and self._held is None:
+                _mark("8 answer sent (from its arrival)", _t_answer)
+                _t_answer = 0
+            return result
+
+        setattr(CoalescingTransport, name, sent)
+
+    for name in ("write", "flush", *(["write_whole"] if hasattr(CoalescingTransport, "write_whole") else [])):
+        on_socket(name)
+
+
+def _dump(*_: Any) -> None:
+    out = os.environ.get("LLAMAMAN_STEPS_OUT")
+    if out:
+        Path(out + ".tmp").write_text(json.dumps(_samples))
+        os.replace(out + ".tmp", out)
+    _samples.clear()
+
+
+if __name__ == "__main__":
+    _install()
+    signal.signal(signal.SIGUSR1, _dump)
+    script = sys.argv[1]
+    sys.argv = sys.argv[1:]
+    runpy.run_path(script, run_name="__main__")
