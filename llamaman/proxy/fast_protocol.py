@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import time
+from functools import partial
 from typing import Any
 
 from starlette.responses import Response
@@ -28,7 +29,9 @@ from llamaman.proxy.fast_lane import Admitted, FastLane, Ready, Sent
 from llamaman.scheduling.lease import Lease
 from llamaman.upstream.answers import error_payload
 from llamaman.upstream.inflight import CLIENT_LEFT, CUT_OFF
+from llamaman.upstream.relay import answered_whole
 from llamaman.upstream.responses import RelayStream
+from llamaman.upstream.wire import UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +63,19 @@ _NO_WAITER = _NoWaiter()
 class _LaneCycle:
     """What uvicorn reads of its request cycle, for the request the lane is answering."""
 
-    __slots__ = ("body", "disconnected", "keep_alive", "message_event", "more_body", "response_complete")
+    __slots__ = (
+        "answered",
+        "body",
+        "disconnected",
+        "keep_alive",
+        "message_event",
+        "more_body",
+        "response_complete",
+    )
 
     def __init__(self) -> None:
         self.response_complete = False
+        self.answered = False  # written from llama-server's parser callback, before the task ran
         self.keep_alive = True  # uvicorn's shutdown sets it False: close once answered
         self.disconnected = False
         self.more_body = False
@@ -134,6 +146,8 @@ class FastLaneProtocol(QuietProtocol):
                 if lease is not None:
                     ex = self.lane.exchange(ready, lease)
                     sent = self.lane.send_now(ready, lease, ex)
+                    if sent is not None and sent.pending is not None:
+                        sent.pending.response.on_whole = partial(self._answer_whole, self.cycle)  # type: ignore[arg-type]
         except Exception:
             # A fault of the lane's own, raised out of the parser's callback, would drop the
             # connection with nothing said: the full path takes the request instead (and answers it,
@@ -165,6 +179,24 @@ class FastLaneProtocol(QuietProtocol):
             HttpToolsProtocol.on_body(self, b"".join(parts))
         if complete:
             HttpToolsProtocol.on_message_complete(self)
+
+    def _answer_whole(self, cycle: _LaneCycle, upstream: UpstreamResponse) -> None:
+        """llama-server's whole answer, written to the client from its parser's callback: the serving
+        task, which wakes after it, then only settles it (the lease, the connection, the accounting).
+        Anything ``answered_whole`` leaves (a stream, a server error) is the task's to answer."""
+        ex = self._exchange
+        if self.cycle is not cycle or cycle.disconnected or ex is None or ex.cancelled is not None:
+            return
+        try:
+            response = answered_whole(upstream)
+        except Exception:  # the task meets it again, and answers
+            log.exception("the fast lane failed on an answer from llama-server; its task answers it")
+            return
+        if response is None or self.transport.is_closing():
+            return
+        self._write(response, cycle)
+        cycle.answered = True
+        self._exchange = None  # answered: a client leaving now cuts nothing off
 
     # ---- the connection --------------------------------------------------------------------------
     def connection_lost(self, exc: Exception | None) -> None:
@@ -208,13 +240,13 @@ class FastLaneProtocol(QuietProtocol):
         except asyncio.CancelledError:
             # Only a server stopping cancels the lane's answers, once its grace is over: the client
             # is told so, as the full path tells it, rather than dropped with nothing said.
-            if not started and not self.transport.is_closing():
+            if not started and not cycle.answered and not self.transport.is_closing():
                 self.transport.write(_CUT_OFF_503)
             cycle.keep_alive = False
             raise
         except Exception:
             log.exception("the proxy's answer to %s failed", ready.admitted.path)
-            if not started and not self.transport.is_closing():
+            if not started and not cycle.answered and not self.transport.is_closing():
                 self.transport.write(_ERROR_500)
             cycle.keep_alive = False
         finally:
@@ -239,7 +271,7 @@ class FastLaneProtocol(QuietProtocol):
         return out
 
     def _write(self, response: Response, cycle: _LaneCycle) -> None:
-        if self.transport.is_closing():
+        if cycle.answered or self.transport.is_closing():
             return
         out = self._head(response, cycle)
         out.append(response.body)

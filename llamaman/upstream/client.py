@@ -286,6 +286,12 @@ class Pending:
         self._turn = turn
         self._waited = False
 
+    @property
+    def response(self) -> UpstreamResponse:
+        """The answer as it arrives; ``head`` may give a fresh one instead (the connection was closed
+        as it was reused, and the request sent again)."""
+        return self._started[0]
+
     async def head(self) -> UpstreamResponse:
         """The answer with its status and headers in, as ``UpstreamClient.request`` returns it."""
         self._waited = True

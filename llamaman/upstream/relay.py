@@ -278,8 +278,7 @@ class Relay:
                 self._settle(upstream, lease, ex, ctype, b"")
                 raise
             ex.first_byte = ex.first_byte or time.monotonic()
-            status = client_fault_status(upstream.status_code, body)
-            response = RawResponse(body, status, _raw_response_headers(upstream))
+            response = whole_response(upstream, body)
             if settle_later:
                 response.settle = partial(self._settle, upstream, lease, ex, ctype, body)
             else:
@@ -384,6 +383,24 @@ class Relay:
                 continue
             if isinstance(obj, dict):
                 yield obj
+
+
+def whole_response(upstream: UpstreamResponse, body: bytes) -> RawResponse:
+    """The client's answer to a whole, unstreamed upstream answer."""
+    return RawResponse(body, client_fault_status(upstream.status_code, body), _raw_response_headers(upstream))
+
+
+def answered_whole(upstream: UpstreamResponse) -> RawResponse | None:
+    """The client's answer, made as ``forward`` makes it, once an upstream answer is in whole and
+    needs nothing ``forward`` decides: not streamed and not a server error (a place elsewhere may
+    be tried for that). None otherwise, and ``forward`` answers."""
+    if upstream.status_code >= 500:
+        return None
+    ctype = upstream.header(b"content-type") or ""
+    if "text/event-stream" in ctype or "ndjson" in ctype:
+        return None
+    body = upstream.whole_body()
+    return None if body is None else whole_response(upstream, body)
 
 
 def _where(lease: UpstreamTarget) -> str:

@@ -58,6 +58,8 @@ class UpstreamResponse:
         self._timer: asyncio.TimerHandle | None = None
         self._keep_alive = False
         self._end_turn: Callable[[], None] | None = None  # the next request's turn, where it waits for one
+        # Told once the whole answer is in, from the parser's callback, before any waiter wakes.
+        self.on_whole: Callable[[UpstreamResponse], None] | None = None
 
     @property
     def aborted(self) -> bool:
@@ -87,6 +89,9 @@ class UpstreamResponse:
     def _finish(self, keep_alive: bool) -> None:
         self._complete = True
         self._keep_alive = keep_alive
+        hook, self.on_whole = self.on_whole, None
+        if hook is not None:
+            hook(self)
         self._wake()
 
     def _fail(self, exc: BaseException) -> None:
@@ -150,6 +155,13 @@ class UpstreamResponse:
         finally:
             if paced:
                 PACER.streams -= 1
+
+    def whole_body(self) -> bytes | None:
+        """The body of an answer read whole, left in place for ``aread``; None until then."""
+        if not self._complete or self._error is not None or self._aborted:
+            return None
+        chunks = self._chunks
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def aread(self) -> bytes:
         if self._complete and self._error is None and not self._aborted:

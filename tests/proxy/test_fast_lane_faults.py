@@ -118,3 +118,33 @@ async def test_the_full_path_tells_a_cut_off_answer_why_in_its_clients_dialect(
     assert (said if path == "/api/chat" else said["message"]) == CUT_OFF
     assert [(ex.status, ex.error) for ex in seen] == [(503, CUT_OFF)]
     assert services.router.slot(m).inflight == 0 and len(services.relay.inflight) == 0
+
+
+async def test_a_fault_writing_the_answer_from_llama_servers_callback_leaves_it_to_the_task(
+    services: LlamaMan, proxy_pair: Ports, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llamaman.proxy import fast_protocol
+
+    await services.router.load("tiny-a")
+    real = fast_protocol.answered_whole
+    faults = 0
+
+    def faulty(*args: Any) -> Any:
+        nonlocal faults
+        faults += 1
+        raise RuntimeError("a fault of the lane's own")
+
+    seen: list[Exchange] = []
+    services.relay.add_observer(seen.append)
+    _, key = await services.auth.keys.create("faults")
+    with caplog.at_level(logging.ERROR, logger="llamaman.proxy.fast_protocol"):
+        async with client(proxy_pair.lane.url, {"Authorization": f"Bearer {key}"}) as c:
+            await c.post("/v1/chat/completions", json=chat(2))  # a kept connection to llama-server
+            monkeypatch.setattr(fast_protocol, "answered_whole", faulty)
+            first = await c.post("/v1/chat/completions", json=chat(3))
+            monkeypatch.setattr(fast_protocol, "answered_whole", real)
+            second = await c.post("/v1/chat/completions", json=chat(4))
+    assert faults == 1 and "its task answers it" in caplog.text
+    assert first.json()["choices"][0]["message"]["content"] == expected_text("A", 3)
+    assert second.json()["choices"][0]["message"]["content"] == expected_text("A", 4)
+    assert proxy_pair.taken == 3 and [ex.status for ex in seen] == [200, 200, 200]

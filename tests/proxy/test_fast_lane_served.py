@@ -18,6 +18,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from llamaman.app import LlamaMan
 from llamaman.core.exchange import Exchange
 from llamaman.testing.tiny_gguf import expected_text
+from llamaman.upstream.wire import UpstreamResponse
 from tests.proxy.lane_ports import Answers, Ports, client, request, text_of
 
 pytestmark = pytest.mark.llama
@@ -458,3 +459,49 @@ async def test_a_whole_answer_on_the_lane_reaches_its_client_before_the_bookkeep
     finally:
         sock.close()
     assert arrived == [True, True]
+
+
+async def test_a_whole_answer_is_written_from_llama_servers_parser_callback_before_the_task_wakes(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    """Where the lane wrote the request from the parser's callback, the answer is written from
+    llama-server's, as soon as it is whole: when the serving task wakes to read it, the client has
+    it already. The task then only settles it, once: one record and one answer per request."""
+    await services.router.load("tiny-a")
+    sock = socket.create_connection(("127.0.0.1", proxy_pair.lane.port))
+    sock.setblocking(False)
+    arrived: list[bool] = []
+    aread = UpstreamResponse.aread
+
+    async def reading(self: UpstreamResponse) -> bytes:
+        try:
+            waiting = sock.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            waiting = b""
+        arrived.append(waiting.startswith(b"HTTP/1.1 200"))
+        return await aread(self)
+
+    seen: list[Exchange] = []
+    services.relay.add_observer(seen.append)
+    _, key = await services.auth.keys.create("callback")
+    answers = Answers()
+    loop = asyncio.get_running_loop()
+    UpstreamResponse.aread = reading  # type: ignore[method-assign]
+    try:
+        for n in (3, 4, 5):  # the first finds no kept connection: its task writes the request
+            await loop.sock_sendall(sock, request(key, chat(n)))
+            while len(answers.done) < 1:
+                data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 60)
+                assert data, "the connection closed"
+                answers.parser.feed_data(data)
+            assert text_of(answers.done.pop()) == expected_text("A", n)
+        # A second answer would be written before its record, by the task that records it.
+        await until(lambda: len(seen) == 3, "three records")
+        with pytest.raises(BlockingIOError):
+            sock.recv(65536, socket.MSG_DONTWAIT)
+    finally:
+        UpstreamResponse.aread = aread  # type: ignore[method-assign]
+        sock.close()
+    assert arrived == [False, True, True]
+    assert [ex.status for ex in seen] == [200, 200, 200] and answers.done == []
+    assert [ex.completion_tokens for ex in seen] == [3, 4, 5]
