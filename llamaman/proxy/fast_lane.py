@@ -19,7 +19,7 @@ case goes the ASGI way, where every check and refusal lives:
   daily quota, or no key at all where keys are not required;
 - the body: parsed by ``parse_json`` and checked by ``check_model_fields`` without an error, a JSON
   object naming a model, without the loading-progress field;
-- the box: not part of a cluster and without peers; the lane is off when tracing is;
+- the box: not part of a cluster and without peers (``LLAMAMAN_PROXY_FAST_LANE=0`` turns the lane off);
 - the model: ``Router.lease_now`` gives a lease at once (loaded, healthy, a free place, nobody
   queued), or its instance is healthy and only its gate is full: then the lane waits in the queue
   with ``lease_for``, the full path's own wait, and answers and records what the queue refuses as

@@ -7,6 +7,10 @@ uvicorn as behind any other answer, a server shutdown asks it to close once done
 connection marks it like any other. A request the lane turns down after reading its headers (its
 body, or a model it cannot serve or wait for) is handed to uvicorn then, as if the headers had just
 arrived, with the body read so far.
+
+Where a kept connection to llama-server is free, the request is written to it from the parser's
+callback, and a whole answer is written back to the client from llama-server's parser callback as
+soon as it is in; the serving task that wakes after it settles the rest.
 """
 
 from __future__ import annotations
