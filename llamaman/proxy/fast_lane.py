@@ -31,6 +31,7 @@ which answers them exactly as before, in the endpoint's dialect.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,7 @@ from llamaman.upstream.client import Pending
 from llamaman.upstream.relay import forward_header_allowed
 
 if TYPE_CHECKING:
+    from llamaman.auth.apikeys import KeyRecord
     from llamaman.services import Services
 
 # Request target -> (path upstream, whether the instance's forced sampling values apply). Each is a
@@ -75,13 +77,19 @@ _NEVER = frozenset(
 
 @dataclass(slots=True)
 class Admitted:
-    """A request whose headers qualify; its body is still to come."""
+    """A request whose headers qualify; its body is still to come. The rest is what the next request
+    on the same connection, with the same target and headers but its length, may take over
+    (``FastLane.admit``'s ``last``)."""
 
     path: str
     sampling: bool
     identity: Identity | None
     length: int
     forward: list[tuple[bytes, bytes]]
+    target: bytes = b""
+    headers: list[tuple[bytes, bytes]] | None = None
+    length_at: int = -1  # where Content-Length is in ``headers``
+    record: KeyRecord | None = None  # the key's record as it was checked
 
 
 @dataclass(slots=True)
@@ -110,10 +118,17 @@ class FastLane:
         self.services = services
 
     # ---- decisions ---------------------------------------------------------------------------------
-    def admit(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> Admitted | None:
-        """The request, if its method, target and headers (names lower-case) qualify; else None."""
+    def admit(
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], last: Admitted | None = None
+    ) -> Admitted | None:
+        """The request, if its method, target and headers (names lower-case) qualify; else None.
+        ``last``: the request admitted before on the same connection (see ``_again``)."""
         if method != b"POST":
             return None
+        if last is not None:
+            again = self._again(last, target, headers)
+            if again is not None:
+                return again
         route = FAST_PATHS.get(target)
         if route is None or self._spread():
             return None
@@ -154,7 +169,42 @@ class FastLane:
         ):
             return None
         forward = [(k, v) for k, v in headers if forward_header_allowed(k)]
-        return Admitted(path, sampling, identity, length, forward)
+        record = auth.keys.by_id.get(identity.key_id) if identity is not None and identity.key_id else None
+        at = next(i for i, (name, _) in enumerate(headers) if name == b"content-length")
+        return Admitted(path, sampling, identity, length, forward, target, headers, at, record)
+
+    def _again(self, last: Admitted, target: bytes, headers: list[tuple[bytes, bytes]]) -> Admitted | None:
+        """The last request's admission for this one, when every header but the length is byte for
+        byte the same (what an SDK client sends on its connection): the checks of the headers would
+        come out the same, so only what may have changed since is asked again: the key (its record
+        is replaced whenever it changes, is revoked or deleted), its expiry, whether keys are now
+        required, and whether the box joined others. None: ``admit`` checks it all."""
+        at, before = last.length_at, last.headers
+        if (
+            target != last.target
+            or before is None
+            or len(headers) != len(before)
+            or headers[at][0] != b"content-length"
+            or headers[:at] != before[:at]
+            or headers[at + 1 :] != before[at + 1 :]
+        ):
+            return None
+        value = headers[at][1]
+        if not value.isdigit() or not 0 < int(value) <= BODY_LIMIT or self._spread():
+            return None
+        auth, record = self.services.auth, last.record
+        if record is None:
+            if last.identity is not None or auth.require_auth:
+                return None
+        elif auth.keys.by_hash.get(record.key_hash) is not record or (
+            record.expires_at is not None and time.time() >= record.expires_at
+        ):
+            return None
+        else:
+            auth.keys.touch(record)
+        return Admitted(
+            last.path, last.sampling, last.identity, int(value), last.forward, target, headers, at, record
+        )
 
     def ready(self, admitted: Admitted, raw: bytes) -> Ready | None:
         """The request with its body, if the body qualifies; else None."""

@@ -93,6 +93,7 @@ class FastLaneProtocol(QuietProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._admitted: Admitted | None = None
+        self._last: Admitted | None = None  # the last request on the connection the lane admitted
         self._parts: list[bytes] = []
         self._received = 0
         self._before: Any = None  # uvicorn's cycle before the lane's stand-in took its place
@@ -107,9 +108,10 @@ class FastLaneProtocol(QuietProtocol):
             parser = self.parser
             if parser.get_http_version() == "1.1" and not parser.should_upgrade():
                 try:
-                    admitted = self.lane.admit(parser.get_method(), self.url, self.headers)
+                    admitted = self.lane.admit(parser.get_method(), self.url, self.headers, self._last)
                 except Exception:  # the lane's own fault: the full path takes the request
                     log.exception("the fast lane failed on a request's headers; the full path takes it")
+        self._last = admitted
         if admitted is None:
             super().start_request()
             return

@@ -209,3 +209,70 @@ def test_every_path_the_lane_serves_is_a_model_endpoint_that_any_inference_key_m
     for target, (path, _) in FAST_PATHS.items():
         assert target.decode() == path
         assert classify(path, "proxy") is Access.MODEL
+
+
+async def test_the_next_request_on_a_connection_with_the_same_headers_takes_its_admission_without_the_checks(
+    box: LlamaMan, lane: FastLane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SDK client sends the same headers on its connection every time but the length: what
+    only the headers decide is not decided again, and the key is not hashed again."""
+    _, key = await box.auth.keys.create("again")
+    path = b"/v1/chat/completions"
+    first = lane.admit(b"POST", path, plain(key))
+    assert first is not None
+    checks = 0
+    authenticate = box.auth.authenticate
+
+    def counting(*args: object, **kwargs: object) -> object:
+        nonlocal checks
+        checks += 1
+        return authenticate(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(box.auth, "authenticate", counting)
+    longer = BODY + b" "
+    again = lane.admit(b"POST", path, plain(key, longer), first)
+    assert again is not None and checks == 0
+    assert again.length == len(longer) and again.identity is first.identity and again.forward == first.forward
+    assert lane.admit(b"POST", path, plain(key, longer), again) is not None and checks == 0
+    # Another target or any other header: checked whole.
+    other_agent = [(k, b"curl/8" if k == b"user-agent" else v) for k, v in plain(key)]
+    assert lane.admit(b"POST", b"/v1/completions", plain(key), first) is not None and checks == 1
+    assert lane.admit(b"POST", path, other_agent, first) is not None and checks == 2
+    assert lane.admit(b"PUT", path, plain(key), first) is None
+    assert lane.admit(b"POST", path, plain(key, b"x" * (BODY_LIMIT + 1)), first) is None
+
+
+async def test_a_key_revoked_expired_or_limited_since_the_last_request_on_the_connection_goes_the_full_way(
+    box: LlamaMan, lane: FastLane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = box.auth.keys
+    path = b"/v1/chat/completions"
+    changes = [
+        ("revoked", lambda key_id: keys.revoke(key_id)),
+        ("expired", lambda key_id: keys.update(key_id, {"expires_at": time.time() - 1})),
+        ("a quota", lambda key_id: keys.update(key_id, {"daily_token_quota": 10_000})),
+        ("a rate limit", lambda key_id: keys.update(key_id, {"rpm_limit": 60})),
+    ]
+    for why, change in changes:
+        record, key = await keys.create(why)
+        first = lane.admit(b"POST", path, plain(key))
+        assert first is not None, why
+        await change(record.id)
+        assert lane.admit(b"POST", path, plain(key), first) is None, why
+    # A key that runs out while the connection stays open.
+    record, key = await keys.create("soon")
+    first = lane.admit(b"POST", path, plain(key))
+    assert first is not None
+    await keys.update(record.id, {"expires_at": time.time() + 3600})
+    first = lane.admit(b"POST", path, plain(key))  # admitted with the new expiry, not yet reached
+    assert first is not None
+    later = time.time() + 7200
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert lane.admit(b"POST", path, plain(key), first) is None
+    # A box that starts requiring keys turns a keyless connection away on its next request.
+    anonymous = swap(plain("x"), b"authorization", None)
+    await box.runtime.update({"require_auth": False})
+    first = lane.admit(b"POST", path, anonymous)
+    assert first is not None
+    await box.runtime.update({"require_auth": True})
+    assert lane.admit(b"POST", path, anonymous, first) is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -94,6 +95,26 @@ async def test_a_key_revoked_between_two_requests_on_one_connection_is_refused_t
         await services.auth.keys.revoke(record.id)
         r = await c.post("/v1/chat/completions", json=chat(n=3), headers=h)
         assert r.status_code == 401 and "revoked" in r.text
+    assert proxy_pair.taken == 1
+
+
+async def test_a_key_given_a_quota_or_expired_between_requests_on_one_connection_is_checked_whole_again(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    """The lane does not check again what only a request's headers decide when the next request on
+    the connection repeats them; what the key is may still change between the two."""
+    await services.router.load("tiny-a")
+    keys = services.auth.keys
+    record, key = await keys.create("changes-later")
+    async with client(proxy_pair.lane.url, {"Authorization": f"Bearer {key}"}) as c:
+        r = await c.post("/v1/chat/completions", json=chat(n=3))
+        assert r.status_code == 200 and proxy_pair.taken == 1
+        await keys.update(record.id, {"daily_token_quota": 1})  # less than the first request spent
+        r = await c.post("/v1/chat/completions", json=chat(n=3))
+        assert r.status_code == 429 and proxy_pair.taken == 1, r.text
+        await keys.update(record.id, {"daily_token_quota": 0, "expires_at": time.time() - 1})
+        r = await c.post("/v1/chat/completions", json=chat(n=3))
+        assert r.status_code == 401 and "expired" in r.text
     assert proxy_pair.taken == 1
 
 
