@@ -49,6 +49,7 @@ class UpstreamResponse:
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []
         self._buffered = 0
+        self._drained = False  # a reader took some of the body: ``_chunks`` holds only the rest
         self._waiter: asyncio.Future[None] | None = None
         self._complete = False
         self._error: BaseException | None = None
@@ -134,6 +135,7 @@ class UpstreamResponse:
                 if self._chunks:
                     chunks, self._chunks = self._chunks, []
                     self._buffered = 0
+                    self._drained = True
                     self._conn.resume()
                     # What has already arrived goes on in one piece: one send and one socket write
                     # for several tokens when the client side falls behind, never a wait for more.
@@ -157,8 +159,9 @@ class UpstreamResponse:
                 PACER.streams -= 1
 
     def whole_body(self) -> bytes | None:
-        """The body of an answer read whole, left in place for ``aread``; None until then."""
-        if not self._complete or self._error is not None or self._aborted:
+        """The body of an answer that is in whole, left in place for ``aread``; None until then, or
+        once a reader has taken part of it (a body that came in several reads)."""
+        if not self._complete or self._error is not None or self._aborted or self._drained:
             return None
         chunks = self._chunks
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -168,6 +171,7 @@ class UpstreamResponse:
             # A small answer is usually whole by the time its head is read: no iterator needed.
             chunks, self._chunks = self._chunks, []
             self._buffered = 0
+            self._drained = True
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         parts = [c async for c in self.aiter_raw()]
         return parts[0] if len(parts) == 1 else b"".join(parts)
