@@ -176,9 +176,10 @@ class FastLane:
     def _again(self, last: Admitted, target: bytes, headers: list[tuple[bytes, bytes]]) -> Admitted | None:
         """The last request's admission for this one, when every header but the length is byte for
         byte the same (what an SDK client sends on its connection): the checks of the headers would
-        come out the same, so only what may have changed since is asked again: the key (its record
-        is replaced whenever it changes, is revoked or deleted), its expiry, whether keys are now
-        required, and whether the box joined others. None: ``admit`` checks it all."""
+        come out the same, so only what may have changed since is asked again: the key (the store
+        replaces its record whenever it is changed or revoked, and all records when it loads them),
+        its expiry, whether keys are now required, and whether the box joined others. None:
+        ``admit`` checks it all."""
         at, before = last.length_at, last.headers
         if (
             target != last.target
