@@ -4,7 +4,10 @@ connections and the requests it holds: the other side of the pass-through client
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from llamaman.upstream.client import UpstreamClient
 
@@ -45,3 +48,17 @@ async def ask(client: UpstreamClient, server: Server, body: bytes, connections: 
         return await r.aread()
     finally:
         r.close()
+
+
+@asynccontextmanager
+async def listening(server: Any) -> AsyncIterator[None]:
+    """``server.serve`` on a free loopback port, its address put in ``server.url``; the connections
+    it kept in ``server.writers`` are closed once done."""
+    listener = await asyncio.start_server(server.serve, "127.0.0.1", 0)
+    server.url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+    try:
+        yield
+    finally:
+        for w in server.writers:
+            w.close()
+        listener.close()

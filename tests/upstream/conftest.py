@@ -1,23 +1,18 @@
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
 from llamaman.upstream.client import UpstreamClient
-from tests.upstream.answering import Server
+from tests.upstream.answering import Server, listening
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
     s = Server()
-    listening = await asyncio.start_server(s.serve, "127.0.0.1", 0)
-    s.url = f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
-    yield s
-    for w in s.writers:
-        w.close()
-    listening.close()
+    async with listening(s):
+        yield s
 
 
 @pytest.fixture

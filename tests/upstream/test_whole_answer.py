@@ -10,6 +10,7 @@ import pytest
 
 from llamaman.upstream.client import UpstreamClient
 from llamaman.upstream.wire import UpstreamResponse
+from tests.upstream.answering import listening
 
 FIRST, REST = b"x" * 1000, b"y" * 500
 
@@ -36,12 +37,8 @@ class SplitServer:
 @pytest.fixture
 async def split() -> AsyncIterator[SplitServer]:
     s = SplitServer()
-    listening = await asyncio.start_server(s.serve, "127.0.0.1", 0)
-    s.url = f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
-    yield s
-    for w in s.writers:
-        w.close()
-    listening.close()
+    async with listening(s):
+        yield s
 
 
 async def whole_when_told(response: UpstreamResponse) -> asyncio.Future[bytes | None]:
