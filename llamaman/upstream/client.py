@@ -37,7 +37,6 @@ from llamaman.upstream.wire import (
 
 
 @functools.lru_cache(maxsize=1024)
-@functools.lru_cache(maxsize=256)  # a handful of servers, asked on every request
 def _split(base_url: str) -> tuple[str, int, bytes]:
     u = urlsplit(base_url)
     if u.scheme != "http" or not u.hostname:
