@@ -133,9 +133,9 @@ class FastLane:
         if route is None or self._spread():
             return None
         seen: set[bytes] = set()
-        length = -1
+        length = at = -1
         json_type = False
-        for name, value in headers:
+        for i, (name, value) in enumerate(headers):
             if name in _NEVER:
                 return None
             if name in _ONCE:
@@ -145,7 +145,7 @@ class FastLane:
                 if name == b"content-length":
                     if not value.isdigit():
                         return None
-                    length = int(value)
+                    length, at = int(value), i
                 elif name == b"content-type":
                     json_type = is_json_media(value.decode("latin-1"))
                 elif name == b"connection" and value.strip().lower() not in _CONNECTION:
@@ -170,7 +170,6 @@ class FastLane:
             return None
         forward = [(k, v) for k, v in headers if forward_header_allowed(k)]
         record = auth.keys.by_id.get(identity.key_id) if identity is not None and identity.key_id else None
-        at = next(i for i, (name, _) in enumerate(headers) if name == b"content-length")
         return Admitted(path, sampling, identity, length, forward, target, headers, at, record)
 
     def _again(self, last: Admitted, target: bytes, headers: list[tuple[bytes, bytes]]) -> Admitted | None:
@@ -191,7 +190,8 @@ class FastLane:
         ):
             return None
         value = headers[at][1]
-        if not value.isdigit() or not 0 < int(value) <= BODY_LIMIT or self._spread():
+        length = int(value) if value.isdigit() else -1
+        if not 0 < length <= BODY_LIMIT or self._spread():
             return None
         auth, record = self.services.auth, last.record
         if record is None:
@@ -204,7 +204,7 @@ class FastLane:
         else:
             auth.keys.touch(record)
         return Admitted(
-            last.path, last.sampling, last.identity, int(value), last.forward, target, headers, at, record
+            last.path, last.sampling, last.identity, length, last.forward, target, headers, at, record
         )
 
     def ready(self, admitted: Admitted, raw: bytes) -> Ready | None:

@@ -266,7 +266,7 @@ class Relay:
         ex.node = lease.node
         ex.status = upstream.status_code
         ctype = upstream.header(b"content-type") or ""
-        if "text/event-stream" not in ctype and "ndjson" not in ctype:
+        if not streamed(ctype):
             try:
                 body = await upstream.aread()
             except UpstreamError as exc:
@@ -385,19 +385,18 @@ class Relay:
                 yield obj
 
 
+def streamed(ctype: str) -> bool:
+    return "text/event-stream" in ctype or "ndjson" in ctype  # relayed as a stream
+
+
 def whole_response(upstream: UpstreamResponse, body: bytes) -> RawResponse:
-    """The client's answer to a whole, unstreamed upstream answer."""
     return RawResponse(body, client_fault_status(upstream.status_code, body), _raw_response_headers(upstream))
 
 
 def answered_whole(upstream: UpstreamResponse) -> RawResponse | None:
-    """The client's answer, made as ``forward`` makes it, once an upstream answer is in whole and
-    needs nothing ``forward`` decides: not streamed and not a server error (a place elsewhere may
-    be tried for that). None otherwise, and ``forward`` answers."""
-    if upstream.status_code >= 500:
-        return None
-    ctype = upstream.header(b"content-type") or ""
-    if "text/event-stream" in ctype or "ndjson" in ctype:
+    """The client's answer, as ``forward`` makes it, to an upstream answer in whole that needs
+    nothing ``forward`` decides (a stream; a server error, where another place may be tried)."""
+    if upstream.status_code >= 500 or streamed(upstream.header(b"content-type") or ""):
         return None
     body = upstream.whole_body()
     return None if body is None else whole_response(upstream, body)
