@@ -118,6 +118,42 @@ async def test_a_key_given_a_quota_or_expired_between_requests_on_one_connection
     assert proxy_pair.taken == 1
 
 
+async def test_a_narrower_key_on_a_connection_a_broad_key_used_first_gets_only_what_it_may(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    """The lane takes over a connection's last admission only for the same header bytes: a request
+    that changes nothing but its key (a key limited to tiny-a asking for tiny-b, a revoked key) is
+    checked whole, and answered as the port without the lane answers it."""
+    await services.router.load("tiny-a")
+    await services.router.load("tiny-b")  # loaded and idle: the lane would have a place at once
+    keys = services.auth.keys
+    _, broad = await keys.create("broad")
+    _, narrow = await keys.create("only-a", allowed_models=["tiny-a"])
+    gone, revoked = await keys.create("gone")
+    await keys.revoke(gone.id)
+    first = request(broad, chat("tiny-b", n=3))
+    for other in (narrow, revoked):
+        second = request(other, chat("tiny-b", n=3))
+        assert len(second) == len(first)  # the same layout, the same length: only the key differs
+        answers, full = Answers(), Answers()
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy_pair.lane.port)
+        try:
+            writer.write(first)
+            assert text_of((await answers.read(reader, 1))[0]) == expected_text("B", 3)
+            writer.write(second)
+            (got,) = await answers.read(reader, 1)
+        finally:
+            writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy_pair.full.port)
+        try:
+            writer.write(second)
+            (want,) = await full.read(reader, 1)
+        finally:
+            writer.close()
+        assert got[0] in (401, 403) and got == want, (got, want)
+    assert proxy_pair.taken == 2  # the broad key's requests only
+
+
 async def test_requests_without_a_valid_key_are_refused_alone_or_pipelined_behind_a_served_one(
     services: LlamaMan, proxy_pair: Ports
 ) -> None:
