@@ -47,7 +47,7 @@ from llamaman.gateway.refusals import record_refusal
 from llamaman.proxy.common import ProxyError, lease_for, render_proxy_error
 from llamaman.proxy.openai import PROGRESS_FIELD, PROGRESS_HEADER, encode_body
 from llamaman.scheduling.lease import Lease
-from llamaman.upstream.client import Pending
+from llamaman.upstream.client import Pending, encode_headers
 from llamaman.upstream.relay import forward_header_allowed
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ class Admitted:
     identity: Identity | None
     length: int
     forward: list[tuple[bytes, bytes]]
+    forward_raw: bytes  # ``forward`` as written upstream, made once per connection's headers
     target: bytes = b""
     headers: list[tuple[bytes, bytes]] | None = None
     length_at: int = -1  # where Content-Length is in ``headers``
@@ -170,7 +171,9 @@ class FastLane:
             return None
         forward = [(k, v) for k, v in headers if forward_header_allowed(k)]
         record = auth.keys.by_id.get(identity.key_id) if identity is not None and identity.key_id else None
-        return Admitted(path, sampling, identity, length, forward, target, headers, at, record)
+        return Admitted(
+            path, sampling, identity, length, forward, encode_headers(forward), target, headers, at, record
+        )  # fmt: skip
 
     def _again(self, last: Admitted, target: bytes, headers: list[tuple[bytes, bytes]]) -> Admitted | None:
         """The last request's admission for this one, when every header but the length is byte for
@@ -204,8 +207,9 @@ class FastLane:
         else:
             auth.keys.touch(record)
         return Admitted(
-            last.path, last.sampling, last.identity, length, last.forward, target, headers, at, record
-        )
+            last.path, last.sampling, last.identity, length, last.forward, last.forward_raw, target, headers,
+            at, record,
+        )  # fmt: skip
 
     def ready(self, admitted: Admitted, raw: bytes) -> Ready | None:
         """The request with its body, if the body qualifies; else None."""
@@ -263,7 +267,7 @@ class FastLane:
             content = encode_body(ready.body, ready.raw, lease, sampling=a.sampling, changed=False)
         except Exception:
             return None  # ``answer`` meets it again, and answers it
-        return Sent(content, self.services.relay.send_now(lease, a.path, content, a.forward, ex))
+        return Sent(content, self.services.relay.send_now(lease, a.path, content, a.forward_raw, ex))
 
     async def answer(self, ready: Ready, lease: Lease, ex: Exchange, sent: Sent | None = None) -> Response:
         """What the handler would answer, through the relay the handler would use. An answer that

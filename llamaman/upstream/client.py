@@ -45,12 +45,15 @@ def _split(base_url: str) -> tuple[str, int, bytes]:
     return u.hostname, port, f"{u.hostname}:{port}".encode()
 
 
-def _encode_headers(headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]] | None) -> bytes:
+def encode_headers(headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]] | bytes | None) -> bytes:
+    """Header lines as written in a request (``bytes``: lines already made by this function)."""
     if not headers:
         return b""
+    if isinstance(headers, bytes):
+        return headers
     if isinstance(headers, Mapping):
         return b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items())
-    return b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+    return b"".join([k + b": " + v + b"\r\n" for k, v in headers])
 
 
 class UpstreamClient:
@@ -140,7 +143,7 @@ class UpstreamClient:
         base_url: str,
         target: str,
         *,
-        headers: Iterable[tuple[bytes, bytes]] | None,
+        headers: Iterable[tuple[bytes, bytes]] | bytes | None,
         content: bytes,
         timeout: float = 300.0,
         authorization: bytes | None = None,
@@ -336,7 +339,7 @@ def _encode(
     method: str,
     base_url: str,
     target: str,
-    headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]] | None,
+    headers: Mapping[str, str] | Iterable[tuple[bytes, bytes]] | bytes | None,
     content: bytes | None,
     params: Any,
     authorization: bytes | None,
@@ -348,7 +351,7 @@ def _encode(
     if not _PLAIN_TARGET(target):
         target = quote(target, safe=_TARGET_SAFE)
     head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (
-        method.encode(), target.encode("latin-1"), host_header, _encode_headers(headers),
+        method.encode(), target.encode("latin-1"), host_header, encode_headers(headers),
     )  # fmt: skip
     if authorization:
         head += b"Authorization: " + authorization + b"\r\n"

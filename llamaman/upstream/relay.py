@@ -203,12 +203,13 @@ class Relay:
         lease: UpstreamTarget,
         path: str,
         content: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: bytes,
         ex: Exchange,
     ) -> Pending | None:
         """A POST written to a local lease's instance at once, from a plain callback (see
         ``UpstreamClient.send_now``), for ``forward(sent=...)`` to wait on; an abort before then
-        drops it. None: ``forward`` sends the request itself."""
+        drops it. ``headers``: the lines to forward, made by ``encode_headers``. None: ``forward``
+        sends the request itself."""
         if lease.prefix or lease.extra_headers:
             return None  # a place elsewhere, with a fail-over of its own: ``forward``'s way
         sent = self.upstream.send_now(

@@ -53,6 +53,9 @@ async def test_a_plain_request_with_a_key_that_may_use_everything_is_admitted(
         assert a.identity is not None and a.identity.key_id == record.id
         # The caller's key stays here: llama-server gets its own, and no hop-by-hop header.
         assert [k for k, _ in a.forward] == [b"user-agent", b"content-type"]
+        # ... and the lines written upstream are those headers, made once for the connection.
+        assert a.forward_raw == b"".join(k + b": " + v + b"\r\n" for k, v in a.forward)
+        assert key.encode() not in a.forward_raw
     alive = lane.admit(b"POST", b"/v1/chat/completions", swap(plain(key), b"connection", b" Keep-Alive"))
     assert alive is not None and [k for k, _ in alive.forward] == [b"user-agent", b"content-type"]
     # A client opening a connection per request (a burst of them) asks to close after the answer.
@@ -233,6 +236,7 @@ async def test_the_next_request_on_a_connection_with_the_same_headers_takes_its_
     again = lane.admit(b"POST", path, plain(key, longer), first)
     assert again is not None and checks == 0
     assert again.length == len(longer) and again.identity is first.identity and again.forward == first.forward
+    assert again.forward_raw is first.forward_raw
     assert lane.admit(b"POST", path, plain(key, longer), again) is not None and checks == 0
     # Another target or any other header: checked whole.
     other_agent = [(k, b"curl/8" if k == b"user-agent" else v) for k, v in plain(key)]
