@@ -22,6 +22,7 @@ from llamaman.app import LlamaMan, create_app
 from llamaman.core.config import Settings
 from llamaman.gateway.http_protocol import GuardedHttpToolsProtocol
 from llamaman.proxy.app import ProxyServer, create_proxy_app
+from llamaman.proxy.fast_lane import FastLane
 from llamaman.proxy.listeners import create_instance_app
 from tests.helpers import admin_headers
 
@@ -103,6 +104,40 @@ async def test_huge_headers_are_refused_with_431(port: tuple[str, int]) -> None:
     long_url = b"GET /health?" + b"q" * (2 * MiB) + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     assert status_of(await exchange(p, long_url)) in (431, None)
     assert me.memory_info().rss - before < 64 * MiB  # not buffered: 5 MB headers each time would show
+
+
+async def test_headers_over_the_limit_that_arrive_in_one_read_are_counted_and_refused_with_431(
+    box: LlamaMan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Headers whose end comes in the same read as the bytes over the limit pass the check on
+    incomplete headers; only the count of each parsed line (and of the target) can refuse them.
+    With a small limit, the whole request fits in one read; every surface is tried, the proxy's
+    fast lane included, with a body and a key the lane would otherwise take."""
+    monkeypatch.setattr(GuardedHttpToolsProtocol, "max_header_bytes", 2048)
+    _, key = await box.auth.keys.create("plain")
+    body = b'{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}'
+    plain = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n" % key.encode()
+    plain += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+    many = b"".join(b"X-%d: %s\r\n" % (i, b"b" * 40) for i in range(60))
+    one = b"X-Big: " + b"a" * 2500 + b"\r\n"
+    long_target = plain.replace(b"/v1/chat/completions", b"/v1/chat/completions?" + b"q" * 2500, 1)
+    servers = [
+        ProxyServer(create_proxy_app(box), "127.0.0.1", 0, lane=FastLane(box)),
+        ProxyServer(box.listeners.wrap(create_instance_app(box, "no-such-instance")), "127.0.0.1", 0),
+        ProxyServer(create_app(box, manage_lifecycle=False), "127.0.0.1", 0),
+    ]
+    for server in servers:
+        await server.start()
+        try:
+            for head in (plain + many, plain + one, long_target):
+                answer = await exchange(server.port, head + b"\r\n" + body)
+                assert status_of(answer) == 431, (server.port, answer[:200])
+                assert b"larger than the 2 KiB" in answer
+            # Under the limit, the same request is not refused for its headers.
+            answer = await exchange(server.port, plain + b"Connection: close\r\n\r\n" + body)
+            assert status_of(answer) not in (431, None), answer[:200]
+        finally:
+            await server.stop()
 
 
 async def test_normal_headers_still_pass(port: tuple[str, int]) -> None:
