@@ -23,7 +23,6 @@ def serve(settings: Settings, *, native: bool = False, show_ui: bool = True) -> 
     import pages
     from llamaman.app import LlamaMan, install, settle_heap
     from llamaman.core.secrets import storage_secret
-    from llamaman.gateway.http_protocol import GuardedHttpToolsProtocol
     from llamaman.gateway.server_clock import share_clock
 
     # NiceGUI's uvicorn server would wake the idle process ten times a second to look for a stop.
@@ -54,8 +53,9 @@ def serve(settings: Settings, *, native: bool = False, show_ui: bool = True) -> 
         # Pages bind UI elements to each other (pushed at once) and follow service events; the
         # polling loop for other bindings only costs idle CPU, so it runs rarely.
         binding_refresh_interval=1.0,
-        # uvicorn's httptools protocol plus a header size limit and a header read deadline.
-        http=GuardedHttpToolsProtocol,
+        # uvicorn's httptools protocol plus a header size limit and a header read deadline, with the
+        # fast lane for plain model requests (the proxy port's).
+        http=services.main_protocol(),
         # uvicorn would take X-Forwarded-For from any local peer as the client's address; LlamaMan
         # reads forwarded headers itself, from LLAMAMAN_TRUSTED_PROXIES only.
         proxy_headers=False,

@@ -20,9 +20,11 @@ from llamaman.core.redact import install_log_redaction
 from llamaman.core.secrets import secure_data_dir
 from llamaman.gateway.api_docs import install_api_docs
 from llamaman.gateway.errors import install_error_handlers
+from llamaman.gateway.http_protocol import GuardedHttpToolsProtocol
 from llamaman.gateway.middleware import wrap_with_auth
 from llamaman.proxy.app import ProxyServer, build_proxy_router, create_proxy_app, install_proxy_error_handler
 from llamaman.proxy.fast_lane import FastLane
+from llamaman.proxy.fast_protocol import lane_protocol
 from llamaman.proxy.listeners import InstanceListeners
 from llamaman.services import Services
 
@@ -55,9 +57,15 @@ class LlamaMan(Services):
                 raise
             self.proxy_server = server
 
-    def fast_lane(self) -> FastLane | None:
-        """The proxy port's fast lane, unless the settings turn it off."""
-        return FastLane(self) if self.settings.proxy_fast_lane else None
+    def fast_lane(self, *, main_port: bool = False) -> FastLane | None:
+        """The proxy port's fast lane (or the main port's), unless the settings turn it off."""
+        return FastLane(self, main_port=main_port) if self.settings.proxy_fast_lane else None
+
+    def main_protocol(self) -> type[GuardedHttpToolsProtocol]:
+        """The HTTP protocol of the main port: the guarded one, with the fast lane in front of the
+        UI's app for the plain model requests a client sends to this port instead of the proxy's."""
+        lane = self.fast_lane(main_port=True)
+        return GuardedHttpToolsProtocol if lane is None else lane_protocol(lane)
 
     async def stop(self) -> None:
         if not self.started:

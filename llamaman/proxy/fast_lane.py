@@ -1,4 +1,5 @@
-"""The proxy port's fast lane: the plainest model requests, answered without the ASGI stack.
+"""The fast lane of the proxy port (and the main port): the plainest model requests, answered without
+the ASGI stack.
 
 Most requests a proxy sees are the same: a JSON POST to ``/v1/chat/completions`` with a valid key
 that may use every model, for a model that is loaded and has a free place. For those, the ASGI
@@ -20,6 +21,8 @@ case goes the ASGI way, where every check and refusal lives:
 - the body: parsed by ``parse_json`` and checked by ``check_model_fields`` without an error, a JSON
   object naming a model, without the loading-progress field;
 - the box: not part of a cluster and without peers (``LLAMAMAN_PROXY_FAST_LANE=0`` turns the lane off);
+- on the main port (``FastLane(..., main_port=True)``), where the UI's session cookie counts: no
+  ``Cookie`` header, so a request a signed-in browser sends is checked as the full path checks it;
 - the model: ``Router.lease_now`` gives a lease at once (loaded, healthy, a free place, nobody
   queued), or its instance is healthy and only its gate is full: then the lane waits in the queue
   with ``lease_for``, the full path's own wait, and answers and records what the queue refuses as
@@ -115,8 +118,12 @@ class Sent:
 class FastLane:
     """Decides whether a request may skip the ASGI stack, and serves those that may."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, *, main_port: bool = False) -> None:
         self.services = services
+        # The main port takes the session cookie as a credential (the proxy and instance ports
+        # ignore it): a request that carries one goes the full way, where the cookie's user, its
+        # origin checks and its viewer rights are decided.
+        self._never = _NEVER | {b"cookie"} if main_port else _NEVER
 
     # ---- decisions ---------------------------------------------------------------------------------
     def admit(
@@ -136,8 +143,9 @@ class FastLane:
         seen: set[bytes] = set()
         length = at = -1
         json_type = False
+        never = self._never
         for i, (name, value) in enumerate(headers):
-            if name in _NEVER:
+            if name in never:
                 return None
             if name in _ONCE:
                 if name in seen:

@@ -1,5 +1,5 @@
-"""The proxy port's HTTP protocol: the guarded httptools protocol, with the fast lane (``fast_lane``)
-taking the requests it may straight from the parser.
+"""The HTTP protocol of the proxy port and the main port: the guarded httptools protocol, with the fast
+lane (``fast_lane``) taking the requests it may straight from the parser.
 
 A request goes the lane's way only when nothing else is being answered on its connection. While the
 lane answers, a stand-in occupies uvicorn's cycle slot: a request pipelined behind it is queued by
@@ -307,5 +307,5 @@ class FastLaneProtocol(QuietProtocol):
 
 
 def lane_protocol(lane: FastLane) -> type[FastLaneProtocol]:
-    """The protocol class for one proxy server, bound to its lane."""
+    """The protocol class for one server (the proxy port's, the main port's), bound to its lane."""
     return type("BoundFastLaneProtocol", (FastLaneProtocol,), {"lane": lane})

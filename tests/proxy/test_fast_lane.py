@@ -14,7 +14,9 @@ import pytest
 from llamaman.app import LlamaMan
 from llamaman.auth.access import Access, classify
 from llamaman.core.config import Settings
+from llamaman.gateway.http_protocol import GuardedHttpToolsProtocol
 from llamaman.proxy.fast_lane import BODY_LIMIT, FAST_PATHS, Admitted, FastLane
+from llamaman.proxy.fast_protocol import FastLaneProtocol
 
 H = list[tuple[bytes, bytes]]
 BODY = b'{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"max_tokens":4}'
@@ -158,6 +160,24 @@ async def test_without_a_key_only_a_box_that_requires_none_admits_the_request(
     assert lane.admit(b"POST", b"/v1/chat/completions", plain("not-a-key")) is None
 
 
+async def test_on_the_main_port_a_request_with_a_cookie_goes_the_full_way(
+    box: LlamaMan, lane: FastLane
+) -> None:
+    # Only the main port takes the UI's session cookie as a credential, with its origin checks: a
+    # request carrying one is the full path's there. The proxy port ignores the cookie altogether.
+    _, key = await box.auth.keys.create("plain")
+    main = box.fast_lane(main_port=True)
+    assert main is not None
+    with_cookie = [*plain(key), (b"cookie", b"llamaman_session=x")]
+    assert main.admit(b"POST", b"/v1/chat/completions", with_cookie) is None
+    assert main.admit(b"POST", b"/v1/chat/completions", plain(key)) is not None
+    assert lane.admit(b"POST", b"/v1/chat/completions", with_cookie) is not None
+    await box.runtime.update({"require_auth": False})
+    anonymous = [(k, v) for k, v in with_cookie if k != b"authorization"]
+    assert main.admit(b"POST", b"/v1/chat/completions", anonymous) is None
+    assert lane.admit(b"POST", b"/v1/chat/completions", anonymous) is not None
+
+
 async def test_a_box_with_peers_leaves_every_request_to_the_full_path(box: LlamaMan, lane: FastLane) -> None:
     _, key = await box.auth.keys.create("plain")
     admitted = lane.admit(b"POST", b"/v1/chat/completions", plain(key))
@@ -208,10 +228,23 @@ async def test_the_setting_turns_the_lane_off(make_settings: Callable[..., Setti
     assert LlamaMan(make_settings(LLAMAMAN_PROXY_FAST_LANE="0")).fast_lane() is None
 
 
+async def test_the_main_port_is_served_with_a_lane_that_leaves_cookies_to_the_full_path_unless_turned_off(
+    make_settings: Callable[..., Settings],
+) -> None:
+    protocol = LlamaMan(make_settings()).main_protocol()
+    assert issubclass(protocol, FastLaneProtocol)
+    anonymous = swap(plain("x"), b"authorization", None)  # keys are not required in this test
+    assert protocol.lane.admit(b"POST", b"/v1/chat/completions", anonymous) is not None
+    cookie = [*anonymous, (b"cookie", b"s=1")]
+    assert protocol.lane.admit(b"POST", b"/v1/chat/completions", cookie) is None
+    assert LlamaMan(make_settings(LLAMAMAN_PROXY_FAST_LANE="0")).main_protocol() is GuardedHttpToolsProtocol
+
+
 def test_every_path_the_lane_serves_is_a_model_endpoint_that_any_inference_key_may_call() -> None:
     for target, (path, _) in FAST_PATHS.items():
         assert target.decode() == path
         assert classify(path, "proxy") is Access.MODEL
+        assert classify(path, "main") is Access.MODEL  # the main port's lane serves them too
 
 
 async def test_the_next_request_on_a_connection_with_the_same_headers_takes_its_admission_without_the_checks(

@@ -15,6 +15,7 @@ from llamaman.app import LlamaMan
 from llamaman.auth.sessions import SESSION_COOKIE
 from llamaman.core.config import Settings
 from llamaman.core.tables import ModelAlias
+from llamaman.proxy.fast_lane import FastLane
 
 ADMIN, PASSWORD = "admin", "correct horse battery"
 
@@ -25,6 +26,7 @@ class Box:
     main: str  # http://127.0.0.1:<port>
     proxy: str
     instance: str
+    lane: FastLane | None = None  # the main port's fast lane, as ``main.py`` serves that port
 
     def client(self, base: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=base or self.main, trust_env=False, timeout=30, **kwargs)
@@ -58,11 +60,15 @@ async def served(make_settings: Callable[..., Settings], **env: Any) -> AsyncIte
     try:
         await services.auth.create_first_admin(ADMIN, PASSWORD)
         instance_app = services.listeners.wrap(create_instance_app(services, "no-such-instance"))
-        for app in (create_app(services, manage_lifecycle=False), create_proxy_app(services), instance_app):
-            server = ProxyServer(app, "127.0.0.1", 0)
+        # The main port with its fast lane (``LlamaMan.main_protocol``), the proxy and instance
+        # ports without theirs: every attack here meets the main port as it is served.
+        lane = services.fast_lane(main_port=True)
+        apps = ((create_app(services, manage_lifecycle=False), lane), (create_proxy_app(services), None))
+        for app, app_lane in (*apps, (instance_app, None)):
+            server = ProxyServer(app, "127.0.0.1", 0, lane=app_lane)
             await server.start()
             servers.append(server)
-        yield Box(services, *(s.url for s in servers))
+        yield Box(services, *(s.url for s in servers), lane=lane)
     finally:
         for server in servers:
             await server.stop()

@@ -7,10 +7,13 @@ Each attack runs against real uvicorn servers on loopback, as a browser would se
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import httpx
 import pytest
 
 from llamaman.core.config import Settings
+from llamaman.testing.tiny_gguf import expected_text
 from tests.security.signin_support import Box, cookie, served
 
 pytestmark = pytest.mark.auth
@@ -192,3 +195,42 @@ async def test_signing_in_and_setting_up_take_json_only(box: Box) -> None:
                 r = await c.post(path, content=body, headers={"Content-Type": kind})
                 assert r.status_code in (415, 422), (path, kind, r.status_code, r.text)
                 assert "llamaman_session" not in r.headers.get("set-cookie", "")
+
+
+def said(r: httpx.Response) -> str:
+    return str(r.json()["choices"][0]["message"]["content"])
+
+
+@pytest.mark.llama
+async def test_a_chat_with_the_cookie_from_another_origin_is_refused_by_the_main_port_past_its_fast_lane(
+    make_settings: Callable[..., Settings], llama_server_bin: str
+) -> None:
+    # With keys not required the lane serves a keyless chat at once; the same chat carrying the
+    # session cookie must still meet the cookie's origin check, which lives on the full path.
+    async with served(make_settings, LLAMA_SERVER_BIN=llama_server_bin) as box:
+        assert box.lane is not None
+        taken = 0
+        answer = box.lane.answer
+
+        async def counted(*args: Any) -> Any:
+            nonlocal taken
+            taken += 1
+            return await answer(*args)
+
+        box.lane.answer = counted  # type: ignore[method-assign]
+        session = await box.sign_in()
+        await box.services.runtime.update({"require_auth": False})
+        await box.services.router.load("tiny-a")
+        chat = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        async with box.client() as c:
+            r = await c.post("/v1/chat/completions", json=chat)
+            assert r.status_code == 200 and said(r) == expected_text("A", 3)
+            assert taken == 1  # the plain keyless chat: the lane's
+            for headers in ({"Origin": evil_origin(box)}, {"Sec-Fetch-Site": "cross-site"}, {}):
+                r = await c.post("/v1/chat/completions", json=chat, headers={**cookie(session), **headers})
+                assert r.status_code == 403 and "session cookie" in r.text, (headers, r.text)
+            # From LlamaMan's own page the cookie's user chats, on the full path.
+            same = {**cookie(session), "Origin": box.main, "Sec-Fetch-Site": "same-origin"}
+            r = await c.post("/v1/chat/completions", json=chat, headers=same)
+            assert r.status_code == 200 and said(r) == expected_text("A", 3)
+        assert taken == 1
