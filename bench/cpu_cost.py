@@ -4,7 +4,9 @@ CPU time of the LlamaMan process, not wall time, so the figures hold on a busy m
 compare two versions of the relay while others share the cores. ``--profile FILE`` runs LlamaMan
 under cProfile and writes its stats there (read them with ``python -m pstats FILE``).
 
-Run: python bench/cpu_cost.py [-n 2000] [--tokens 256] [--profile out.prof]
+``--main-port`` sends the requests to LlamaMan's main port instead of its proxy port.
+
+Run: python bench/cpu_cost.py [-n 2000] [--tokens 256] [--main-port] [--profile out.prof]
 """
 
 from __future__ import annotations
@@ -66,12 +68,14 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("-c", "--concurrency", type=int, default=1)
     ap.add_argument("--profile", type=Path, help="run LlamaMan under cProfile, stats to this file")
+    ap.add_argument("--main-port", action="store_true", help="through the main port, not the proxy port")
     args = ap.parse_args()
     models = make_models(Path(tempfile.mkdtemp(prefix="bench-models-")))
     fake = wrapper_script(Path(tempfile.mkdtemp(prefix="bench-fake-")))
     with llamaman(models, server_bin=str(fake), profile=args.profile) as lm:
         put_preset(lm, "tiny-a.gguf", ctx_size=2048, parallel=1)
-        figures = asyncio.run(_measure(lm.url, lm.popen.pid, args.n, args.tokens, args.concurrency))
+        url = lm.api if args.main_port else lm.url
+        figures = asyncio.run(_measure(url, lm.popen.pid, args.n, args.tokens, args.concurrency))
     print(json.dumps(figures, indent=1))
 
 

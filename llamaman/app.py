@@ -22,7 +22,14 @@ from llamaman.gateway.api_docs import install_api_docs
 from llamaman.gateway.errors import install_error_handlers
 from llamaman.gateway.http_protocol import GuardedHttpToolsProtocol
 from llamaman.gateway.middleware import wrap_with_auth
-from llamaman.proxy.app import ProxyServer, build_proxy_router, create_proxy_app, install_proxy_error_handler
+from llamaman.proxy.app import (
+    MODEL_TARGETS,
+    ProxyServer,
+    build_proxy_router,
+    create_proxy_app,
+    install_proxy_error_handler,
+    main_port_models,
+)
 from llamaman.proxy.fast_lane import FastLane
 from llamaman.proxy.fast_protocol import lane_protocol
 from llamaman.proxy.listeners import InstanceListeners
@@ -63,9 +70,13 @@ class LlamaMan(Services):
 
     def main_protocol(self) -> type[GuardedHttpToolsProtocol]:
         """The HTTP protocol of the main port: the guarded one, with the fast lane in front of the
-        UI's app for the plain model requests a client sends to this port instead of the proxy's."""
+        UI's app for the plain model requests a client sends to this port instead of the proxy's,
+        and the other model requests without a cookie sent past the UI's layers
+        (``main_port_models``)."""
         lane = self.fast_lane(main_port=True)
-        return GuardedHttpToolsProtocol if lane is None else lane_protocol(lane)
+        if lane is None:
+            return GuardedHttpToolsProtocol
+        return lane_protocol(lane, main_port_models(self), MODEL_TARGETS)
 
     async def stop(self) -> None:
         if not self.started:

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llamaman import __version__
 from llamaman.api.telemetry import metrics_router
+from llamaman.auth.access import Surface
 from llamaman.gateway.errors import install_error_handlers
 from llamaman.gateway.middleware import wrap_with_auth
 from llamaman.proxy import anthropic, manage, native, openai, pull
@@ -144,10 +145,13 @@ def _fast_routes() -> dict[str, Handler]:
 
 
 FAST_ROUTES = _fast_routes()
+# Their request targets, as the main port's protocol compares them (``main_port_models``).
+MODEL_TARGETS = frozenset(path.encode() for path in FAST_ROUTES)
 
 
-def create_proxy_app(services: Services) -> FastAPI:
-    """The app on the proxy port: no UI, its ``/`` answers like Ollama's."""
+def create_proxy_app(services: Services, surface: Surface = "proxy") -> FastAPI:
+    """The app on the proxy port: no UI, its ``/`` answers like Ollama's. ``surface="main"``: the
+    same app guarded as the main port (the session cookie counts), for ``main_port_models``."""
     app = FastAPI(
         title="LlamaMan proxy", version=__version__, docs_url=None, redoc_url=None, openapi_url=None
     )
@@ -163,8 +167,16 @@ def create_proxy_app(services: Services) -> FastAPI:
     app.include_router(build_proxy_router(include_root=True))
     # Added before the auth middleware, so it runs inside it.
     app.add_middleware(FastRoutes, routes=FAST_ROUTES, exception_handlers=app.exception_handlers)
-    wrap_with_auth(app, services, "proxy")
+    wrap_with_auth(app, services, surface)
     return app
+
+
+def main_port_models(services: Services) -> ASGIApp:
+    """Where the main port sends a model request (a POST to one of ``FAST_ROUTES``) that carries no
+    cookie: the proxy's app, guarded as the main port and served as the proxy port serves it,
+    instead of the UI's app, whose layers (NiceGUI's middleware, sessions, gzip, the router over
+    every page) cost milliseconds a request and add nothing to a model request."""
+    return _front(create_proxy_app(services, surface="main"))
 
 
 # ---- serving -----------------------------------------------------------------------------------
@@ -180,7 +192,9 @@ def _quiet_protocol(lane: FastLane | None) -> Any:
     return QuietProtocol
 
 
-def _make_server(app: ASGIApp, host: str, port: int, lane: FastLane | None = None) -> Any:
+def _make_server(
+    app: ASGIApp, host: str, port: int, lane: FastLane | None = None, protocol: Any = None
+) -> Any:
     import uvicorn
 
     class _Config(uvicorn.Config):
@@ -205,7 +219,7 @@ def _make_server(app: ASGIApp, host: str, port: int, lane: FastLane | None = Non
         app,
         host=host,
         port=port,
-        http=_quiet_protocol(lane),
+        http=protocol or _quiet_protocol(lane),
         ws="none",
         lifespan="off",
         log_config=None,
@@ -304,11 +318,15 @@ def _lean_stack(app: Starlette) -> ASGIApp:
 
 class ProxyServer:
     """A uvicorn server for ``app`` on (host, port), run as a task of the current event loop;
-    ``lane`` answers the plainest model requests before they reach ``app`` (see ``fast_lane``)."""
+    ``lane`` answers the plainest model requests before they reach ``app`` (see ``fast_lane``).
+    ``protocol``: the HTTP protocol class to serve with instead (the main port's, in tests)."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int, lane: FastLane | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, host: str, port: int, lane: FastLane | None = None, protocol: Any = None
+    ) -> None:
         self.app = app
         self.lane = lane
+        self.protocol = protocol
         self.host = host
         self.requested_port = port
         self.port = port
@@ -337,7 +355,7 @@ class ProxyServer:
         front = _front(self.app)
         # Traced requests keep every layer, so their traces show them.
         lane = self.lane if front is not self.app else None
-        self.server = _make_server(front, self.host, self.port, lane)
+        self.server = _make_server(front, self.host, self.port, lane, self.protocol)
         self._task = asyncio.create_task(self.server.serve(sockets=[sock]), name=f"proxy-server-{self.port}")
         while not self.server.started:
             if self._task.done():

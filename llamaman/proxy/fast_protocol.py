@@ -89,9 +89,15 @@ class _LaneCycle:
 
 class FastLaneProtocol(QuietProtocol):
     lane: FastLane  # set per server by ``lane_protocol``
+    # The main port's (``lane_protocol``): the app a model request (a POST to one of
+    # ``model_targets``) without a cookie goes to when it goes the full way, instead of the
+    # server's own (the UI's).
+    models_app: Any = None
+    model_targets: frozenset[bytes] = frozenset()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._server_app = self.app
         self._admitted: Admitted | None = None
         self._last: Admitted | None = None  # the last request on the connection the lane admitted
         self._parts: list[bytes] = []
@@ -113,6 +119,7 @@ class FastLaneProtocol(QuietProtocol):
                     log.exception("the fast lane failed on a request's headers; the full path takes it")
         self._last = admitted
         if admitted is None:
+            self._choose_app()
             super().start_request()
             return
         self._admitted = admitted
@@ -180,11 +187,25 @@ class FastLaneProtocol(QuietProtocol):
         self._admitted = None
         self._parts = []
         self.cycle = self._before
+        self._choose_app()
         HttpToolsProtocol.on_headers_complete(self)
         if parts:
             HttpToolsProtocol.on_body(self, b"".join(parts))
         if complete:
             HttpToolsProtocol.on_message_complete(self)
+
+    def _choose_app(self) -> None:
+        """The app for the request about to go the full way (uvicorn reads ``self.app`` as it makes
+        the request's cycle): the models app for a model request without a cookie, if any."""
+        if self.models_app is None:
+            return
+        models = (
+            self.parser.get_method() == b"POST"
+            and self.url.split(b"?", 1)[0] in self.model_targets
+            and not self.parser.should_upgrade()
+            and all(name != b"cookie" for name, _ in self.headers)
+        )
+        self.app = self.models_app if models else self._server_app
 
     def _answer_whole(self, cycle: _LaneCycle, upstream: UpstreamResponse) -> None:
         """llama-server's whole answer, written to the client from its parser's callback: the serving
@@ -306,6 +327,11 @@ class FastLaneProtocol(QuietProtocol):
             await response.close()
 
 
-def lane_protocol(lane: FastLane) -> type[FastLaneProtocol]:
-    """The protocol class for one server (the proxy port's, the main port's), bound to its lane."""
-    return type("BoundFastLaneProtocol", (FastLaneProtocol,), {"lane": lane})
+def lane_protocol(
+    lane: FastLane, models_app: Any = None, model_targets: frozenset[bytes] = frozenset()
+) -> type[FastLaneProtocol]:
+    """The protocol class for one server, bound to its lane; ``models_app`` and ``model_targets``:
+    the main port's (see ``FastLaneProtocol.models_app``)."""
+    # staticmethod: a function kept on the class would be bound to each protocol instance.
+    bound = {"lane": lane, "models_app": staticmethod(models_app), "model_targets": model_targets}
+    return type("BoundFastLaneProtocol", (FastLaneProtocol,), bound)

@@ -60,15 +60,15 @@ async def served(make_settings: Callable[..., Settings], **env: Any) -> AsyncIte
     try:
         await services.auth.create_first_admin(ADMIN, PASSWORD)
         instance_app = services.listeners.wrap(create_instance_app(services, "no-such-instance"))
-        # The main port with its fast lane (``LlamaMan.main_protocol``), the proxy and instance
-        # ports without theirs: every attack here meets the main port as it is served.
-        lane = services.fast_lane(main_port=True)
-        apps = ((create_app(services, manage_lifecycle=False), lane), (create_proxy_app(services), None))
-        for app, app_lane in (*apps, (instance_app, None)):
-            server = ProxyServer(app, "127.0.0.1", 0, lane=app_lane)
+        # The main port served as ``main.py`` serves it (``LlamaMan.main_protocol``: its fast lane,
+        # and its app for model requests), so every attack here meets it as it is.
+        protocol = services.main_protocol()
+        apps = ((create_app(services, manage_lifecycle=False), protocol), (create_proxy_app(services), None))
+        for app, app_protocol in (*apps, (instance_app, None)):
+            server = ProxyServer(app, "127.0.0.1", 0, protocol=app_protocol)
             await server.start()
             servers.append(server)
-        yield Box(services, *(s.url for s in servers), lane=lane)
+        yield Box(services, *(s.url for s in servers), lane=getattr(protocol, "lane", None))
     finally:
         for server in servers:
             await server.stop()
