@@ -56,7 +56,9 @@ def _collect(pid: int, out: Path) -> dict[str, list[float]]:
     return samples
 
 
-async def _rotation(targets: list[Target], n: int) -> dict[str, list[float]]:
+async def rotation(targets: list[Target], n: int) -> dict[str, list[float]]:
+    """P1's rotation: ``n`` rounds of one plain chat to each target in turn, the first target
+    rotating; each target's latencies (ms). Any error stops it."""
     check = expected("tiny-a", 8)
     ms: dict[str, list[float]] = {t.name: [] for t in targets}
     async with session() as s:
@@ -69,7 +71,8 @@ async def _rotation(targets: list[Target], n: int) -> dict[str, list[float]]:
     return ms
 
 
-async def _warm_up(targets: list[Target]) -> None:
+async def warm_up(targets: list[Target]) -> None:
+    """Twenty plain chats to each target: connections, caches, the first load behind a proxy."""
     async with session() as s:
         for t in targets:
             for _ in range(20):
@@ -90,11 +93,11 @@ def run(n: int) -> dict[str, Any]:
             *([Target("router", router.url, {})] if router is not None else []),
             mine,
         ]
-        asyncio.run(_warm_up(targets))
+        asyncio.run(warm_up(targets))
         _collect(lm.popen.pid, out)
-        ms = asyncio.run(_rotation(targets, n))
-        rotation = _collect(lm.popen.pid, out)
-        alone = asyncio.run(_rotation([mine], n))["llamaman"]
+        ms = asyncio.run(rotation(targets, n))
+        in_rotation = _collect(lm.popen.pid, out)
+        alone = asyncio.run(rotation([mine], n))["llamaman"]
         back_to_back = _collect(lm.popen.pid, out)
     direct_p50 = percentile(ms["direct"], 0.5)
     return {
@@ -105,11 +108,11 @@ def run(n: int) -> dict[str, Any]:
         },
         "steps_us": {
             step: {
-                "rotation": percentile(rotation.get(step, [0.0]), 0.5),
+                "rotation": percentile(in_rotation.get(step, [0.0]), 0.5),
                 "back_to_back": percentile(back_to_back.get(step, [0.0]), 0.5),
-                "n": len(rotation.get(step, [])),
+                "n": len(in_rotation.get(step, [])),
             }
-            for step in sorted(set(rotation) | set(back_to_back))
+            for step in sorted(set(in_rotation) | set(back_to_back))
         },
     }
 

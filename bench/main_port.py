@@ -20,25 +20,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.client import chat, expected, session
 from bench.harness import auth_headers, direct_server, llamaman, make_models, maybe_router_mode, percentile
+from bench.lane_steps import rotation, warm_up
 from bench.scenarios import Target, prepare_llamaman
 
 
-async def rotation(targets: list[Target], n: int) -> dict[str, float]:
+def added_p50(targets: list[Target], n: int) -> dict[str, float]:
     """Each target's added p50 (ms) over ``n`` rounds of the rotation."""
-    check = expected("tiny-a", 8)
-    ms: dict[str, list[float]] = {t.name: [] for t in targets}
-    async with session() as s:
-        for t in targets:  # warm-up: connections and caches
-            for _ in range(20):
-                await chat(s, t.url, "tiny-a", 8, headers=t.headers)
-        for i in range(n):
-            for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
-                r = await chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check)
-                if r.error:
-                    raise RuntimeError(f"{t.name}: {r.error}")
-                ms[t.name].append(r.ms)
+    asyncio.run(warm_up(targets))
+    ms = asyncio.run(rotation(targets, n))
     direct = percentile(ms["direct"], 0.5)
     return {name: percentile(v, 0.5) - direct for name, v in ms.items() if name != "direct"}
 
@@ -62,7 +52,7 @@ def main() -> None:
         added: dict[str, list[float]] = {kind: [] for kind in kinds}
         for pair in range(args.pairs):
             for kind in list(kinds) if pair % 2 == 0 else list(kinds)[::-1]:
-                figures = asyncio.run(rotation(kinds[kind], args.n))
+                figures = added_p50(kinds[kind], args.n)
                 print(f"{kind}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()), flush=True)
                 added[kind].append(figures["proxy port"])
     for kind, values in added.items():
