@@ -37,7 +37,6 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.client import chat, expected, session
 from bench.harness import (
     auth_headers,
     direct_server,
@@ -47,7 +46,7 @@ from bench.harness import (
     maybe_router_mode,
     percentile,
 )
-from bench.scenarios import Target, prepare_llamaman
+from bench.scenarios import Target, prepare_llamaman, rotation, warm_up
 
 _WAKE = re.compile(r"^\s*([\d.]+)\s+\[\d+\]\s+(.+?)\s+awakened: (.+?)\s*$")
 _TASK = re.compile(r"\[(\d+)(?:/(\d+))?\]$")
@@ -110,23 +109,19 @@ def hops(
     return h
 
 
-async def _rotation(targets: list[Target], n: int, trace: Path, seconds: float) -> None:
-    check = expected("tiny-a", 8)
-    async with session() as s:
-        for t in targets:  # warm-up, as P1's
-            for _ in range(20):
-                await chat(s, t.url, "tiny-a", 8, headers=t.headers)
-        perf = None
-        for i in range(n):
-            if i == n // 4:
-                argv = ["perf", "sched", "record", "-a", "-o", str(trace), "--", "sleep", str(seconds)]
-                perf = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
-                r = await chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check)
-                if r.error:
-                    raise RuntimeError(f"{t.name}: {r.error}")
-        if perf is not None and perf.wait() != 0:
-            raise RuntimeError("perf sched record failed: is it allowed to trace the whole machine?")
+def _traced_rotation(targets: list[Target], n: int, trace: Path, seconds: float) -> None:
+    """P1's rotation, with ``perf sched record`` tracing the whole machine from a quarter of the way."""
+    asyncio.run(warm_up(targets))
+    perf: list[subprocess.Popen[bytes]] = []
+
+    def start_trace(i: int) -> None:
+        if i == n // 4:
+            argv = ["perf", "sched", "record", "-a", "-o", str(trace), "--", "sleep", str(seconds)]
+            perf.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    asyncio.run(rotation(targets, n, start_trace))
+    if perf and perf[0].wait() != 0:
+        raise RuntimeError("perf sched record failed: is it allowed to trace the whole machine?")
 
 
 def _family(pid: int) -> set[int]:
@@ -148,7 +143,7 @@ def run(n: int, seconds: float) -> Hops:
             *([Target("router", router.url, {})] if router is not None else []),
             Target("llamaman", lm.url, auth_headers()),
         ]
-        asyncio.run(_rotation(targets, n, trace, seconds))
+        _traced_rotation(targets, n, trace, seconds)
         its_server = _family(lm.popen.pid) - {lm.popen.pid}
         ends = {"direct": {direct.popen.pid}, "llamaman": {lm.popen.pid}}
         if router is not None:

@@ -28,7 +28,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.client import chat, expected, session
 from bench.harness import (
     auth_headers,
     direct_server,
@@ -38,7 +37,7 @@ from bench.harness import (
     maybe_router_mode,
     percentile,
 )
-from bench.scenarios import Target, prepare_llamaman
+from bench.scenarios import Target, prepare_llamaman, rotation, warm_up
 
 PROBE = Path(__file__).resolve().parent / "steps_probe.py"
 
@@ -54,29 +53,6 @@ def _collect(pid: int, out: Path) -> dict[str, list[float]]:
         time.sleep(0.05)
     samples: dict[str, list[float]] = json.loads(out.read_text())
     return samples
-
-
-async def rotation(targets: list[Target], n: int) -> dict[str, list[float]]:
-    """P1's rotation: ``n`` rounds of one plain chat to each target in turn, the first target
-    rotating; each target's latencies (ms). Any error stops it."""
-    check = expected("tiny-a", 8)
-    ms: dict[str, list[float]] = {t.name: [] for t in targets}
-    async with session() as s:
-        for i in range(n):
-            for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
-                r = await chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check)
-                if r.error:
-                    raise RuntimeError(f"{t.name}: {r.error}")
-                ms[t.name].append(r.ms)
-    return ms
-
-
-async def warm_up(targets: list[Target]) -> None:
-    """Twenty plain chats to each target: connections, caches, the first load behind a proxy."""
-    async with session() as s:
-        for t in targets:
-            for _ in range(20):
-                await chat(s, t.url, "tiny-a", 8, headers=t.headers)
 
 
 def run(n: int) -> dict[str, Any]:

@@ -21,8 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import auth_headers, direct_server, llamaman, make_models, maybe_router_mode, percentile
-from bench.lane_steps import rotation, warm_up
-from bench.scenarios import Target, prepare_llamaman
+from bench.scenarios import Target, prepare_llamaman, rotation, warm_up
 
 
 def added_p50(targets: list[Target], n: int) -> dict[str, float]:

@@ -10,6 +10,7 @@ import re
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,34 @@ async def _p1(targets: list[Target], n1: int, rounds16: int) -> dict[str, Any]:
                 "n": len(res), "errors": _errors(res),
             }  # fmt: skip
     return out
+
+
+async def warm_up(targets: list[Target]) -> None:
+    """Twenty plain chats to each target: connections, caches, the first load behind a proxy."""
+    async with session() as s:
+        for t in targets:
+            for _ in range(20):
+                await chat(s, t.url, "tiny-a", 8, headers=t.headers)
+
+
+async def rotation(
+    targets: list[Target], n: int, each_round: Callable[[int], None] | None = None
+) -> dict[str, list[float]]:
+    """P1's rotation at concurrency 1, for the scripts that look into it: ``n`` rounds of one plain
+    chat to each target in turn, the first target rotating; each target's latencies (ms). Any error
+    stops it. ``each_round(i)`` is called before round ``i`` (to start a trace part-way)."""
+    check = expected("tiny-a", 8)
+    ms: dict[str, list[float]] = {t.name: [] for t in targets}
+    async with session() as s:
+        for i in range(n):
+            if each_round is not None:
+                each_round(i)
+            for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
+                r = await chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check)
+                if r.error:
+                    raise RuntimeError(f"{t.name}: {r.error}")
+                ms[t.name].append(r.ms)
+    return ms
 
 
 def p1_latency(targets: list[Target], n1: int = 300, rounds16: int = 30) -> dict[str, Any]:
