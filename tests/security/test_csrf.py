@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from llamaman.core.config import Settings
+from llamaman.proxy.app import main_port_models
 from llamaman.testing.tiny_gguf import expected_text
 from tests.security.signin_support import Box, cookie, served
 
@@ -234,3 +235,37 @@ async def test_a_chat_with_the_cookie_from_another_origin_is_refused_by_the_main
             r = await c.post("/v1/chat/completions", json=chat, headers=same)
             assert r.status_code == 200 and said(r) == expected_text("A", 3)
         assert taken == 1
+
+
+@pytest.mark.llama
+async def test_model_requests_sent_past_the_ui_app_still_meet_the_cookies_origin_check(
+    make_settings: Callable[..., Settings], llama_server_bin: str
+) -> None:
+    # The main port sends a model request without a cookie past the UI's app, to the proxy's app. A
+    # request with the cookie from another origin must be refused in every dialect, and that app must
+    # itself hold the cookie to the main port's checks: it is guarded as the main port, not as the
+    # proxy port, which ignores the cookie (and, with keys not required, would answer).
+    async with served(make_settings, LLAMA_SERVER_BIN=llama_server_bin) as box:
+        session = await box.sign_in()
+        await box.services.runtime.update({"require_auth": False})
+        await box.services.router.load("tiny-a")
+        hi = [{"role": "user", "content": "hi"}]
+        chat = {"model": "tiny-a", "messages": hi, "max_tokens": 2}
+        short = {"model": "tiny-a", "stream": False, "options": {"num_predict": 2}}
+        attempts = [
+            ("/api/chat", {**short, "messages": hi}),
+            ("/api/generate", {**short, "prompt": "hi"}),
+            ("/v1/messages", chat),
+            ("/v1/completions?x=1", {"model": "tiny-a", "prompt": "hi", "max_tokens": 2}),
+            ("/v1/chat/completions", {**chat, "stream": True}),
+        ]
+        evil = {**cookie(session), "Origin": evil_origin(box)}
+        models = main_port_models(box.services)
+        for base, transport in ((box.main, None), ("http://127.0.0.1", httpx.ASGITransport(app=models))):
+            client = httpx.AsyncClient(base_url=base, transport=transport, timeout=60, trust_env=False)
+            async with client as c:
+                for path, body in attempts:
+                    r = await c.post(path, json=body, headers=evil)
+                    assert r.status_code == 403 and "session cookie" in r.text, (base, path, r.status_code)
+                    # Without the cookie the same request is answered: keys are not required here.
+                    assert (await c.post(path, json=body)).status_code == 200, (base, path)
