@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -79,6 +80,16 @@ def wait_http(
                 return
         time.sleep(0.02)
     raise TimeoutError(f"{url} not ready in {timeout} s")
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    """Until something accepts connections on ``port`` (a relay that answers no health check)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
 
 
 @dataclass

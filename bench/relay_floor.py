@@ -2,8 +2,10 @@
 
 The same plain chat (max_tokens 8, tiny model) goes to: a direct llama-server; llama.cpp's router
 mode; ``socat`` relaying bytes to a llama-server of its own (a compiled relay that parses nothing:
-the floor of any relay; left out where socat is not installed); a bare ASGI relay in front of a
-llama-server of its own (uvicorn with httptools and LlamaMan's own upstream client, nothing else);
+the floor of any relay; left out where socat is not installed); two relays in Python on uvloop, one
+that passes bytes both ways and one that parses each request and answer (``bench/least_relay.py``:
+the least an HTTP relay does); a bare ASGI relay (uvicorn with httptools and LlamaMan's own upstream
+client, nothing else); each in front of a llama-server of its own;
 and LlamaMan, with its proxy's fast lane and without it (``LLAMAMAN_PROXY_FAST_LANE=0``: every
 request through the ASGI stack). Every target has its own llama-server process, as in P1, and the
 requests go to the targets one each in turn, the first target rotating, as in P1 (``--blocks`` sends
@@ -22,11 +24,9 @@ import argparse
 import asyncio
 import contextlib
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,9 @@ from bench.harness import (
     maybe_router_mode,
     percentile,
     wait_http,
+    wait_port,
 )
+from bench.least_relay import serve_http
 from bench.scenarios import Target, prepare_llamaman
 
 
@@ -80,6 +82,54 @@ def serve_asgi(port: int, upstream: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
 
 
+# ---- the Python byte relay, run as ``python bench/relay_floor.py --serve bytes PORT UPSTREAM_PORT`` -
+def serve_bytes(port: int, upstream: int) -> None:
+    """Bytes both ways on uvloop, one upstream connection per client connection: parses nothing, so
+    what it adds over socat is the Python event loop's own cost per hop."""
+    import uvloop
+
+    class Upstream(asyncio.Protocol):
+        def __init__(self, client: asyncio.Transport) -> None:
+            self.client = client
+
+        def data_received(self, data: bytes) -> None:
+            self.client.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.client.close()
+
+    class Client(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: Any = transport
+            self.upstream: Any = None
+            self.early: list[bytes] = []
+            asyncio.get_running_loop().create_task(self.connect())
+
+        async def connect(self) -> None:
+            loop = asyncio.get_running_loop()
+            self.upstream, _ = await loop.create_connection(
+                lambda: Upstream(self.transport), "127.0.0.1", upstream
+            )
+            for data in self.early:
+                self.upstream.write(data)
+
+        def data_received(self, data: bytes) -> None:
+            if self.upstream is None:
+                self.early.append(data)
+            else:
+                self.upstream.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.upstream is not None:
+                self.upstream.close()
+
+    async def run() -> None:
+        server = await asyncio.get_running_loop().create_server(Client, "127.0.0.1", port)
+        await server.serve_forever()
+
+    uvloop.run(run())
+
+
 # ---- measurement -------------------------------------------------------------------------------
 async def block(url: str, headers: dict[str, str], n: int) -> list[float]:
     check = expected("tiny-a", 8)
@@ -99,16 +149,6 @@ def cpu_s(pid: int | None) -> float:
         return 0.0
     t = psutil.Process(pid).cpu_times()
     return t.user + t.system
-
-
-def _wait_port(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 async def interleaved(targets: list[Target], n: int, burst: int = 1) -> dict[str, list[float]]:
@@ -131,7 +171,7 @@ async def interleaved(targets: list[Target], n: int, burst: int = 1) -> dict[str
 
 
 def _relay_targets(stack: contextlib.ExitStack, models: Path) -> list[Target]:
-    """socat (where installed) and the bare ASGI relay, each in front of a llama-server of its own."""
+    """socat (where installed) and the relays in Python, each in front of a llama-server of its own."""
     out: list[Target] = []
     socat = shutil.which("socat")
     if socat is None:
@@ -146,21 +186,24 @@ def _relay_targets(stack: contextlib.ExitStack, models: Path) -> list[Target]:
         ]
         proc = subprocess.Popen(argv)
         stack.callback(proc.kill)
-        _wait_port(port)
+        wait_port(port)
         # No pid: socat relays in a child per connection, so its own CPU time says nothing.
         out.append(Target("byte relay (socat)", f"http://127.0.0.1:{port}", {}))
-    own = stack.enter_context(direct_server(models / "tiny-a.gguf"))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", "asgi", str(port), str(own.port)])
-    stack.callback(proc.kill)
-    _wait_port(port)
-    out.append(Target("bare ASGI relay", f"http://127.0.0.1:{port}", {}, pid=proc.pid))
+    kinds = (("bytes", "Python byte relay"), ("http", "Python HTTP relay"), ("asgi", "bare ASGI relay"))
+    for kind, name in kinds:
+        own = stack.enter_context(direct_server(models / "tiny-a.gguf"))
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port), str(own.port)])
+        stack.callback(proc.kill)
+        wait_port(port)
+        out.append(Target(name, f"http://127.0.0.1:{port}", {}, pid=proc.pid))
     return out
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1:3] == ["--serve", "asgi"]:
-        serve_asgi(int(sys.argv[3]), int(sys.argv[4]))
+    if len(sys.argv) == 5 and sys.argv[1] == "--serve":
+        serve = {"asgi": serve_asgi, "bytes": serve_bytes, "http": serve_http}[sys.argv[2]]
+        serve(int(sys.argv[3]), int(sys.argv[4]))
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=300, help="requests per target (per round with --blocks)")
