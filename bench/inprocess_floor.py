@@ -9,9 +9,10 @@ relay with no lease (it asks the router once where the model runs); and the llam
 runs for the model, asked directly with its own key. The two relays inside LlamaMan send their
 requests to that llama-server, as the fast lane does.
 
-So, from the last to the first, each step adds one thing: the LlamaMan process around the relay,
-the router's lease, and the rest of what the fast lane does (the key, the strict body checks, the
-in-flight entry, the upstream client, the accounting, uvicorn's protocol).
+Read in this order, each adds one thing to the one before: the relay in its own process; the
+LlamaMan process around it (no lease); the router's lease; the fast lane, with the rest of what it
+does (the key, the strict body checks, the in-flight entry, the upstream client, the accounting,
+uvicorn's protocol). LlamaMan's llama-server asked directly shows what of all that is the server's.
 
 Beside each target's added p50, what of it llama-server's own work accounts for: the p50 of the
 ``timings`` it reports in each answer (``prompt_ms`` + ``predicted_ms``), less the direct server's.
