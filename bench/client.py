@@ -35,6 +35,8 @@ class Result:
     ttft_ms: float | None = None
     tokens: int = 0
     error: str | None = None
+    # llama-server's own time for a whole answer (its ``timings``: prompt_ms + predicted_ms)
+    server_ms: float | None = None
 
 
 @dataclass
@@ -88,6 +90,9 @@ async def chat(
                 obj = await r.json(content_type=None)
                 text = obj["choices"][0]["message"]["content"]
                 res.tokens = int(obj.get("usage", {}).get("completion_tokens") or len(text))
+                timings = obj.get("timings")
+                if isinstance(timings, dict):
+                    res.server_ms = float(timings.get("prompt_ms", 0)) + float(timings.get("predicted_ms", 0))
             else:
                 text, done = await _read_sse(r, res, t0)
                 if not done:

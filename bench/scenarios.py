@@ -75,7 +75,19 @@ async def _p1(targets: list[Target], n1: int, rounds16: int) -> dict[str, Any]:
                 "p50": p50, "p99": p99, "added_p50": p50 - d50, "added_p99": p99 - d99,
                 "n": len(res), "errors": _errors(res),
             }  # fmt: skip
+    # How much of each target's added p50 at concurrency 1 is llama-server's own time: the server
+    # behind a relay is another process than the direct one, and its p50 moves by tenths of a ms from
+    # one start to the next on a small VM.
+    direct_server = _server_ms(lat1["direct"])
+    for name, res in lat1.items():
+        own = _server_ms(res)
+        if own and direct_server:
+            out[f"c1.{name}"]["server_added_p50"] = percentile(own, 0.5) - percentile(direct_server, 0.5)
     return out
+
+
+def _server_ms(results: list[Result]) -> list[float]:
+    return [r.server_ms for r in results if r.server_ms is not None]
 
 
 async def warm_up(targets: list[Target]) -> None:
