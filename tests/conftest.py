@@ -56,14 +56,26 @@ def llama_server_bin() -> str:
     return path
 
 
-_port_cursor = [21000 + (os.getpid() % 200) * 40]
+def _ephemeral_start() -> int:
+    """The first port the kernel hands out to outgoing connections (Linux' default: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Blocks stay below the ephemeral range: a port in it can become the local end of any outgoing
+# connection between the moment a block is found free and the moment a llama-server binds it, and
+# the server then fails to start ("couldn't bind HTTP server socket").
+_PORTS_FROM, _PORTS_BELOW = 21000, min(_ephemeral_start(), 60000)
+_port_cursor = [_PORTS_FROM + (os.getpid() % 200) * 40]
 
 
 def port_block(size: int = 8) -> int:
     base = free_block(size, _port_cursor[0])
+    if base + size > _PORTS_BELOW:
+        base = free_block(size, _PORTS_FROM)
     _port_cursor[0] = base + size
-    if _port_cursor[0] > 60000:
-        _port_cursor[0] = 21000
     return base
 
 
