@@ -26,21 +26,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.client import body, expected
 from bench.harness import (
     auth_headers,
     direct_server,
@@ -52,7 +48,7 @@ from bench.harness import (
     percentile,
     wait_port,
 )
-from bench.scenarios import Target, prepare_llamaman, warm_up
+from bench.scenarios import Target, prepare_llamaman, rotation_results, warm_up
 
 HERE = Path(__file__).resolve().parent
 
@@ -79,28 +75,6 @@ def _own_server(lm_pid: int) -> Target:
                 name = "LlamaMan's llama-server, asked directly"
                 return Target(name, url, {"Authorization": f"Bearer {key}"})
     raise RuntimeError("LlamaMan runs no llama-server")
-
-
-async def _rotation(targets: list[Target], n: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """P1's rotation (``scenarios.rotation``), keeping llama-server's own time for each answer too."""
-    check = expected("tiny-a", 8)
-    wall: dict[str, list[float]] = {t.name: [] for t in targets}
-    own: dict[str, list[float]] = {t.name: [] for t in targets}
-    async with aiohttp.ClientSession() as s:
-        for i in range(n):
-            for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
-                headers = {"Content-Type": "application/json", **t.headers}
-                t0 = time.perf_counter()
-                request = body("tiny-a", 8, False)
-                async with s.post(f"{t.url}/v1/chat/completions", data=request, headers=headers) as r:
-                    raw = await r.read()
-                wall[t.name].append((time.perf_counter() - t0) * 1000)
-                answer = json.loads(raw)
-                if r.status != 200 or answer["choices"][0]["message"]["content"] != check:
-                    raise RuntimeError(f"{t.name}: HTTP {r.status}: {raw[:200]!r}")
-                timings = answer.get("timings") or {}
-                own[t.name].append(timings.get("prompt_ms", 0.0) + timings.get("predicted_ms", 0.0))
-    return wall, own
 
 
 def main() -> None:
@@ -137,7 +111,9 @@ def main() -> None:
         added: dict[str, list[float]] = {t.name: [] for t in targets[1:]}
         server: dict[str, list[float]] = {t.name: [] for t in targets[1:]}
         for _ in range(args.runs):
-            wall, own = asyncio.run(_rotation(targets, args.n))
+            results = asyncio.run(rotation_results(targets, args.n))
+            wall = {name: [r.ms for r in res] for name, res in results.items()}
+            own = {name: [r.server_ms or 0.0 for r in res] for name, res in results.items()}
             base, base_own = percentile(wall[targets[0].name], 0.5), percentile(own[targets[0].name], 0.5)
             for name in added:
                 added[name].append(percentile(wall[name], 0.5) - base)

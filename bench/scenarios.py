@@ -98,14 +98,14 @@ async def warm_up(targets: list[Target]) -> None:
                 await chat(s, t.url, "tiny-a", 8, headers=t.headers)
 
 
-async def rotation(
+async def rotation_results(
     targets: list[Target], n: int, each_round: Callable[[int], None] | None = None
-) -> dict[str, list[float]]:
+) -> dict[str, list[Result]]:
     """P1's rotation at concurrency 1, for the scripts that look into it: ``n`` rounds of one plain
-    chat to each target in turn, the first target rotating; each target's latencies (ms). Any error
-    stops it. ``each_round(i)`` is called before round ``i`` (to start a trace part-way)."""
+    chat to each target in turn, the first target rotating; each target's results. Any error stops
+    it. ``each_round(i)`` is called before round ``i`` (to start a trace part-way)."""
     check = expected("tiny-a", 8)
-    ms: dict[str, list[float]] = {t.name: [] for t in targets}
+    out: dict[str, list[Result]] = {t.name: [] for t in targets}
     async with session() as s:
         for i in range(n):
             if each_round is not None:
@@ -114,8 +114,16 @@ async def rotation(
                 r = await chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check)
                 if r.error:
                     raise RuntimeError(f"{t.name}: {r.error}")
-                ms[t.name].append(r.ms)
-    return ms
+                out[t.name].append(r)
+    return out
+
+
+async def rotation(
+    targets: list[Target], n: int, each_round: Callable[[int], None] | None = None
+) -> dict[str, list[float]]:
+    """``rotation_results``' latencies (ms) per target."""
+    results = await rotation_results(targets, n, each_round)
+    return {name: _ms(res) for name, res in results.items()}
 
 
 def p1_latency(targets: list[Target], n1: int = 300, rounds16: int = 30) -> dict[str, Any]:
