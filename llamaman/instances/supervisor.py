@@ -60,7 +60,11 @@ class Supervisor:
         self.http = http
         self.claims = PortClaims(settings)
         self.ports, self.internal_ports = self.claims.ports, self.claims.internal_ports
-        self.instances: dict[str, ManagedInstance] = {}
+        self.instances: dict[str, ManagedInstance] = {}  # changed only by ``_manage`` and ``remove``
+        # ``list`` and ``of_model``, made again after each change to ``instances`` (a record's model
+        # and creation time never change): the router asks for them on every request.
+        self._listed: builtins.list[ManagedInstance] | None = None
+        self._of_model: dict[str, tuple[ManagedInstance, ...]] = {}
         self.binary: LlamaServerBinary | None = None
         self.binary_error: str | None = None
         # Set by the proxy: opens and closes LlamaMan's own listener on an instance's public port.
@@ -109,8 +113,25 @@ class Supervisor:
         await self.store.stop()
 
     # ---- queries -----------------------------------------------------------------------------
-    def list(self) -> list[ManagedInstance]:
-        return sorted(self.instances.values(), key=lambda m: m.record.created_at)
+    def list(self) -> builtins.list[ManagedInstance]:
+        """Every instance, oldest first."""
+        listed = self._listed
+        if listed is None:
+            listed = self._listed = sorted(self.instances.values(), key=lambda m: m.record.created_at)
+        return listed.copy()  # the caller's own: it may remove instances as it goes
+
+    def of_model(self, model_path: str) -> tuple[ManagedInstance, ...]:
+        """The model's instances, oldest first."""
+        found = self._of_model.get(model_path)
+        if found is None:
+            found = self._of_model[model_path] = tuple(
+                m for m in self.list() if m.record.model_path == model_path
+            )
+        return found
+
+    def _changed(self) -> None:
+        self._listed = None
+        self._of_model.clear()
 
     def get(self, instance_id: str) -> ManagedInstance:
         m = self.instances.get(instance_id)
@@ -216,6 +237,7 @@ class Supervisor:
         proc.after_crash, proc.before_healthy = self.recovery.after_crash, self.prompt_cache.restore
         m = ManagedInstance(record, ls, proc)
         self.instances[record.id] = m
+        self._changed()
         return m
 
     async def _start_proc(self, m: ManagedInstance) -> None:
@@ -364,6 +386,7 @@ class Supervisor:
         await self._stop_proc(m, S.STOPPED)
         await m.proc.close()
         del self.instances[instance_id]
+        self._changed()
         await self.store.delete(instance_id)
         self.events.publish("instance.removed", id=instance_id)
 

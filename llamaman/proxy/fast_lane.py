@@ -265,17 +265,19 @@ class FastLane:
         return bool(services.cluster.clustered or services.peers.configured)
 
     # ---- serving -----------------------------------------------------------------------------------
-    def send_now(self, ready: Ready, lease: Lease, ex: Exchange) -> Sent | None:
+    def send_now(self, ready: Ready, lease: Lease) -> Sent | None:
         """The body for llama-server, written to it at once from the parser's callback when a kept
         connection is free (``Relay.send_now``): the hop to the task that waits for the answer then
-        overlaps llama-server's work instead of coming before it. None: ``answer`` makes the body."""
+        overlaps llama-server's work instead of coming before it, and so does everything the caller
+        sets up after it (the exchange, which then takes over dropping it). None: ``answer`` makes
+        the body."""
         a = ready.admitted
         try:
             # Made once: the forced sampling values it applies are in the body after that.
             content = encode_body(ready.body, ready.raw, lease, sampling=a.sampling, changed=False)
         except Exception:
             return None  # ``answer`` meets it again, and answers it
-        return Sent(content, self.services.relay.send_now(lease, a.path, content, a.forward_raw, ex))
+        return Sent(content, self.services.relay.send_now(lease, a.path, content, a.forward_raw))
 
     async def answer(self, ready: Ready, lease: Lease, ex: Exchange, sent: Sent | None = None) -> Response:
         """What the handler would answer, through the relay the handler would use. An answer that

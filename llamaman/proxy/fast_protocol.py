@@ -157,17 +157,20 @@ class FastLaneProtocol(QuietProtocol):
                 lease = self.lane.lease(ready)
                 take = lease is not None or self.lane.may_wait(ready)
                 if lease is not None:
+                    sent = self.lane.send_now(ready, lease)  # first: the rest overlaps llama-server's work
                     ex = self.lane.exchange(ready, lease)
-                    sent = self.lane.send_now(ready, lease, ex)
                     if sent is not None and sent.pending is not None:
+                        ex.on_abort(sent.pending.abort)
                         sent.pending.response.on_whole = partial(self._answer_whole, self.cycle)  # type: ignore[arg-type]
         except Exception:
             # A fault of the lane's own, raised out of the parser's callback, would drop the
             # connection with nothing said: the full path takes the request instead (and answers it,
             # or says it failed), and what the lane took is given back.
             log.exception("the fast lane failed on a request to %s; the full path takes it", admitted.path)
+            if sent is not None and sent.pending is not None:
+                sent.pending.abort()  # a request already written to llama-server is dropped there
             if ex is not None:
-                ex.abort(LANE_FAILED)  # a request already written to llama-server is dropped there
+                ex.abort(LANE_FAILED)
             if lease is not None:
                 lease.release()
             take = False

@@ -132,8 +132,8 @@ class Router(ReplicaGates, IdleSleep, MemoryPlanner):
             s = self.slots[m.id] = Slot()
         return s
 
-    def _instances_of(self, model_path: str) -> list[ManagedInstance]:
-        return [m for m in self.sup.list() if m.record.model_path == model_path]
+    def _instances_of(self, model_path: str) -> tuple[ManagedInstance, ...]:
+        return self.sup.of_model(model_path)
 
     def _counts(self, m: ManagedInstance) -> bool:
         """Instances that take a model slot: everything but embedding servers."""

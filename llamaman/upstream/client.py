@@ -221,19 +221,21 @@ class UpstreamClient:
         self, conn: Connection, data: bytes, timeout: float, head_only: bool
     ) -> tuple[UpstreamResponse, asyncio.Future[None], asyncio.TimerHandle]:
         """Write the request; the answer's head is ``_head``'s to wait for."""
+        assert conn.transport is not None
+        conn.got_data = False  # nothing of this answer yet: a connection found closed may be retried
+        if conn.lost or conn.transport.is_closing():
+            conn.done(False)
+            raise UpstreamClosed("upstream closed the connection")
+        # Written first: the server works on it while the rest is set up. Nothing it answers is read
+        # before this callback returns to the loop.
+        conn.transport.write(data)
         loop = asyncio.get_running_loop()
         response = UpstreamResponse(conn, timeout, loop)
         conn.response = response
-        conn.got_data = False
         conn.head_only = head_only
         conn.until_close = False
         conn.head = head = loop.create_future()
         conn.parser = httptools.HttpResponseParser(conn)
-        assert conn.transport is not None
-        if conn.lost or conn.transport.is_closing():
-            conn.done(False)
-            raise UpstreamClosed("upstream closed the connection")
-        conn.transport.write(data)
         timer = loop.call_later(timeout, _expire, head, timeout)
         key = conn.key
         self._waiting[key] = self._waiting.get(key, 0) + 1
@@ -348,16 +350,20 @@ def _encode(
     host, port, host_header = _split(base_url)
     if params:
         target += ("&" if "?" in target else "?") + urlencode(params)
-    if not _PLAIN_TARGET(target):
-        target = quote(target, safe=_TARGET_SAFE)
-    head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (
-        method.encode(), target.encode("latin-1"), host_header, encode_headers(headers),
-    )  # fmt: skip
+    head = _request_head(method, target, host_header) + encode_headers(headers)
     if authorization:
         head += b"Authorization: " + authorization + b"\r\n"
     if content is not None or method in ("POST", "PUT", "PATCH"):
         head += b"Content-Length: %d\r\n" % len(content or b"")
     return (host, port), head + b"\r\n" + (content or b"")
+
+
+@functools.lru_cache(maxsize=1024)  # the same few routes to the same few servers, over and over
+def _request_head(method: str, target: str, host_header: bytes) -> bytes:
+    """The request line and the Host line."""
+    if not _PLAIN_TARGET(target):
+        target = quote(target, safe=_TARGET_SAFE)
+    return b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), target.encode("latin-1"), host_header)
 
 
 def _expire(head: asyncio.Future[None], timeout: float) -> None:

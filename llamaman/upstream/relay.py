@@ -198,27 +198,18 @@ class Relay:
             connections=lease.connections,
         )  # fmt: skip
 
-    def send_now(
-        self,
-        lease: UpstreamTarget,
-        path: str,
-        content: bytes,
-        headers: bytes,
-        ex: Exchange,
-    ) -> Pending | None:
+    def send_now(self, lease: UpstreamTarget, path: str, content: bytes, headers: bytes) -> Pending | None:
         """A POST written to a local lease's instance at once, from a plain callback (see
-        ``UpstreamClient.send_now``), for ``forward(sent=...)`` to wait on; an abort before then
-        drops it. ``headers``: the lines to forward, made by ``encode_headers``. None: ``forward``
-        sends the request itself."""
+        ``UpstreamClient.send_now``), for ``forward(sent=...)`` to wait on; the caller has its
+        exchange's abort drop it (``Exchange.on_abort(pending.abort)``), and drops it itself where
+        the request goes no further. ``headers``: the lines to forward, made by ``encode_headers``.
+        None: ``forward`` sends the request itself."""
         if lease.prefix or lease.extra_headers:
             return None  # a place elsewhere, with a fail-over of its own: ``forward``'s way
-        sent = self.upstream.send_now(
+        return self.upstream.send_now(
             lease.base_url, path, headers=headers, content=content,
             timeout=self.request_timeout, authorization=lease.auth_header, connections=lease.connections,
         )  # fmt: skip
-        if sent is not None:
-            ex.on_abort(sent.abort)
-        return sent
 
     async def forward(
         self,

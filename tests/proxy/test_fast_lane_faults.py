@@ -26,9 +26,9 @@ def chat(n: int) -> dict[str, Any]:
     return {"model": "tiny-a", "messages": HI, "max_tokens": n}
 
 
-# Each step of the lane's decision, failing once it has done its work (a place taken, the request
-# written to llama-server): except the place itself, which fails before it is taken.
-STEPS = [("admit", True), ("ready", True), ("lease", False), ("exchange", True), ("send_now", True)]
+# Each step of the lane's decision, in its order, failing once it has done its work (a place taken,
+# the request written to llama-server): except the place itself, which fails before it is taken.
+STEPS = [("admit", True), ("ready", True), ("lease", False), ("send_now", True), ("exchange", True)]
 
 
 @pytest.mark.parametrize(("step", "after_work"), STEPS, ids=[s for s, _ in STEPS])
