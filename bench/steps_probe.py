@@ -80,8 +80,9 @@ def _install() -> None:
     _before(FastLaneProtocol, "on_message_complete", "3 body read")
     _after(FastLane, "ready", "4 body parsed and checked")
     _after(FastLane, "lease", "5 place taken")
-    _after(FastLane, "exchange", "6 request recorded in flight")
-    _after(FastLane, "send_now", "7 written to llama-server")
+    # The request is written before its exchange is made: what comes after overlaps llama-server.
+    _after(FastLane, "send_now", "6 written to llama-server")
+    _after(FastLane, "exchange", "7 request recorded in flight")
 
     upstream = Connection.data_received
 

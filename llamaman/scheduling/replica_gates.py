@@ -40,7 +40,12 @@ class ReplicaGates:
             )
             gate.configure(conc, max((r.settings.max_queue_depth for r in replicas), default=0))
         else:
-            gate.configure(m.settings.max_concurrent, m.settings.max_queue_depth)
+            # Configured again only when the settings changed (or someone waits: as before, a
+            # configure hands out any place that is free), asked on every request as it is.
+            settings = m.settings
+            limits = (settings.max_concurrent, settings.max_queue_depth)
+            if (gate.max_concurrent, gate.max_queue) != limits or gate.queued:
+                gate.configure(*limits)
         return gate
 
     def _hand_to_freest_replica(self, m: ManagedInstance) -> ManagedInstance:

@@ -233,7 +233,6 @@ class UpstreamClient:
         response = UpstreamResponse(conn, timeout, loop)
         conn.response = response
         conn.head_only = head_only
-        conn.until_close = False
         conn.head = head = loop.create_future()
         conn.parser = httptools.HttpResponseParser(conn)
         timer = loop.call_later(timeout, _expire, head, timeout)

@@ -211,7 +211,6 @@ class Connection(asyncio.Protocol):
         self.paused = False
         self.idle_since = 0.0
         self.head_only = False
-        self.until_close = False
 
     # ---- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -235,7 +234,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         if self.response is not None and not self.response._complete:
-            if self.until_close and self.head is not None and self.head.done():
+            if self.head is not None and self.head.done() and self._ends_with_close():
                 self.response._finish(False)  # no length and not chunked: the close ends the body
                 return
             self._error(UpstreamClosed(f"upstream closed the connection{f': {exc}' if exc else ''}"))
@@ -249,8 +248,6 @@ class Connection(asyncio.Protocol):
         r = self.response
         if r is not None:
             r.status_code = self.parser.get_status_code()
-            names = {k.lower() for k, _ in r.raw_headers}
-            self.until_close = b"content-length" not in names and b"transfer-encoding" not in names
             if self.head_only or r.status_code in (204, 304):
                 r._finish(False)  # no body follows; the parser cannot know that for HEAD
         if self.head is not None and not self.head.done():
@@ -263,6 +260,15 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.response is not None:
             self.response._finish(self.parser.should_keep_alive())
+
+    def _ends_with_close(self) -> bool:
+        """Whether the answer's body ends when the connection does (its head is in, with neither a
+        length nor chunks). Asked only then, not on every answer."""
+        r = self.response
+        if r is None or r.status_code == 0:  # the status is set once the head is in
+            return False
+        names = {k.lower() for k, _ in r.raw_headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
 
     # ---- use -------------------------------------------------------------------------------------
     def _error(self, exc: BaseException) -> None:
