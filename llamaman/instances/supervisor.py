@@ -34,6 +34,7 @@ from llamaman.instances.ports import PortClaims, PortPoolExhausted
 from llamaman.instances.process import LlamaProcess
 from llamaman.instances.prompt_cache import PromptCache
 from llamaman.instances.recovery import CrashRecovery, RestartPolicy
+from llamaman.instances.roster import Roster
 from llamaman.instances.store import InstanceStore
 from llamaman.library.catalog import ModelLibrary
 
@@ -44,7 +45,7 @@ S = InstanceState
 ListenerHook = Callable[[ManagedInstance], Awaitable[None]]
 
 
-class Supervisor:
+class Supervisor(Roster):
     def __init__(
         self,
         settings: Settings,
@@ -60,11 +61,7 @@ class Supervisor:
         self.http = http
         self.claims = PortClaims(settings)
         self.ports, self.internal_ports = self.claims.ports, self.claims.internal_ports
-        self.instances: dict[str, ManagedInstance] = {}  # changed only by ``_manage`` and ``remove``
-        # ``list`` and ``of_model``, made again after each change to ``instances`` (a record's model
-        # and creation time never change): the router asks for them on every request.
-        self._listed: builtins.list[ManagedInstance] | None = None
-        self._of_model: dict[str, tuple[ManagedInstance, ...]] = {}
+        super().__init__()  # the roster: ``instances``, changed only by ``_manage`` and ``remove``
         self.binary: LlamaServerBinary | None = None
         self.binary_error: str | None = None
         # Set by the proxy: opens and closes LlamaMan's own listener on an instance's public port.
@@ -113,32 +110,6 @@ class Supervisor:
         await self.store.stop()
 
     # ---- queries -----------------------------------------------------------------------------
-    def list(self) -> builtins.list[ManagedInstance]:
-        """Every instance, oldest first."""
-        listed = self._listed
-        if listed is None:
-            listed = self._listed = sorted(self.instances.values(), key=lambda m: m.record.created_at)
-        return listed.copy()  # the caller's own: it may remove instances as it goes
-
-    def of_model(self, model_path: str) -> tuple[ManagedInstance, ...]:
-        """The model's instances, oldest first."""
-        found = self._of_model.get(model_path)
-        if found is None:
-            found = self._of_model[model_path] = tuple(
-                m for m in self.list() if m.record.model_path == model_path
-            )
-        return found
-
-    def _changed(self) -> None:
-        self._listed = None
-        self._of_model.clear()
-
-    def get(self, instance_id: str) -> ManagedInstance:
-        m = self.instances.get(instance_id)
-        if m is None:
-            raise kinds.InstanceNotFound(f"instance {instance_id!r} not found")
-        return m
-
     def next_port(self) -> int:
         return self.claims.next_port()
 
