@@ -9,7 +9,11 @@ For each step, the p50 of when it ended, counted from the moment the request's b
 proxy; the answer's step is counted from the moment llama-server's answer reached it. P1's added
 latency (LlamaMan's p50 less the direct server's, in the rotation) is printed beside them.
 
-Run: python bench/lane_steps.py [-n 300]
+With ``--least``, the least relay (``bench/least_relay.py``) runs inside the same LlamaMan process
+and joins the rotation, taking a lease per request; its way in (to llama-server's socket) and its
+way out are timed the same way (rows L1 and L2), the floor for the lane's steps 6 and 8.
+
+Run: python bench/lane_steps.py [-n 300] [--least]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import (
     auth_headers,
     direct_server,
+    free_port,
     llamaman,
     machine,
     make_models,
@@ -55,19 +60,24 @@ def _collect(pid: int, out: Path) -> dict[str, list[float]]:
     return samples
 
 
-def run(n: int) -> dict[str, Any]:
+def run(n: int, least: bool = False) -> dict[str, Any]:
     models = make_models(Path(tempfile.mkdtemp(prefix="bench-models-")))
     out = Path(tempfile.mkdtemp(prefix="bench-steps-")) / "steps.json"
+    env = {"LLAMAMAN_STEPS_OUT": str(out)}
+    floor = free_port()
+    if least:
+        env |= {"LLAMAMAN_FLOOR_PORT": str(floor), "LLAMAMAN_FLOOR_MODES": "lease"}
     with contextlib.ExitStack() as stack:
         direct = stack.enter_context(direct_server(models / "tiny-a.gguf"))
         router = stack.enter_context(maybe_router_mode(models, 2))
-        lm = stack.enter_context(llamaman(models, launcher=PROBE, extra_env={"LLAMAMAN_STEPS_OUT": str(out)}))
+        lm = stack.enter_context(llamaman(models, launcher=PROBE, extra_env=env))
         prepare_llamaman(lm, ctx=2048, parallel=1)
         mine = Target("llamaman", lm.url, auth_headers())
         targets = [
             Target("direct", direct.url, {}),
             *([Target("router", router.url, {})] if router is not None else []),
             mine,
+            *([Target("least relay in LlamaMan", f"http://127.0.0.1:{floor}", {})] if least else []),
         ]
         asyncio.run(warm_up(targets))
         _collect(lm.popen.pid, out)
@@ -84,8 +94,8 @@ def run(n: int) -> dict[str, Any]:
         },
         "steps_us": {
             step: {
-                "rotation": percentile(in_rotation.get(step, [0.0]), 0.5),
-                "back_to_back": percentile(back_to_back.get(step, [0.0]), 0.5),
+                "rotation": percentile(in_rotation[step], 0.5) if step in in_rotation else None,
+                "back_to_back": percentile(back_to_back[step], 0.5) if step in back_to_back else None,
                 "n": len(in_rotation.get(step, [])),
             }
             for step in sorted(set(in_rotation) | set(back_to_back))
@@ -97,17 +107,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=300, help="requests to each target in each setting")
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--least", action="store_true",
+        help="the least relay (bench/least_relay.py) inside LlamaMan too, with a lease per request, "
+        "in the rotation: its two spans beside the lane's (rows L1, L2)",
+    )  # fmt: skip
     args = ap.parse_args()
-    figures = run(args.n)
+    figures = run(args.n, args.least)
     print(f"{'step (p50, µs since the request arrived)':48s} {'P1 rotation':>12s} {'back to back':>13s}")
     for step, row in figures["steps_us"].items():
-        print(f"{step:48s} {row['rotation']:12.0f} {row['back_to_back']:13.0f}")
+        cells = [f"{v:.0f}" if v is not None else "-" for v in (row["rotation"], row["back_to_back"])]
+        print(f"{step:48s} {cells[0]:>12s} {cells[1]:>13s}")
     added = ", ".join(f"{k} {v:.2f} ms" for k, v in figures["added_p50_ms"].items())
     p50 = figures["llamaman_p50_ms"]
     print(f"added p50 in the rotation: {added}")
     print(f"LlamaMan p50: {p50['rotation']:.2f} ms in the rotation, {p50['back_to_back']:.2f} ms alone")
     print(f"machine: {machine()}")
-    print(f"command: python bench/lane_steps.py -n {args.n}")
+    print(f"command: python bench/lane_steps.py -n {args.n}{' --least' if args.least else ''}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
 

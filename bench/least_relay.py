@@ -36,7 +36,14 @@ _ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length:
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
 
 
-def relay_protocol(route: Route) -> type[asyncio.Protocol]:
+# Told of each request's moments, where given: "in" (its first read), "written" (sent to
+# llama-server), "back" (the answer's first read), "out" (the answer written to the client).
+Mark = Callable[[str], None]
+# What ``_install`` passes to the relays it starts inside LlamaMan (``bench/steps_probe.py`` sets it).
+MARK: Mark | None = None
+
+
+def relay_protocol(route: Route, mark: Mark | None = None) -> type[asyncio.Protocol]:
     """The client side's protocol class of a relay that sends each request where ``route`` says."""
 
     class Upstream(asyncio.Protocol):
@@ -50,6 +57,8 @@ def relay_protocol(route: Route) -> type[asyncio.Protocol]:
             self.transport: Any = transport
 
         def data_received(self, data: bytes) -> None:
+            if mark is not None and not self.parts:
+                mark("back")
             self.parser.feed_data(data)
 
         def on_body(self, body: bytes) -> None:
@@ -59,6 +68,8 @@ def relay_protocol(route: Route) -> type[asyncio.Protocol]:
             body, self.parts = b"".join(self.parts), []
             self.parser = httptools.HttpResponseParser(self)
             self.client.transport.write(_ANSWER % len(body) + body)
+            if mark is not None:
+                mark("out")
             done, self.done = self.done, None
             if done is not None:
                 done()
@@ -78,6 +89,8 @@ def relay_protocol(route: Route) -> type[asyncio.Protocol]:
             self.parser = httptools.HttpRequestParser(self)
 
         def data_received(self, data: bytes) -> None:
+            if mark is not None and not self.parts:
+                mark("in")
             self.parser.feed_data(data)
 
         def on_url(self, url: bytes) -> None:
@@ -102,6 +115,8 @@ def relay_protocol(route: Route) -> type[asyncio.Protocol]:
             else:
                 self.upstream.done = done
                 self.upstream.transport.write(request)
+                if mark is not None:
+                    mark("written")
 
         async def connect(self, port: int, request: bytes, done: Callable[[], None] | None) -> None:
             if self.upstream is not None:
@@ -111,6 +126,8 @@ def relay_protocol(route: Route) -> type[asyncio.Protocol]:
             self.port = port
             self.upstream.done = done
             self.upstream.transport.write(request)
+            if mark is not None:
+                mark("written")
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self.upstream is not None:
@@ -168,7 +185,7 @@ def _install() -> None:
         routes = _routes(self)
         loop = asyncio.get_running_loop()
         for i, mode in enumerate(modes):
-            await loop.create_server(relay_protocol(routes[mode]), "127.0.0.1", first + i)
+            await loop.create_server(relay_protocol(routes[mode], MARK), "127.0.0.1", first + i)
 
     llamaman.app.LlamaMan.start = start_with_relays  # type: ignore[method-assign]
 

@@ -5,6 +5,9 @@ are wrapped with a clock: for each request, when each step ended, counted from t
 reached the proxy (``data_received``), and for the answer, from the moment llama-server's answer
 reached the proxy until it was written to the client. Nothing in LlamaMan changes but the wrappers.
 
+With ``LLAMAMAN_FLOOR_PORT`` set, the least relay (``bench/least_relay.py``) runs beside the lane
+on that port, taking a lease per request, with the same two spans timed (rows ``L1`` and ``L2``).
+
 SIGUSR1 writes the samples so far to ``LLAMAMAN_STEPS_OUT`` (JSON: step -> microseconds, one per
 request) and starts a new set: the caller marks its phases that way.
 """
@@ -113,6 +116,30 @@ def _install() -> None:
         on_socket(name)
 
 
+# The least relay's moments, where it runs beside the lane (``LLAMAMAN_FLOOR_PORT`` set, see
+# ``bench/least_relay.py``): the same two spans as the lane's, for the relay that does the least.
+_least = {"in": 0, "back": 0}
+
+
+def _least_mark(moment: str) -> None:
+    now = _clock()
+    if moment in _least:
+        _least[moment] = now
+    elif moment == "written" and _least["in"]:
+        label = "L1 least relay: written"
+        _samples.setdefault(label, []).append((now - _least["in"]) / 1000)
+    elif moment == "out" and _least["back"]:
+        label = "L2 least relay: answer sent"
+        _samples.setdefault(label, []).append((now - _least["back"]) / 1000)
+
+
+def _install_least_relay() -> None:
+    import bench.least_relay as least
+
+    least.MARK = _least_mark
+    least._install()
+
+
 def _dump(*_: Any) -> None:
     out = os.environ.get("LLAMAMAN_STEPS_OUT")
     if out:
@@ -123,6 +150,8 @@ def _dump(*_: Any) -> None:
 
 if __name__ == "__main__":
     _install()
+    if os.environ.get("LLAMAMAN_FLOOR_PORT"):
+        _install_least_relay()
     signal.signal(signal.SIGUSR1, _dump)
     script = sys.argv[1]
     sys.argv = sys.argv[1:]

@@ -58,8 +58,11 @@ async def upstream() -> AsyncIterator[tuple[Upstream, int]]:
     server.close()
 
 
-async def _relay(route: Callable[[str], object]) -> tuple[asyncio.Server, int]:
-    server = await asyncio.get_running_loop().create_server(relay_protocol(route), "127.0.0.1", 0)  # type: ignore[arg-type]
+async def _relay(
+    route: Callable[[str], object], mark: Callable[[str], None] | None = None
+) -> tuple[asyncio.Server, int]:
+    protocol = relay_protocol(route, mark)  # type: ignore[arg-type]
+    server = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 
 
@@ -106,3 +109,19 @@ async def test_a_model_with_no_place_now_is_answered_503_and_nothing_goes_upstre
     assert up.requests == []
     writer.close()
     server.close()
+
+
+async def test_each_chat_is_marked_in_written_back_and_out_in_that_order_once(
+    upstream: tuple[Upstream, int],
+) -> None:
+    """The moments ``bench/steps_probe.py`` times the relay's two spans by."""
+    _, port = upstream
+    marks: list[str] = []
+    server, relay_port = await _relay(lambda model: (port, None, None), marks.append)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay_port)
+    for _ in range(2):  # the first connects to the server, the second takes the kept connection
+        writer.write(_chat())
+        await _answer(reader)
+    writer.close()
+    server.close()
+    assert marks == ["in", "written", "back", "out"] * 2
