@@ -35,6 +35,7 @@ which answers them exactly as before, in the endpoint's dialect.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -265,19 +266,23 @@ class FastLane:
         return bool(services.cluster.clustered or services.peers.configured)
 
     # ---- serving -----------------------------------------------------------------------------------
-    def send_now(self, ready: Ready, lease: Lease) -> Sent | None:
+    def send_now(self, ready: Ready, lease: Lease, keep: Callable[[Pending], object]) -> Sent | None:
         """The body for llama-server, written to it at once from the parser's callback when a kept
         connection is free (``Relay.send_now``): the hop to the task that waits for the answer then
         overlaps llama-server's work instead of coming before it, and so does everything the caller
-        sets up after it (the exchange, which then takes over dropping it). None: ``answer`` makes
-        the body."""
+        sets up after it (the exchange, which then takes over dropping it). ``keep`` is handed the
+        written request at once, so that whatever fails after the write can still drop it. None:
+        ``answer`` makes the body."""
         a = ready.admitted
         try:
             # Made once: the forced sampling values it applies are in the body after that.
             content = encode_body(ready.body, ready.raw, lease, sampling=a.sampling, changed=False)
         except Exception:
             return None  # ``answer`` meets it again, and answers it
-        return Sent(content, self.services.relay.send_now(lease, a.path, content, a.forward_raw))
+        pending = self.services.relay.send_now(lease, a.path, content, a.forward_raw)
+        if pending is not None:
+            keep(pending)
+        return Sent(content, pending)
 
     async def answer(self, ready: Ready, lease: Lease, ex: Exchange, sent: Sent | None = None) -> Response:
         """What the handler would answer, through the relay the handler would use. An answer that

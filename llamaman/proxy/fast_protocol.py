@@ -32,6 +32,7 @@ from llamaman.proxy.common import ProxyError
 from llamaman.proxy.fast_lane import Admitted, FastLane, Ready, Sent
 from llamaman.scheduling.lease import Lease
 from llamaman.upstream.answers import error_payload
+from llamaman.upstream.client import Pending
 from llamaman.upstream.inflight import CLIENT_LEFT, CUT_OFF
 from llamaman.upstream.relay import answered_whole
 from llamaman.upstream.responses import RelayStream
@@ -150,6 +151,7 @@ class FastLaneProtocol(QuietProtocol):
         lease: Lease | None = None
         ex: Exchange | None = None
         sent: Sent | None = None
+        written: list[Pending] = []  # the request as written to llama-server, once it is
         take = False
         try:
             ready = self.lane.ready(admitted, raw)
@@ -157,18 +159,19 @@ class FastLaneProtocol(QuietProtocol):
                 lease = self.lane.lease(ready)
                 take = lease is not None or self.lane.may_wait(ready)
                 if lease is not None:
-                    sent = self.lane.send_now(ready, lease)  # first: the rest overlaps llama-server's work
+                    # First: the rest overlaps llama-server's work.
+                    sent = self.lane.send_now(ready, lease, written.append)
                     ex = self.lane.exchange(ready, lease)
-                    if sent is not None and sent.pending is not None:
-                        ex.on_abort(sent.pending.abort)
-                        sent.pending.response.on_whole = partial(self._answer_whole, self.cycle)  # type: ignore[arg-type]
+                    if written:
+                        ex.on_abort(written[0].abort)
+                        written[0].response.on_whole = partial(self._answer_whole, self.cycle)  # type: ignore[arg-type]
         except Exception:
             # A fault of the lane's own, raised out of the parser's callback, would drop the
             # connection with nothing said: the full path takes the request instead (and answers it,
             # or says it failed), and what the lane took is given back.
             log.exception("the fast lane failed on a request to %s; the full path takes it", admitted.path)
-            if sent is not None and sent.pending is not None:
-                sent.pending.abort()  # a request already written to llama-server is dropped there
+            for pending in written:
+                pending.abort()  # a request already written to llama-server is dropped there
             if ex is not None:
                 ex.abort(LANE_FAILED)
             if lease is not None:

@@ -258,6 +258,11 @@ class UpstreamClient:
             self._waiting[key] -= 1
         return response
 
+    def waiting(self, base_url: str) -> int:
+        """Requests written to the server whose answer's head nobody has had yet (nor given up on)."""
+        host, port, _ = _split(base_url)
+        return self._waiting.get((host, port), 0)
+
     def drop_idle(self, base_url: str) -> None:
         """Close the kept connections to one server: llama-server waits for them (about 0.1 s)
         before it exits on SIGTERM, which would slow every model swap."""

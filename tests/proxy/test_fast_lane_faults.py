@@ -36,6 +36,11 @@ async def test_a_fault_in_the_lanes_decision_leaves_the_request_to_the_full_path
     services: LlamaMan, proxy_pair: Ports, caplog: pytest.LogCaptureFixture, step: str, after_work: bool
 ) -> None:
     m = await services.router.load("tiny-a")
+    _, key = await services.auth.keys.create("faults")
+    # A request the full way first leaves a kept connection to llama-server: the lane then writes its
+    # request from the parser's callback, so a step that fails after that has a written request to drop.
+    async with client(proxy_pair.full.url, {"Authorization": f"Bearer {key}"}) as c:
+        assert (await c.post("/v1/chat/completions", json=chat(2))).status_code == 200
     lane: Any = proxy_pair.lane.lane
     real = getattr(lane, step)
     faults = 0
@@ -50,7 +55,6 @@ async def test_a_fault_in_the_lanes_decision_leaves_the_request_to_the_full_path
         return real(*args)
 
     setattr(lane, step, faulty)
-    _, key = await services.auth.keys.create("faults")
     with caplog.at_level(logging.ERROR, logger="llamaman.proxy.fast_protocol"):
         async with client(proxy_pair.lane.url, {"Authorization": f"Bearer {key}"}) as c:
             first = await c.post("/v1/chat/completions", json=chat(3))
@@ -61,8 +65,10 @@ async def test_a_fault_in_the_lanes_decision_leaves_the_request_to_the_full_path
     assert second.json()["choices"][0]["message"]["content"] == expected_text("A", 4)
     assert faults == 1 and proxy_pair.taken == 1  # the first went the full way, the second the lane's
     assert "the fast lane failed" in caplog.text
-    # Nothing the failed step took is still held: no place, no request in flight.
+    # Nothing the failed step took is still held: no place, no request in flight, and no request
+    # written to llama-server that nobody will read or drop.
     assert services.router.slot(m).inflight == 0 and len(services.relay.inflight) == 0
+    assert services.relay.upstream.waiting(m.base_url) == 0
 
 
 async def test_an_answer_still_running_when_a_stopping_ports_grace_ends_is_told_503_and_gives_its_place_back(
