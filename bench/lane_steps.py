@@ -64,7 +64,7 @@ def run(n: int, least: bool = False) -> dict[str, Any]:
     models = make_models(Path(tempfile.mkdtemp(prefix="bench-models-")))
     out = Path(tempfile.mkdtemp(prefix="bench-steps-")) / "steps.json"
     env = {"LLAMAMAN_STEPS_OUT": str(out)}
-    floor = free_port()
+    floor = free_port() if least else 0
     if least:
         env |= {"LLAMAMAN_FLOOR_PORT": str(floor), "LLAMAMAN_FLOOR_MODES": "lease"}
     with contextlib.ExitStack() as stack:
