@@ -317,6 +317,12 @@ class FastLaneProtocol(QuietProtocol):
                 response.abort()
                 return
             self.transport.write(b"".join(self._head(response, cycle, b"transfer-encoding: chunked\r\n")))
+            if response.splice is not None:
+                # Each block written from llama-server's connection callback: no task step per block.
+                await response.splice(partial(self._pass_on, cycle), self.flow.drain)
+                if not cycle.disconnected and not self.transport.is_closing():
+                    self.transport.write(b"0\r\n\r\n")
+                return
             async for chunk in response.body_iterator:
                 if cycle.disconnected:
                     break
@@ -331,6 +337,14 @@ class FastLaneProtocol(QuietProtocol):
                     self.transport.write(b"0\r\n\r\n")
         finally:
             await response.close()
+
+    def _pass_on(self, cycle: _LaneCycle, chunk: bytes) -> bool:
+        """One block of a spliced stream, written as a chunk; whether the client may take more."""
+        if cycle.disconnected or self.transport.is_closing():
+            return True  # the stream is being aborted: nothing more to write, nothing to wait for
+        if chunk:
+            self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        return not self.flow.write_paused
 
 
 def lane_protocol(

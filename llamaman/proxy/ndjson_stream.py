@@ -20,8 +20,9 @@ from orjson import loads as _loads
 
 from llamaman.core.exchange import Exchange
 from llamaman.proxy.translate_stream import OllamaChatStream
+from llamaman.upstream.answers import stream_error_line
 from llamaman.upstream.inflight import CLIENT_LEFT
-from llamaman.upstream.relay import Relay, stream_error_line
+from llamaman.upstream.relay import Relay
 from llamaman.upstream.target import UpstreamTarget
 from llamaman.upstream.wire import UpstreamError, UpstreamResponse
 

@@ -36,13 +36,8 @@ from llamaman.proxy.common import (
 )
 from llamaman.scheduling.router import Lease, ModelNotFound
 from llamaman.services import Services
-from llamaman.upstream.relay import (
-    STREAM_HEADERS,
-    ErrorStyle,
-    forward_headers,
-    raw_forward_headers,
-    stream_error_line,
-)
+from llamaman.upstream.answers import stream_error_line
+from llamaman.upstream.relay import STREAM_HEADERS, ErrorStyle, forward_headers, raw_forward_headers
 
 router = APIRouter(tags=["openai"])
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 
 
 def _env_float(name: str, default: float) -> float:
@@ -37,6 +38,7 @@ class Pacer:
         self.min_streams = max(1, min_streams)
         self.streams = 0  # streams being relayed now
         self._waiting: list[asyncio.Future[None]] = []
+        self._calls: list[Callable[[], None]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -47,20 +49,32 @@ class Pacer:
     def beat(self) -> asyncio.Future[None]:
         """A future done at the next beat. Each waiter has its own, so one that is cancelled (its
         client left) leaves the others be; one timer sounds the beat for all of them."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # a new event loop (tests run several): the old timer is gone
-            self._waiting, self._timer, self._loop = [], None, loop
+        loop = self._on(asyncio.get_running_loop())
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiting.append(waiter)
+        return waiter
+
+    def at_beat(self, call: Callable[[], None]) -> None:
+        """Call ``call`` at the next beat (a stream read from the connection's callbacks, which has
+        no task to wait)."""
+        self._on(asyncio.get_running_loop())
+        self._calls.append(call)
+
+    def _on(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
+        if self._loop is not loop:  # a new event loop (tests run several): the old timer is gone
+            self._waiting, self._calls, self._timer, self._loop = [], [], None, loop
         if self._timer is None:
             self._timer = loop.call_later(self.interval, self._sound)
-        return waiter
+        return loop
 
     def _sound(self) -> None:
         waiting, self._waiting, self._timer = self._waiting, [], None
+        calls, self._calls = self._calls, []
         for waiter in waiting:
             if not waiter.done():
                 waiter.set_result(None)
+        for call in calls:
+            call()
 
 
 PACER = Pacer(

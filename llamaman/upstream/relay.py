@@ -6,8 +6,9 @@ a client that disconnects closes the upstream request so llama-server frees its 
 
 Pass-through requests (``forward``) and Ollama streams (``open_raw``) go over the relay's own light
 HTTP/1.1 client (``client.py``); the other translating paths read parsed lines from ``open``, which
-keeps the shared httpx client. Nothing is parsed per chunk of a pass-through stream: the accounting
-comes from llama-server's final event, and ``Exchange.progress_tokens`` counts events as they pass.
+keeps the shared httpx client. A pass-through stream (``stream_relay``) is read by the ASGI server's
+task, or spliced straight to the client's transport by a server that writes it itself (the fast
+lane); nothing is parsed per chunk.
 
 ``forward`` sends to whatever its lease names (``UpstreamTarget``): a local instance, or another node
 or a peer (``cluster/forward.py``), whose lease offers the next place to try when one fails before its
@@ -30,10 +31,11 @@ from starlette.types import Receive, Scope
 
 from llamaman.core.exchange import Exchange, Observer
 from llamaman.scheduling.router import Lease
-from llamaman.upstream.answers import ErrorStyle, client_fault_status, error_payload, stream_error_line
+from llamaman.upstream.answers import ErrorStyle, client_fault_status, error_payload
 from llamaman.upstream.client import Pending, UpstreamClient
 from llamaman.upstream.inflight import CLIENT_LEFT, CUT_OFF, InflightRegistry, RequestCancelled, abortable
 from llamaman.upstream.responses import RawResponse, RelayStream
+from llamaman.upstream.stream_relay import relay_stream, splice_stream
 from llamaman.upstream.target import UpstreamTarget
 from llamaman.upstream.wire import UpstreamError, UpstreamResponse
 
@@ -66,9 +68,6 @@ _DROP_REQUEST_RAW = frozenset(h.encode() for h in _DROP_REQUEST)
 _DROP_RESPONSE_RAW = frozenset(h.encode() for h in _DROP_RESPONSE)
 _STREAM_RAW = [(k.lower().encode(), v.encode()) for k, v in STREAM_HEADERS.items()]
 Headers = Mapping[str, str] | Iterable[tuple[bytes, bytes]]
-# How much of a stream's end is kept for the final accounting: llama-server's last event, with usage
-# and timings, is about 1 KB, so this holds it whole however the blocks were cut.
-_TAIL_BYTES = 16384
 
 
 def stream_headers(content_type: bytes) -> list[tuple[bytes, bytes]]:
@@ -281,11 +280,12 @@ class Relay:
         raw = _raw_response_headers(upstream)
         raw += _STREAM_RAW
         return RelayStream(
-            self._relay_stream(upstream, lease, style, ex),
+            relay_stream(upstream, lease, style, ex, self.record_soon),
             lease,
             upstream,
             status_code=upstream.status_code,
             raw_headers=raw,
+            splice=partial(splice_stream, upstream, lease, style, ex, self.record_soon),
         )
 
     def _settle(
@@ -328,38 +328,6 @@ class Relay:
                 continue
             return upstream
 
-    async def _relay_stream(
-        self, upstream: UpstreamResponse, lease: UpstreamTarget, style: ErrorStyle, ex: Exchange
-    ) -> AsyncIterator[bytes]:
-        # The last few blocks, kept by reference: usage and timings come from llama-server's final
-        # event, read once at the end instead of parsing every chunk.
-        recent: list[bytes] = []
-        kept = 0
-        try:
-            async for chunk in upstream.aiter_raw(paced=True):
-                if ex.first_byte is None:
-                    ex.first_byte = time.monotonic()
-                ex.progress_tokens += chunk.count(b"data: ")
-                recent.append(chunk)
-                kept += len(chunk)
-                while kept - len(recent[0]) >= _TAIL_BYTES:
-                    kept -= len(recent.pop(0))
-                yield chunk
-            if ex.cancelled is not None and ex.cancelled != CLIENT_LEFT:
-                ex.error = ex.cancelled
-                yield stream_error_line(style, ex.cancelled)
-        except UpstreamError as exc:
-            ex.error = f"upstream stream broke: {exc.__class__.__name__}"
-            log.warning("stream from %s broke: %r", lease.model_name, exc)
-            yield stream_error_line(
-                style, f"{_where(lease)} for '{lease.model_name}' stopped mid-stream ({ex.error})"
-            )
-        finally:
-            upstream.close()
-            lease.release()
-            _absorb_sse_tail(ex, b"".join(recent))
-            self.record_soon(ex)
-
     async def stream_lines(self, upstream: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         """Parsed JSON objects of an SSE or NDJSON upstream stream (for translating surfaces)."""
         async for line in upstream.aiter_lines():
@@ -394,10 +362,6 @@ def answered_whole(upstream: UpstreamResponse) -> RawResponse | None:
     return None if body is None else whole_response(upstream, body)
 
 
-def _where(lease: UpstreamTarget) -> str:
-    return f"node '{lease.node}'" if lease.node else "llama-server"
-
-
 def _header_pairs(headers: Headers | None) -> list[tuple[bytes, bytes]]:
     if headers is None:
         return []
@@ -413,26 +377,6 @@ def _absorb_json(ex: Exchange, body: bytes) -> None:
         return
     if isinstance(obj, dict):
         ex.absorb_usage(obj)
-
-
-# The fields of a final event that carry token counts: OpenAI's, llama-server's, Ollama's.
-_ACCOUNTED = (b"usage", b"timings", b"eval_count")
-
-
-def _absorb_sse_tail(ex: Exchange, tail: bytes) -> None:
-    for line in reversed(tail.split(b"\n")):
-        line = line.strip()
-        if line.startswith(b"data:"):
-            line = line[5:].strip()
-        if not line.startswith(b"{") or not any(k in line for k in _ACCOUNTED):
-            continue
-        try:
-            obj = _loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            ex.absorb_usage(obj)
-            return
 
 
 def exc_status(exc: RequestCancelled) -> int:

@@ -4,7 +4,7 @@ they end, and buffered answers with ready-made headers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
@@ -16,6 +16,11 @@ from llamaman.upstream.wire import UpstreamResponse
 # layers that wrap it.
 RAW_SEND = "llamaman.raw_send"
 
+# Given a block, writes it to the client and answers whether the client may take more.
+Sink = Callable[[bytes], bool]
+# A stream passed to a sink; the second argument waits until the client may take more.
+Splice = Callable[[Sink, Callable[[], Awaitable[object]]], Awaitable[None]]
+
 
 class RelayStream(StreamingResponse):
     """A streamed answer that gives its lease back and closes upstream however it ends (when the
@@ -24,7 +29,13 @@ class RelayStream(StreamingResponse):
 
     A client that disconnects aborts the upstream request, which ends the body iterator at once;
     that costs one watcher task per stream instead of Starlette's task group with cancel scopes.
+
+    ``splice``, where given: the same stream passed to a callback from the upstream connection's own
+    (``stream_relay.splice_stream``), for a server that writes to its client's transport itself; it
+    is used instead of ``body_iterator``, never beside it.
     """
+
+    splice: Splice | None
 
     def __init__(
         self,
@@ -34,8 +45,10 @@ class RelayStream(StreamingResponse):
         *,
         status_code: int = 200,
         raw_headers: list[tuple[bytes, bytes]],
+        splice: Splice | None = None,
     ) -> None:
         self.body_iterator = body
+        self.splice = splice
         self.status_code = status_code
         self.background = None
         self.raw_headers = raw_headers

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 import httptools
@@ -61,6 +61,11 @@ class UpstreamResponse:
         self._end_turn: Callable[[], None] | None = None  # the next request's turn, where it waits for one
         # Told once the whole answer is in, from the parser's callback, before any waiter wakes.
         self.on_whole: Callable[[UpstreamResponse], None] | None = None
+        # ``splice``'s: where the body goes from the connection's callback, how many blocks went,
+        # and whether the client asked to wait (its writes are backed up).
+        self._sink: Callable[[bytes], bool] | None = None
+        self._passed = 0
+        self._blocked = False
 
     @property
     def aborted(self) -> bool:
@@ -83,9 +88,34 @@ class UpstreamResponse:
         self._chunks.append(data)
         self._buffered += len(data)
         self._activity = self._loop.time()
+        if self._sink is not None:
+            return  # passed on by ``_flush`` once the connection's read is parsed
         if self._buffered > _HIGH_WATER:
             self._conn.pause()
         self._wake()
+
+    def _flush(self) -> None:
+        """A spliced answer's body read so far, passed on in one block (see ``splice``)."""
+        sink, chunks = self._sink, self._chunks
+        if sink is None or not chunks or self._aborted:
+            return
+        self._chunks = []
+        self._buffered = 0
+        self._drained = True
+        more = sink(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        self._passed += 1
+        if not more:
+            self._conn.pause()  # until the client's side is drained: the task waits for that
+            self._blocked = True
+            self._wake()
+        elif self._passed >= 2 and PACER.engaged and not self._complete:
+            # As ``aiter_raw`` keeps to the beat: unread, the tokens gather in the socket.
+            self._conn.pause()
+            PACER.at_beat(self._beat)
+
+    def _beat(self) -> None:
+        if not self._closed and not self._blocked:
+            self._conn.resume()
 
     def _finish(self, keep_alive: bool) -> None:
         self._complete = True
@@ -147,16 +177,43 @@ class UpstreamResponse:
                         await PACER.beat()
                         self._conn.resume()
                     continue
-                if self._aborted:
-                    return
-                if self._error is not None:
-                    raise self._error
-                if self._complete:
+                if self._over():
                     return
                 await self._wait()
         finally:
             if paced:
                 PACER.streams -= 1
+
+    def _over(self) -> bool:
+        """Whether the body is all read, or reading it was dropped; raises the error it ended with."""
+        if self._aborted:
+            return True
+        if self._error is not None:
+            raise self._error
+        return self._complete
+
+    async def splice(self, sink: Callable[[bytes], bool], drained: Callable[[], Awaitable[object]]) -> None:
+        """Pass the body on as it arrives, from the connection's own callback: ``sink`` is handed each
+        read's worth (chunked framing removed), with no task step between llama-server's socket
+        and the client's, and answers whether the client may take more. When it may not, reading
+        stops until ``drained`` returns. Streams keep to the shared beat as in ``aiter_raw``.
+        Returns once the body is passed on whole, or after ``abort``; raises the upstream error."""
+        PACER.streams += 1
+        self._sink = sink
+        try:
+            while True:
+                self._flush()  # what arrived before, or with an error or the end
+                if self._over():
+                    return
+                if self._blocked:
+                    await drained()
+                    self._blocked = False
+                    self._conn.resume()
+                    continue
+                await self._wait()
+        finally:
+            self._sink = None
+            PACER.streams -= 1
 
     def whole_body(self) -> bytes | None:
         """The body of an answer that is in whole, left in place for ``aread``; None until then, or
@@ -227,6 +284,9 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._error(UpstreamError(f"malformed answer from upstream: {exc}"))
             self.close()
+        r = self.response
+        if r is not None and r._sink is not None:
+            r._flush()
 
     def eof_received(self) -> bool:
         return False
