@@ -7,12 +7,17 @@ llama-server's compute threads, and the others wait for it at the end of their s
 costs llama-server far more than its own CPU time.
 
 So while at least ``min_streams`` streams are relayed, a stream that has passed on its first two
-blocks stops reading after each block until the next beat (every ``interval`` seconds, one timer for
-all of them), and then passes on in one block whatever arrived meanwhile. The first blocks (the
-answer's start) are never held, and each later token waits at most one beat.
+blocks stops reading after each block until the next beat (one timer for all of them), and then
+passes on in one block whatever arrived meanwhile. The first blocks (the answer's start) are never
+held, and each later token waits at most one beat.
 
-Settings (environment): ``LLAMAMAN_STREAM_PACE_MS`` (the beat, default 20; 0 turns pacing off) and
-``LLAMAMAN_STREAM_PACE_MIN`` (streams at once before pacing starts, default 8).
+The beat is ``interval`` long at ``min_streams`` streams and grows in step with their number, up to
+``longest``: the blocks relayed per second, and so the relay's wake-ups, then stay as they were at
+``min_streams`` however many stream, until the beat reaches ``longest``.
+
+Settings (environment): ``LLAMAMAN_STREAM_PACE_MS`` (the beat at the stream count below, default 20;
+0 turns pacing off), ``LLAMAMAN_STREAM_PACE_MIN`` (streams at once before pacing starts, default 8)
+and ``LLAMAMAN_STREAM_PACE_MAX_MS`` (the longest beat, default 50).
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ def _env_float(name: str, default: float) -> float:
 class Pacer:
     """The beat streams wait on while enough of them run; see the module's description."""
 
-    def __init__(self, interval: float, min_streams: int) -> None:
+    def __init__(self, interval: float, min_streams: int, longest: float = 0.0) -> None:
         self.interval = interval
         self.min_streams = max(1, min_streams)
+        self.longest = max(interval, longest)
         self.streams = 0  # streams being relayed now
         self._waiting: list[asyncio.Future[None]] = []
         self._calls: list[Callable[[], None]] = []
@@ -64,8 +70,12 @@ class Pacer:
         if self._loop is not loop:  # a new event loop (tests run several): the old timer is gone
             self._waiting, self._calls, self._timer, self._loop = [], [], None, loop
         if self._timer is None:
-            self._timer = loop.call_later(self.interval, self._sound)
+            self._timer = loop.call_later(self.length(), self._sound)
         return loop
+
+    def length(self) -> float:
+        """The beat for the streams relayed now (see the module's description)."""
+        return min(self.longest, self.interval * max(1.0, self.streams / self.min_streams))
 
     def _sound(self) -> None:
         waiting, self._waiting, self._timer = self._waiting, [], None
@@ -80,4 +90,5 @@ class Pacer:
 PACER = Pacer(
     _env_float("LLAMAMAN_STREAM_PACE_MS", 20.0) / 1000,
     int(_env_float("LLAMAMAN_STREAM_PACE_MIN", 8)),
+    _env_float("LLAMAMAN_STREAM_PACE_MAX_MS", 50.0) / 1000,
 )

@@ -138,3 +138,24 @@ def test_an_interval_of_zero_turns_pacing_off() -> None:
     p = Pacer(interval=0.0, min_streams=1)
     p.streams = 100
     assert not p.engaged
+
+
+def test_the_beat_grows_with_the_streams_so_the_blocks_per_second_stay_until_its_longest() -> None:
+    p = Pacer(interval=0.02, min_streams=8, longest=0.05)
+    lengths = {}
+    for streams in (1, 8, 12, 16, 20, 32, 1000):
+        p.streams = streams
+        lengths[streams] = round(p.length(), 4)
+    assert lengths == {1: 0.02, 8: 0.02, 12: 0.03, 16: 0.04, 20: 0.05, 32: 0.05, 1000: 0.05}
+    fixed = Pacer(interval=0.02, min_streams=8)  # no longest given: the beat stays as it is
+    fixed.streams = 64
+    assert fixed.length() == 0.02
+
+
+async def test_the_timer_sounds_the_beat_for_the_streams_running_when_it_is_set() -> None:
+    p = Pacer(interval=0.01, min_streams=1, longest=0.2)
+    p.streams = 40  # 0.01 s at one stream: 0.4 s at forty, so the longest
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await asyncio.wait_for(p.beat(), 5)
+    assert loop.time() - start >= 0.19
