@@ -183,10 +183,19 @@ async def serve(host: str, port: int) -> None:
         await server.serve_forever()
 
 
-def wrapper_script(folder: Path) -> Path:
-    """An executable that runs this server with whatever flags it is given (for LLAMA_SERVER_BIN)."""
+def wrapper_script(folder: Path, token_delay: float | None = None) -> Path:
+    """An executable that runs this server with whatever flags it is given (for LLAMA_SERVER_BIN).
+
+    ``token_delay`` (default: this process's ``FAKE_TOKEN_DELAY``) is written into it: LlamaMan
+    starts its servers with an allow-listed environment, which a delay set for LlamaMan never
+    reaches."""
+    if token_delay is None:
+        token_delay = float(os.environ.get("FAKE_TOKEN_DELAY", "0"))
     path = folder / "fake-llama-server"
-    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).resolve()}" "$@"\n')
+    path.write_text(
+        f'#!/bin/sh\nFAKE_TOKEN_DELAY={float(token_delay)!r} exec "{sys.executable}" '
+        f'"{Path(__file__).resolve()}" "$@"\n'
+    )
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return path
 

@@ -65,9 +65,8 @@ def p5_thousand_streams(
     in a row, every token ``delay`` s apart at the fake upstream so the streams overlap."""
     raise_fd_limit()
     folder = Path(tempfile.mkdtemp(prefix="bench-fake-"))
-    fake = wrapper_script(folder)
-    env = {"FAKE_TOKEN_DELAY": str(delay)}
-    with llamaman(models, server_bin=str(fake), extra_env=env) as lm:
+    fake = wrapper_script(folder, token_delay=delay)
+    with llamaman(models, server_bin=str(fake)) as lm:
         put_preset(lm, "tiny-a.gguf", ctx_size=2048, parallel=1)
         _warm(lm.url, "tiny-a")
         start_at = time.time() + 2.0

@@ -26,7 +26,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.client import chat, session
-from bench.fake_upstream import expected
+from bench.fake_upstream import expected, wrapper_script
 from bench.harness import (
     LlamaManProc,
     auth_headers,
@@ -121,12 +121,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-nodes-"))
-    # LlamaMan starts servers with an allow-listed environment: the delay goes into the wrapper.
-    fake_py = Path(__file__).resolve().parent / "fake_upstream.py"
-    wrapper = work / "fake-llama-server"
-    wrapper.write_text(f'#!/bin/sh\nFAKE_TOKEN_DELAY={args.delay} exec "{sys.executable}" "{fake_py}" "$@"\n')
-    wrapper.chmod(0o755)
-    fake = str(wrapper)
+    fake = str(wrapper_script(work, token_delay=args.delay))
     folders = {}
     for name, models in (("n1", ["a"]), ("n2", ["a", "b"]), ("n3", ["a"])):
         folders[name] = work / f"models-{name}"
