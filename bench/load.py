@@ -59,10 +59,12 @@ def _warm(url: str, model: str) -> None:
 
 
 def p5_thousand_streams(
-    models: Path, clients: int = 1000, procs: int = 2, repeat: int = 2, tokens: int = 32, delay: float = 0.01
+    models: Path, clients: int = 1000, procs: int = 2, repeat: int = 2, tokens: int = 32, delay: float = 0.0
 ) -> dict[str, Any]:
     """``clients`` concurrent streams (``procs`` client processes), each client ``repeat`` streams
-    in a row, every token ``delay`` s apart at the fake upstream so the streams overlap."""
+    in a row, every token ``delay`` s apart at the fake upstream (by default back to back). The
+    instance has one slot, so LlamaMan sends it two requests at a time and holds the other clients
+    in its queue: what P5 loads is the proxy's hold on a thousand connections, not the upstream."""
     raise_fd_limit()
     folder = Path(tempfile.mkdtemp(prefix="bench-fake-"))
     fake = wrapper_script(folder, token_delay=delay)
