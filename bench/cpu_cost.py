@@ -6,7 +6,12 @@ under cProfile and writes its stats there (read them with ``python -m pstats FIL
 
 ``--main-port`` sends the requests to LlamaMan's main port instead of its proxy port.
 
-Run: python bench/cpu_cost.py [-n 2000] [--tokens 256] [--main-port] [--profile out.prof]
+``--parallel N`` gives the instance N slots: LlamaMan sends it N + 1 requests at a time and queues
+the rest, whatever ``-c`` asks. ``FAKE_TOKEN_DELAY`` (seconds) keeps a stream's
+tokens that far apart at the fake server.
+
+Run: python bench/cpu_cost.py [-n 2000] [--tokens 256] [-c 1] [--parallel 1] [--main-port]
+                              [--profile out.prof]
 """
 
 from __future__ import annotations
@@ -67,13 +72,14 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=2000, help="plain requests (streams: a tenth of that)")
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("-c", "--concurrency", type=int, default=1)
+    ap.add_argument("--parallel", type=int, default=1, help="the instance's slots (see above)")
     ap.add_argument("--profile", type=Path, help="run LlamaMan under cProfile, stats to this file")
     ap.add_argument("--main-port", action="store_true", help="through the main port, not the proxy port")
     args = ap.parse_args()
     models = make_models(Path(tempfile.mkdtemp(prefix="bench-models-")))
     fake = wrapper_script(Path(tempfile.mkdtemp(prefix="bench-fake-")))
     with llamaman(models, server_bin=str(fake), profile=args.profile) as lm:
-        put_preset(lm, "tiny-a.gguf", ctx_size=2048, parallel=1)
+        put_preset(lm, "tiny-a.gguf", ctx_size=2048 * args.parallel, parallel=args.parallel)
         url = lm.api if args.main_port else lm.url
         figures = asyncio.run(_measure(url, lm.popen.pid, args.n, args.tokens, args.concurrency))
     print(json.dumps(figures, indent=1))
