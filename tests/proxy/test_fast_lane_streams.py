@@ -1,6 +1,7 @@
 """A stream on the fast lane is spliced: each read from llama-server is written to the client from
 the upstream connection's own callback. A client that reads slowly holds llama-server's answer back
-instead of having it piled up in LlamaMan, and still gets all of it, counted as llama-server counts it.
+instead of having it piled up in LlamaMan, and still gets all of it, counted as llama-server counts it;
+one that hangs up mid-stream ends the generation at once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httptools
+import httpx
 import pytest
 
 from llamaman.app import LlamaMan
@@ -109,3 +111,41 @@ async def test_a_client_that_reads_slowly_holds_llama_server_back_and_still_gets
             break
         await asyncio.sleep(0.005)
     assert seen[0].status == 200 and seen[0].completion_tokens == TOKENS
+
+
+async def test_a_client_that_hangs_up_mid_stream_ends_the_generation_and_gives_its_place_back(
+    services: LlamaMan, proxy_pair: Ports
+) -> None:
+    m = await services.router.load("tiny-a")
+    _, key = await services.auth.keys.create("leaving")
+    seen: list[Exchange] = []
+    services.relay.add_observer(seen.append)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_pair.lane.port)
+    body = {
+        "model": "tiny-a",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 100000,
+        "stream": True,
+    }
+    writer.write(request(key, body))
+    got = b""
+    while b"data: {" not in got:  # the first token: hang up
+        data = await asyncio.wait_for(reader.read(4096), 60)
+        assert data, "the connection closed before the first token"
+        got += data
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(2000):
+        if seen and services.router.slot(m).inflight == 0:
+            break
+        await asyncio.sleep(0.005)
+    assert proxy_pair.taken == 1  # the lane answered it
+    # The answer had begun: recorded with the status it was sent with, as proxies log a stream cut
+    # short after its head; cut off before llama-server's final event (a generation left running
+    # reaches it, with its usage, long before the checks below could tell).
+    assert [(ex.status, ex.stream) for ex in seen] == [(200, True)]
+    assert seen[0].completion_tokens == 0
+    assert services.router.slot(m).inflight == 0 and len(services.relay.inflight) == 0
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as c:
+        slots = (await c.get(f"{m.base_url}/slots", headers=m.proc.auth_headers)).json()
+    assert not any(s["is_processing"] for s in slots), "llama-server kept generating for a gone client"
