@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from llamaman.app import LlamaMan
+from llamaman.core.exchange import Exchange
 from llamaman.core.state import InstanceState
 from llamaman.instances.launch import LaunchSettings, SamplingOverrides
 from llamaman.instances.supervisor import ManagedInstance
@@ -106,6 +107,8 @@ async def test_gate_serves_three_and_refuses_seven_then_counters_return_to_zero(
 
 async def test_client_disconnect_mid_stream_frees_the_slot_and_closes_upstream(services: LlamaMan) -> None:
     m = await launch(services)
+    seen: list[Exchange] = []
+    services.relay.add_observer(seen.append)
     async with httpx.AsyncClient(timeout=30) as c:
         async with c.stream(
             "POST",
@@ -119,11 +122,14 @@ async def test_client_disconnect_mid_stream_frees_the_slot_and_closes_upstream(s
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             slots = (await c.get(f"{m.base_url}/slots", headers=m.proc.auth_headers)).json()
-            if services.router.slot(m).inflight == 0 and not any(s["is_processing"] for s in slots):
+            if services.router.slot(m).inflight == 0 and seen and not any(s["is_processing"] for s in slots):
                 break
             await asyncio.sleep(0.05)
         assert services.router.slot(m).inflight == 0
         assert not any(s["is_processing"] for s in slots), "llama-server kept generating for a gone client"
+    # Cut off before llama-server's final event: a generation left running reaches it, with its
+    # usage, within the seconds the checks above allow.
+    assert len(seen) == 1 and seen[0].completion_tokens == 0
 
 
 async def test_upstream_killed_mid_stream_ends_the_client_stream_with_an_error_within_a_second(
