@@ -328,9 +328,7 @@ class FastLaneProtocol(QuietProtocol):
                     break
                 if not isinstance(chunk, bytes):  # pragma: no cover - the relay yields bytes
                     chunk = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
-                if chunk:
-                    self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                if self.flow.write_paused:
+                if not self._pass_on(cycle, chunk):
                     await self.flow.drain()
             else:
                 if not self.transport.is_closing():

@@ -73,6 +73,15 @@ def _cancelled_line(style: ErrorStyle, ex: Exchange) -> bytes | None:
     return None
 
 
+def _end(upstream: UpstreamResponse, lease: UpstreamTarget, tally: Tally, record: Record) -> None:
+    """However a stream ended: the upstream request and the lease given up, the accounting read
+    from its end, the exchange recorded."""
+    upstream.close()
+    lease.release()
+    tally.close()
+    record(tally.ex)
+
+
 async def relay_stream(
     upstream: UpstreamResponse, lease: UpstreamTarget, style: ErrorStyle, ex: Exchange, record: Record
 ) -> AsyncIterator[bytes]:
@@ -89,10 +98,7 @@ async def relay_stream(
     except UpstreamError as exc:
         yield _broke(exc, lease, style, ex)
     finally:
-        upstream.close()
-        lease.release()
-        tally.close()
-        record(ex)
+        _end(upstream, lease, tally, record)
 
 
 async def splice_stream(
@@ -122,10 +128,7 @@ async def splice_stream(
     except UpstreamError as exc:
         sink(_broke(exc, lease, style, ex))
     finally:
-        upstream.close()
-        lease.release()
-        tally.close()
-        record(ex)
+        _end(upstream, lease, tally, record)
 
 
 def absorb_sse_tail(ex: Exchange, tail: bytes) -> None:

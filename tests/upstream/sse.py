@@ -42,6 +42,10 @@ async def sse_server(script: Script, *, end: bool = True) -> tuple[asyncio.Serve
     return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
+async def drained_at_once() -> None:
+    """A splice's wait for its client to drain, for a client that is never backed up."""
+
+
 async def tokens_apart(writer: asyncio.StreamWriter, n: int = 60, gap: float = 0.003) -> None:
     for i in range(n):
         writer.write(event(i))

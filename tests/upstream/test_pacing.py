@@ -16,13 +16,9 @@ from llamaman.upstream import pacing
 from llamaman.upstream.client import UpstreamClient
 from llamaman.upstream.pacing import Pacer
 from llamaman.upstream.wire import UpstreamResponse
-from tests.upstream.sse import data, event, joined, sse_server, tokens_apart
+from tests.upstream.sse import data, drained_at_once, event, joined, sse_server, tokens_apart
 
 READERS = ("aiter_raw", "splice")
-
-
-async def _nothing() -> None:
-    pass
 
 
 async def read_blocks(r: UpstreamResponse, reader: str) -> list[bytes]:
@@ -30,7 +26,7 @@ async def read_blocks(r: UpstreamResponse, reader: str) -> list[bytes]:
     if reader == "aiter_raw":
         return [b async for b in r.aiter_raw(paced=True)]
     blocks: list[bytes] = []
-    await r.splice(lambda b: blocks.append(b) is None, _nothing)
+    await r.splice(lambda b: blocks.append(b) is None, drained_at_once)
     return blocks
 
 
@@ -111,7 +107,7 @@ async def test_the_first_blocks_of_an_answer_are_never_held(
                     told.set()
                 await it.aclose()
             else:
-                splicing = asyncio.ensure_future(r.splice(sink, _nothing))
+                splicing = asyncio.ensure_future(r.splice(sink, drained_at_once))
                 for i, told in enumerate(seen):
                     await asyncio.wait_for(arrived.wait(), 5)  # a held block waits 30 s
                     arrived.clear()

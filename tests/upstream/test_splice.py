@@ -12,11 +12,7 @@ import pytest
 
 from llamaman.upstream.client import UpstreamClient
 from llamaman.upstream.wire import UpstreamClosed
-from tests.upstream.sse import event, joined, sse_server, tokens_apart
-
-
-async def _nothing() -> None:
-    pass
+from tests.upstream.sse import drained_at_once, event, joined, sse_server, tokens_apart
 
 
 async def test_a_client_that_cannot_take_more_stops_the_reading_until_it_is_drained() -> None:
@@ -80,7 +76,7 @@ async def test_a_stream_that_breaks_passes_on_what_arrived_then_raises() -> None
         try:
             r = await client.request("GET", url, "/stream")
             with pytest.raises(UpstreamClosed):
-                await asyncio.wait_for(r.splice(lambda b: passed.append(b) is None, _nothing), 10)
+                await asyncio.wait_for(r.splice(lambda b: passed.append(b) is None, drained_at_once), 10)
             r.close()
         finally:
             await client.aclose()
@@ -101,7 +97,7 @@ async def test_a_spliced_stream_whose_client_leaves_ends_at_once_and_its_connect
         client = UpstreamClient()
         try:
             r = await client.request("GET", url, "/stream")
-            splicing = asyncio.ensure_future(r.splice(lambda b: passed.append(b) is None, _nothing))
+            splicing = asyncio.ensure_future(r.splice(lambda b: passed.append(b) is None, drained_at_once))
             while not passed:
                 await asyncio.sleep(0.005)
             conn = r._conn
