@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
 import httptools
 import httpx
+import pytest
 
 from llamaman.app import LlamaMan
 from llamaman.proxy.app import ProxyServer, create_proxy_app
+from llamaman.proxy.fast_protocol import FastLaneProtocol
 
 
 class Ports:
@@ -98,3 +101,61 @@ async def exchange(port: int, data: bytes) -> list[tuple[int, bytes]]:
     finally:
         writer.close()
     return answers.done
+
+
+class StreamAnswer:
+    """A chunked SSE answer read off a socket: its text and its usage once it is done."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.body = b""
+        self.done = False
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+    async def read(self, reader: asyncio.StreamReader) -> None:
+        """The rest of the answer, read a little at a time."""
+        while not self.done:
+            data = await asyncio.wait_for(reader.read(4096), 60)
+            assert data, "the connection closed before the answer ended"
+            self.parser.feed_data(data)
+            await asyncio.sleep(0)
+
+    def text_and_usage(self) -> tuple[str, dict[str, Any]]:
+        text, usage = "", {}
+        for line in self.body.split(b"\n"):
+            if line.startswith(b"data: {"):
+                event = json.loads(line[6:])
+                usage = event.get("usage") or usage
+                for choice in event.get("choices") or []:
+                    text += (choice.get("delta") or {}).get("content") or ""
+        return text, usage
+
+
+def small_send_buffers(monkeypatch: pytest.MonkeyPatch) -> list[FastLaneProtocol]:
+    """A slow network for the lane's connections from now on: the kernel holds little of what
+    LlamaMan writes to a client, so what is held, LlamaMan holds. Returns the connections' protocols
+    as they are made."""
+    made = FastLaneProtocol.connection_made
+    lanes: list[FastLaneProtocol] = []
+
+    def small(self: FastLaneProtocol, transport: Any) -> None:
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        lanes.append(self)
+        made(self, transport)
+
+    monkeypatch.setattr(FastLaneProtocol, "connection_made", small)
+    return lanes
+
+
+async def narrow_connection(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection whose receive window is small: a client that does not read soon backs up."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return await asyncio.open_connection(sock=sock)
