@@ -6,7 +6,8 @@ inside LlamaMan (``bench/steps_probe.py``), in two settings.
 - **Back to back**: requests go to LlamaMan alone, each as soon as the last is answered.
 
 For each step, the p50 of when it ended, counted from the moment the request's bytes reached the
-proxy; the answer's step is counted from the moment llama-server's answer reached it. P1's added
+proxy; the answer's steps are counted from the moment llama-server's answer reached it. Rows 5a-5b
+and 8a-8b split steps 6 and 8 (the rest of 6 is the write and what is set up after it). P1's added
 latency (LlamaMan's p50 less the direct server's, in the rotation) is printed beside them.
 
 With ``--least``, the least relay (``bench/least_relay.py``) runs inside the same LlamaMan process

@@ -67,6 +67,8 @@ def _install() -> None:
     from llamaman.gateway.http_protocol import CoalescingTransport
     from llamaman.proxy.fast_lane import FastLane
     from llamaman.proxy.fast_protocol import FastLaneProtocol
+    from llamaman.upstream.client import UpstreamClient
+    from llamaman.upstream.relay import Relay
     from llamaman.upstream.wire import Connection
 
     arrived = FastLaneProtocol.data_received
@@ -86,6 +88,10 @@ def _install() -> None:
     # The request is written before its exchange is made: what comes after overlaps llama-server.
     _after(FastLane, "send_now", "6 written to llama-server")
     _after(FastLane, "exchange", "7 request recorded in flight")
+    # Step 6 in parts: the body for llama-server made, then the request's bytes and a kept
+    # connection (the write itself, and the answer's state set up after it, are the rest of 6).
+    _before(Relay, "send_now", "5a body encoded")
+    _before(UpstreamClient, "_start", "5b request encoded, connection taken")
 
     upstream = Connection.data_received
 
@@ -95,6 +101,20 @@ def _install() -> None:
         upstream(self, data)
 
     Connection.data_received = answer_received  # type: ignore[method-assign]
+
+    # Step 8 in parts, counted from the answer's arrival like it.
+    def _since_answer(cls: type, name: str, step: str) -> None:
+        inner: Callable[..., Any] = getattr(cls, name)
+
+        @functools.wraps(inner)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            _mark(step, _t_answer)
+            return inner(*args, **kwargs)
+
+        setattr(cls, name, timed)
+
+    _since_answer(FastLaneProtocol, "_answer_whole", "8a answer parsed")
+    _since_answer(FastLaneProtocol, "_write", "8b client's answer made")
 
     # The answer's bytes reach the socket in one of these: the transport holds a response's head
     # until the end of the event loop's turn unless its body follows at once.
