@@ -51,13 +51,13 @@ def _after(cls: type, name: str, step: str) -> None:
     setattr(cls, name, timed)
 
 
-def _before(cls: type, name: str, step: str) -> None:
-    """Mark ``step`` when ``cls.name`` is called."""
+def _before(cls: type, name: str, step: str, *, answer: bool = False) -> None:
+    """Mark ``step`` when ``cls.name`` is called; ``answer``: counted from the answer's arrival."""
     inner: Callable[..., Any] = getattr(cls, name)
 
     @functools.wraps(inner)
     def timed(*args: Any, **kwargs: Any) -> Any:
-        _mark(step, _t0)
+        _mark(step, _t_answer if answer else _t0)
         return inner(*args, **kwargs)
 
     setattr(cls, name, timed)
@@ -103,18 +103,8 @@ def _install() -> None:
     Connection.data_received = answer_received  # type: ignore[method-assign]
 
     # Step 8 in parts, counted from the answer's arrival like it.
-    def _since_answer(cls: type, name: str, step: str) -> None:
-        inner: Callable[..., Any] = getattr(cls, name)
-
-        @functools.wraps(inner)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            _mark(step, _t_answer)
-            return inner(*args, **kwargs)
-
-        setattr(cls, name, timed)
-
-    _since_answer(FastLaneProtocol, "_answer_whole", "8a answer parsed")
-    _since_answer(FastLaneProtocol, "_write", "8b client's answer made")
+    _before(FastLaneProtocol, "_answer_whole", "8a answer parsed", answer=True)
+    _before(FastLaneProtocol, "_write", "8b client's answer made", answer=True)
 
     # The answer's bytes reach the socket in one of these: the transport holds a response's head
     # until the end of the event loop's turn unless its body follows at once.
