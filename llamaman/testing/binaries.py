@@ -3,6 +3,9 @@ RPC-capable one for the tests that spread a model over workers."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -21,10 +24,26 @@ def llama_server_executable() -> str | None:
         return None
     if len(found.argv_prefix) == 1:
         return found.argv_prefix[0]
-    wrapper = Path(tempfile.gettempdir()) / "llamaman-xllama-server"
-    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m llamaman.instances.xllama_launcher "$@"\n')
-    wrapper.chmod(0o755)
-    return str(wrapper)
+    return str(launcher_wrapper(sys.executable))
+
+
+def launcher_wrapper(python: str, folder: Path | None = None) -> Path:
+    """An executable script that runs the xllamacpp launcher under ``python``. One per interpreter:
+    test runs of two checkouts at once, each with its own virtualenv, must not launch their servers
+    with each other's code. Written whole and renamed into place, since another run of the same
+    checkout may be starting a server through it at that moment. ``folder``: the system's temporary one
+    unless given."""
+    digest = hashlib.sha256(python.encode()).hexdigest()[:12]
+    wrapper = (folder or Path(tempfile.gettempdir())) / f"llamaman-xllama-server-{digest}"
+    script = f'#!/bin/sh\nexec {shlex.quote(python)} -m llamaman.instances.xllama_launcher "$@"\n'
+    if wrapper.exists() and wrapper.read_text() == script:
+        return wrapper
+    fd, part = tempfile.mkstemp(prefix=wrapper.name + ".", dir=wrapper.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(script)
+    os.chmod(part, 0o755)
+    os.replace(part, wrapper)
+    return wrapper
 
 
 def rpc_capable_llama_server() -> LlamaServerBinary | None:
