@@ -311,28 +311,19 @@ class FastLaneProtocol(QuietProtocol):
         self.write_whole(b"".join(out))
 
     async def _relay(self, response: RelayStream, cycle: _LaneCycle) -> None:
+        """A stream, each block written from llama-server's connection callback (no task step per
+        block). Every stream the lane's relay answers can be spliced; one that cannot is a fault."""
         self._stream = response
         try:
+            if response.splice is None:
+                raise RuntimeError("the fast lane was given a stream it cannot splice")
             if self.transport.is_closing():
                 response.abort()
                 return
             self.transport.write(b"".join(self._head(response, cycle, b"transfer-encoding: chunked\r\n")))
-            if response.splice is not None:
-                # Each block written from llama-server's connection callback: no task step per block.
-                await response.splice(partial(self._pass_on, cycle), self.flow.drain)
-                if not cycle.disconnected and not self.transport.is_closing():
-                    self.transport.write(b"0\r\n\r\n")
-                return
-            async for chunk in response.body_iterator:
-                if cycle.disconnected:
-                    break
-                if not isinstance(chunk, bytes):  # pragma: no cover - the relay yields bytes
-                    chunk = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
-                if not self._pass_on(cycle, chunk):
-                    await self.flow.drain()
-            else:
-                if not self.transport.is_closing():
-                    self.transport.write(b"0\r\n\r\n")
+            await response.splice(partial(self._pass_on, cycle), self.flow.drain)
+            if not cycle.disconnected and not self.transport.is_closing():
+                self.transport.write(b"0\r\n\r\n")
         finally:
             await response.close()
 
