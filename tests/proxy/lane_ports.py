@@ -4,8 +4,11 @@ the lane's tests need to compare the two ways and to send what no HTTP client wo
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import socket
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httptools
@@ -13,6 +16,7 @@ import httpx
 import pytest
 
 from llamaman.app import LlamaMan
+from llamaman.instances.instance import ManagedInstance
 from llamaman.proxy.app import ProxyServer, create_proxy_app
 from llamaman.proxy.fast_protocol import FastLaneProtocol
 
@@ -131,8 +135,8 @@ class StreamAnswer:
             if line.startswith(b"data: {"):
                 event = json.loads(line[6:])
                 usage = event.get("usage") or usage
-                for choice in event.get("choices") or []:
-                    text += (choice.get("delta") or {}).get("content") or ""
+                for choice in event.get("choices") or []:  # a chat's delta, or a completion's text
+                    text += (choice.get("delta") or {}).get("content") or choice.get("text") or ""
         return text, usage
 
 
@@ -159,3 +163,28 @@ async def narrow_connection(port: int) -> tuple[asyncio.StreamReader, asyncio.St
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     return await asyncio.open_connection(sock=sock)
+
+
+async def settled(check: Callable[[], bool | Awaitable[bool]], timeout: float = 10) -> bool:
+    """Whether ``check`` comes true within ``timeout`` seconds, asked every 10 ms (the caller asserts
+    what that means)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.01)
+
+
+async def generating(services: LlamaMan, m: ManagedInstance) -> bool:
+    """Whether one of the instance's llama-server slots is processing, by its own ``/slots``."""
+    slots = (await services.http.get(f"{m.base_url}/slots", headers=m.proc.auth_headers)).json()
+    return any(s.get("is_processing") for s in slots)
+
+
+async def idle(services: LlamaMan, m: ManagedInstance) -> bool:
+    return not await generating(services, m)

@@ -9,14 +9,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-import httpx
 import pytest
 
 from llamaman.app import LlamaMan
 from llamaman.core.exchange import Exchange
 from llamaman.testing.tiny_gguf import expected_text
 from llamaman.upstream.wire import UpstreamResponse
-from tests.proxy.lane_ports import Ports, StreamAnswer, narrow_connection, request, small_send_buffers
+from tests.proxy.lane_ports import (
+    Ports,
+    StreamAnswer,
+    idle,
+    narrow_connection,
+    request,
+    settled,
+    small_send_buffers,
+)
 
 pytestmark = pytest.mark.llama
 
@@ -49,10 +56,8 @@ async def test_a_client_that_reads_slowly_holds_llama_server_back_and_still_gets
     body = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": TOKENS,
             "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
     writer.write(request(key, body))
-    for _ in range(24000):  # the client reads nothing until the lane waits for it (or the stream ends)
-        if waits or seen:
-            break
-        await asyncio.sleep(0.005)
+    # The client reads nothing until the lane waits for it (or the stream ends).
+    await settled(lambda: bool(waits or seen), 120)
     assert waits, "the lane never waited for the slow client"
     stream = StreamAnswer()
     await stream.read(reader)  # slowly: a little at a time
@@ -61,10 +66,7 @@ async def test_a_client_that_reads_slowly_holds_llama_server_back_and_still_gets
     text, usage = stream.text_and_usage()
     assert text == expected_text("A", TOKENS)
     assert usage["completion_tokens"] == TOKENS
-    for _ in range(2000):
-        if seen:
-            break
-        await asyncio.sleep(0.005)
+    await settled(lambda: bool(seen))
     assert seen[0].status == 200 and seen[0].completion_tokens == TOKENS
 
 
@@ -90,10 +92,7 @@ async def test_a_client_that_hangs_up_mid_stream_ends_the_generation_and_gives_i
         got += data
     writer.close()
     await writer.wait_closed()
-    for _ in range(2000):
-        if seen and services.router.slot(m).inflight == 0:
-            break
-        await asyncio.sleep(0.005)
+    await settled(lambda: bool(seen) and services.router.slot(m).inflight == 0)
     assert proxy_pair.taken == 1  # the lane answered it
     # The answer had begun: recorded with the status it was sent with, as proxies log a stream cut
     # short after its head; cut off before llama-server's final event (a generation left running
@@ -101,10 +100,5 @@ async def test_a_client_that_hangs_up_mid_stream_ends_the_generation_and_gives_i
     assert [(ex.status, ex.stream) for ex in seen] == [(200, True)]
     assert seen[0].completion_tokens == 0
     assert services.router.slot(m).inflight == 0 and len(services.relay.inflight) == 0
-    async with httpx.AsyncClient(timeout=10, trust_env=False) as c:
-        for _ in range(600):  # llama-server notices its closed connection within a few seconds
-            slots = (await c.get(f"{m.base_url}/slots", headers=m.proc.auth_headers)).json()
-            if not any(s["is_processing"] for s in slots):
-                break
-            await asyncio.sleep(0.05)
-    assert not any(s["is_processing"] for s in slots), "llama-server kept generating for a gone client"
+    # llama-server notices a stream's closed connection at its next write.
+    assert await settled(lambda: idle(services, m), 30), "llama-server kept generating for a gone client"

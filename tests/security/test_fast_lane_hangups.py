@@ -14,9 +14,8 @@ that the next request does not wait for it."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import time
+from functools import partial
 from typing import Any
 
 import psutil
@@ -26,7 +25,7 @@ from llamaman.app import LlamaMan
 from llamaman.core.exchange import Exchange
 from llamaman.testing.tiny_gguf import expected_text
 from llamaman.upstream.client import Pending
-from tests.proxy.lane_ports import Ports, client, request
+from tests.proxy.lane_ports import Ports, client, request, settled
 
 pytestmark = [pytest.mark.auth, pytest.mark.llama]
 
@@ -46,6 +45,10 @@ def server_end(pid: int, port: int) -> str | None:
         if conn.raddr and conn.raddr.port == port:
             return str(conn.status)
     return None
+
+
+def closed_by_llamaman(pid: int, port: int) -> bool:
+    return server_end(pid, port) in CLOSED_BY_LLAMAMAN
 
 
 async def test_a_caller_who_hangs_up_as_it_asks_has_the_request_written_on_the_lane_dropped_at_llama_server(
@@ -83,16 +86,13 @@ async def test_a_caller_who_hangs_up_as_it_asks_has_the_request_written_on_the_l
         with socket.create_connection(("127.0.0.1", proxy_pair.lane.port)) as sock:
             sock.sendall(request(key, long))
             sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + 10
-        while not any(ex.status == 499 for ex in seen[-1:]):
-            assert time.monotonic() < deadline, "the hang-up was not recorded"
-            await asyncio.sleep(0.01)
+        assert await settled(lambda: any(ex.status == 499 for ex in seen[-1:])), (
+            "the hang-up was not recorded"
+        )
         assert proxy_pair.taken == before + 1  # the lane took it
         # ... and wrote it from the parser's callback, on the kept connection.
         assert len(written) == kept + 1
         port = written[-1]
-        deadline = time.monotonic() + 10
-        while (state := server_end(m.proc.pid, port)) not in CLOSED_BY_LLAMAMAN:
-            assert time.monotonic() < deadline, f"llama-server's end of the request stays {state}"
-            await asyncio.sleep(0.01)
+        closed = await settled(partial(closed_by_llamaman, m.proc.pid, port))
+        assert closed, f"llama-server's end of the request stays {server_end(m.proc.pid, port)}"
         assert services.router.slot(m).inflight == 0 and len(services.relay.inflight) == 0

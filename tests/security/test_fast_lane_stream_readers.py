@@ -7,15 +7,21 @@ it still gets every token."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 import pytest
 
 from llamaman.app import LlamaMan
 from llamaman.core.exchange import Exchange
 from llamaman.testing.tiny_gguf import expected_text
-from tests.proxy.lane_ports import Ports, StreamAnswer, narrow_connection, request, small_send_buffers
+from tests.proxy.lane_ports import (
+    Ports,
+    StreamAnswer,
+    generating,
+    idle,
+    narrow_connection,
+    request,
+    settled,
+    small_send_buffers,
+)
 
 pytestmark = [pytest.mark.auth, pytest.mark.llama]
 
@@ -25,16 +31,18 @@ TOKENS = 4000  # ~1.2 MB of events, within the tiny model's context
 HELD = 384 * 1024
 
 
-async def _until(check: Any, what: str, timeout: float = 60) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if await check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{what}: not reached")
+# Both streaming endpoints of the lane: each is spliced. The tiny model goes on from the letter after
+# the last it was given, so the prompt ends in "z" for the completion's text to start at "a".
+ASKS = {
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}]},
+    "/v1/completions": {"prompt": "xyz"},
+}
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("path", list(ASKS))
 async def test_a_caller_who_never_reads_a_long_stream_cannot_make_the_lane_hold_it(
-    services: LlamaMan, proxy_pair: Ports, monkeypatch: pytest.MonkeyPatch
+    services: LlamaMan, proxy_pair: Ports, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
     m = await services.router.load("tiny-a")
     _, key = await services.auth.keys.create("never reads")
@@ -43,19 +51,14 @@ async def test_a_caller_who_never_reads_a_long_stream_cannot_make_the_lane_hold_
     services.relay.add_observer(seen.append)
 
     reader, writer = await narrow_connection(proxy_pair.lane.port)
-    body = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": TOKENS,
-            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
-    writer.write(request(key, body))
+    body = {"model": "tiny-a", **ASKS[path], "max_tokens": TOKENS, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    writer.write(request(key, body, path))
 
-    async def slot_busy() -> bool:
-        slots = (await services.http.get(f"{m.base_url}/slots", headers=m.proc.auth_headers)).json()
-        return any(s.get("is_processing") for s in slots)
-
-    async def generated() -> bool:  # llama-server generates on whether or not its answer is read
-        return not await slot_busy()
-
-    await _until(slot_busy, "the generation started")
-    await _until(generated, "the generation done")
+    assert await settled(lambda: generating(services, m), 60), "the generation did not start"
+    # llama-server generates on whether or not its answer is read: 4,000 tokens take 5-20 s here, and
+    # over a minute in a slow stretch of a loaded machine.
+    assert await settled(lambda: idle(services, m), 240), "the generation did not end"
     held = max(p.transport.get_write_buffer_size() for p in lanes)
     assert held <= HELD, f"LlamaMan holds {held} bytes for a caller who reads nothing"
     assert not seen, "the stream ended while its caller read nothing"
