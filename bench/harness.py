@@ -101,10 +101,10 @@ class Proc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
+                os.killpg(self.popen.pid, sig)
             try:
                 self.popen.wait(15)
             except subprocess.TimeoutExpired:
@@ -174,6 +174,13 @@ def maybe_router_mode(models: Path, models_max: int, **kwargs: Any) -> Iterator[
 class LlamaManProc(Proc):
     main_port: int
     data: Path
+    # uvicorn raises the signal that stopped it again once it is done, and a SIGTERM then ends the
+    # process before cProfile writes its stats; a SIGINT ends it by KeyboardInterrupt, which cProfile
+    # writes them through.
+    stop_signal: int = signal.SIGTERM
+
+    def stop(self, sig: int | None = None) -> None:
+        super().stop(self.stop_signal if sig is None else sig)
 
     @property
     def api(self) -> str:
@@ -227,7 +234,8 @@ def llamaman(
     argv = [sys.executable, *profiler, str(ROOT / "main.py"), *([] if ui else ["--no-ui"])]
     popen = subprocess.Popen(argv, env=env, cwd=data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)  # fmt: skip
-    p = LlamaManProc(popen, proxy_port, main_port, data)
+    stop = signal.SIGINT if profile is not None else signal.SIGTERM
+    p = LlamaManProc(popen, proxy_port, main_port, data, stop)
     try:
         wait_http(f"{p.url}/health", timeout=90)
         yield p
