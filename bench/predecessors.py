@@ -1,0 +1,145 @@
+"""How much P1's figures depend on which target went just before: P1's plain chat at concurrency 1
+(max_tokens 8, tiny model) to a direct llama-server, router mode, ``socat`` and the least HTTP relay
+in Python (each in front of a llama-server of its own, as in ``bench/relay_floor.py``), and
+LlamaMan's proxy and main ports, in a fresh random order each round (seeded, so a run can be
+repeated), one request each.
+
+Each target's latency is then split by the target whose request went just before it, and printed as
+added p50 (ms): the target's p50 after that one, less the direct server's p50 over the whole run. A
+process that has just run finds its code and data still in the caches; one that follows another
+finds them evicted, and pays for it on every step. The diagonal (a target after itself) is the
+warm case; the rest of each row, the cold ones. P1's own rotation keeps the targets in one cyclic
+order, so each of them follows mostly the same other one.
+
+Run: python bench/predecessors.py [-n 500] [--seed 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.client import chat, expected, session
+from bench.harness import (
+    auth_headers,
+    direct_server,
+    free_port,
+    llamaman,
+    machine,
+    make_models,
+    maybe_router_mode,
+    percentile,
+    wait_port,
+)
+from bench.scenarios import Target, prepare_llamaman, warm_up
+
+RELAY_FLOOR = Path(__file__).resolve().parent / "relay_floor.py"
+
+
+def _relays(stack: contextlib.ExitStack, models: Path) -> list[Target]:
+    """socat (where installed) and the least HTTP relay in Python, each before a llama-server of its own."""
+    out: list[Target] = []
+    socat = shutil.which("socat")
+    if socat is not None:
+        own = stack.enter_context(direct_server(models / "tiny-a.gguf"))
+        port = free_port()
+        listen = f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,nodelay"
+        argv = [socat, listen, f"TCP:127.0.0.1:{own.port},nodelay"]
+        proc = subprocess.Popen(argv)
+        stack.callback(proc.kill)
+        wait_port(port)
+        out.append(Target("socat", f"http://127.0.0.1:{port}", {}))
+    else:
+        print("socat is not installed: measured without it", file=sys.stderr)
+    own = stack.enter_context(direct_server(models / "tiny-a.gguf"))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(RELAY_FLOOR), "--serve", "http", str(port), str(own.port)])
+    stack.callback(proc.kill)
+    wait_port(port)
+    out.append(Target("least relay", f"http://127.0.0.1:{port}", {}))
+    return out
+
+
+def orders(names: list[str], rounds: int, seed: int) -> list[list[str]]:
+    """The order of each round: every name once, shuffled afresh each round (seeded)."""
+    rng = random.Random(seed)
+    return [rng.sample(names, len(names)) for _ in range(rounds)]
+
+
+def by_before(sent: list[tuple[str, float]]) -> dict[tuple[str, str], list[float]]:
+    """Each target's latencies (ms), keyed (target, the target sent just before it), from the
+    requests in the order sent; ("all", target) holds them whatever went before."""
+    out: dict[tuple[str, str], list[float]] = defaultdict(list)
+    before = ""
+    for name, ms in sent:
+        if before:
+            out[(name, before)].append(ms)
+        out[("all", name)].append(ms)
+        before = name
+    return out
+
+
+async def send(targets: list[Target], order: list[list[str]]) -> list[tuple[str, float]]:
+    """One plain chat to each target of each round, in order; (target, ms) as sent. Errors stop it."""
+    check = expected("tiny-a", 8)
+    by_name = {t.name: t for t in targets}
+    sent: list[tuple[str, float]] = []
+    async with session() as s:
+        for names in order:
+            for name in names:
+                t = by_name[name]
+                r = await chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check)
+                if r.error:
+                    raise RuntimeError(f"{t.name}: {r.error}")
+                sent.append((name, r.ms))
+    return sent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=500, help="rounds: one request to each target per round")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the order of each round")
+    args = ap.parse_args()
+    models = make_models(Path(tempfile.mkdtemp(prefix="bench-models-")))
+    with contextlib.ExitStack() as stack:
+        direct = stack.enter_context(direct_server(models / "tiny-a.gguf"))
+        targets = [Target("direct", direct.url, {})]
+        router = stack.enter_context(maybe_router_mode(models, 2))
+        if router is not None:
+            targets.append(Target("router mode", router.url, {}))
+        targets += _relays(stack, models)
+        lm = stack.enter_context(llamaman(models))
+        prepare_llamaman(lm, ctx=2048, parallel=1)
+        targets.append(Target("LlamaMan", lm.url, auth_headers()))
+        targets.append(Target("LlamaMan main", lm.api, auth_headers()))
+        asyncio.run(warm_up(targets))
+        order = orders([t.name for t in targets], args.n, args.seed)
+        ms = by_before(asyncio.run(send(targets, order)))
+    base = percentile(ms[("all", "direct")], 0.5)
+    names = [t.name for t in targets]
+    width = max(len(n) for n in names) + 2
+    print(f"{machine()}")
+    print(f"command: python bench/predecessors.py -n {args.n} --seed {args.seed}")
+    print("added p50 (ms) of each row's target, by the target just before it (n per cell in brackets)")
+    print(f"{'':{width}}{'overall':>14}" + "".join(f"{'after ' + n:>20}" for n in names))
+    for name in names:
+        cells = [f"{percentile(ms[('all', name)], 0.5) - base:14.2f}"]
+        for before in names:
+            got = ms.get((name, before), [])
+            cell = f"{percentile(got, 0.5) - base:14.2f} ({len(got):3d})" if len(got) >= 10 else f"{'-':>20}"
+            cells.append(cell)
+        print(f"{name:{width}}" + "".join(cells))
+
+
+if __name__ == "__main__":
+    main()
