@@ -20,8 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import random
-import shutil
-import subprocess
 import sys
 import tempfile
 from collections import defaultdict
@@ -33,41 +31,14 @@ from bench.client import chat, expected, session
 from bench.harness import (
     auth_headers,
     direct_server,
-    free_port,
     llamaman,
     machine,
     make_models,
     maybe_router_mode,
     percentile,
-    wait_port,
 )
+from bench.relay_floor import python_relay, socat_target
 from bench.scenarios import Target, prepare_llamaman, warm_up
-
-RELAY_FLOOR = Path(__file__).resolve().parent / "relay_floor.py"
-
-
-def _relays(stack: contextlib.ExitStack, models: Path) -> list[Target]:
-    """socat (where installed) and the least HTTP relay in Python, each before a llama-server of its own."""
-    out: list[Target] = []
-    socat = shutil.which("socat")
-    if socat is not None:
-        own = stack.enter_context(direct_server(models / "tiny-a.gguf"))
-        port = free_port()
-        listen = f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,nodelay"
-        argv = [socat, listen, f"TCP:127.0.0.1:{own.port},nodelay"]
-        proc = subprocess.Popen(argv)
-        stack.callback(proc.kill)
-        wait_port(port)
-        out.append(Target("socat", f"http://127.0.0.1:{port}", {}))
-    else:
-        print("socat is not installed: measured without it", file=sys.stderr)
-    own = stack.enter_context(direct_server(models / "tiny-a.gguf"))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(RELAY_FLOOR), "--serve", "http", str(port), str(own.port)])
-    stack.callback(proc.kill)
-    wait_port(port)
-    out.append(Target("least relay", f"http://127.0.0.1:{port}", {}))
-    return out
 
 
 def orders(names: list[str], rounds: int, seed: int) -> list[list[str]]:
@@ -117,7 +88,10 @@ def main() -> None:
         router = stack.enter_context(maybe_router_mode(models, 2))
         if router is not None:
             targets.append(Target("router mode", router.url, {}))
-        targets += _relays(stack, models)
+        socat = socat_target(stack, models, "socat")
+        if socat is not None:
+            targets.append(socat)
+        targets.append(python_relay(stack, models, "http", "least relay"))
         lm = stack.enter_context(llamaman(models))
         prepare_llamaman(lm, ctx=2048, parallel=1)
         targets.append(Target("LlamaMan", lm.url, auth_headers()))

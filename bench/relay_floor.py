@@ -170,34 +170,43 @@ async def interleaved(targets: list[Target], n: int, burst: int = 1) -> dict[str
     return ms
 
 
-def _relay_targets(stack: contextlib.ExitStack, models: Path) -> list[Target]:
-    """socat (where installed) and the relays in Python, each in front of a llama-server of its own."""
-    out: list[Target] = []
+def socat_target(stack: contextlib.ExitStack, models: Path, name: str) -> Target | None:
+    """``socat`` relaying bytes to a llama-server of its own; None (and a line on stderr) where
+    socat is not installed."""
     socat = shutil.which("socat")
     if socat is None:
         print("socat is not installed: measured without the compiled byte relay", file=sys.stderr)
-    else:
-        own = stack.enter_context(direct_server(models / "tiny-a.gguf"))
-        port = free_port()
-        argv = [
-            socat,
-            f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,nodelay",
-            f"TCP:127.0.0.1:{own.port},nodelay",
-        ]
-        proc = subprocess.Popen(argv)
-        stack.callback(proc.kill)
-        wait_port(port)
-        # No pid: socat relays in a child per connection, so its own CPU time says nothing.
-        out.append(Target("byte relay (socat)", f"http://127.0.0.1:{port}", {}))
+        return None
+    own = stack.enter_context(direct_server(models / "tiny-a.gguf"))
+    port = free_port()
+    argv = [
+        socat,
+        f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,nodelay",
+        f"TCP:127.0.0.1:{own.port},nodelay",
+    ]
+    proc = subprocess.Popen(argv)
+    stack.callback(proc.kill)
+    wait_port(port)
+    # No pid: socat relays in a child per connection, so its own CPU time says nothing.
+    return Target(name, f"http://127.0.0.1:{port}", {})
+
+
+def python_relay(stack: contextlib.ExitStack, models: Path, kind: str, name: str) -> Target:
+    """One of the relays in Python (``kind``: bytes, http, asgi), in a process of its own in front of
+    a llama-server of its own."""
+    own = stack.enter_context(direct_server(models / "tiny-a.gguf"))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port), str(own.port)])
+    stack.callback(proc.kill)
+    wait_port(port)
+    return Target(name, f"http://127.0.0.1:{port}", {}, pid=proc.pid)
+
+
+def _relay_targets(stack: contextlib.ExitStack, models: Path) -> list[Target]:
+    """socat (where installed) and the relays in Python, each in front of a llama-server of its own."""
+    socat = socat_target(stack, models, "byte relay (socat)")
     kinds = (("bytes", "Python byte relay"), ("http", "Python HTTP relay"), ("asgi", "bare ASGI relay"))
-    for kind, name in kinds:
-        own = stack.enter_context(direct_server(models / "tiny-a.gguf"))
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port), str(own.port)])
-        stack.callback(proc.kill)
-        wait_port(port)
-        out.append(Target(name, f"http://127.0.0.1:{port}", {}, pid=proc.pid))
-    return out
+    return [*([socat] if socat is not None else []), *(python_relay(stack, models, k, n) for k, n in kinds)]
 
 
 def main() -> None:
