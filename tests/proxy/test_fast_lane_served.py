@@ -27,6 +27,10 @@ HI = [{"role": "user", "content": "hi"}]
 COUNTS = ("prompt_tokens", "completion_tokens")
 
 
+# A slot for a hung-up generation to run out in, beside the next request's (see the test that uses it).
+SLOTS_APART = {"ctx_size": 4096, "parallel": 4}
+
+
 def chat(n: int, **more: Any) -> dict[str, Any]:
     return {"model": "tiny-a", "messages": HI, "max_tokens": n, **more}
 
@@ -388,8 +392,14 @@ async def test_the_lane_writes_upstream_from_the_parsers_callback_and_a_client_l
     services: LlamaMan, proxy_pair: Ports
 ) -> None:
     """With a kept connection to llama-server free, the lane writes the request before its serving
-    task runs. A client that leaves mid-answer still ends it upstream, is recorded as 499, and
-    leaves the place, the connection's turn and the in-flight list free for the next request."""
+    task runs. A client that leaves mid-answer still ends it in LlamaMan: it is recorded as 499, and
+    leaves the place, the connection's turn and the in-flight list free for the next request.
+
+    The instance has four slots. The xllamacpp build the tests run goes on generating an answer
+    that comes whole after its connection closes (``tests/security/test_fast_lane_hangups.py``), so
+    with one slot the next request would wait inside llama-server behind the rest of the hung-up
+    generation: about a second here, and past this test's wait on a loaded machine."""
+    await services.presets.put("tiny-a.gguf", SLOTS_APART)
     m = await services.router.load("tiny-a")
     relay = services.relay
     send_now = relay.send_now
