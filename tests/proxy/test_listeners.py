@@ -22,7 +22,8 @@ S = InstanceState
 
 
 async def launch(services: LlamaMan, **kw: Any) -> ManagedInstance:
-    m = await services.supervisor.launch(LaunchSettings(model_path="tiny-a.gguf", ctx_size=2048, **kw))
+    settings = {"model_path": "tiny-a.gguf", "ctx_size": 2048, **kw}
+    m = await services.supervisor.launch(LaunchSettings(**settings))
     assert await m.proc.wait_for({S.HEALTHY, S.FAILED}, timeout=30) == S.HEALTHY
     return m
 
@@ -106,14 +107,18 @@ async def test_gate_serves_three_and_refuses_seven_then_counters_return_to_zero(
 
 
 async def test_client_disconnect_mid_stream_frees_the_slot_and_closes_upstream(services: LlamaMan) -> None:
-    m = await launch(services)
+    # A generation as long as llama-server makes: 1,500 tokens stream in about a second here, and on
+    # a loaded machine all of them once reached LlamaMan, its usage with them, before this process
+    # got the core back to read the first. The xllamacpp build stops near 4,100 tokens whatever is
+    # asked (4,073 for 30,000 at this context, in 4.5 s), which leaves four times the room.
+    m = await launch(services, ctx_size=32768)
     seen: list[Exchange] = []
     services.relay.add_observer(seen.append)
     async with httpx.AsyncClient(timeout=30) as c:
         async with c.stream(
             "POST",
             f"http://127.0.0.1:{m.record.port}/v1/chat/completions",
-            json=chat_body(max_tokens=1500, stream=True),
+            json=chat_body(max_tokens=30000, stream=True),
         ) as r:
             async for line in r.aiter_lines():
                 if line.startswith("data: {"):
