@@ -180,7 +180,7 @@ class LlamaManProc(Proc):
     stop_signal: int = signal.SIGTERM
 
     def stop(self, sig: int | None = None) -> None:
-        super().stop(self.stop_signal if sig is None else sig)
+        super().stop(sig or self.stop_signal)
 
     @property
     def api(self) -> str:

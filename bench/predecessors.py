@@ -24,10 +24,10 @@ import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.client import chat, expected, session
 from bench.harness import (
     auth_headers,
     direct_server,
@@ -38,13 +38,15 @@ from bench.harness import (
     percentile,
 )
 from bench.relay_floor import python_relay, socat_target
-from bench.scenarios import Target, prepare_llamaman, warm_up
+from bench.scenarios import Target, in_rounds, prepare_llamaman, warm_up
+
+T = TypeVar("T")
 
 
-def orders(names: list[str], rounds: int, seed: int) -> list[list[str]]:
-    """The order of each round: every name once, shuffled afresh each round (seeded)."""
+def orders(targets: list[T], rounds: int, seed: int) -> list[list[T]]:
+    """The order of each round: every target once, shuffled afresh each round (seeded)."""
     rng = random.Random(seed)
-    return [rng.sample(names, len(names)) for _ in range(rounds)]
+    return [rng.sample(targets, len(targets)) for _ in range(rounds)]
 
 
 def by_before(sent: list[tuple[str, float]]) -> dict[tuple[str, str], list[float]]:
@@ -58,22 +60,6 @@ def by_before(sent: list[tuple[str, float]]) -> dict[tuple[str, str], list[float
         out[("all", name)].append(ms)
         before = name
     return out
-
-
-async def send(targets: list[Target], order: list[list[str]]) -> list[tuple[str, float]]:
-    """One plain chat to each target of each round, in order; (target, ms) as sent. Errors stop it."""
-    check = expected("tiny-a", 8)
-    by_name = {t.name: t for t in targets}
-    sent: list[tuple[str, float]] = []
-    async with session() as s:
-        for names in order:
-            for name in names:
-                t = by_name[name]
-                r = await chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check)
-                if r.error:
-                    raise RuntimeError(f"{t.name}: {r.error}")
-                sent.append((name, r.ms))
-    return sent
 
 
 def main() -> None:
@@ -97,8 +83,8 @@ def main() -> None:
         targets.append(Target("LlamaMan", lm.url, auth_headers()))
         targets.append(Target("LlamaMan main", lm.api, auth_headers()))
         asyncio.run(warm_up(targets))
-        order = orders([t.name for t in targets], args.n, args.seed)
-        ms = by_before(asyncio.run(send(targets, order)))
+        sent = asyncio.run(in_rounds(orders(targets, args.n, args.seed)))
+        ms = by_before([(t.name, r.ms) for t, r in sent])
     base = percentile(ms[("all", "direct")], 0.5)
     names = [t.name for t in targets]
     width = max(len(n) for n in names) + 2

@@ -98,23 +98,36 @@ async def warm_up(targets: list[Target]) -> None:
                 await chat(s, t.url, "tiny-a", 8, headers=t.headers)
 
 
+async def in_rounds(
+    rounds: list[list[Target]], each_round: Callable[[int], None] | None = None
+) -> list[tuple[Target, Result]]:
+    """One plain chat to each target of each round, in order, each answer checked; (target, result)
+    as sent. Any error stops it. ``each_round(i)`` is called before round ``i`` (to start a trace
+    part-way)."""
+    check = expected("tiny-a", 8)
+    sent: list[tuple[Target, Result]] = []
+    async with session() as s:
+        for i, targets in enumerate(rounds):
+            if each_round is not None:
+                each_round(i)
+            for t in targets:
+                r = await chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check)
+                if r.error:
+                    raise RuntimeError(f"{t.name}: {r.error}")
+                sent.append((t, r))
+    return sent
+
+
 async def rotation_results(
     targets: list[Target], n: int, each_round: Callable[[int], None] | None = None
 ) -> dict[str, list[Result]]:
     """P1's rotation at concurrency 1, for the scripts that look into it: ``n`` rounds of one plain
-    chat to each target in turn, the first target rotating; each target's results. Any error stops
-    it. ``each_round(i)`` is called before round ``i`` (to start a trace part-way)."""
-    check = expected("tiny-a", 8)
+    chat to each target in turn, the first target rotating; each target's results (see
+    ``in_rounds``)."""
+    rounds = [targets[i % len(targets) :] + targets[: i % len(targets)] for i in range(n)]
     out: dict[str, list[Result]] = {t.name: [] for t in targets}
-    async with session() as s:
-        for i in range(n):
-            if each_round is not None:
-                each_round(i)
-            for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
-                r = await chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check)
-                if r.error:
-                    raise RuntimeError(f"{t.name}: {r.error}")
-                out[t.name].append(r)
+    for t, r in await in_rounds(rounds, each_round):
+        out[t.name].append(r)
     return out
 
 
