@@ -33,8 +33,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (
@@ -48,7 +46,7 @@ from bench.harness import (
     percentile,
     wait_port,
 )
-from bench.scenarios import Target, prepare_llamaman, rotation_results, warm_up
+from bench.scenarios import Target, own_server, prepare_llamaman, rotation_results, warm_up
 
 HERE = Path(__file__).resolve().parent
 
@@ -62,19 +60,6 @@ def _two_free_ports() -> int:
         except OSError:
             continue
         return port
-
-
-def _own_server(lm_pid: int) -> Target:
-    """The llama-server a LlamaMan process runs, asked directly with the key LlamaMan gave it."""
-    for child in psutil.Process(lm_pid).children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            argv = child.cmdline()
-            if argv and Path(argv[0]).name.startswith("llama-server") and "--port" in argv:
-                key = child.environ()["LLAMA_API_KEY"]
-                url = f"http://127.0.0.1:{argv[argv.index('--port') + 1]}"
-                name = "LlamaMan's llama-server, asked directly"
-                return Target(name, url, {"Authorization": f"Bearer {key}"})
-    raise RuntimeError("LlamaMan runs no llama-server")
 
 
 def main() -> None:
@@ -105,7 +90,7 @@ def main() -> None:
             Target("least relay in LlamaMan, lease", f"http://127.0.0.1:{floor}", {}),
             Target("least relay, own process", f"http://127.0.0.1:{port}", {}),
             Target("least relay in LlamaMan, no lease", f"http://127.0.0.1:{floor + 1}", {}),
-            _own_server(lm.popen.pid),
+            own_server(lm.popen.pid, "LlamaMan's llama-server, asked directly"),
         ]
         asyncio.run(warm_up(targets))
         added: dict[str, list[float]] = {t.name: [] for t in targets[1:]}

@@ -57,6 +57,8 @@ ROWS = [
         lambda r: _le(_g("P1", "c1.llamaman", "added_p50")(r), 0.5)),
     Row("P1", "  … of it, llama-server's own time (its timings)", "ms",
         _g("P1", "c1.llamaman", "server_added_p50"), _g("P1", "c1.router", "server_added_p50"), "(info)"),
+    Row("P1", "  … over its own llama-server asked directly, in turn", "ms",
+        _g("P1", "c1.llamaman", "added_own_p50"), _g("P1", "c1.router", "added_own_p50"), "(info)"),
     Row("P1", "added latency p99, concurrency 1", "ms", _g("P1", "c1.llamaman", "added_p99"),
         _g("P1", "c1.router", "added_p99"), "≤ 3", lambda r: _le(_g("P1", "c1.llamaman", "added_p99")(r), 3)),
     Row("P1", "added latency p50, concurrency 16", "ms", _g("P1", "c16.llamaman", "added_p50"),

@@ -51,7 +51,8 @@ def run(only: tuple[str, ...], quick: bool) -> dict[str, Any]:
             llamaman(models) as lm,
         ):
             prepare_llamaman(lm, ctx=2048, parallel=1)
-            router_t = Target("router", router.url, {}) if router is not None else None
+            # pid: P1 also times each relay against its own llama-server, found among its children.
+            router_t = Target("router", router.url, {}, pid=router.popen.pid) if router is not None else None
             if "P1" in only:
                 _log("P1: plain chat latency")
                 targets = [

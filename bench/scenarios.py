@@ -83,7 +83,44 @@ async def _p1(targets: list[Target], n1: int, rounds16: int) -> dict[str, Any]:
         own = _server_ms(res)
         if own and direct_server:
             out[f"c1.{name}"]["server_added_p50"] = percentile(own, 0.5) - percentile(direct_server, 0.5)
+    async with session() as s:
+        for t in targets:
+            if t.pid is not None:
+                out[f"c1.{t.name}"].update(await _own_added(s, t, n1))
     return out
+
+
+def own_server(pid: int, name: str) -> Target:
+    """The llama-server a relay process runs (LlamaMan's instance, router mode's child), asked
+    directly, with the key the relay gave it if any."""
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            argv = child.cmdline()
+            if argv and Path(argv[0]).name.startswith("llama-server") and "--port" in argv:
+                key = child.environ().get("LLAMA_API_KEY")
+                url = f"http://127.0.0.1:{argv[argv.index('--port') + 1]}"
+                return Target(name, url, {"Authorization": f"Bearer {key}"} if key else {})
+    raise RuntimeError(f"process {pid} runs no llama-server")
+
+
+async def _own_added(s: Any, relay: Target, n: int) -> dict[str, float]:
+    """The relay's p50 less its own llama-server's, asked directly, in a rotation of the two alone:
+    the same server process behind both, each request following one of the other's, so neither the
+    server's start-to-start spread nor another process's cache footprint counts (both of which move
+    the direct comparison by tenths of a ms, or more, on a small VM)."""
+    assert relay.pid is not None
+    server = own_server(relay.pid, f"{relay.name}'s llama-server")
+    check = expected("tiny-a", 8)
+    lat: dict[str, list[float]] = {relay.name: [], server.name: []}
+    pair = [server, relay]
+    for i in range(n):
+        for t in pair[i % 2 :] + pair[: i % 2]:
+            r = await chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check)
+            if r.error:
+                raise RuntimeError(f"{t.name}: {r.error}")
+            lat[t.name].append(r.ms)
+    own = percentile(lat[server.name], 0.5)
+    return {"added_own_p50": percentile(lat[relay.name], 0.5) - own, "own_server_p50": own}
 
 
 def _server_ms(results: list[Result]) -> list[float]:
