@@ -117,14 +117,26 @@ def _out(log: Path | None) -> Any:
 
 
 @contextlib.contextmanager
-def direct_server(model: Path, *extra: str, ctx: int = 2048, parallel: int = 1) -> Iterator[Proc]:
+def direct_server(
+    model: Path,
+    *extra: str,
+    ctx: int = 2048,
+    parallel: int = 1,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+) -> Iterator[Proc]:
+    """A llama-server of its own; ``env`` is added to this process's environment, ``log`` takes its
+    output (as LlamaMan keeps its servers' logs)."""
     port = free_port()
     argv = [llama_server_bin(), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx),
             "-np", str(parallel), "--no-webui", *extra]  # fmt: skip
-    p = Proc(
-        subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True),
-        port,
+    out = _out(log)
+    popen = subprocess.Popen(
+        argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
     )
+    if log is not None:
+        out.close()  # the child holds its own copy
+    p = Proc(popen, port)
     try:
         wait_http(f"{p.url}/health")
         yield p

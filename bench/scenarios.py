@@ -111,16 +111,21 @@ async def _own_added(s: Any, relay: Target, n: int) -> dict[str, float]:
     assert relay.pid is not None
     server = own_server(relay.pid, f"{relay.name}'s llama-server")
     check = expected("tiny-a", 8)
-    lat: dict[str, list[float]] = {relay.name: [], server.name: []}
+    res: dict[str, list[Result]] = {relay.name: [], server.name: []}
     pair = [server, relay]
     for i in range(n):
         for t in pair[i % 2 :] + pair[: i % 2]:
             r = await chat(s, t.url, "tiny-a", 8, headers=t.headers, check=check)
             if r.error:
                 raise RuntimeError(f"{t.name}: {r.error}")
-            lat[t.name].append(r.ms)
-    own = percentile(lat[server.name], 0.5)
-    return {"added_own_p50": percentile(lat[relay.name], 0.5) - own, "own_server_p50": own}
+            res[t.name].append(r)
+    own = percentile(_ms(res[server.name]), 0.5)
+    out = {"added_own_p50": percentile(_ms(res[relay.name]), 0.5) - own, "own_server_p50": own}
+    # Of it, the server's own time: what the relay's process takes from its compute while it runs.
+    relayed, asked = _server_ms(res[relay.name]), _server_ms(res[server.name])
+    if relayed and asked:
+        out["server_added_own_p50"] = percentile(relayed, 0.5) - percentile(asked, 0.5)
+    return out
 
 
 def _server_ms(results: list[Result]) -> list[float]:
