@@ -6,8 +6,8 @@ front of any of them: the spread the goal row's comparison of two processes carr
 --metrics``, a key in ``LLAMA_API_KEY``, the output to a log file). They get P1's plain chat at
 concurrency 1 in P1's cyclic rotation, the first target rotating, each answer checked. For each:
 its p50 and the p50 of its own ``timings`` (``prompt_ms`` + ``predicted_ms``), each less the first
-server's. ``--last-first`` lists the LlamaMan-style servers first instead, to tell a place in the
-rotation from a process.
+server's. ``--last-first`` starts and lists the LlamaMan-style servers first instead, to tell a place in
+the start order and the rotation from a process.
 
 Run: python bench/server_spread.py [-n 400] [--servers 3] [--as-llamaman 1] [--last-first]
 """
@@ -36,17 +36,23 @@ def main() -> None:
     ap.add_argument(
         "--as-llamaman", type=int, default=1, help="how many of them start as LlamaMan starts one"
     )
-    ap.add_argument("--last-first", action="store_true", help="put the LlamaMan-style servers first")
+    ap.add_argument(
+        "--last-first", action="store_true", help="start and list the LlamaMan-style servers first"
+    )
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-spread-"))
     model = make_models(folder) / "tiny-a.gguf"
     with contextlib.ExitStack() as stack:
         plain: list[Target] = []
-        for i in range(args.servers - args.as_llamaman):
-            p = stack.enter_context(direct_server(model))
-            plain.append(Target(f"server {i + 1}", p.url, {}))
         styled: list[Target] = []
-        for i in range(len(plain), args.servers):
+        n_plain = args.servers - args.as_llamaman
+        for i in (
+            range(args.servers) if not args.last_first else [*range(n_plain, args.servers), *range(n_plain)]
+        ):
+            if i < n_plain:
+                p = stack.enter_context(direct_server(model))
+                plain.append(Target(f"server {i + 1}", p.url, {}))
+                continue
             p = stack.enter_context(
                 direct_server(
                     model, "-ngl", "999", "--alias", "tiny-a", "--metrics",
