@@ -12,6 +12,7 @@ import pytest
 from llamaman.app import LlamaMan
 from llamaman.core.exchange import Exchange
 from llamaman.testing.tiny_gguf import expected_text
+from llamaman.upstream.wire import Connection
 from tests.proxy.lane_ports import (
     Ports,
     StreamAnswer,
@@ -39,6 +40,20 @@ ASKS = {
 }
 
 
+def upstream_pauses(monkeypatch: pytest.MonkeyPatch) -> list[Connection]:
+    """The connections to llama-server that LlamaMan stops reading, as it stops reading them."""
+    pause = Connection.pause
+    paused: list[Connection] = []
+
+    def recorded(self: Connection) -> None:
+        pause(self)
+        if self.paused and self not in paused:
+            paused.append(self)
+
+    monkeypatch.setattr(Connection, "pause", recorded)
+    return paused
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("path", list(ASKS))
 async def test_a_caller_who_never_reads_a_long_stream_cannot_make_the_lane_hold_it(
@@ -49,6 +64,7 @@ async def test_a_caller_who_never_reads_a_long_stream_cannot_make_the_lane_hold_
     lanes = small_send_buffers(monkeypatch)
     seen: list[Exchange] = []
     services.relay.add_observer(seen.append)
+    paused = upstream_pauses(monkeypatch)
 
     reader, writer = await narrow_connection(proxy_pair.lane.port)
     body = {"model": "tiny-a", **ASKS[path], "max_tokens": TOKENS, "stream": True,
@@ -56,9 +72,14 @@ async def test_a_caller_who_never_reads_a_long_stream_cannot_make_the_lane_hold_
     writer.write(request(key, body, path))
 
     assert await settled(lambda: generating(services, m), 60), "the generation did not start"
-    # llama-server generates on whether or not its answer is read: 4,000 tokens take 5-20 s here, and
-    # over a minute in a slow stretch of a loaded machine.
-    assert await settled(lambda: idle(services, m), 240), "the generation did not end"
+    # The guard is LlamaMan's own event: it stops reading from llama-server once the caller is backed
+    # up. Without it, LlamaMan would read on and never pause.
+    assert await settled(lambda: bool(paused), 240), "LlamaMan never stopped reading from llama-server"
+    # llama-server goes on generating while the kernel's buffers take its writes (all 4,000 tokens in
+    # 5-20 s on an idle machine); on a loaded one they fill first and it waits to send. Either way,
+    # LlamaMan must not take up reading again for a caller who still reads nothing.
+    await settled(lambda: idle(services, m), 30)
+    assert all(c.paused for c in paused), "LlamaMan read from llama-server again for a silent caller"
     held = max(p.transport.get_write_buffer_size() for p in lanes)
     assert held <= HELD, f"LlamaMan holds {held} bytes for a caller who reads nothing"
     assert not seen, "the stream ended while its caller read nothing"
