@@ -42,27 +42,25 @@ def main() -> None:
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-spread-"))
     model = make_models(folder) / "tiny-a.gguf"
+    styled = [False] * (args.servers - args.as_llamaman) + [True] * args.as_llamaman
+    if args.last_first:
+        styled.reverse()
     with contextlib.ExitStack() as stack:
-        plain: list[Target] = []
-        styled: list[Target] = []
-        n_plain = args.servers - args.as_llamaman
-        for i in (
-            range(args.servers) if not args.last_first else [*range(n_plain, args.servers), *range(n_plain)]
-        ):
-            if i < n_plain:
+        targets: list[Target] = []  # in the order they start, which is also the rotation's
+        for i, as_llamaman in enumerate(styled, 1):
+            if not as_llamaman:
                 p = stack.enter_context(direct_server(model))
-                plain.append(Target(f"server {i + 1}", p.url, {}))
+                targets.append(Target(f"server {i}", p.url, {}))
                 continue
             p = stack.enter_context(
                 direct_server(
                     model, "-ngl", "999", "--alias", "tiny-a", "--metrics",
-                    env={"LLAMA_API_KEY": KEY}, log=folder / f"server-{i + 1}.log",
+                    env={"LLAMA_API_KEY": KEY}, log=folder / f"server-{i}.log",
                 )
             )  # fmt: skip
-            styled.append(
-                Target(f"server {i + 1}, as LlamaMan starts it", p.url, {"Authorization": f"Bearer {KEY}"})
+            targets.append(
+                Target(f"server {i}, as LlamaMan starts it", p.url, {"Authorization": f"Bearer {KEY}"})
             )
-        targets = [*styled, *plain] if args.last_first else [*plain, *styled]
         asyncio.run(warm_up(targets))
         results = asyncio.run(rotation_results(targets, args.n))
     first = results[targets[0].name]

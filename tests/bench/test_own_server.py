@@ -23,6 +23,13 @@ def _parent(child: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["bash", "-c", f"{child} & wait"], env=env)
 
 
+def _stop(parent: subprocess.Popen[bytes]) -> None:
+    for kid in psutil.Process(parent.pid).children(recursive=True):
+        kid.kill()
+    parent.kill()
+    parent.wait()
+
+
 def _wait_for_child(parent: subprocess.Popen[bytes]) -> None:
     proc = psutil.Process(parent.pid)
     for _ in range(500):
@@ -40,10 +47,7 @@ def relay() -> Iterator[subprocess.Popen[bytes]]:
         _wait_for_child(parent)
         yield parent
     finally:
-        for kid in psutil.Process(parent.pid).children(recursive=True):
-            kid.kill()
-        parent.kill()
-        parent.wait()
+        _stop(parent)
 
 
 def test_the_relays_own_server_is_asked_on_its_port_with_the_key_the_relay_gave_it(
@@ -61,7 +65,4 @@ def test_a_process_without_a_llama_server_child_is_an_error_not_a_wrong_target()
         with pytest.raises(RuntimeError, match="runs no llama-server"):
             own_server(parent.pid, "nothing")
     finally:
-        for kid in psutil.Process(parent.pid).children(recursive=True):
-            kid.kill()
-        parent.kill()
-        parent.wait()
+        _stop(parent)
