@@ -6,10 +6,12 @@ front of any of them: the spread the goal row's comparison of two processes carr
 --metrics``, a key in ``LLAMA_API_KEY``, the output to a log file). They get P1's plain chat at
 concurrency 1 in P1's cyclic rotation, the first target rotating, each answer checked. For each:
 its p50 and the p50 of its own ``timings`` (``prompt_ms`` + ``predicted_ms``), each less the first
-server's. ``--last-first`` starts and lists the LlamaMan-style servers first instead, to tell a place in
-the start order and the rotation from a process.
+server's. ``--server-args`` adds llama-server arguments to every server. ``--last-first`` starts and
+lists the LlamaMan-style servers first instead, to tell a place in the start order and the rotation
+from a process.
 
 Run: python bench/server_spread.py [-n 400] [--servers 3] [--as-llamaman 1] [--last-first]
+                                  [--server-args '--poll 0']
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ def main() -> None:
     ap.add_argument(
         "--last-first", action="store_true", help="start and list the LlamaMan-style servers first"
     )
+    ap.add_argument("--server-args", default="", help="llama-server arguments for every server ('--poll 0')")
     args = ap.parse_args()
+    more = args.server_args.split()
     folder = Path(tempfile.mkdtemp(prefix="bench-spread-"))
     model = make_models(folder) / "tiny-a.gguf"
     styled = [False] * (args.servers - args.as_llamaman) + [True] * args.as_llamaman
@@ -49,12 +53,12 @@ def main() -> None:
         targets: list[Target] = []  # in the order they start, which is also the rotation's
         for i, as_llamaman in enumerate(styled, 1):
             if not as_llamaman:
-                p = stack.enter_context(direct_server(model))
+                p = stack.enter_context(direct_server(model, *more))
                 targets.append(Target(f"server {i}", p.url, {}))
                 continue
             p = stack.enter_context(
                 direct_server(
-                    model, "-ngl", "999", "--alias", "tiny-a", "--metrics",
+                    model, "-ngl", "999", "--alias", "tiny-a", "--metrics", *more,
                     env={"LLAMA_API_KEY": KEY}, log=folder / f"server-{i}.log",
                 )
             )  # fmt: skip
@@ -68,6 +72,8 @@ def main() -> None:
     base_own = percentile([r.server_ms for r in first if r.server_ms is not None], 0.5)
     print(machine())
     flags = f"-n {args.n} --servers {args.servers} --as-llamaman {args.as_llamaman}"
+    if more:
+        flags += f" --server-args '{args.server_args}'"
     print(f"command: python bench/server_spread.py {flags}" + (" --last-first" if args.last_first else ""))
     print(f"{'':44} {'p50 (ms)':>9} {'vs first':>9} {'own p50':>9} {'vs first':>9}")
     for t in targets:
