@@ -11,7 +11,7 @@ the rest, whatever ``-c`` asks. ``FAKE_TOKEN_DELAY`` (seconds) keeps a stream's
 tokens that far apart at the fake server.
 
 Run: python bench/cpu_cost.py [-n 2000] [--tokens 256] [-c 1] [--parallel 1] [--main-port]
-                              [--profile out.prof]
+                              [--profile out.prof] [--only plain openai_stream ollama_stream]
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def _cpu(pid: int) -> float:
     return c.user + c.system
 
 
-async def _measure(url: str, pid: int, n: int, tokens: int, concurrency: int) -> dict[str, Any]:
+async def _measure(
+    url: str, pid: int, n: int, tokens: int, concurrency: int, only: list[str] | None = None
+) -> dict[str, Any]:
     headers = auth_headers()
     out: dict[str, Any] = {}
     async with session() as s:
@@ -49,6 +51,8 @@ async def _measure(url: str, pid: int, n: int, tokens: int, concurrency: int) ->
             "ollama_stream": lambda: ollama_chat(s, url, "tiny-a", tokens, headers=headers, check=want),
         }
         for name, make in cases.items():
+            if only and name not in only:
+                continue
             count = n if name == "plain" else max(1, n // 10)
             for _ in range(20):
                 await make()  # warm-up: connections, caches
@@ -74,6 +78,9 @@ def main() -> None:
     ap.add_argument("-c", "--concurrency", type=int, default=1)
     ap.add_argument("--parallel", type=int, default=1, help="the instance's slots (see above)")
     ap.add_argument("--profile", type=Path, help="run LlamaMan under cProfile, stats to this file")
+    ap.add_argument(
+        "--only", nargs="+", choices=("plain", "openai_stream", "ollama_stream"), help="these cases"
+    )
     ap.add_argument("--main-port", action="store_true", help="through the main port, not the proxy port")
     args = ap.parse_args()
     models = make_models(Path(tempfile.mkdtemp(prefix="bench-models-")))
@@ -81,7 +88,7 @@ def main() -> None:
     with llamaman(models, server_bin=str(fake), profile=args.profile) as lm:
         put_preset(lm, "tiny-a.gguf", ctx_size=2048 * args.parallel, parallel=args.parallel)
         url = lm.api if args.main_port else lm.url
-        figures = asyncio.run(_measure(url, lm.popen.pid, args.n, args.tokens, args.concurrency))
+        figures = asyncio.run(_measure(url, lm.popen.pid, args.n, args.tokens, args.concurrency, args.only))
     print(json.dumps(figures, indent=1))
 
 
