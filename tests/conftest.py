@@ -79,12 +79,18 @@ def port_block(size: int = 8) -> int:
     return base
 
 
+TRAINED_CTX = 131072
+
+
 @pytest.fixture
 def models_dir(tmp_path: Path) -> Path:
     d = tmp_path / "models"
     d.mkdir()
-    write_tiny_model(d / "tiny-a.gguf", "A")
-    write_tiny_model(d / "tiny-b.gguf", "B")
+    # A trained context far beyond the 4,096 tokens of the writer's default: llama-server caps a
+    # slot's context at the trained one, and the tests that cancel, kill or stop reading a long
+    # generation must be sure it is still running when they act, however loaded the machine.
+    write_tiny_model(d / "tiny-a.gguf", "A", context_length=TRAINED_CTX)
+    write_tiny_model(d / "tiny-b.gguf", "B", context_length=TRAINED_CTX)
     write_tiny_model(d / "embed" / "tiny-embed.gguf", "A", embedding=True)
     return d
 

@@ -21,6 +21,7 @@ from llamaman.core.state import InstanceState
 from llamaman.instances.supervisor import ManagedInstance
 from llamaman.proxy import ollama as ollama_proxy
 from llamaman.proxy.app import ProxyServer
+from tests.conftest import TRAINED_CTX
 
 S = InstanceState
 SHORT = {"num_predict": 12}
@@ -91,7 +92,7 @@ async def test_list_show_and_unknown_models(client: ollama.AsyncClient) -> None:
     assert again["tiny-a:latest"] == a.digest != again["tiny-b:latest"]
 
     shown = await client.show("tiny-a")
-    assert shown.modelinfo is not None and shown.modelinfo["llama.context_length"] == 4096
+    assert shown.modelinfo is not None and shown.modelinfo["llama.context_length"] == TRAINED_CTX
     assert shown.capabilities == ["completion"]
     assert shown.template and "im_start" in shown.template
     assert shown.details and shown.details.family == "llama"
@@ -229,10 +230,8 @@ async def test_upstream_killed_mid_stream_ends_with_an_error_instead_of_hanging(
     # client waiting, and fail on its read timeout here. The time the ending takes is not asserted: it
     # is the time to pass on what the kernel buffered before the kill, seconds on a loaded machine.
     client = ollama.AsyncClient(host=base_url, trust_env=False, timeout=httpx.Timeout(30, read=10))
-    # A generation far longer than the way from the first line to the kill, however loaded the machine
-    # (a preset: num_ctx stops at the model's trained context, 4,096 tokens, a second's generation).
-    await services.presets.put("tiny-a.gguf", {"ctx_size": 32768})
-    options = {"num_predict": 30000}
+    # A generation far longer than the way from the first line to the kill, however loaded the machine.
+    options = {"num_predict": 30000, "num_ctx": 32768}
     try:
         stream = await client.chat("tiny-a", messages=HELLO, stream=True, options=options)
         first = await anext(stream)
