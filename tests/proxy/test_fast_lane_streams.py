@@ -57,8 +57,9 @@ async def test_a_client_that_reads_slowly_holds_llama_server_back_and_still_gets
             "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
     writer.write(request(key, body))
     # The client reads nothing until the lane waits for it (or the stream ends).
-    await settled(lambda: bool(waits or seen), 120)
-    assert waits, "the lane never waited for the slow client"
+    moved = await settled(lambda: bool(waits or seen), 120)
+    ended = [(e.status, e.error, e.completion_tokens) for e in seen]
+    assert waits, f"the lane never waited for the slow client (moved within 120 s: {moved}; ended: {ended})"
     stream = StreamAnswer()
     await stream.read(reader)  # slowly: a little at a time
     writer.close()
