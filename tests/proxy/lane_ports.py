@@ -188,3 +188,30 @@ async def generating(services: LlamaMan, m: ManagedInstance) -> bool:
 
 async def idle(services: LlamaMan, m: ManagedInstance) -> bool:
     return not await generating(services, m)
+
+
+async def whereabouts(services: LlamaMan, m: ManagedInstance) -> str:
+    """Where the box's requests stand, for a failure message: the in-flight list, the requests written
+    to the instance's llama-server still waiting for their answer's head, and its slots as it
+    reports them (whether each is processing, and the tokens it has made)."""
+    inflight = [
+        (r["state"], r["stream"], r["tokens"], r["age_s"]) for r in services.relay.inflight.snapshot()
+    ]
+    waiting = services.relay.upstream.waiting(m.base_url)
+    try:
+        got = await services.http.get(f"{m.base_url}/slots", headers=m.proc.auth_headers, timeout=10)
+        slots: Any = [(s.get("is_processing"), _decoded(s)) for s in got.json()]
+    except Exception as exc:  # the message must still be made: say why the slots are missing
+        slots = f"not read: {exc!r}"
+    return (
+        f"in flight (state, stream, tokens, age): {inflight}; written, no head yet: {waiting}; slots: {slots}"
+    )
+
+
+def _decoded(slot: dict[str, Any]) -> Any:
+    """The tokens a slot has made, from ``/slots`` (an object in some llama-server builds, a list of
+    one in others)."""
+    following = slot.get("next_token")
+    if isinstance(following, list):
+        following = following[0] if following else {}
+    return following.get("n_decoded") if isinstance(following, dict) else None

@@ -19,7 +19,7 @@ from llamaman.app import LlamaMan
 from llamaman.core.exchange import Exchange
 from llamaman.testing.tiny_gguf import expected_text
 from llamaman.upstream.wire import UpstreamResponse
-from tests.proxy.lane_ports import Answers, Ports, client, request, text_of
+from tests.proxy.lane_ports import Answers, Ports, client, request, text_of, whereabouts
 
 pytestmark = pytest.mark.llama
 
@@ -232,7 +232,7 @@ async def test_http_1_0_and_expect_continue_are_the_full_paths_and_answered(
 async def test_a_port_stopping_lets_the_answer_on_the_lane_finish(
     services: LlamaMan, proxy_pair: Ports
 ) -> None:
-    await services.router.load("tiny-a")
+    m = await services.router.load("tiny-a")
     h = await key_headers(services, "stopping")
     async with client(proxy_pair.lane.url, h) as c:
         asking = asyncio.create_task(c.post("/v1/chat/completions", json=chat(400)))
@@ -241,7 +241,12 @@ async def test_a_port_stopping_lets_the_answer_on_the_lane_finish(
         # A grace no machine's slowness runs out (its end is the next test's): the answer finishes.
         proxy_pair.lane.server.config.timeout_graceful_shutdown = 60
         await proxy_pair.lane.stop()
-        r = await asking
+        try:
+            r = await asking
+        except httpx.ReadTimeout:
+            raise AssertionError(
+                f"no answer in the client's 60 s: {await whereabouts(services, m)}"
+            ) from None
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == expected_text("A", 400)
     assert r.headers.get("connection") != "keep-alive"
     assert proxy_pair.taken == 1

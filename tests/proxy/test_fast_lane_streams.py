@@ -23,6 +23,7 @@ from tests.proxy.lane_ports import (
     request,
     settled,
     small_send_buffers,
+    whereabouts,
 )
 
 pytestmark = pytest.mark.llama
@@ -33,7 +34,7 @@ TOKENS = 1500
 async def test_a_client_that_reads_slowly_holds_llama_server_back_and_still_gets_every_token(
     services: LlamaMan, proxy_pair: Ports, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await services.router.load("tiny-a")
+    m = await services.router.load("tiny-a")
     _, key = await services.auth.keys.create("slow reader")
     waits: list[int] = []  # each time the lane waited for its client's side to drain
     splice = UpstreamResponse.splice
@@ -59,7 +60,12 @@ async def test_a_client_that_reads_slowly_holds_llama_server_back_and_still_gets
     # The client reads nothing until the lane waits for it (or the stream ends).
     moved = await settled(lambda: bool(waits or seen), 120)
     ended = [(e.status, e.error, e.completion_tokens) for e in seen]
-    assert waits, f"the lane never waited for the slow client (moved within 120 s: {moved}; ended: {ended})"
+    if not waits:
+        where = await whereabouts(services, m)
+        raise AssertionError(
+            f"the lane never waited for the slow client (moved within 120 s: {moved}; ended: {ended}; "
+            f"taken by the lane: {proxy_pair.taken}; {where})"
+        )
     stream = StreamAnswer()
     await stream.read(reader)  # slowly: a little at a time
     writer.close()
