@@ -180,10 +180,15 @@ async def settled(check: Callable[[], bool | Awaitable[bool]], timeout: float = 
         await asyncio.sleep(0.01)
 
 
+async def slots(services: LlamaMan, m: ManagedInstance) -> list[dict[str, Any]]:
+    """The instance's llama-server slots, by its own ``/slots``."""
+    got = await services.http.get(f"{m.base_url}/slots", headers=m.proc.auth_headers, timeout=10)
+    return list(got.json())
+
+
 async def generating(services: LlamaMan, m: ManagedInstance) -> bool:
-    """Whether one of the instance's llama-server slots is processing, by its own ``/slots``."""
-    slots = (await services.http.get(f"{m.base_url}/slots", headers=m.proc.auth_headers)).json()
-    return any(s.get("is_processing") for s in slots)
+    """Whether one of the instance's llama-server slots is processing."""
+    return any(s.get("is_processing") for s in await slots(services, m))
 
 
 async def idle(services: LlamaMan, m: ManagedInstance) -> bool:
@@ -199,12 +204,11 @@ async def whereabouts(services: LlamaMan, m: ManagedInstance) -> str:
     ]
     waiting = services.relay.upstream.waiting(m.base_url)
     try:
-        got = await services.http.get(f"{m.base_url}/slots", headers=m.proc.auth_headers, timeout=10)
-        slots: Any = [(s.get("is_processing"), _decoded(s)) for s in got.json()]
+        held: Any = [(s.get("is_processing"), _decoded(s)) for s in await slots(services, m)]
     except Exception as exc:  # the message must still be made: say why the slots are missing
-        slots = f"not read: {exc!r}"
+        held = f"not read: {exc!r}"
     return (
-        f"in flight (state, stream, tokens, age): {inflight}; written, no head yet: {waiting}; slots: {slots}"
+        f"in flight (state, stream, tokens, age): {inflight}; written, no head yet: {waiting}; slots: {held}"
     )
 
 
